@@ -22,3 +22,7 @@ class DataFormatError(Llmi3dError, ValueError):
 
 class CheckpointError(Llmi3dError):
     """A checkpoint that is missing, incomplete or does not match the model it is loaded into."""
+
+
+class ModelOutputError(Llmi3dError):
+    """The model produced an unusable output (NaN or infinite values, an unparsable answer)."""
