@@ -1,0 +1,10 @@
+"""Datasets: the on-disk format, the IG3D-Synth generator, queries, the torch Dataset and the CLI.
+
+Modules import lazily (torch and OpenCV only where needed):
+    format        records, DatasetWriter, read_dataset, select_queries  (docs/dataset_format.md)
+    synth         the IG3D-Synth scene generator and renderer
+    queries       captions, common-sense questions and prompts that single out one object
+    dataset       GroundingDataset and collate_grounding for training
+    contact_sheet a PNG of samples with their 3D boxes drawn
+    cli           `llmi3d data ...`
+"""
