@@ -1,0 +1,149 @@
+"""The node's parameters: one table with defaults, descriptions and allowed values.
+
+`NodeParams` holds the defaults in one place; config/params.yaml repeats them for users to edit (a
+test keeps the two equal). The node declares every field as a ROS parameter with a
+ParameterDescriptor, validates changes with `validate`, and reads them back with `read_params`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _param(default: Any, description: str, **constraints: Any) -> Any:
+    """A dataclass field carrying its ROS parameter description and constraints."""
+    return field(default=default, metadata={"description": description, **constraints})
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Every parameter of llmi3d_node, with its default. Units are in the names."""
+
+    # model (read at configure)
+    preset: str = _param("smol", "model preset used when `checkpoint` is empty: tiny, smol, hf")
+    checkpoint: str = _param("", "checkpoint directory written by `llmi3d train`; overrides preset")
+    device: str = _param("cpu", "torch device", choices=DEVICES)
+    dtype: str = _param("float32", "model dtype; bfloat16/float16 only on cuda", choices=DTYPES)
+    # inputs (read at activate)
+    image_topic: str = _param("image_raw", "sensor_msgs/Image input topic (remappable)")
+    compressed_image_topic: str = _param(
+        "", "optional sensor_msgs/CompressedImage input topic; empty = not subscribed"
+    )
+    camera_info_topic: str = _param("camera_info", "sensor_msgs/CameraInfo input topic")
+    standing_query_topic: str = _param(
+        "standing_query", "std_msgs/String topic; its latest text is answered on new frames"
+    )
+    qos_reliability: str = _param(
+        "best_effort", "reliability of the sensor subscriptions", choices=tuple(RELIABILITY)
+    )
+    qos_history: str = _param(
+        "keep_last", "history of the sensor subscriptions", choices=tuple(HISTORY)
+    )
+    qos_depth: int = _param(1, "queue depth of the sensor subscriptions", int_range=(1, 100))
+    slop_s: float = _param(
+        0.05, "largest image/CameraInfo stamp difference paired", float_range=(0.0, 10.0)
+    )
+    # answering (may change while running)
+    score_threshold: float = _param(
+        0.0, "detections below this score are dropped", float_range=(0.0, 1.0)
+    )
+    max_results: int = _param(
+        1, "detections per query when the request asks for 0", int_range=(1, 100)
+    )
+    max_query_chars: int = _param(
+        2000, "longest query accepted, in characters", int_range=(1, 100000)
+    )
+    standing_query_max_rate_hz: float = _param(
+        2.0, "most standing-query answers per second", float_range=(0.01, 100.0)
+    )
+    marker_lifetime_s: float = _param(
+        0.0, "RViz marker lifetime; 0 = until replaced", float_range=(0.0, 3600.0)
+    )
+    publish_debug_image: bool = _param(True, "publish ~/debug_image with the projected boxes")
+    no_input_warning_s: float = _param(
+        5.0, "warn when no image arrives for this long while active", float_range=(0.5, 3600.0)
+    )
+    autostart: bool = _param(
+        True, "configure and activate at start-up (no lifecycle manager needed)"
+    )
+
+    def sensor_qos(self) -> QoSProfile:
+        """The QoS profile of the image and CameraInfo subscriptions (a new profile every call)."""
+        return QoSProfile(
+            history=HISTORY[self.qos_history],
+            depth=self.qos_depth,
+            reliability=RELIABILITY[self.qos_reliability],
+        )
+
+
+# Parameters read only at configure/activate: changing them needs a lifecycle transition.
+RECONFIGURE_ONLY = frozenset(
+    {
+        "preset", "checkpoint", "device", "dtype", "image_topic", "compressed_image_topic",
+        "camera_info_topic", "standing_query_topic", "qos_reliability", "qos_history", "qos_depth",
+        "slop_s", "autostart",
+    }
+)  # fmt: skip
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """Build the ParameterDescriptor of one NodeParams field."""
+    meta = {f.name: f.metadata for f in fields(NodeParams)}[name]
+    text = meta["description"]
+    if "choices" in meta:
+        text += f" (one of: {', '.join(meta['choices'])})"
+    if name in RECONFIGURE_ONLY:
+        text += " [applied on the next configure/activate]"
+    desc = ParameterDescriptor(name=name, description=text)
+    if "float_range" in meta:
+        low, high = meta["float_range"]
+        desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    if "int_range" in meta:
+        low, high = meta["int_range"]
+        desc.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+    return desc
+
+
+def declare_params(node: Node) -> None:
+    """Declare every NodeParams field on `node` with its default and descriptor."""
+    for f in fields(NodeParams):
+        node.declare_parameter(f.name, f.default, descriptor(f.name))
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Return why `value` is not allowed for parameter `name`, or None when it is."""
+    meta = {f.name: f.metadata for f in fields(NodeParams)}.get(name)
+    if meta is None:
+        return None  # not ours (e.g. use_sim_time)
+    if "choices" in meta and value not in meta["choices"]:
+        return (
+            f"invalid value for '{name}': {value!r} (expected one of: {', '.join(meta['choices'])})"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"invalid value for '{name}': {value} (must be finite)"
+    return None
+
+
+def read_params(node: Node) -> NodeParams:
+    """Read the declared parameters into a NodeParams.
+
+    Raises:
+        ValueError: naming the first parameter whose value is not allowed.
+    """
+    values = {f.name: node.get_parameter(f.name).value for f in fields(NodeParams)}
+    for name, value in values.items():
+        reason = validate(name, value)
+        if reason:
+            raise ValueError(reason)
+    return NodeParams(**values)
