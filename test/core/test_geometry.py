@@ -1,0 +1,572 @@
+"""Tests of llmi3d_core.geometry: hand-computed values, round trips, numpy/torch agreement, IoU."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.spatial.transform import Rotation
+from scipy.stats import qmc
+
+from llmi3d_core import geometry as g
+from llmi3d_core.errors import InvalidInputError
+
+KITTI_K = np.array([[721.5, 0.0, 609.6], [0.0, 721.5, 172.9], [0.0, 0.0, 1.0]])
+SETTINGS = settings(max_examples=60, deadline=None)
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+positive = st.floats(1e-2, 1e3, allow_nan=False, allow_infinity=False)
+angles3 = hnp.arrays(np.float64, (3,), elements=st.floats(-math.pi, math.pi))
+quat = hnp.arrays(np.float64, (4,), elements=st.floats(-1, 1)).filter(
+    lambda q: np.linalg.norm(q) > 0.1
+)
+
+
+def rotation(q: np.ndarray) -> np.ndarray:
+    return Rotation.from_quat(q / np.linalg.norm(q)).as_matrix()
+
+
+def intrinsics(fx: float = 700.0, fy: float = 710.0, cx: float = 320.0, cy: float = 240.0):
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+# ---------------------------------------------------------------------------------- depth
+
+
+def test_virtual_depth_design_example():
+    zv = g.real_to_virtual_depth(20.0, 721.5, 1242, 512, 448)
+    assert isinstance(zv, float)
+    assert zv == pytest.approx(39.35, abs=5e-3)
+    assert g.virtual_to_real_depth(zv, 721.5, 1242, 512, 448) == pytest.approx(20.0)
+
+
+def test_virtual_camera_defaults_are_used():
+    cam = g.VirtualCamera()
+    assert (cam.focal_px, cam.width_px) == (512.0, 448.0)
+    assert g.real_to_virtual_depth(20.0, 721.5, 1242) == pytest.approx(39.3466, abs=1e-4)
+    assert cam.to_virtual(20.0, 721.5, 1242) == pytest.approx(39.3466, abs=1e-4)
+    assert cam.to_real(39.34659934659934, 721.5, 1242) == pytest.approx(20.0)
+    with pytest.raises(InvalidInputError, match=r"VirtualCamera.focal_px must be .* > 0, got 0"):
+        g.VirtualCamera(focal_px=0)
+    with pytest.raises(InvalidInputError, match="width_px"):
+        g.VirtualCamera(width_px=float("nan"))
+
+
+def test_height_and_combined_depth_hand_values():
+    assert g.height_depth(1.5, 105.0, 700.0) == pytest.approx(10.0)
+    assert g.combined_depth(9.0, 11.0) == pytest.approx(10.0)
+    z = g.height_depth(np.array([1.5, 3.0]), np.array([105.0, 105.0]), 700.0)
+    np.testing.assert_allclose(z, [10.0, 20.0])
+
+
+@SETTINGS
+@given(z=positive, fx=st.floats(50, 5000), width=st.floats(64, 8192))
+def test_virtual_depth_round_trip(z, fx, width):
+    zv = g.real_to_virtual_depth(z, fx, width)
+    assert g.virtual_to_real_depth(zv, fx, width) == pytest.approx(z, rel=1e-12)
+
+
+def test_depth_torch_batched_and_differentiable():
+    z = torch.tensor([[5.0, 20.0]], dtype=torch.float64, requires_grad=True)
+    fx = torch.tensor([[721.5], [500.0]], dtype=torch.float64)
+    zv = g.real_to_virtual_depth(z, fx, 1242.0)
+    assert zv.shape == (2, 2)
+    np.testing.assert_allclose(
+        zv.detach().numpy(), g.real_to_virtual_depth(z.detach().numpy(), fx.numpy(), 1242.0)
+    )
+    zv.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    z2 = g.height_depth(torch.tensor([1.5]), torch.tensor([105.0]), 700.0)
+    assert isinstance(z2, torch.Tensor) and z2.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: g.real_to_virtual_depth(-1.0, 721.5, 1242), r"z must be > 0 \(depth"),
+        (lambda: g.real_to_virtual_depth(0.0, 721.5, 1242), r"z must be > 0"),
+        (lambda: g.real_to_virtual_depth(5.0, 0.0, 1242), r"fx must be > 0, got 0.0"),
+        (lambda: g.real_to_virtual_depth(5.0, 721.5, -3), r"width must be > 0"),
+        (lambda: g.real_to_virtual_depth(5.0, 721.5, 1242, 0.0), r"f_virtual must be > 0"),
+        (
+            lambda: g.virtual_to_real_depth(np.array([1.0, np.nan]), 721.5, 1242),
+            r"zv must be finite.*index \(1,\)",
+        ),
+        (lambda: g.virtual_to_real_depth(1.0, 721.5, 1242, 512, 0), r"w_virtual must be > 0"),
+        (lambda: g.height_depth(0.0, 10.0, 700.0), r"H must be > 0 \(metric"),
+        (lambda: g.height_depth(1.0, 0.0, 700.0), r"h must be > 0 \(2D box height"),
+        (lambda: g.height_depth(1.0, 10.0, float("inf")), r"fy must be finite"),
+        (lambda: g.combined_depth(1.0, -2.0), r"z_height_based must be > 0"),
+        (
+            lambda: g.real_to_virtual_depth(torch.tensor([1.0, -1.0]), 721.5, 1242),
+            r"z must be > 0.*-1.0",
+        ),
+    ],
+)
+def test_depth_errors(call, match):
+    with pytest.raises(InvalidInputError, match=match):
+        call()
+
+
+def test_validate_false_skips_checks_without_breaking_autograd():
+    z = torch.tensor([-1.0], requires_grad=True)
+    zv = g.real_to_virtual_depth(z, 721.5, 1242.0, validate=False)
+    zv.sum().backward()
+    assert z.grad is not None and zv.item() < 0
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def test_backproject_hand_values():
+    K = intrinsics()
+    xyz = g.backproject(390.0, 311.0, 5.0, K)
+    np.testing.assert_allclose(xyz, [0.5, 0.5, 5.0])
+    np.testing.assert_allclose(g.project(xyz, K), [390.0, 311.0])
+    np.testing.assert_allclose(g.backproject(320.0, 240.0, 2.0, K), [0.0, 0.0, 2.0])
+
+
+@SETTINGS
+@given(
+    u=st.floats(-500, 1500),
+    v=st.floats(-500, 1500),
+    z=st.floats(0.05, 200),
+    fx=st.floats(100, 3000),
+    fy=st.floats(100, 3000),
+    skew=st.floats(-5, 5),
+)
+def test_project_backproject_round_trip(u, v, z, fx, fy, skew):
+    K = intrinsics(fx, fy, 600.0, 200.0)
+    K[0, 1] = skew
+    xyz = g.backproject(u, v, z, K)
+    np.testing.assert_allclose(g.project(xyz, K), [u, v], atol=1e-6)
+    np.testing.assert_allclose(g.backproject(*g.project(xyz, K).T, xyz[2], K), xyz, atol=1e-9)
+
+
+def test_backproject_batched_numpy_torch_agree():
+    rng = np.random.default_rng(1)
+    u, v = rng.uniform(0, 640, (2, 7, 5))
+    z = rng.uniform(1, 30, (7, 5))
+    K = np.broadcast_to(intrinsics(), (7, 5, 3, 3))
+    ref = g.backproject(u, v, z, K)
+    assert ref.shape == (7, 5, 3)
+    out = g.backproject(torch.tensor(u), torch.tensor(v), torch.tensor(z), torch.tensor(K))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        g.project(torch.tensor(ref), intrinsics()).numpy(), np.stack([u, v], -1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: g.backproject(1.0, 2.0, -1.0, intrinsics()),
+            r"z must be > 0 \(a point must be in front",
+        ),
+        (
+            lambda: g.backproject(1.0, 2.0, 1.0, intrinsics(fx=0.0)),
+            r"K\[..., 0, 0\] \(f_x\) must be > 0",
+        ),
+        (lambda: g.backproject(1.0, 2.0, 1.0, intrinsics(fy=-5.0)), r"f_y\) must be > 0"),
+        (lambda: g.backproject(np.nan, 2.0, 1.0, intrinsics()), r"u must be finite"),
+        (lambda: g.backproject(1.0, 2.0, 1.0, np.eye(2)), r"K must have shape \(..., 3, 3\)"),
+        (lambda: g.project(np.array([0.0, 0.0, -2.0]), intrinsics()), r"Z\) must be > 0"),
+        (lambda: g.project(np.zeros((4, 2)), intrinsics()), r"points must have shape \(..., 3\)"),
+        (lambda: g.project(torch.tensor([[1.0, 0.0, 0.0]]), intrinsics()), r"Z\) must be > 0"),
+    ],
+)
+def test_projection_errors(call, match):
+    with pytest.raises(InvalidInputError, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------------ rotations
+
+
+def test_rotation_6d_hand_values():
+    R = g.rotation_6d_to_matrix(np.array([2.0, 0.0, 0.0, 1.0, 3.0, 0.0]))
+    np.testing.assert_allclose(R, np.eye(3), atol=1e-15)
+    R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(g.matrix_to_rotation_6d(R), [0, -1, 0, 1, 0, 0])
+
+
+@SETTINGS
+@given(q=quat)
+def test_rotation_6d_round_trip(q):
+    R = rotation(q)
+    np.testing.assert_allclose(g.rotation_6d_to_matrix(g.matrix_to_rotation_6d(R)), R, atol=1e-12)
+
+
+@SETTINGS
+@given(d6=hnp.arrays(np.float64, (6,), elements=st.floats(-10, 10)))
+def test_rotation_6d_gives_rotations_and_torch_agrees(d6):
+    a1, a2 = d6[:3], d6[3:]
+    n1, n2 = np.linalg.norm(a1), np.linalg.norm(a2)
+    perp = np.linalg.norm(np.cross(a1, a2)) / max(n1, 1e-300)  # |a2 - proj_a1(a2)|
+    if n1 < 1e-9 or n2 < 1e-9 or perp < 1e-7 * n2:
+        with pytest.raises(InvalidInputError, match="non-parallel"):
+            g.rotation_6d_to_matrix(d6)
+        return
+    if n1 < 1e-6 or n2 < 1e-6 or perp < 1e-4 * n2:
+        return  # too close to the threshold to say
+    R = g.rotation_6d_to_matrix(d6)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    # the 6D of a rotation matrix maps back to the same matrix (projection is idempotent)
+    np.testing.assert_allclose(g.rotation_6d_to_matrix(g.matrix_to_rotation_6d(R)), R, atol=1e-9)
+    np.testing.assert_allclose(g.rotation_6d_to_matrix(torch.tensor(d6)).numpy(), R, atol=1e-12)
+
+
+def test_rotation_6d_torch_gradcheck_and_degenerate_without_validation():
+    d6 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(g.rotation_6d_to_matrix, (d6,))
+    out = g.rotation_6d_to_matrix(torch.zeros(2, 6, requires_grad=True), validate=False)
+    assert torch.isfinite(out).all()
+    with pytest.raises(InvalidInputError, match=r"d6 must hold two non-zero, non-parallel"):
+        g.rotation_6d_to_matrix(torch.zeros(2, 6))
+    with pytest.raises(InvalidInputError, match=r"d6 must hold"):
+        g.rotation_6d_to_matrix(np.array([1.0, 2.0, 3.0, 2.0, 4.0, 6.0]))
+    with pytest.raises(InvalidInputError, match=r"d6 must have shape \(..., 6\), got \(5,\)"):
+        g.rotation_6d_to_matrix(np.zeros(5))
+    with pytest.raises(InvalidInputError, match=r"R must have shape \(..., 3, 3\)"):
+        g.matrix_to_rotation_6d(np.zeros((3, 2)))
+    with pytest.raises(InvalidInputError, match=r"R must be finite"):
+        g.matrix_to_rotation_6d(np.full((3, 3), np.nan))
+
+
+def omni3d_ray_rotation(u: float, v: float, K: np.ndarray) -> np.ndarray:
+    """Omni3D's construction, literally: axis-angle about norm([-r_y, r_x, 0]) by acos(r_z)."""
+    ray = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0])
+    ray /= np.linalg.norm(ray)
+    axis = np.array([-ray[1], ray[0], 0.0])
+    if np.linalg.norm(axis) == 0:
+        return np.eye(3)
+    return Rotation.from_rotvec(math.acos(ray[2]) * axis / np.linalg.norm(axis)).as_matrix()
+
+
+@SETTINGS
+@given(q=quat, u=st.floats(-2000, 3000), v=st.floats(-2000, 3000))
+def test_allocentric_matches_omni3d_and_round_trips(q, u, v):
+    R = rotation(q)
+    M = omni3d_ray_rotation(u, v, KITTI_K)
+    R_allo = g.egocentric_to_allocentric(R, u, v, KITTI_K)
+    np.testing.assert_allclose(R_allo, M.T @ R, atol=1e-9)
+    np.testing.assert_allclose(g.allocentric_to_egocentric(R_allo, u, v, KITTI_K), R, atol=1e-12)
+    ray = g.backproject(u, v, 1.0, KITTI_K)
+    np.testing.assert_allclose(
+        g.ray_rotation(u, v, KITTI_K)[:, 2], ray / np.linalg.norm(ray), atol=1e-12
+    )
+
+
+def test_allocentric_identity_on_optical_axis_and_torch_agrees():
+    R = rotation(np.array([0.1, 0.2, 0.3, 0.9]))
+    np.testing.assert_allclose(g.egocentric_to_allocentric(R, 609.6, 172.9, KITTI_K), R, atol=1e-15)
+    rng = np.random.default_rng(3)
+    Rs = Rotation.random(6, random_state=4).as_matrix()
+    u, v = rng.uniform(0, 1242, 6), rng.uniform(0, 375, 6)
+    ref = g.egocentric_to_allocentric(Rs, u, v, KITTI_K)
+    out = g.egocentric_to_allocentric(
+        torch.tensor(Rs), torch.tensor(u), torch.tensor(v), torch.tensor(KITTI_K)
+    )
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
+    # differentiable w.r.t. the centre, including exactly on the optical axis
+    uv = torch.tensor([609.6, 172.9], dtype=torch.float64, requires_grad=True)
+    R_t = torch.tensor(R)
+    assert torch.autograd.gradcheck(
+        lambda t: g.allocentric_to_egocentric(R_t, t[0], t[1], torch.tensor(KITTI_K)), (uv,)
+    )
+    with pytest.raises(InvalidInputError, match=r"u must be finite"):
+        g.egocentric_to_allocentric(R, float("nan"), 1.0, KITTI_K)
+    with pytest.raises(InvalidInputError, match=r"R must have shape"):
+        g.allocentric_to_egocentric(np.eye(4), 1.0, 1.0, KITTI_K)
+
+
+@pytest.mark.parametrize("convention", ["XYZ", "ZYX", "YXZ", "XZY", "YZX", "ZXY"])
+def test_euler_matches_scipy_intrinsic(convention):
+    angles = np.array([0.3, -0.7, 2.1])
+    ref = Rotation.from_euler(convention, angles).as_matrix()  # upper case = intrinsic
+    np.testing.assert_allclose(g.euler_to_matrix(angles, convention), ref, atol=1e-12)
+
+
+@SETTINGS
+@given(
+    a=st.floats(-3.1, 3.1),
+    b=st.floats(-1.55, 1.55),
+    c=st.floats(-3.1, 3.1),
+    convention=st.sampled_from(["XYZ", "ZYX", "YXZ", "XZY", "YZX", "ZXY"]),
+)
+def test_euler_round_trip(a, b, c, convention):
+    angles = np.array([a, b, c])
+    R = g.euler_to_matrix(angles, convention)
+    back = g.matrix_to_euler(R, convention)
+    np.testing.assert_allclose(back, angles, atol=1e-7)
+    np.testing.assert_allclose(
+        g.matrix_to_euler(torch.tensor(R), convention).numpy(), back, atol=1e-9
+    )
+
+
+@SETTINGS
+@given(q=quat, convention=st.sampled_from(["XYZ", "ZYX", "YXZ"]))
+def test_matrix_euler_matrix_round_trip(q, convention):
+    R = rotation(q)
+    np.testing.assert_allclose(
+        g.euler_to_matrix(g.matrix_to_euler(R, convention), convention), R, atol=1e-6
+    )
+
+
+def test_euler_gimbal_lock_still_round_trips_and_errors():
+    R = g.euler_to_matrix(np.array([0.4, math.pi / 2, 0.3]))
+    np.testing.assert_allclose(g.euler_to_matrix(g.matrix_to_euler(R)), R, atol=1e-9)
+    with pytest.raises(InvalidInputError, match=r"convention must be a permutation of 'XYZ'"):
+        g.euler_to_matrix(np.zeros(3), "XYX")
+    with pytest.raises(InvalidInputError, match=r"angles must have shape \(..., 3\)"):
+        g.euler_to_matrix(np.zeros(2))
+    with pytest.raises(InvalidInputError, match=r"angles must be finite"):
+        g.euler_to_matrix(np.array([0.0, np.inf, 0.0]))
+
+
+# ---------------------------------------------------------------------------------- boxes
+
+
+def test_box3d_corners_follow_omni3d_order():
+    corners = g.box3d_corners(np.array([1.0, 2.0, 10.0]), np.array([4.0, 2.0, 1.5]), np.eye(3))
+    local = corners - [1.0, 2.0, 10.0]
+    expected = np.array(
+        [
+            [-2, -0.75, -1], [2, -0.75, -1], [2, 0.75, -1], [-2, 0.75, -1],
+            [-2, -0.75, 1], [2, -0.75, 1], [2, 0.75, 1], [-2, 0.75, 1],
+        ]
+    )  # fmt: skip
+    np.testing.assert_allclose(local, expected)
+
+
+@SETTINGS
+@given(q=quat, dims=hnp.arrays(np.float64, (3,), elements=st.floats(0.05, 20)))
+def test_box3d_corners_edges_and_torch(q, dims):
+    R = rotation(q)
+    corners = g.box3d_corners(np.array([0.5, -1.0, 8.0]), dims, R)
+    L, W, H = dims
+    assert np.linalg.norm(corners[1] - corners[0]) == pytest.approx(L)
+    assert np.linalg.norm(corners[4] - corners[0]) == pytest.approx(W)
+    assert np.linalg.norm(corners[3] - corners[0]) == pytest.approx(H)
+    np.testing.assert_allclose(corners.mean(0), [0.5, -1.0, 8.0], atol=1e-9)
+    np.testing.assert_allclose(g.box3d_volume(corners), L * W * H, rtol=1e-9)
+    t = g.box3d_corners(torch.tensor([0.5, -1.0, 8.0]), torch.tensor(dims), torch.tensor(R))
+    np.testing.assert_allclose(t.numpy(), corners, rtol=1e-5, atol=1e-5)
+
+
+def test_box3d_corners_errors():
+    with pytest.raises(InvalidInputError, match=r"dims_lwh must be > 0 \(box sizes"):
+        g.box3d_corners(np.zeros(3), np.array([1.0, 0.0, 1.0]), np.eye(3))
+    with pytest.raises(InvalidInputError, match=r"center must be finite"):
+        g.box3d_corners(np.array([0, np.nan, 0]), np.ones(3), np.eye(3))
+    with pytest.raises(InvalidInputError, match=r"R must have shape \(..., 3, 3\)"):
+        g.box3d_corners(np.zeros(3), np.ones(3), np.eye(2))
+
+
+def test_box3d_dataclass():
+    box = g.Box3D([0, 0, 5], [2, 1, 1.5])
+    np.testing.assert_array_equal(box.R, np.eye(3))
+    assert box.volume == pytest.approx(3.0)
+    assert box.corners().shape == (8, 3)
+    with pytest.raises(ValueError, match="read-only"):
+        box.center[0] = 3.0
+    with pytest.raises(AttributeError):
+        box.center = np.zeros(3)  # type: ignore[misc]
+    omni = g.Box3D.from_omni3d([0, 0, 5], [1.0, 1.5, 2.0], np.eye(3))  # [W, H, L]
+    np.testing.assert_array_equal(omni.dims_lwh, [2.0, 1.0, 1.5])
+    with pytest.raises(InvalidInputError, match=r"dims_lwh must be > 0"):
+        g.Box3D([0, 0, 5], [2, -1, 1.5])
+    with pytest.raises(InvalidInputError, match=r"center must have shape \(3,\), got \(2,\)"):
+        g.Box3D([0, 0], [2, 1, 1.5])
+    with pytest.raises(InvalidInputError, match=r"R must be a proper rotation"):
+        g.Box3D([0, 0, 5], [2, 1, 1.5], np.diag([1.0, 1.0, -1.0]))
+    with pytest.raises(InvalidInputError, match=r"center must be finite"):
+        g.Box3D([0, np.inf, 5], [2, 1, 1.5])
+
+
+# ------------------------------------------------------------------------------------ IoU
+
+
+def corners_of(center, dims, R=None):
+    return g.box3d_corners(
+        np.asarray(center, float), np.asarray(dims, float), np.eye(3) if R is None else R
+    )
+
+
+def test_iou_hand_values():
+    a = corners_of([0, 0, 0], [2, 2, 2])
+    assert g.box3d_iou(a, a) == pytest.approx(1.0, abs=1e-12)
+    # shifted along x by half its length: shared faces on 4 sides -> 1/3
+    assert g.box3d_iou(a, corners_of([1, 0, 0], [2, 2, 2])) == pytest.approx(1 / 3, abs=1e-12)
+    # touching along a face, and fully apart
+    assert g.box3d_iou(a, corners_of([2, 0, 0], [2, 2, 2])) == pytest.approx(0.0, abs=1e-12)
+    assert g.box3d_iou(a, corners_of([5, 5, 5], [2, 2, 2])) == 0.0
+    # box inside another
+    assert g.box3d_iou(a, corners_of([0.1, 0, 0], [1, 1, 1])) == pytest.approx(1 / 8)
+    # unit cube vs the same cube turned 45 deg about y: octagon prism, IoU = 1/sqrt(2)
+    R45 = Rotation.from_euler("y", 45, degrees=True).as_matrix()
+    iou = g.box3d_iou(corners_of([0, 0, 0], [1, 1, 1]), corners_of([0, 0, 0], [1, 1, 1], R45))
+    assert iou == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+
+
+def random_box_pairs(rng: np.random.Generator, n: int, spread: float = 0.6):
+    def boxes():
+        centers = rng.normal(size=(n, 3)) * spread + [0, 0, 10]
+        dims = rng.uniform(0.3, 3.0, (n, 3))
+        return g.box3d_corners(centers, dims, Rotation.random(n, random_state=rng).as_matrix())
+
+    return boxes(), boxes()
+
+
+def test_iou_properties_on_random_pairs():
+    rng = np.random.default_rng(7)
+    a, b = random_box_pairs(rng, 500)
+    iou_ab = g.box3d_iou_batch(a, b)
+    assert iou_ab.shape == (500,)
+    assert ((iou_ab >= 0) & (iou_ab <= 1)).all()
+    assert (iou_ab > 0.3).any() and (iou_ab == 0).any()
+    np.testing.assert_allclose(g.box3d_iou_batch(b, a), iou_ab, atol=1e-12)  # symmetric
+    np.testing.assert_allclose(g.box3d_iou_batch(a, a), 1.0, atol=1e-12)  # identical
+    # a rigid motion applied to both boxes changes nothing
+    R = Rotation.random(500, random_state=rng).as_matrix()
+    t = rng.normal(size=(500, 1, 3)) * 20
+    moved = g.box3d_iou_batch(a @ np.swapaxes(R, 1, 2) + t, b @ np.swapaxes(R, 1, 2) + t)
+    np.testing.assert_allclose(moved, iou_ab, atol=1e-9)
+    # disjoint: b moved far away
+    assert (g.box3d_iou_batch(a, b + np.array([100.0, 0, 0])) == 0).all()
+    # broadcasting API and torch
+    assert g.box3d_iou(a[:3], b[0]).shape == (3,)
+    out = g.box3d_iou(torch.tensor(a[:5]), torch.tensor(b[:5]))
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), iou_ab[:5])
+    out32 = g.box3d_iou_batch(
+        torch.tensor(a[:5], dtype=torch.float32), torch.tensor(b[:5], dtype=torch.float32)
+    )
+    np.testing.assert_allclose(out32.numpy(), iou_ab[:5], atol=1e-5)
+
+
+box_params = st.tuples(
+    hnp.arrays(np.float64, (3,), elements=st.floats(-1.5, 1.5)),
+    hnp.arrays(np.float64, (3,), elements=st.floats(0.1, 3.0)),
+    quat,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    box_a=box_params, box_b=box_params, q=quat, shift=hnp.arrays(np.float64, (3,), elements=finite)
+)
+def test_iou_property_based(box_a, box_b, q, shift):
+    a = corners_of(box_a[0], box_a[1], rotation(box_a[2]))
+    b = corners_of(box_b[0], box_b[1], rotation(box_b[2]))
+    iou = g.box3d_iou(a, b)
+    assert 0.0 <= iou <= 1.0
+    assert g.box3d_iou(b, a) == pytest.approx(iou, abs=1e-9)
+    assert g.box3d_iou(a, a) == pytest.approx(1.0, abs=1e-9)
+    R = rotation(q)
+    assert g.box3d_iou(a @ R.T + shift, b @ R.T + shift) == pytest.approx(iou, abs=1e-7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    box_a=box_params,
+    axis_perm=st.permutations([0, 1, 2]),
+    flips=hnp.arrays(np.float64, (3,), elements=st.sampled_from([-1.0, 1.0])),
+    offset=hnp.arrays(np.float64, (3,), elements=st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0])),
+)
+def test_iou_with_coplanar_faces(box_a, axis_perm, flips, offset):
+    """Boxes sharing face planes (offsets of half a size along the box axes): exact values.
+
+    Box B is also written with permuted / flipped local axes (R_b = R P for a signed permutation
+    P), so its faces come in another order than A's: the coplanar handling must not care.
+    """
+    center, dims, q = box_a
+    R = rotation(q)
+    ext = dims[[0, 2, 1]]  # local extents along x (L), y (H), z (W)
+    local_shift = offset * ext
+    P = np.zeros((3, 3))
+    P[list(axis_perm), [0, 1, 2]] = flips
+    P[:, 2] *= np.linalg.det(P)  # proper rotation
+    ext_b = ext[list(axis_perm)]
+    a = corners_of(center, dims, R)
+    b = corners_of(center + R @ local_shift, ext_b[[0, 2, 1]], R @ P)
+    overlap = np.clip(ext - np.abs(local_shift), 0, None).prod()
+    expected = overlap / (2 * ext.prod() - overlap)
+    assert g.box3d_iou(a, b) == pytest.approx(expected, abs=1e-9)
+    assert g.box3d_iou(b, a) == pytest.approx(expected, abs=1e-9)
+
+
+def monte_carlo_iou(a: np.ndarray, b: np.ndarray, sampler: qmc.Sobol, m: int) -> float:
+    """IoU estimated from quasi-random points inside A tested against B (independent of g)."""
+    basis_a = np.stack([a[1] - a[0], a[3] - a[0], a[4] - a[0]])  # rows: edge vectors
+    basis_b = np.stack([b[1] - b[0], b[3] - b[0], b[4] - b[0]])
+    pts = a[0] + sampler.random_base2(m) @ basis_a
+    local = np.linalg.solve(basis_b.T, (pts - b[0]).T).T
+    frac = np.all((local >= 0) & (local <= 1), axis=1).mean()
+    vol_a, vol_b = abs(np.linalg.det(basis_a)), abs(np.linalg.det(basis_b))
+    inter = frac * vol_a
+    return inter / (vol_a + vol_b - inter)
+
+
+def test_iou_matches_monte_carlo_on_100_random_pairs():
+    start = time.perf_counter()
+    rng = np.random.default_rng(2024)
+    a, b = random_box_pairs(rng, 100, spread=0.4)
+    ious = g.box3d_iou_batch(a, b)
+    sampler = qmc.Sobol(d=3, scramble=True, seed=11)
+    checked = 0
+    for i in range(100):
+        sampler.reset()
+        mc = monte_carlo_iou(a[i], b[i], sampler, 17)  # 131072 points
+        if ious[i] > 0.05:
+            assert ious[i] == pytest.approx(mc, rel=0.01), i
+            checked += 1
+        else:
+            assert ious[i] == pytest.approx(mc, abs=5e-4), i
+    assert checked >= 60
+    assert time.perf_counter() - start < 20
+
+
+def test_iou_errors():
+    a = corners_of([0, 0, 0], [1, 1, 1])
+    with pytest.raises(
+        InvalidInputError, match=r"corners_a must have shape \(..., 8, 3\), got \(7, 3\)"
+    ):
+        g.box3d_iou(a[:7], a)
+    with pytest.raises(InvalidInputError, match=r"corners_b must be finite"):
+        g.box3d_iou(a, np.full((8, 3), np.nan))
+    flat = a.copy()
+    flat[:, 2] = 0.0
+    with pytest.raises(InvalidInputError, match=r"corners_b must describe boxes with volume > 0"):
+        g.box3d_iou(a, flat)
+    with pytest.raises(InvalidInputError, match=r"must both have shape \(N, 8, 3\)"):
+        g.box3d_iou_batch(a[None], np.stack([a, a]))
+    with pytest.raises(InvalidInputError, match=r"do not broadcast"):
+        g.box3d_iou(np.stack([a, a]), np.stack([a, a, a]))
+
+
+def test_iou_mono3dvg_variant():
+    # Mono3DVG puts (h, w, l) on (x, y, z) and ignores the rotation
+    c = np.array([0.0, 0.0, 10.0])
+    dims = np.array([4.0, 2.0, 1.0])  # L, W, H -> extents x=1 (H), y=2 (W), z=4 (L)
+    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([0, 0, 2.0]), dims) == pytest.approx(1 / 3)
+    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([0.5, 0, 0]), dims) == pytest.approx(1 / 3)
+    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([1.0, 0, 0]), dims) == 0.0
+    batch = g.box3d_iou_mono3dvg(np.stack([c, c]), np.stack([dims, dims]), c, dims)
+    np.testing.assert_allclose(batch, [1.0, 1.0])
+    out = g.box3d_iou_mono3dvg(
+        torch.tensor(c), torch.tensor(dims), torch.tensor(c), torch.tensor(dims)
+    )
+    assert isinstance(out, torch.Tensor) and out.item() == pytest.approx(1.0)
+    with pytest.raises(InvalidInputError, match=r"dims_lwh_b must be > 0"):
+        g.box3d_iou_mono3dvg(c, dims, c, np.array([1.0, 0.0, 1.0]))
+    with pytest.raises(InvalidInputError, match=r"center_a must have shape \(..., 3\)"):
+        g.box3d_iou_mono3dvg(c[:2], dims, c, dims)
