@@ -167,3 +167,31 @@ def predictions_to_detections(
         detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = length, height, width
         array.detections.append(detection)
     return array
+
+
+def detection_to_box(detection: Detection3D) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of `predictions_to_detections` for one detection.
+
+    Returns:
+        (center (3,), dims_lwh (3,), R (3, 3)) in the detection's frame, metres.
+    """
+    pose = detection.bbox.center
+    center = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
+    q = pose.orientation
+    R = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    size = detection.bbox.size
+    dims_lwh = np.array([size.x, size.z, size.y], dtype=np.float64)  # size is (L, H, W)
+    return center, dims_lwh, R
+
+
+def camera_info_from_k(K: np.ndarray, width: int, height: int, header: Header) -> CameraInfo:
+    """A CameraInfo for an undistorted pinhole camera with intrinsics K (P = [K | 0])."""
+    info = CameraInfo(header=header, width=int(width), height=int(height))
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [float(v) for v in np.asarray(K, dtype=np.float64).ravel()]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    info.p = [float(v) for v in P.ravel()]
+    return info

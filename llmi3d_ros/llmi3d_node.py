@@ -1,0 +1,504 @@
+"""llmi3d_node: answers "where is the X?" with 3D boxes in the camera frame.
+
+Lifecycle (each transition undoes the previous one's work):
+  configure  -> reads parameters, loads the model, creates publishers and the ~/query service.
+               FAILURE (node stays unconfigured, reason logged) if the model cannot be loaded.
+  activate   -> subscribes to the image, CameraInfo and standing-query topics; starts timers.
+  deactivate -> unsubscribes, forgets the buffered frame and the model's image-feature cache.
+  cleanup    -> destroys publishers and the service, frees the model.
+With `autostart` (default true) `main` configures and activates at start-up.
+
+Concurrency: one MultiThreadedExecutor with three callback groups.
+  sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
+            cheap, they only store the newest message.
+  inference (mutually exclusive): the ~/query service and the standing-query timer; the model runs
+            here, one call at a time, while the sensor group keeps receiving frames and the default
+            group keeps serving lifecycle and parameter requests.
+  default:  lifecycle services, parameter services and the no-input watchdog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from llmi3d_msgs.srv import Query
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from llmi3d_core.errors import Llmi3dError
+from llmi3d_core.geometry import box3d_corners
+from llmi3d_core.inference import Prediction, Predictor
+from llmi3d_core.visualize import draw_boxes
+from llmi3d_ros.conversions import (
+    camera_info_to_k,
+    compressed_image_to_rgb,
+    image_to_rgb,
+    predictions_to_detections,
+    rgb_to_image,
+    scale_intrinsics,
+    stamp_to_ns,
+)
+from llmi3d_ros.frame_pairing import StampPairer
+from llmi3d_ros.markers import prediction_markers
+from llmi3d_ros.params import NodeParams, declare_params, read_params, validate
+
+NODE_NAME = "llmi3d_node"
+ASPECT_TOLERANCE = 0.01
+
+
+class QueryRejectedError(Llmi3dError):
+    """A query that cannot be answered now; the message tells the caller why."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one query produced, ready to publish."""
+
+    header: Header
+    predictions: list[Prediction]
+    rgb: np.ndarray
+    K: np.ndarray
+    timings_s: dict[str, float]
+
+
+class Llmi3dNode(LifecycleNode):
+    """Lifecycle node wrapping llmi3d_core.Predictor; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._params: NodeParams | None = None
+        self._predictor: Predictor | None = None
+        self._active = False
+        self._pairer: StampPairer[Image | CompressedImage, CameraInfo] | None = None
+        self._pair_lock = threading.Lock()
+        self._standing_query = ""
+        self._standing_answered_seq = 0
+        self._standing_last_s = 0.0
+        self._last_image_s: float | None = None
+        self._activated_s = 0.0
+        self._warned_sizes: set[tuple[int, int, int, int]] = set()
+        self._subscriptions: list[Any] = []
+        self._timers: list[Any] = []
+        self._publishers: dict[str, Any] = {}
+        self._service: Any = None
+        super().__init__(NODE_NAME, **kwargs)
+        self._sensor_group = MutuallyExclusiveCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        declare_params(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            reason = validate(parameter.name, parameter.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    @property
+    def params(self) -> NodeParams:
+        """Current parameter values (re-read so runtime changes apply to the next query)."""
+        return read_params(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model and create outputs; FAILURE leaves the node unconfigured."""
+        self.get_logger().info("configuring...")
+        try:
+            params = read_params(self)
+        except ValueError as err:
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            start = time.perf_counter()
+            if params.checkpoint:
+                source = f"checkpoint {params.checkpoint}"
+                predictor = Predictor.from_checkpoint(
+                    params.checkpoint, device=params.device, dtype=params.dtype
+                )
+            else:
+                source = f"preset {params.preset!r}"
+                predictor = Predictor.from_preset(
+                    params.preset, device=params.device, dtype=params.dtype
+                )
+            load_s = time.perf_counter() - start
+        except Exception as err:
+            self.get_logger().error(f"configure failed: could not load the model: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._params = params
+        self._predictor = predictor
+        self._pairer = StampPairer(slop_ns=int(params.slop_s * 1e9))
+        self._publishers = {
+            "detections": self.create_lifecycle_publisher(Detection3DArray, "~/detections", 10),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 10),
+            "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", 2),
+            "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "diagnostics", 10),
+        }
+        self._service = self.create_service(
+            Query, "~/query", self._on_query, callback_group=self._inference_group
+        )
+        self.get_logger().info(
+            f"configured: model from {source} on {params.device}/{params.dtype} in {load_s:.1f} s"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the inputs and start the timers."""
+        params = self.params
+        qos = params.sensor_qos()
+        group = self._sensor_group
+        self._subscriptions = [
+            self.create_subscription(
+                Image, params.image_topic, self._on_image, qos, callback_group=group
+            ),
+            self.create_subscription(
+                CameraInfo, params.camera_info_topic, self._on_camera_info, qos,
+                callback_group=group,
+            ),
+            self.create_subscription(
+                String, params.standing_query_topic, self._on_standing_query, 10,
+                callback_group=group,
+            ),
+        ]  # fmt: skip
+        if params.compressed_image_topic:
+            self._subscriptions.append(
+                self.create_subscription(
+                    CompressedImage, params.compressed_image_topic, self._on_image, qos,
+                    callback_group=group,
+                )
+            )  # fmt: skip
+        self._timers = [
+            self.create_timer(0.05, self._on_standing_timer, callback_group=self._inference_group),
+            self.create_timer(1.0, self._on_watchdog),
+        ]
+        self._activated_s = time.monotonic()
+        self._last_image_s = None
+        self._active = True
+        topics = [params.image_topic, params.camera_info_topic]
+        if params.compressed_image_topic:
+            topics.append(params.compressed_image_topic)
+        self.get_logger().info(
+            f"activated: listening on {', '.join(self.resolve_topic_name(t) for t in topics)} "
+            f"with QoS reliability={params.qos_reliability}, history={params.qos_history}, "
+            f"depth={params.qos_depth}; slop {params.slop_s * 1e3:.0f} ms"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and drop buffered frames and cached image features."""
+        self._active = False
+        self._stop_inputs()
+        if self._pairer is not None:
+            with self._pair_lock:
+                self._pairer.clear()
+        if self._predictor is not None:
+            self._predictor.clear_cache()
+        _empty_device_cache()
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy outputs and free the model."""
+        self._release()
+        self.get_logger().info("cleaned up")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, whatever the state."""
+        self._active = False
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._subscriptions, self._timers = [], []
+
+    def _release(self) -> None:
+        for publisher in self._publishers.values():
+            self.destroy_publisher(publisher)
+        self._publishers = {}
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
+        self._predictor = None
+        self._pairer = None
+        _empty_device_cache()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._last_image_s = time.monotonic()
+        if self._pairer is None:
+            return
+        with self._pair_lock:
+            self._pairer.add_image(stamp_to_ns(msg.header.stamp), msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        if self._pairer is None:
+            return
+        with self._pair_lock:
+            self._pairer.add_info(stamp_to_ns(msg.header.stamp), msg)
+
+    def _on_standing_query(self, msg: String) -> None:
+        self._standing_query = msg.data.strip()
+        self._standing_answered_seq = 0
+        self.get_logger().info(f"standing query set to {self._standing_query!r}")
+
+    def _on_watchdog(self) -> None:
+        params = self.params
+        now = time.monotonic()
+        last = self._last_image_s if self._last_image_s is not None else self._activated_s
+        if now - last < params.no_input_warning_s:
+            return
+        topic = self.resolve_topic_name(params.image_topic)
+        what = "no image received yet" if self._last_image_s is None else "no new image"
+        self.get_logger().warning(
+            f"{what} on {topic} for {now - last:.0f} s (check the remapping and that the "
+            f"publisher's QoS is compatible with reliability={params.qos_reliability})",
+            throttle_duration_sec=params.no_input_warning_s,
+        )
+
+    # ------------------------------------------------------------------ answering
+
+    def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        """Service callback: answer on the newest frame; never raises."""
+        try:
+            answer = self._answer(
+                request.query,
+                list(request.box_prompt),
+                list(request.point_prompt),
+                int(request.max_results),
+            )
+        except Llmi3dError as err:  # InvalidInputError, ModelOutputError, QueryRejectedError, ...
+            response.success = False
+            response.message = str(err)
+            self.get_logger().warning(f"query {request.query[:80]!r} failed: {err}")
+            return response
+        except Exception as err:
+            response.success = False
+            response.message = f"internal error while answering: {type(err).__name__}: {err}"
+            self.get_logger().error(f"{response.message}\n{traceback.format_exc()}")
+            return response
+        self._publish(answer)
+        response.success = True
+        response.detections = predictions_to_detections(answer.predictions, answer.header)
+        best = answer.predictions[0] if answer.predictions else None
+        response.answer = (best.answer or best.label) if best else ""
+        response.message = (
+            f"found {len(answer.predictions)} object(s)" if answer.predictions
+            else "no object above score_threshold"
+        )  # fmt: skip
+        self.get_logger().info(
+            f"query {request.query[:80]!r} -> {response.answer!r} "
+            f"({_format_timings(answer.timings_s)})"
+        )
+        return response
+
+    def _on_standing_timer(self) -> None:
+        """Answer the standing query on a new frame, at most standing_query_max_rate_hz."""
+        if not self._standing_query or self._pairer is None:
+            return
+        latest = self._pairer.latest
+        if latest is None or latest.sequence == self._standing_answered_seq:
+            return
+        params = self.params
+        now = time.monotonic()
+        if now - self._standing_last_s < 1.0 / params.standing_query_max_rate_hz:
+            return
+        self._standing_last_s = now
+        self._standing_answered_seq = latest.sequence
+        try:
+            answer = self._answer(self._standing_query, [], [], 0)
+        except Exception as err:
+            self.get_logger().warning(
+                f"standing query {self._standing_query[:80]!r} failed: {err}",
+                throttle_duration_sec=5.0,
+            )
+            return
+        self._publish(answer)
+
+    def _answer(
+        self, query: str, box_prompt: list[float], point_prompt: list[float], max_results: int
+    ) -> Answer:
+        """Check the request and the inputs, run the model on the newest frame.
+
+        Raises:
+            QueryRejectedError: the node is not active, no frame yet, or a malformed request.
+            InvalidInputError: a bad image or CameraInfo, or a prompt outside the image.
+            ModelOutputError: the model produced non-finite values.
+        """
+        params = self.params
+        if not self._active or self._predictor is None or self._pairer is None:
+            raise QueryRejectedError("llmi3d_node is not active; activate it (lifecycle) and retry")
+        text = query.strip()
+        if not text:
+            raise QueryRejectedError("query is empty; ask for an object, e.g. 'the lamp'")
+        if len(text) > params.max_query_chars:
+            raise QueryRejectedError(
+                f"query is {len(text)} characters long; the limit is max_query_chars="
+                f"{params.max_query_chars}"
+            )
+        if len(box_prompt) not in (0, 4):
+            raise QueryRejectedError(
+                "box_prompt must be empty or [x_min, y_min, x_max, y_max], got "
+                f"{len(box_prompt)} values"
+            )
+        if len(point_prompt) not in (0, 2):
+            raise QueryRejectedError(
+                f"point_prompt must be empty or [u, v], got {len(point_prompt)} values"
+            )
+        with self._pair_lock:
+            pair = self._pairer.latest
+            has_info = self._pairer.has_info
+        if pair is None:
+            raise QueryRejectedError(self._why_no_frame(params, has_info))
+
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        image_msg, info = pair.image, pair.info
+        if isinstance(image_msg, CompressedImage):
+            rgb = compressed_image_to_rgb(image_msg)
+        else:
+            rgb = image_to_rgb(image_msg)
+        K = self._intrinsics_for(info, rgb.shape[1], rgb.shape[0])
+        timings["decode_s"] = time.perf_counter() - start
+
+        predictions = self._predictor.predict(
+            rgb,
+            K,
+            text,
+            box2d=np.asarray(box_prompt, dtype=np.float64) if box_prompt else None,
+            point2d=np.asarray(point_prompt, dtype=np.float64) if point_prompt else None,
+            max_results=max_results or params.max_results,
+        )
+        timings.update(self._predictor.last_timings)
+        kept = [p for p in predictions if p.score >= params.score_threshold]
+        return Answer(header=image_msg.header, predictions=kept, rgb=rgb, K=K, timings_s=timings)
+
+    def _why_no_frame(self, params: NodeParams, has_info: bool) -> str:
+        image_topic = self.resolve_topic_name(params.image_topic)
+        info_topic = self.resolve_topic_name(params.camera_info_topic)
+        if self._last_image_s is None:
+            return f"no image received yet on {image_topic}"
+        if not has_info:
+            return f"no CameraInfo received yet on {info_topic}"
+        return (
+            f"no CameraInfo on {info_topic} within slop_s={params.slop_s} of the newest image "
+            f"on {image_topic}; check that both carry the same stamps"
+        )
+
+    def _intrinsics_for(self, info: CameraInfo, width: int, height: int) -> np.ndarray:
+        """K for an image of width x height: as calibrated, or scaled for a resized image.
+
+        Raises:
+            InvalidInputError: uncalibrated CameraInfo, or a size that is not a resize of it.
+        """
+        K = camera_info_to_k(info)
+        if (info.width, info.height) == (width, height):
+            return K
+        sx, sy = width / info.width, height / info.height
+        if abs(sx - sy) > ASPECT_TOLERANCE * max(sx, sy):
+            raise QueryRejectedError(
+                f"image is {width}x{height} but its CameraInfo is {info.width}x{info.height}, "
+                "which is not a resize (aspect ratios differ); publish the CameraInfo of this image"
+            )
+        key = (width, height, info.width, info.height)
+        if key not in self._warned_sizes:
+            self._warned_sizes.add(key)
+            self.get_logger().warning(
+                f"image is {width}x{height} but CameraInfo is {info.width}x{info.height}; "
+                f"scaling K by {sx:.3f}"
+            )
+        return scale_intrinsics(K, (info.width, info.height), (width, height))
+
+    # ------------------------------------------------------------------ outputs
+
+    def _publish(self, answer: Answer) -> None:
+        params = self.params
+        start = time.perf_counter()
+        pubs = self._publishers
+        pubs["detections"].publish(predictions_to_detections(answer.predictions, answer.header))
+        pubs["markers"].publish(
+            prediction_markers(answer.predictions, answer.header, params.marker_lifetime_s)
+        )
+        if params.publish_debug_image:
+            boxes = [
+                (box3d_corners(p.center, p.dims, p.rotation), f"{p.label} {p.score:.2f}")
+                for p in answer.predictions
+            ]
+            debug = draw_boxes(answer.rgb, boxes, answer.K)
+            pubs["debug_image"].publish(rgb_to_image(debug, answer.header))
+        answer.timings_s["publish_s"] = time.perf_counter() - start
+        pubs["diagnostics"].publish(self._diagnostics(answer))
+
+    def _diagnostics(self, answer: Answer) -> DiagnosticArray:
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.OK,
+            name=f"{self.get_name()}: inference",
+            message=f"{len(answer.predictions)} detection(s)",
+            hardware_id=self.params.device,
+        )
+        status.values = [
+            KeyValue(key=k, value=f"{v * 1e3:.1f} ms") for k, v in answer.timings_s.items()
+        ]
+        return DiagnosticArray(
+            header=Header(stamp=self.get_clock().now().to_msg()), status=[status]
+        )
+
+
+def _format_timings(timings_s: dict[str, float]) -> str:
+    return ", ".join(f"{k.removesuffix('_s')} {v * 1e3:.0f} ms" for k, v in timings_s.items())
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run llmi3d_node (console script `llmi3d_node`)."""
+    rclpy.init(args=args)
+    node = Llmi3dNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error(
+                    "autostart: configure failed (see above); the node stays unconfigured and "
+                    "can be configured again through its lifecycle services"
+                )
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

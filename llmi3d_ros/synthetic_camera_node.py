@@ -1,0 +1,144 @@
+"""llmi3d_synthetic_camera: publishes IG3D-Synth scenes as a camera would, with ground truth.
+
+Lets you try the whole pipeline without a camera: `image_raw` (rgb8) and `camera_info` with equal
+stamps, plus `~/ground_truth` (Detection3DArray: class_id = category, id = object id, same header)
+so RViz can show the true boxes next to the predicted ones. Each image is held for `hold_s`
+seconds and republished at `rate_hz` with fresh stamps, like a camera looking at a still scene.
+
+The scenes come from a dataset directory (`dataset`); when it is empty, a small one is generated
+from `seed` into the user cache (~/.cache/llmi3d/synthetic_camera/seed<seed>_n<num_images>).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
+from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image, rotation_to_quaternion_xyzw
+
+CACHE_DIR = Path.home() / ".cache" / "llmi3d" / "synthetic_camera"
+
+
+def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
+    """Return the dataset directory to play, generating a synthetic one when none is given."""
+    if dataset:
+        return Path(dataset).expanduser()
+    from llmi3d_core.data.synth import SynthConfig, generate_dataset
+
+    out = CACHE_DIR / f"seed{seed}_n{num_images}"
+    if not (out / "dataset.json").is_file():
+        generate_dataset(SynthConfig(num_images=num_images, seed=seed), out, overwrite=True)
+    return out
+
+
+def ground_truth_message(image: ImageRecord, header: Header) -> Detection3DArray:
+    """The image's annotated objects as a Detection3DArray (score 1, id = object id)."""
+    array = Detection3DArray(header=header)
+    for obj in image.objects:
+        detection = Detection3D(header=header, id=obj.object_id)
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = obj.category_name
+        hypothesis.hypothesis.score = 1.0
+        pose = hypothesis.pose.pose
+        pose.position.x, pose.position.y, pose.position.z = (float(v) for v in obj.center_cam)
+        q = rotation_to_quaternion_xyzw(obj.R_cam)
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
+        detection.results.append(hypothesis)
+        detection.bbox.center = pose
+        length, width, height = (float(v) for v in obj.dims_lwh)
+        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = length, height, width
+        array.detections.append(detection)
+    return array
+
+
+class SyntheticCameraNode(Node):
+    """Publishes a dataset's images in a loop; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("llmi3d_synthetic_camera", **kwargs)
+
+        def declare(name: str, default: Any, text: str) -> Any:
+            return self.declare_parameter(
+                name, default, ParameterDescriptor(description=text, read_only=True)
+            ).value
+
+        dataset = declare("dataset", "", "dataset directory to play; empty = generate one")
+        seed = declare("seed", 7, "seed of the generated dataset")
+        num_images = declare("num_images", 8, "images in the generated dataset")
+        split = declare("split", "", "play only images with queries of this split; empty = all")
+        self.rate_hz = declare("rate_hz", 5.0, "publish rate")
+        self.hold_s = declare("hold_s", 4.0, "seconds each image is shown before the next")
+        self.frame_id = declare("frame_id", "camera_optical_frame", "frame_id of every header")
+        self.loop = declare("loop", True, "start again after the last image")
+
+        root = ensure_dataset(dataset, seed, num_images)
+        self.dataset: Dataset = read_dataset(root)
+        wanted = {q.image_id for q in self.dataset.queries if not split or q.split == split}
+        self.images = [im for im in self.dataset.images if im.image_id in wanted]
+        if not self.images:
+            raise ValueError(f"dataset {root} has no image with queries of split {split!r}")
+        self._pictures: dict[str, np.ndarray] = {}
+        self.index = 0
+        self.shown_since = time.monotonic()
+        self.image_pub = self.create_publisher(Image, "image_raw", qos_profile_sensor_data)
+        self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+        self.truth_pub = self.create_publisher(Detection3DArray, "~/ground_truth", 10)
+        self.timer = self.create_timer(1.0 / self.rate_hz, self.on_timer)
+        self.get_logger().info(
+            f"playing {len(self.images)} image(s) of {root} at {self.rate_hz} Hz, "
+            f"{self.hold_s} s each"
+        )
+
+    def picture(self, image: ImageRecord) -> np.ndarray:
+        """The image's pixels as RGB (read once, then cached)."""
+        if image.image_id not in self._pictures:
+            bgr = cv2.imread(str(self.dataset.root / image.file_name), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise FileNotFoundError(f"cannot read {self.dataset.root / image.file_name}")
+            self._pictures[image.image_id] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self._pictures[image.image_id]
+
+    def on_timer(self) -> None:
+        """Publish the current image, CameraInfo and ground truth with one stamp."""
+        now = time.monotonic()
+        if now - self.shown_since >= self.hold_s:
+            self.shown_since = now
+            if self.index + 1 < len(self.images) or self.loop:
+                self.index = (self.index + 1) % len(self.images)
+        image = self.images[self.index]
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        self.image_pub.publish(rgb_to_image(self.picture(image), header))
+        self.info_pub.publish(camera_info_from_k(image.K, image.width, image.height, header))
+        self.truth_pub.publish(ground_truth_message(image, header))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the synthetic camera (console script `llmi3d_synthetic_camera`)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SyntheticCameraNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

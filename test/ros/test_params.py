@@ -1,0 +1,27 @@
+"""config/params.yaml and the node's parameter table agree."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import yaml
+from conftest import HERE
+
+from llmi3d_ros.params import NodeParams, validate
+
+
+def test_params_yaml_matches_node_defaults() -> None:
+    """Every parameter has the same default in params.yaml and in NodeParams, and no extras."""
+    data = yaml.safe_load((HERE.parents[1] / "config" / "params.yaml").read_text())
+    ros_params = data["/**/llmi3d_node"]["ros__parameters"]
+    defaults = {f.name: f.default for f in fields(NodeParams)}
+    assert ros_params == defaults
+
+
+def test_validate_names_the_parameter_and_the_choices() -> None:
+    """A value outside the choices is refused with a reason naming both."""
+    reason = validate("qos_reliability", "sometimes")
+    assert reason is not None
+    assert "qos_reliability" in reason and "best_effort" in reason
+    assert validate("qos_reliability", "reliable") is None
+    assert validate("use_sim_time", True) is None
