@@ -1,0 +1,305 @@
+"""llmi3d_demo: the README's main job, end to end on this machine.
+
+    llmi3d_demo                      # default model: trained on first run, cached afterwards
+    llmi3d_demo --preset tiny        # untrained tiny model, only to see the plumbing (seconds)
+
+1. makes sure the default model exists (`llmi3d train` with config/train/smol_synth.yaml on first
+   run, progress bar included; reused afterwards from the cache directory),
+2. starts llmi3d_node and llmi3d_synthetic_camera (as `llmi3d_bringup --synthetic-camera` does),
+   the camera playing held-out synthetic scenes,
+3. asks several queries per scene through the ~/query service from a client in this process,
+   prints each answer, its 3D box and the IoU against the ground truth the camera publishes, and
+4. saves the debug images (prediction in colour, ground truth in white) as PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from llmi3d_msgs.srv import Query
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection3DArray
+
+from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
+from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
+from llmi3d_core.paths import config_path
+from llmi3d_core.visualize import draw_box3d
+from llmi3d_ros.bringup import BringupOptions, start, stop
+from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
+from llmi3d_ros.synthetic_camera_node import ensure_dataset
+
+CACHE = Path.home() / ".cache" / "llmi3d"
+QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
+
+
+@dataclass
+class Outcome:
+    """One demo query and how it went."""
+
+    image_id: str
+    kind: str
+    text: str
+    answer: str
+    iou: float | None
+    latency_s: float
+    message: str
+
+
+def ensure_model(args: argparse.Namespace) -> str:
+    """Return the checkpoint to serve ('' when a preset is used), training it on first run."""
+    if args.checkpoint:
+        return str(args.checkpoint)
+    if args.preset:
+        return ""
+    from llmi3d_core.train import ensure_trained
+
+    print(f"[demo] default model: {args.model_dir} (trained on first run, then reused)")
+    return str(ensure_trained(config_path("train", "smol_synth.yaml"), args.model_dir))
+
+
+def pick_queries(queries: list[QueryRecord], per_image: int) -> list[QueryRecord]:
+    """Up to `per_image` queries of one image, one of each type first."""
+    chosen: list[QueryRecord] = []
+    for kind in QUERY_TYPES:
+        chosen += [q for q in queries if q.type == kind][:1]
+    chosen += [q for q in queries if q not in chosen]
+    return chosen[:per_image]
+
+
+class DemoClient(Node):
+    """Calls ~/query and keeps the camera's ground truth and the node's debug images by stamp."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__("llmi3d_demo_client", namespace=namespace)
+        self.truth: dict[int, Detection3DArray] = {}
+        self.debug: dict[int, Image] = {}
+        self.client = self.create_client(Query, "llmi3d_node/query")
+        self.create_subscription(
+            Detection3DArray, "llmi3d_synthetic_camera/ground_truth", self.on_truth, 10
+        )
+        self.create_subscription(Image, "llmi3d_node/debug_image", self.on_debug, 10)
+
+    def on_truth(self, msg: Detection3DArray) -> None:
+        """Keep the ground truth of the last 200 frames by stamp."""
+        self.truth[stamp_to_ns(msg.header.stamp)] = msg
+        while len(self.truth) > 200:
+            self.truth.pop(next(iter(self.truth)))
+
+    def on_debug(self, msg: Image) -> None:
+        """Keep the last 20 debug images by stamp."""
+        self.debug[stamp_to_ns(msg.header.stamp)] = msg
+        while len(self.debug) > 20:
+            self.debug.pop(next(iter(self.debug)))
+
+
+def spin_until(
+    executor: SingleThreadedExecutor, done: Callable[[], bool], timeout_s: float
+) -> bool:
+    """Spin until done() or timeout; return done()."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not done():
+        executor.spin_once(timeout_sec=0.05)
+    return bool(done())
+
+
+def ask(
+    client: DemoClient, executor: SingleThreadedExecutor, query: QueryRecord, timeout_s: float
+) -> tuple[Query.Response | None, float]:
+    """Send one query; return the response (None on timeout) and the round-trip time."""
+    request = Query.Request(query=query.text, max_results=1)
+    if query.box_prompt is not None:
+        request.box_prompt = [float(v) for v in query.box_prompt]
+    if query.point_prompt is not None:
+        request.point_prompt = [float(v) for v in query.point_prompt]
+    start_s = time.monotonic()
+    future = client.client.call_async(request)
+    if not spin_until(executor, future.done, timeout_s):
+        return None, time.monotonic() - start_s
+    return future.result(), time.monotonic() - start_s
+
+
+def save_picture(
+    client: DemoClient, response: Query.Response, truth_box: Box3D | None, K: np.ndarray, path: Path
+) -> bool:
+    """Save the node's debug image for this answer with the ground truth added in white."""
+    stamp = stamp_to_ns(response.detections.header.stamp)
+    msg = client.debug.get(stamp)
+    if msg is None:
+        return False
+    rgb = image_to_rgb(msg)
+    if truth_box is not None:
+        draw_box3d(rgb, truth_box.corners(), K, (255, 255, 255), "ground truth", thickness=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return True
+
+
+def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path) -> list[Outcome]:
+    """Wait for scenes from the camera and ask about each; return the outcomes."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+    dataset = read_dataset(dataset_dir)
+    image_of_object = {o.object_id: im for im in dataset.images for o in im.objects}
+    outcomes: list[Outcome] = []
+    print("[demo] waiting for llmi3d_node to load the model and offer its service...")
+    if not client.client.wait_for_service(timeout_sec=args.startup_timeout_s):
+        raise TimeoutError(
+            f"llmi3d_node offered no service within {args.startup_timeout_s:.0f} s; "
+            "see its log above"
+        )
+    done_images: set[str] = set()
+    deadline = time.monotonic() + args.run_timeout_s
+    while len(done_images) < args.images and time.monotonic() < deadline:
+        if not spin_until(executor, lambda: bool(client.truth), 10.0):
+            raise TimeoutError("no ground truth from llmi3d_synthetic_camera within 10 s")
+        latest = client.truth[max(client.truth)]
+        image = image_of_object.get(latest.detections[0].id) if latest.detections else None
+        if image is None or image.image_id in done_images:
+            executor.spin_once(timeout_sec=0.2)
+            continue
+        done_images.add(image.image_id)
+        queries = [q for q in dataset.queries if q.image_id == image.image_id]
+        print(f"\n[demo] scene {image.image_id} ({image.width}x{image.height}, "
+              f"fx={image.K[0, 0]:.0f} px, {len(image.objects)} objects)")  # fmt: skip
+        for query in pick_queries(queries, args.queries_per_image):
+            response, latency_s = ask(client, executor, query, args.query_timeout_s)
+            outcomes.append(
+                report(
+                    client, executor, query,
+                    response=response, latency_s=latency_s, image=image, args=args,
+                )
+            )  # fmt: skip
+    return outcomes
+
+
+def report(
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    query: QueryRecord,
+    *,
+    response: Query.Response | None,
+    latency_s: float,
+    image: ImageRecord,
+    args: argparse.Namespace,
+) -> Outcome:
+    """Print one answer with its IoU against the ground truth, save its picture."""
+    prompt = ""
+    if query.box_prompt is not None:
+        prompt = f" [box {np.round(query.box_prompt).astype(int).tolist()}]"
+    if query.point_prompt is not None:
+        prompt = f" [point {np.round(query.point_prompt).astype(int).tolist()}]"
+    print(f"  Q ({query.type}): {query.text}{prompt}")
+    if response is None:
+        print(f"  -> no answer within {args.query_timeout_s:.0f} s")
+        return Outcome(image.image_id, query.type, query.text, "", None, latency_s, "timeout")
+    if not response.success or not response.detections.detections:
+        print(f"  -> failed: {response.message}")
+        return Outcome(
+            image.image_id, query.type, query.text, "", None, latency_s, response.message
+        )
+    truth = client.truth.get(stamp_to_ns(response.detections.header.stamp))
+    truth_box = None
+    if truth is not None:
+        for det in truth.detections:
+            if det.id == query.target_object_id:
+                truth_box = Box3D(*detection_to_box(det))
+    center, dims, R = detection_to_box(response.detections.detections[0])
+    predicted = Box3D(center, dims, R)
+    iou = None
+    if truth_box is not None:
+        iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
+    spin_until(executor, lambda: stamp_to_ns(response.detections.header.stamp) in client.debug, 2.0)
+    index = len(list(args.out.glob("*.png"))) if args.out.is_dir() else 0
+    picture = args.out / f"{index:02d}_{image.image_id}_{query.type}.png"
+    saved = save_picture(client, response, truth_box, image.K, picture)
+    score = response.detections.detections[0].results[0].hypothesis.score
+    print(f"  -> answer: {response.answer!r} (expected {query.answer!r}), score {score:.2f}, "
+          f"{latency_s:.2f} s")  # fmt: skip
+    print(f"     box: centre {np.round(predicted.center, 2).tolist()} m, "
+          f"L W H {np.round(predicted.dims_lwh, 2).tolist()} m")  # fmt: skip
+    if truth_box is not None:
+        print(f"     truth: centre {np.round(truth_box.center, 2).tolist()} m, "
+              f"L W H {np.round(truth_box.dims_lwh, 2).tolist()} m, 3D IoU {iou:.3f}")  # fmt: skip
+    if saved:
+        print(f"     picture: {picture}")
+    return Outcome(image.image_id, query.type, query.text, response.answer, iou, latency_s, "ok")
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    """A markdown table of the outcomes and the headline numbers."""
+    lines = ["| scene | type | query | answer | 3D IoU | latency |", "|---|---|---|---|---|---|"]
+    for o in outcomes:
+        iou = f"{o.iou:.3f}" if o.iou is not None else "-"
+        lines.append(
+            f"| {o.image_id} | {o.kind} | {o.text[:48]} | {o.answer or o.message[:30]} | {iou} "
+            f"| {o.latency_s:.2f} s |"
+        )
+    ious = [o.iou for o in outcomes if o.iou is not None]
+    answered = sum(o.message == "ok" for o in outcomes)
+    lines.append("")
+    lines.append(f"answered {answered}/{len(outcomes)} queries")
+    if ious:
+        lines.append(
+            f"mean 3D IoU {np.mean(ious):.3f}, Acc@0.25 {np.mean(np.array(ious) > 0.25):.2f}, "
+            f"Acc@0.5 {np.mean(np.array(ious) > 0.5):.2f} (exact oriented IoU)"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the demo's command line."""
+    parser = argparse.ArgumentParser(prog="llmi3d_demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="", help="serve an untrained preset (tiny, smol)")
+    parser.add_argument("--checkpoint", default="", help="serve this checkpoint")
+    parser.add_argument("--model-dir", type=Path, default=CACHE / "default_model")
+    parser.add_argument("--out", type=Path, default=Path("out") / "demo", help="PNG directory")
+    parser.add_argument("--images", type=int, default=3, help="scenes to ask about")
+    parser.add_argument("--queries-per-image", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1000, help="seed of the demo scenes")
+    parser.add_argument("--startup-timeout-s", type=float, default=180.0)
+    parser.add_argument("--query-timeout-s", type=float, default=60.0)
+    parser.add_argument("--run-timeout-s", type=float, default=300.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; exit status 0 when every query was answered."""
+    args = parse_args(argv)
+    checkpoint = ensure_model(args)
+    dataset_dir = ensure_dataset("", args.seed, max(args.images, 4))
+    options = BringupOptions(
+        checkpoint=checkpoint, preset=args.preset, synthetic_camera=True,
+        synthetic_dataset=str(dataset_dir), log_level="warn",
+    )  # fmt: skip
+    print(f"[demo] starting llmi3d_node ({checkpoint or 'preset ' + args.preset}) and the camera")
+    processes = start(options)
+    rclpy.init()
+    client = DemoClient(namespace="/")
+    try:
+        outcomes = run_queries(args, client, dataset_dir)
+    except TimeoutError as err:
+        print(f"[demo] error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+        stop(processes)
+    print("\n" + summary(outcomes))
+    print(f"\n[demo] debug pictures in {args.out.resolve()}")
+    return 0 if outcomes and all(o.message == "ok" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
