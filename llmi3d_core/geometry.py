@@ -1015,6 +1015,9 @@ def _clip_polygons(
 ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
     """One Sutherland-Hodgman step for a batch of convex polygons against one plane each.
 
+    Polygons entirely on the kept side pass unchanged and those entirely outside are emptied;
+    only the ones the plane cuts go through `_cut_polygons`. ``poly`` may be modified in place.
+
     Args:
         poly: (P, K, 3) vertices in order; only the first ``count`` of each row are used.
         count: (P,) vertex counts.
@@ -1023,29 +1026,52 @@ def _clip_polygons(
         active: (P,) False where the plane must be ignored (coplanar faces).
 
     Returns:
-        Clipped polygons (P, K', 3) and their counts (P,); winding is preserved.
+        Clipped polygons (P, K', 3), K' >= K, and their counts (P,); winding is preserved.
     """
     P, K, _ = poly.shape
-    slot = np.arange(K)
-    valid = slot[None, :] < count[:, None]  # (P, K)
-    nxt = np.where(slot[None, :] + 1 < count[:, None], slot[None, :] + 1, 0)  # (P, K)
+    valid = np.arange(K)[None, :] < count[:, None]  # (P, K)
     dist = np.einsum("pki,pi->pk", poly, normal) - offset[:, None]  # (P, K)
-    dist = np.where(active[:, None], dist, -1.0)
-    dist_next = np.take_along_axis(dist, nxt, axis=1)
-    poly_next = np.take_along_axis(poly, nxt[..., None], axis=1)  # (P, K, 3)
+    n_out = (valid & (dist > 0)).sum(axis=1) * active  # (P,) vertices strictly outside
+    new_count = np.where(n_out == count, 0, count)
+    cut = np.flatnonzero((n_out > 0) & (n_out < count))
+    if cut.size == 0:
+        return poly, new_count
+    sub_poly, sub_count = _cut_polygons(poly[cut], count[cut], dist[cut])
+    width = sub_poly.shape[1]
+    if width > K:
+        poly = np.concatenate([poly, np.zeros((P, width - K, 3))], axis=1)
+    poly[cut, :width] = sub_poly
+    new_count[cut] = sub_count
+    return poly, new_count
+
+
+def _cut_polygons(
+    poly: FloatArray, count: npt.NDArray[np.intp], dist: FloatArray
+) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Keep the part ``dist <= 0`` of convex polygons (P, K, 3) that a plane cuts.
+
+    Each edge i -> i+1 emits its start vertex if kept and the crossing point if its ends lie
+    strictly on opposite sides; the emitted points are then packed to the front of each row.
+    """
+    P, K = dist.shape
+    rows = np.arange(P)
+    last = count - 1
+    poly_next = np.roll(poly, -1, axis=1)  # (P, K, 3): vertex i+1, wrapping at count
+    poly_next[rows, last] = poly[:, 0]
+    dist_next = np.roll(dist, -1, axis=1)
+    dist_next[rows, last] = dist[:, 0]
+    valid = np.arange(K)[None, :] < count[:, None]
     keep_cur = valid & (dist <= 0)
     crossing = valid & (((dist < 0) & (dist_next > 0)) | ((dist > 0) & (dist_next < 0)))
-    denom = np.where(crossing, dist - dist_next, 1.0)
-    t = np.where(crossing, dist / denom, 0.0)[..., None]  # (P, K, 1)
-    hit = poly + t * (poly_next - poly)  # (P, K, 3)
+    t = np.where(crossing, dist / np.where(crossing, dist - dist_next, 1.0), 0.0)  # (P, K)
+    hit = poly + t[..., None] * (poly_next - poly)  # (P, K, 3)
     cand = np.stack([poly, hit], axis=2).reshape(P, 2 * K, 3)  # cur_0, hit_01, cur_1, ...
     keep = np.stack([keep_cur, crossing], axis=2).reshape(P, 2 * K)
     new_count = keep.sum(axis=1)
     width = max(int(new_count.max(initial=0)), 1)
     pos = np.cumsum(keep, axis=1) - 1  # target slot of each kept candidate
     out = np.zeros((P, width, 3))
-    rows = np.broadcast_to(np.arange(P)[:, None], keep.shape)
-    out[rows[keep], pos[keep]] = cand[keep]
+    out[np.broadcast_to(rows[:, None], keep.shape)[keep], pos[keep]] = cand[keep]
     return out, new_count
 
 
@@ -1093,12 +1119,22 @@ def _intersection_volume(a: FloatArray, b: FloatArray) -> FloatArray:
     drop_a = opposite.any(axis=2)  # (N, 6)
     drop_b = same.any(axis=1) | opposite.any(axis=1)  # (N, 6)
     keep_face = ~np.concatenate([drop_a, drop_b], axis=1).reshape(N * 12)
-    count = np.where(keep_face, 4, 0).astype(np.intp)
+    # Pairs whose bounding spheres do not meet cannot intersect: skip their polygons.
+    radius_a = np.linalg.norm(a - a.mean(axis=1, keepdims=True), axis=-1).max(axis=1)
+    radius_b = np.linalg.norm(b - b.mean(axis=1, keepdims=True), axis=-1).max(axis=1)
+    near = np.linalg.norm(a.mean(axis=1) - b.mean(axis=1), axis=-1) < radius_a + radius_b
+    owner = np.repeat(np.arange(N), 12)  # pair index of each polygon
+    rows = np.flatnonzero(keep_face & near[owner])  # live polygons, indices into the N * 12
+    poly = poly[rows]
+    count = np.full(rows.size, 4, dtype=np.intp)
     for j in range(6):
-        poly, count = _clip_polygons(poly, count, normal[:, j], offset[:, j], active[:, j])
-    volume = _polygon_volume_terms(poly, count).reshape(N, 12).sum(axis=1)
-    clipped: FloatArray = np.maximum(volume, 0.0)
-    return clipped
+        poly, count = _clip_polygons(poly, count, normal[rows, j], offset[rows, j], active[rows, j])
+        alive = count >= 3  # fewer vertices enclose no area, and clipping cannot add area
+        if not alive.all():
+            poly, count, rows = poly[alive], count[alive], rows[alive]
+    terms = _polygon_volume_terms(poly, count)
+    volume: FloatArray = np.bincount(owner[rows], weights=terms, minlength=N).astype(np.float64)
+    return np.maximum(volume, 0.0)
 
 
 def box3d_iou_batch(corners_a: ArrayLike, corners_b: ArrayLike, *, validate: bool = True) -> Any:

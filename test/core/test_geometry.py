@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from scipy.optimize import linprog
+from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 from scipy.spatial.transform import Rotation
 from scipy.stats import qmc
 
@@ -533,6 +535,53 @@ def test_iou_matches_monte_carlo_on_100_random_pairs():
             assert ious[i] == pytest.approx(mc, abs=5e-4), i
     assert checked >= 60
     assert time.perf_counter() - start < 20
+
+
+def halfspace_oracle_iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    """IoU from scipy's half-space intersection + convex hull (qhull), None where qhull gives up."""
+    origin = a.mean(axis=0)
+    a, b = a - origin, b - origin
+    halfspaces = []
+    for corners in (a, b):
+        hull = ConvexHull(corners)
+        halfspaces.append(hull.equations)  # rows [n, c] with n.x + c <= 0 inside
+    hs = np.concatenate(halfspaces)
+    # Chebyshev centre: a point strictly inside both boxes, and the depth of the intersection
+    norms = np.linalg.norm(hs[:, :3], axis=1, keepdims=True)
+    res = linprog(
+        [0, 0, 0, -1], A_ub=np.hstack([hs[:, :3], norms]), b_ub=-hs[:, 3], bounds=[(None, None)] * 4
+    )
+    if res.status != 0 or res.x[3] < 1e-6:
+        return 0.0 if res.status == 0 else None
+    try:
+        inter = ConvexHull(HalfspaceIntersection(hs, res.x[:3]).intersections).volume
+    except QhullError:
+        return None
+    vol_a, vol_b = ConvexHull(a).volume, ConvexHull(b).volume
+    return inter / (vol_a + vol_b - inter)
+
+
+def test_iou_matches_halfspace_oracle_on_near_coplanar_pairs():
+    """Boxes turned, resized and moved by 1e-12 .. 1e-2 from face-sharing positions, far from
+    the origin too: the coplanarity tolerances must not change the answer by more than 1e-6."""
+    rng = np.random.default_rng(99)
+    compared = 0
+    for trial in range(120):
+        ca = rng.normal(size=3) + (0.0 if trial % 2 else 50.0)
+        da = rng.uniform(0.2, 3, 3)
+        Ra = Rotation.random(random_state=rng).as_matrix()
+        eps = 10 ** rng.uniform(-12, -2)
+        Rb = Ra @ Rotation.from_rotvec(rng.normal(size=3) * eps).as_matrix()
+        db = da * (1 + rng.choice([0, 1]) * rng.normal(size=3) * eps)
+        shift = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], 3) * da[[0, 2, 1]]
+        cb = ca + Ra @ shift + rng.choice([0, 1]) * rng.normal(size=3) * eps
+        a, b = corners_of(ca, da, Ra), corners_of(cb, db, Rb)
+        ref = halfspace_oracle_iou(a, b)
+        if ref is None:
+            continue
+        assert g.box3d_iou(a, b) == pytest.approx(ref, abs=1e-6), trial
+        compared += 1
+    assert compared >= 100
 
 
 def test_iou_errors():
