@@ -53,18 +53,19 @@ class BagReplayNode(Node):
             raise ValueError("parameter 'bag' is required: -p bag:=/path/to/bag")
         if self.rate <= 0:
             raise ValueError(f"parameter 'rate' must be > 0, got {self.rate}")
-        self._publishers: dict[str, Publisher] = {}
+        self._bag_publishers: dict[str, Publisher] = {}
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
 
     def publisher_for(self, topic: str, msgtype: str) -> Publisher | None:
         """The publisher of a bag topic (created on first use); None for an unknown type."""
-        if topic not in self._publishers:
+        if topic not in self._bag_publishers:
             try:
-                self._publishers[topic] = self.create_publisher(message_class(msgtype), topic, 10)
-            except (ImportError, AttributeError, ValueError):
-                self.get_logger().warning(f"skipping {topic}: type {msgtype} is not installed")
+                msg_class = message_class(msgtype)
+                self._bag_publishers[topic] = self.create_publisher(msg_class, topic, 10)
+            except (ImportError, AttributeError, ValueError) as err:
+                self.get_logger().warning(f"skipping {topic}: cannot publish {msgtype}: {err}")
                 return None
-        return self._publishers.get(topic)
+        return self._bag_publishers.get(topic)
 
     def play_once(self) -> int:
         """Play the bag from start to end in (scaled) real time; return messages published."""

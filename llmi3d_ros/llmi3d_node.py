@@ -90,10 +90,10 @@ class Llmi3dNode(LifecycleNode):
         self._last_image_s: float | None = None
         self._activated_s = 0.0
         self._warned_sizes: set[tuple[int, int, int, int]] = set()
-        self._subscriptions: list[Any] = []
-        self._timers: list[Any] = []
-        self._publishers: dict[str, Any] = {}
-        self._service: Any = None
+        self._input_subs: list[Any] = []
+        self._input_timers: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._query_service: Any = None
         super().__init__(NODE_NAME, **kwargs)
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._inference_group = MutuallyExclusiveCallbackGroup()
@@ -143,13 +143,13 @@ class Llmi3dNode(LifecycleNode):
         self._params = params
         self._predictor = predictor
         self._pairer = StampPairer(slop_ns=int(params.slop_s * 1e9))
-        self._publishers = {
+        self._outputs = {
             "detections": self.create_lifecycle_publisher(Detection3DArray, "~/detections", 10),
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 10),
             "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", 2),
             "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "diagnostics", 10),
         }
-        self._service = self.create_service(
+        self._query_service = self.create_service(
             Query, "~/query", self._on_query, callback_group=self._inference_group
         )
         self.get_logger().info(
@@ -162,7 +162,7 @@ class Llmi3dNode(LifecycleNode):
         params = self.params
         qos = params.sensor_qos()
         group = self._sensor_group
-        self._subscriptions = [
+        self._input_subs = [
             self.create_subscription(
                 Image, params.image_topic, self._on_image, qos, callback_group=group
             ),
@@ -176,13 +176,13 @@ class Llmi3dNode(LifecycleNode):
             ),
         ]  # fmt: skip
         if params.compressed_image_topic:
-            self._subscriptions.append(
+            self._input_subs.append(
                 self.create_subscription(
                     CompressedImage, params.compressed_image_topic, self._on_image, qos,
                     callback_group=group,
                 )
             )  # fmt: skip
-        self._timers = [
+        self._input_timers = [
             self.create_timer(0.05, self._on_standing_timer, callback_group=self._inference_group),
             self.create_timer(1.0, self._on_watchdog),
         ]
@@ -226,19 +226,19 @@ class Llmi3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._input_subs:
             self.destroy_subscription(subscription)
-        for timer in self._timers:
+        for timer in self._input_timers:
             self.destroy_timer(timer)
-        self._subscriptions, self._timers = [], []
+        self._input_subs, self._input_timers = [], []
 
     def _release(self) -> None:
-        for publisher in self._publishers.values():
+        for publisher in self._outputs.values():
             self.destroy_publisher(publisher)
-        self._publishers = {}
-        if self._service is not None:
-            self.destroy_service(self._service)
-            self._service = None
+        self._outputs = {}
+        if self._query_service is not None:
+            self.destroy_service(self._query_service)
+            self._query_service = None
         self._predictor = None
         self._pairer = None
         _empty_device_cache()
@@ -435,7 +435,7 @@ class Llmi3dNode(LifecycleNode):
     def _publish(self, answer: Answer) -> None:
         params = self.params
         start = time.perf_counter()
-        pubs = self._publishers
+        pubs = self._outputs
         pubs["detections"].publish(predictions_to_detections(answer.predictions, answer.header))
         pubs["markers"].publish(
             prediction_markers(answer.predictions, answer.header, params.marker_lifetime_s)
