@@ -650,6 +650,7 @@ class ConversionSummary:
         objects: objects written.
         queries: queries written, per split.
         skipped: reason -> count of items (images, objects or queries) left out.
+        notes: remark -> count of items written but changed or worth a look.
     """
 
     out_dir: Path
@@ -657,11 +658,18 @@ class ConversionSummary:
     objects: int = 0
     queries: dict[str, int] | None = None
     skipped: dict[str, int] | None = None
+    notes: dict[str, int] | None = None
 
     def skip(self, reason: str, count: int = 1) -> None:
-        """Count `count` items left out for `reason`."""
-        self.skipped = self.skipped or {}
-        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        """Count `count` items left out for `reason` (nothing when count is 0)."""
+        if count:
+            self.skipped = self.skipped or {}
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+    def note(self, remark: str, count: int = 1) -> None:
+        """Count `count` items written with `remark`."""
+        self.notes = self.notes or {}
+        self.notes[remark] = self.notes.get(remark, 0) + count
 
     def add_query(self, split: str) -> None:
         """Count one written query of `split`."""
@@ -673,6 +681,8 @@ class ConversionSummary:
         text = f"{self.out_dir}: {self.images} images, {self.objects} objects, queries: {queries}"
         if self.skipped:
             text += "; left out: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+        if self.notes:
+            text += "; notes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
         return text
 
 
