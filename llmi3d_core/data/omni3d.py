@@ -54,7 +54,6 @@ from llmi3d_core.data.format import (
     image_file_name,
 )
 from llmi3d_core.errors import DataFormatError, InvalidInputError
-from llmi3d_core.geometry import box3d_corners, project
 
 # ---------------------------------------------------------------------------------------------
 # Small JSON validators shared by the real-format converters (omni3d, mono3drefer, bag labels).
@@ -485,12 +484,16 @@ def box_corners(center: np.ndarray, dims_whl: np.ndarray, R: np.ndarray) -> np.n
     Returns:
         (8, 3) corners in the camera frame, metres.
     """
+    from llmi3d_core.geometry import box3d_corners  # lazy: geometry imports torch
+
     w, h, length = (float(d) for d in dims_whl)
     return np.asarray(box3d_corners(np.asarray(center, float), np.array([length, w, h]), R))
 
 
 def project_points(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pinhole projection (..., 3) camera-frame points (z > 0) -> (..., 2) pixels."""
+    from llmi3d_core.geometry import project  # lazy: geometry imports torch
+
     return np.asarray(project(np.asarray(points, dtype=np.float64), np.asarray(K, float)))
 
 
@@ -918,11 +921,11 @@ class _Omni3DJob:
         objects: list[ObjectRecord] = []
         kept: list[Omni3DAnnotation] = []
         for ann in anns:
-            record, reason = _object_record(ann, image, f"{image_id}_{ann.id}")
-            if record is None:
+            obj, reason = _object_record(ann, image, f"{image_id}_{ann.id}")
+            if obj is None:
                 self.summary.skip(reason)
                 continue
-            objects.append(record)
+            objects.append(obj)
             kept.append(ann)
         if not objects:
             self.summary.skip("images without usable objects")

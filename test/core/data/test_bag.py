@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from llmi3d_core.cli import main
 from llmi3d_core.data import bag as bagconv
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
@@ -222,14 +222,13 @@ def test_labels_file_and_cli(tmp_path):
     entry = {"stamp": {"sec": stamp // 10**9, "nanosec": stamp % 10**9}, "objects": [kettle]}
     lines.append(json.dumps(entry))
     labels.write_text("\n".join(lines) + "\n")
-    parser = argparse.ArgumentParser()
-    bagconv.add_arguments(parser)
-    args = parser.parse_args(
-        [str(bag), "--image-topic", "/camera/color/image_raw", "--camera-info-topic",
-         "/camera/color/camera_info", "--labels", str(labels), "--out", str(tmp_path / "o"),
+    code = main(
+        ["data", "from-bag", str(bag), "--image-topic", "/camera/color/image_raw",
+         "--camera-info-topic", "/camera/color/camera_info", "--labels", str(labels),
+         "--out", str(tmp_path / "o"),
          "--train-frac", "0.34", "--val-frac", "0.33", "--name", "mine", "--no-progress"]
     )  # fmt: skip
-    assert bagconv.run(args) == 0
+    assert code == 0
     ds = read_dataset(tmp_path / "o")
     assert ds.info.name == "mine"
     assert [im.extra["stamp_ns"] for im in ds.images] == [T0 + i * PERIOD for i in (1, 4, 7)]
@@ -334,3 +333,14 @@ def test_config_errors():
         _config(train_frac=0.8, val_frac=0.5)
     with pytest.raises(InvalidInputError, match=r"quaternion"):
         bagconv.quaternion_to_matrix(np.zeros(4))
+
+
+def test_cli_reports_missing_topic(tmp_path, capsys):
+    bag = make_bag(tmp_path / "bag", StoragePlugin.SQLITE3)
+    code = main(
+        ["data", "from-bag", str(bag), "--image-topic", "/nope", "--camera-info-topic",
+         "/camera/color/camera_info", "--labels-topic", "/labels", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no topic '/nope'; the bag has: /camera/color/camera_info" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from llmi3d_core.cli import main
 from llmi3d_core.data import mono3drefer
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.errors import DataFormatError
@@ -134,13 +134,12 @@ def test_cli_with_single_split_and_kitti_layout(kitti_root, tmp_path):
     (kitti_root / "images").rename(kitti_root / "image_2")  # KITTI's own layout
     for split in ("train", "val", "test"):
         (kitti_root / f"Mono3DRefer_{split}_image.txt").unlink()
-    parser = argparse.ArgumentParser()
-    mono3drefer.add_arguments(parser)
-    args = parser.parse_args(
-        ["--json", str(kitti_root / "Mono3DRefer.json"), "--kitti-root", str(kitti_root),
-         "--out", str(tmp_path / "o"), "--split", "test", "--no-progress"]
+    code = main(
+        ["data", "mono3drefer", "--json", str(kitti_root / "Mono3DRefer.json"),
+         "--kitti-root", str(kitti_root), "--out", str(tmp_path / "o"),
+         "--split", "test", "--no-progress"]
     )  # fmt: skip
-    assert mono3drefer.run(args) == 0
+    assert code == 0
     ds = read_dataset(tmp_path / "o")
     assert len(ds.queries) == 4 and {q.split for q in ds.queries} == {"test"}
 

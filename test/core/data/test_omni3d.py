@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from llmi3d_core.cli import main
 from llmi3d_core.data import omni3d
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
@@ -152,13 +152,12 @@ def test_convert_with_caption_file(omni, tmp_path, as_json_list):
 
 def test_cli_run_and_split_override(omni, tmp_path):
     json_path, root = omni
-    parser = argparse.ArgumentParser()
-    omni3d.add_arguments(parser)
-    args = parser.parse_args(
-        ["--json", str(json_path), "--images-root", str(root), "--out", str(tmp_path / "o"),
-         "--split", "train", "--min-visibility", "0.95", "--no-progress"]
+    code = main(
+        ["data", "omni3d", "--json", str(json_path), "--images-root", str(root),
+         "--out", str(tmp_path / "o"), "--split", "train",
+         "--min-visibility", "0.95", "--no-progress"]
     )  # fmt: skip
-    assert omni3d.run(args) == 0
+    assert code == 0
     ds = read_dataset(tmp_path / "o")
     # the chair (0.9) and the sofa (0.8) are less visible than 0.95: no query; unknown passes
     assert sorted(q.text for q in ds.queries) == ["the nearest chair", "the table"]
