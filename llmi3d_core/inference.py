@@ -1,0 +1,501 @@
+"""The Predictor: one RGB image + intrinsics + a sentence -> 3D boxes in the camera frame.
+
+    predictor = Predictor.from_preset("smol")              # or .from_checkpoint("runs/x/best")
+    [pred] = predictor.predict(image_rgb, K, "find the lamp")
+    pred.center, pred.dims, pred.rotation, pred.score      # metres, L/W/H, 3x3, [0, 1]
+
+This is the only entry point the ROS node and the CLI use; they never touch model internals.
+
+What one call does (`last_timings` has the seconds of each stage):
+
+    validate      shapes, dtypes, finite K with positive focal lengths, prompt inside the image
+    preprocess    resize to the model's HR (H x W) and LR (S x S) inputs, in [0, 1]
+    encode_image  ViT + CNN + SECBA + projector                       } skipped when the same
+    prefill       LLM over the prompt prefix and the image tokens     } image (and K) was seen
+    llm           the query: one pass (+ answer generation for questions)
+    decode        virtual depth -> metres, back-projection, allocentric -> egocentric
+
+Image features and the LLM's KV cache of the image prefix are kept in a small LRU cache keyed by a
+BLAKE2 hash of the image bytes and K (about 1 ms for a VGA frame), so further queries on the same
+frame only pay for `llm` and `decode`.
+
+K is the intrinsic matrix of the image as given; the model works in normalised image coordinates
+and in the original image's pixels (the virtual camera removes the focal length), so resizing the
+image needs no change of K here. Box and point prompts are pixels of the given image.
+
+Thread safety: `predict` holds a lock, so the node may call it from several callback groups.
+Devices: device="cuda" (or "cuda:N") runs the model on a GPU; dtype "bfloat16" halves memory
+(CPU or CUDA), "float16" is CUDA-only; decoding always runs in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
+from llmi3d_core.model.config import ModelConfig
+
+MAX_QUERY_CHARS = 2000
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# leading words that are not part of the object phrase (for labels of plain grounding queries)
+_COMMAND_WORDS = re.compile(
+    r"^(please\s+|find\s+|locate\s+|detect\s+|show\s+me\s+|look\s+for\s+|point\s+to\s+|"
+    r"where\s+is\s+|where's\s+|get\s+|the\s+|a\s+|an\s+)+",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Prediction:
+    """One 3D box.
+
+    Attributes:
+        label: the object phrase (the generated answer, else the query's object phrase).
+        answer: the full generated answer text; '' for plain grounding queries.
+        center: (3,) box centre in metres, camera optical frame (+x right, +y down, +z forward).
+        dims: (3,) L, W, H in metres.
+        rotation: (3, 3) box-local -> camera rotation (Omni3D box convention).
+        score: confidence in [0, 1] (the score head: predicted box quality).
+        box2d: (4,) x1, y1, x2, y2 in pixels of the input image.
+        center_uv: (2,) projected 3D centre in pixels of the input image.
+    """
+
+    label: str
+    answer: str
+    center: np.ndarray
+    dims: np.ndarray
+    rotation: np.ndarray
+    score: float
+    box2d: np.ndarray
+    center_uv: np.ndarray
+
+
+def object_phrase(query: str) -> str:
+    """Object phrase of a plain grounding query: "Find the red lamp." -> "red lamp"."""
+    text = _COMMAND_WORDS.sub("", query.strip()).strip(" ?.!,;:")
+    return text or query.strip()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Check that the device exists.
+
+    Raises:
+        ConfigError: an unknown device string, or CUDA asked for where there is none.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"invalid device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use device='cpu'"
+        )
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 by default; bfloat16 anywhere; float16 on CUDA only.
+
+    Raises:
+        ConfigError: an unknown dtype, or float16 on the CPU.
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif dtype in DTYPE_NAMES:
+        resolved = DTYPE_NAMES[dtype]
+    else:
+        raise ConfigError(f"unknown dtype {dtype!r}; available: {', '.join(DTYPE_NAMES)}")
+    if resolved not in DTYPE_NAMES.values():
+        raise ConfigError(f"unsupported dtype {resolved}; available: {', '.join(DTYPE_NAMES)}")
+    if resolved == torch.float16 and device.type != "cuda":
+        raise ConfigError("dtype float16 needs device='cuda'; on the CPU use float32 or bfloat16")
+    return resolved
+
+
+def check_image(image: Any) -> np.ndarray:
+    """Check an RGB image: numpy uint8 (H, W, 3) with H, W >= 8.
+
+    Raises:
+        InvalidInputError: naming the wrong type, dtype or shape.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InvalidInputError(f"image_rgb must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InvalidInputError(f"image_rgb must have dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInputError(f"image_rgb must have shape (H, W, 3), got {image.shape}")
+    if image.shape[0] < 8 or image.shape[1] < 8:
+        raise InvalidInputError(f"image_rgb must be at least 8 x 8 pixels, got {image.shape[:2]}")
+    return image
+
+
+def check_intrinsics(K: Any) -> np.ndarray:
+    """Check K: finite 3x3, f_x, f_y > 0, last row (0, 0, 1). Returns float64 (3, 3).
+
+    Raises:
+        InvalidInputError: naming the offending entry.
+    """
+    try:
+        matrix = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"K must be a 3x3 array of numbers: {err}") from None
+    if matrix.shape != (3, 3):
+        raise InvalidInputError(f"K must have shape (3, 3), got {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise InvalidInputError(f"K must be finite, got {matrix.tolist()}")
+    if matrix[0, 0] <= 0 or matrix[1, 1] <= 0:
+        raise InvalidInputError(
+            f"K focal lengths must be > 0 px, got f_x={matrix[0, 0]}, f_y={matrix[1, 1]}"
+        )
+    if not np.allclose(matrix[2], (0.0, 0.0, 1.0), atol=1e-6):
+        raise InvalidInputError(f"K last row must be (0, 0, 1), got {matrix[2].tolist()}")
+    return matrix
+
+
+def check_query(query: Any) -> str:
+    """Check the query text: a non-empty string of at most MAX_QUERY_CHARS characters."""
+    if not isinstance(query, str):
+        raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidInputError("query must not be empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInputError(
+            f"query is {len(query)} characters long; at most {MAX_QUERY_CHARS} are allowed"
+        )
+    return query
+
+
+def normalised_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarray | None:
+    """Pixel box (x1, y1, x2, y2) or point (u, v) -> coordinates / (W, H), checked in-image.
+
+    A tolerance of 1 px is allowed at the border; a box must have x1 < x2 and y1 < y2.
+
+    Raises:
+        InvalidInputError: wrong length, non-finite, degenerate or outside the image.
+    """
+    if values is None:
+        return None
+    width, height = size
+    length = 4 if what == "box2d" else 2
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"{what} must be {length} numbers: {err}") from None
+    if array.shape != (length,) or not np.all(np.isfinite(array)):
+        raise InvalidInputError(f"{what} must be {length} finite numbers, got {values!r}")
+    xs, ys = array[0::2], array[1::2]
+    if xs.min() < -1 or ys.min() < -1 or xs.max() > width + 1 or ys.max() > height + 1:
+        raise InvalidInputError(
+            f"{what} {array.tolist()} lies outside the image (width {width}, height {height} px)"
+        )
+    if length == 4 and (array[2] <= array[0] or array[3] <= array[1]):
+        raise InvalidInputError(f"box2d must have x1 < x2 and y1 < y2, got {array.tolist()}")
+    scale = np.array([width, height] * (length // 2), dtype=np.float64)
+    return np.clip(array / scale, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One checked request: the image, its K (float64), the raw query, the model text, its key."""
+
+    image: np.ndarray
+    K: np.ndarray
+    query: str
+    text: str
+    key: str
+
+
+def image_key(image: np.ndarray, K: np.ndarray) -> str:
+    """Content hash of an image and its K (BLAKE2b over the raw bytes, ~1 ms per VGA frame)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).data)
+    digest.update(K.astype(np.float64).tobytes())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Runs an LLMI3D model on numpy images; see the module docstring.
+
+    Args:
+        model: an LLMI3D model (it is moved to `device` / `dtype` and set to eval mode).
+        device: "cpu", "cuda" or "cuda:N".
+        dtype: None (float32), "float32", "bfloat16" or "float16" (CUDA only), or a torch dtype.
+        cache_size: images whose features are kept (LRU).
+        answer_policy: "auto" (the LLM decides whether a query needs an answer first, as
+            trained), "ground" (never generate: one pass per query) or "answer" (always).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        cache_size: int = 4,
+        answer_policy: str = "auto",
+    ) -> None:
+        from llmi3d_core.model.llmi3d import ANSWER_POLICIES
+
+        if answer_policy not in ANSWER_POLICIES:
+            raise ConfigError(
+                f"unknown answer_policy {answer_policy!r}; available: {', '.join(ANSWER_POLICIES)}"
+            )
+        if cache_size < 1:
+            raise ConfigError(f"cache_size must be >= 1, got {cache_size}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.cache_size = cache_size
+        self.answer_policy = answer_policy
+        self.last_timings: dict[str, float] = {}
+        self.last_cache_hit = False
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Build the model of a preset ("tiny", "smol", "hf") or a YAML config file path.
+
+        A preset model has untrained heads: its boxes are only meaningful after training.
+
+        Raises:
+            ConfigError: unknown preset or invalid config.
+        """
+        from llmi3d_core.model.llmi3d import LLMI3D
+        from llmi3d_core.model.presets import resolve_config
+
+        config = resolve_config(name)
+        return cls(LLMI3D(config), device=device, dtype=dtype, **kwargs)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Load a checkpoint directory written by `save_checkpoint`.
+
+        Raises:
+            CheckpointError: missing or mismatching checkpoint files.
+        """
+        from llmi3d_core.model.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(path), device=device, dtype=dtype, **kwargs)
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's configuration."""
+        return self.model.config  # type: ignore[no-any-return]
+
+    def clear_cache(self) -> None:
+        """Forget all cached image features (frees their memory)."""
+        with self._lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(  # noqa: PLR0917 (the signature is the node's contract)
+        self,
+        image_rgb: np.ndarray,
+        K: Any,
+        query: str,
+        box2d: Any = None,
+        point2d: Any = None,
+        max_results: int = 1,
+    ) -> list[Prediction]:
+        """Find the object described by `query` in one image.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB image.
+            K: (3, 3) intrinsics of that image, pixels.
+            query: the sentence ("find the lamp", "what should I use to read?").
+            box2d: optional (4,) box prompt x1, y1, x2, y2 in pixels of the image.
+            point2d: optional (2,) point prompt u, v in pixels.
+            max_results: most predictions to return (the model gives one box per query).
+
+        Returns:
+            At most `max_results` predictions (one today), best first.
+
+        Raises:
+            InvalidInputError: bad image, K, query, prompt or max_results.
+            ModelOutputError: the model produced NaN/inf or an unparsable answer.
+        """
+        return self.predict_batch([image_rgb], [K], [query], [box2d], [point2d], max_results)[0]
+
+    def predict_batch(  # noqa: PLR0917 (mirrors predict)
+        self,
+        images: Sequence[np.ndarray],
+        Ks: Sequence[Any],
+        queries: Sequence[str],
+        box2ds: Sequence[Any] | None = None,
+        point2ds: Sequence[Any] | None = None,
+        max_results: int = 1,
+    ) -> list[list[Prediction]]:
+        """Batched `predict`: item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]).
+
+        New images are encoded together in one vision pass; identical images (same bytes and K)
+        are encoded once. Each query then runs on its image's cached LLM prefix.
+
+        Raises:
+            InvalidInputError: mismatched lengths or any bad item (nothing is computed then).
+            ModelOutputError: NaN/inf model output.
+        """
+        start = time.perf_counter()
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
+            raise InvalidInputError(f"max_results must be an integer >= 1, got {max_results!r}")
+        items = self._validate(images, Ks, queries, box2ds, point2ds)
+        timings = dict.fromkeys(("preprocess", "encode_image", "prefill", "llm", "decode"), 0.0)
+        timings["validate"] = time.perf_counter() - start
+        with self._lock:
+            contexts = self._contexts(items, timings)
+            results = []
+            for item in items:
+                tick = time.perf_counter()
+                located = self.model.locate(contexts[item.key], item.text, self.answer_policy)
+                timings["llm"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                results.append([self._to_prediction(located, item)][:max_results])
+                timings["decode"] += time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        self.last_timings = timings
+        return results
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _validate(
+        images: Sequence[np.ndarray],
+        Ks: Sequence[Any],
+        queries: Sequence[str],
+        box2ds: Sequence[Any] | None,
+        point2ds: Sequence[Any] | None,
+    ) -> list[_Item]:
+        """Check every input and format the query texts (prompts included)."""
+        from llmi3d_core.model.llmi3d import format_query
+
+        count = len(images)
+        boxes = [None] * count if box2ds is None else list(box2ds)
+        points = [None] * count if point2ds is None else list(point2ds)
+        if not (len(Ks) == len(queries) == len(boxes) == len(points) == count):
+            raise InvalidInputError(
+                f"predict_batch needs equally long lists, got {count} images, {len(Ks)} K, "
+                f"{len(queries)} queries, {len(boxes)} box2ds, {len(points)} point2ds"
+            )
+        items = []
+        for raw_image, K, query, box, point in zip(images, Ks, queries, boxes, points, strict=True):
+            image = check_image(raw_image)
+            matrix = check_intrinsics(K)
+            size = (image.shape[1], image.shape[0])
+            text = format_query(
+                check_query(query),
+                normalised_prompt(box, size, "box2d"),
+                normalised_prompt(point, size, "point2d"),
+            )
+            items.append(_Item(image, matrix, query, text, image_key(image, matrix)))
+        return items
+
+    def _contexts(self, items: list[_Item], timings: dict[str, float]) -> dict[str, Any]:
+        """Image contexts for every item: from the cache, or encoded together and cached."""
+        contexts = {item.key: self._cache[item.key] for item in items if item.key in self._cache}
+        self.last_cache_hit = len(contexts) == len({item.key for item in items})
+        for key in contexts:
+            self._cache.move_to_end(key)
+        new = {item.key: item.image for item in items if item.key not in contexts}
+        if not new:
+            return contexts
+        tick = time.perf_counter()
+        image_lr, image_hr = self._preprocess(list(new.values()))
+        timings["preprocess"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        with torch.no_grad():
+            features = self.model.encode_image(image_lr, image_hr)
+        timings["encode_image"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        for index, key in enumerate(new):
+            contexts[key] = self.model.prepare_context(features, index)
+            self._cache[key] = contexts[key]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        timings["prefill"] = time.perf_counter() - tick
+        return contexts
+
+    def _preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize to the model's LR (S x S) and HR (H x W) inputs: (B, 3, S, S), (B, 3, H, W)."""
+        import cv2
+
+        side = self.config.low_res.image_size
+        height, width = self.config.high_res.image_size
+
+        def to_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+            interpolation = (
+                cv2.INTER_AREA
+                if size[0] < image.shape[1] and size[1] < image.shape[0]
+                else cv2.INTER_LINEAR
+            )
+            resized = cv2.resize(image, size, interpolation=interpolation)
+            return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+
+        image_lr = torch.stack([to_tensor(image, (side, side)) for image in images])
+        image_hr = torch.stack([to_tensor(image, (width, height)) for image in images])
+        return image_lr, image_hr
+
+    def _to_prediction(self, located: Any, item: _Item) -> Prediction:
+        """Decode one query's head outputs into a Prediction; reject NaN/inf."""
+        from llmi3d_core.model.decode import decode_boxes
+
+        outputs = {name: value.float() for name, value in located.outputs.items()}
+        for name, value in outputs.items():
+            if not bool(torch.isfinite(value).all()):
+                raise ModelOutputError(f"model output {name!r} is not finite: {value.tolist()}")
+        K = torch.as_tensor(item.K, dtype=torch.float32, device=self.device).unsqueeze(0)
+        height, width = item.image.shape[:2]
+        size = torch.tensor([[width, height]], dtype=torch.float32, device=self.device)
+        boxes = {
+            k: v[0].detach().cpu().double().numpy()
+            for k, v in decode_boxes(outputs, K, size, self.config).items()
+        }
+        for name in ("center", "R", "dims", "box2d_px", "center_uv_px"):
+            if not np.all(np.isfinite(boxes[name])):
+                raise ModelOutputError(
+                    f"decoded {name} is not finite: {boxes[name].tolist()} (query {item.query!r})"
+                )
+        score = float(torch.sigmoid(outputs["score_logit"].reshape(-1)[0]))
+        answer = located.answer if located.answered else ""
+        return Prediction(
+            label=answer or object_phrase(item.query),
+            answer=answer,
+            center=boxes["center"],
+            dims=boxes["dims"],
+            rotation=boxes["R"],
+            score=score,
+            box2d=boxes["box2d_px"],
+            center_uv=boxes["center_uv_px"],
+        )

