@@ -283,9 +283,9 @@ def _parse_annotation(entry: Any, where: str, categories: dict[int, str]) -> Omn
         raise _fail(
             f"{where}.dimensions", "3 positive numbers [W, H, L] in metres", entry["dimensions"]
         )
-    R_cam = expect_array(expect_key(entry, "R_cam", where), (3, 3), f"{where}.R_cam")
-    if not np.allclose(R_cam @ R_cam.T, np.eye(3), atol=1e-3) or np.linalg.det(R_cam) < 0:
-        raise _fail(f"{where}.R_cam", "a 3x3 rotation matrix (orthonormal, det +1)", R_cam.tolist())
+    R_cam = nearest_rotation(
+        expect_array(expect_key(entry, "R_cam", where), (3, 3), f"{where}.R_cam"), f"{where}.R_cam"
+    )
     behind = entry.get("behind_camera")
     seg = optional_number(entry.get("segmentation_pts"), f"{where}.segmentation_pts")
     lidar = optional_number(entry.get("lidar_pts"), f"{where}.lidar_pts")
@@ -314,6 +314,23 @@ def _parse_annotation(entry: Any, where: str, categories: dict[int, str]) -> Omn
         lidar_pts=None if lidar is None else int(lidar),
         depth_error=optional_number(entry.get("depth_error"), f"{where}.depth_error"),
     )
+
+
+# Rotations in the JSON files are float32-rounded; beyond this they are not rotations at all.
+_ROTATION_TOL = 1e-2
+
+
+def nearest_rotation(R: np.ndarray, where: str) -> np.ndarray:
+    """Return the rotation nearest to R (SVD), which must already be one up to rounding.
+
+    Raises:
+        DataFormatError: naming `where` when R is no rotation (off by more than 1e-2, or a
+            reflection).
+    """
+    if np.abs(R @ R.T - np.eye(3)).max() > _ROTATION_TOL or np.linalg.det(R) <= 0:
+        raise _fail(where, "a 3x3 rotation matrix (orthonormal, det +1)", R.tolist())
+    u, _, vt = np.linalg.svd(R)
+    return np.asarray(u @ vt)
 
 
 def load_omni3d(path: str | Path) -> Omni3DFile:
@@ -782,6 +799,12 @@ def _object_record(
     """Build our ObjectRecord from an Omni3D annotation; (None, reason) when it is unusable."""
     if ann.behind_camera:
         return None, "objects behind the camera"
+    corners, extra = ann.bbox3D_cam, {"source_ann_id": ann.id}
+    gap = float(np.linalg.norm(corners.mean(axis=0) - ann.center_cam))
+    if gap > 1e-3 * (1.0 + float(np.linalg.norm(ann.center_cam))):
+        # corners that do not surround center_cam would be refused by the dataset reader
+        corners = box_corners(ann.center_cam, ann.dimensions, ann.R_cam)
+        extra["bbox3D_recomputed"] = True
     projected = project_box(
         ann.center_cam,
         ann.dimensions,
@@ -789,7 +812,7 @@ def _object_record(
         image.K,
         width=image.width,
         height=image.height,
-        corners=ann.bbox3D_cam,
+        corners=corners,
     )
     if projected is None:
         return None, "objects behind the camera or out of view"
@@ -809,13 +832,13 @@ def _object_record(
         R_cam=ann.R_cam,
         bbox2D_tight=tight,
         bbox2D_proj=clipped,
-        bbox3D_cam=ann.bbox3D_cam,
+        bbox3D_cam=projected.corners,
         center_2D=projected.center_2D,
         visibility=float(
             np.clip(1.0 - truncation if ann.visibility is None else ann.visibility, 0, 1)
         ),
         truncation=float(np.clip(truncation, 0.0, 1.0)),
-        extra={"source_ann_id": ann.id},
+        extra=extra,
     )
     return record, ""
 

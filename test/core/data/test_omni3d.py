@@ -277,3 +277,20 @@ def test_bad_caption_file_names_line(omni, tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(DataFormatError, match=r"line 1: invalid JSON"):
         omni3d.load_captions(bad)
+
+
+def test_rounded_rotation_and_inconsistent_corners_are_repaired(tmp_path):
+    def edit(data):
+        chair = data["annotations"][0]
+        chair["R_cam"] = (np.array(chair["R_cam"]) + 4e-4).tolist()  # float32-style rounding
+        chair["bbox3D_cam"] = (np.array(chair["bbox3D_cam"]) + np.array([0.5, 0, 0])).tolist()
+
+    json_path = _edited(tmp_path, edit)
+    root = _images_root(tmp_path, json.loads(json_path.read_text()))
+    omni3d.convert_omni3d([json_path], root, tmp_path / "out")
+    chair = read_dataset(tmp_path / "out").image("edited_101").objects[0]
+    c, s = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
+    np.testing.assert_allclose(chair.R_cam, [[c, 0, s], [0, 1, 0], [-s, 0, c]], atol=2e-3)
+    np.testing.assert_allclose(chair.R_cam @ chair.R_cam.T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(chair.bbox3D_cam.mean(axis=0), [0.5, 0.2, 4.0], atol=1e-6)
+    assert chair.extra == {"source_ann_id": 1001, "bbox3D_recomputed": True}
