@@ -114,10 +114,10 @@ class ObjectRecord:
     center_cam: np.ndarray
     dimensions: np.ndarray
     R_cam: np.ndarray
-    bbox2D_tight: np.ndarray  # noqa: N815 (Omni3D key name)
-    bbox2D_proj: np.ndarray  # noqa: N815 (Omni3D key name)
-    bbox3D_cam: np.ndarray  # noqa: N815 (Omni3D key name)
-    center_2D: np.ndarray  # noqa: N815 (Omni3D key name)
+    bbox2D_tight: np.ndarray
+    bbox2D_proj: np.ndarray
+    bbox3D_cam: np.ndarray
+    center_2D: np.ndarray
     visibility: float
     truncation: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -755,7 +755,7 @@ def encode_image(image_rgb: np.ndarray, suffix: str) -> bytes:
         )
     if suffix.lower() not in IMAGE_SUFFIXES:
         raise InvalidInputError(f"image suffix must be one of {IMAGE_SUFFIXES}, got {suffix!r}")
-    ok, buffer = cv2.imencode(suffix.lower(), np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    ok, buffer = cv2.imencode(suffix.lower(), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise InvalidInputError(f"OpenCV could not encode a {image_rgb.shape} image as {suffix}")
     return bytes(buffer.tobytes())
