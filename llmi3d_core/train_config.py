@@ -1,0 +1,495 @@
+"""Dataclass configuration of a training run: every default lives here, once.
+
+A run is described by a YAML file (config/train/*.yaml) whose keys mirror `TrainConfig`, plus
+``key=value`` overrides from the command line (dotted paths, YAML values):
+
+    llmi3d train --config config/train/tiny_synth.yaml max_steps=50 optim.lr=1e-3 \
+        data.synth.num_images=40 model.heads.readout=text
+
+A YAML file may start from another one with ``base: other.yaml`` (a path relative to the file);
+its keys then override the base recursively. Unknown keys are rejected
+(``Unknown config key: ...``, as nanoGPT's configurator) and every value is type-checked, so a
+typo fails before any work is done.
+
+The `model` section is the model's own config (llmi3d_core/model/config.py): ``preset: NAME``
+and/or ``file: PATH`` and any overrides of its fields, e.g. ``model.heads.readout: text`` for the
+Text3D baseline; it is resolved and checked by `resolve_model_config`.
+
+`method` picks what is trained: "model" (LLMI3D or one of its ablations) or a non-learned
+baseline ("mean_box", "backproject") fitted on the training split by the same command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmi3d_core.errors import ConfigError
+
+__all__ = [
+    "METHODS",
+    "BaselineConfig",
+    "DataConfig",
+    "OptimConfig",
+    "SynthSpec",
+    "TrainConfig",
+    "apply_overrides",
+    "config_diff",
+    "config_from_dict",
+    "config_to_dict",
+    "load_train_config",
+    "parse_override",
+    "resolve_model_config",
+]
+
+# What `llmi3d train` can train; the baselines are fitted in seconds, the model by gradient steps.
+METHODS = ("model", "mean_box", "backproject")
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+BEST_METRICS = ("val_loss", "val_acc25")
+
+
+@dataclass
+class SynthSpec:
+    """How to generate the training set when `data.root` does not exist yet.
+
+    Attributes:
+        num_images: images to render (each gives several queries).
+        seed: generator seed (same seed, same dataset, byte for byte).
+        options: further keyword arguments of the synthetic generator's config.
+    """
+
+    num_images: int = 200
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise ConfigError(f"data.synth.num_images must be >= 1, got {self.num_images}")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data is and how it is read.
+
+    Attributes:
+        root: dataset directory (docs/dataset_format.md); relative paths are taken from the
+            current directory.
+        train_split, val_split: split specs (format.select_queries grammar, e.g. "train",
+            "train@source", "val:base").
+        query_types: keep only these query types (None: all).
+        augment: GroundingDataset's training augmentation.
+        num_workers: DataLoader worker processes (0 loads in the training process; on the
+            2-core CPU that is the fastest).
+        val_queries: validation queries evaluated during training (the first ones of the val
+            split, a fixed subset so numbers are comparable across steps); 0 = all.
+        synth: generate `root` with the synthetic generator when it does not exist.
+    """
+
+    root: str = "data/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    query_types: tuple[str, ...] | None = None
+    augment: bool = False
+    num_workers: int = 0
+    val_queries: int = 64
+    synth: SynthSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.val_queries < 0:
+            raise ConfigError(
+                f"data.num_workers and data.val_queries must be >= 0, got {self.num_workers} "
+                f"and {self.val_queries}"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (see train.get_lr).
+
+    Attributes:
+        lr: peak learning rate, reached at the end of warm-up.
+        min_lr: floor of the decay (nanoGPT: about lr / 10).
+        warmup_steps: optimizer steps of linear warm-up from ~0 to lr.
+        decay_steps: the step at which the decay reaches min_lr; 0 = max_steps.
+        schedule: "cosine", "linear" or "constant" (decay shape after warm-up).
+        weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
+        beta1, beta2: AdamW betas.
+        grad_clip: clip the global gradient norm to this; 0 disables clipping.
+    """
+
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 20
+    decay_steps: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"optim.schedule {self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}"
+            )
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ConfigError(
+                f"optim.lr must be > 0 and 0 <= optim.min_lr <= optim.lr, got lr={self.lr}, "
+                f"min_lr={self.min_lr}"
+            )
+        if self.warmup_steps < 0 or self.decay_steps < 0 or self.grad_clip < 0:
+            raise ConfigError(
+                "optim.warmup_steps, optim.decay_steps and optim.grad_clip must be >= 0, got "
+                f"{self.warmup_steps}, {self.decay_steps}, {self.grad_clip}"
+            )
+
+
+@dataclass
+class BaselineConfig:
+    """Options of the non-learned baselines (method "mean_box" / "backproject").
+
+    Attributes:
+        box2d: where "backproject" takes the target's 2D box: "gt" (the annotated tight box, an
+            oracle 2D grounder such as a perfect TransVG) or "proj" (the projected 3D box).
+        depth: "category_mean" (the mean training depth of the category, the paper's
+            TransVG+backproj) or "height" (pinhole depth f_y H / h from the category-mean
+            height H and the 2D box height h).
+    """
+
+    box2d: str = "gt"
+    depth: str = "category_mean"
+
+    def __post_init__(self) -> None:
+        if self.box2d not in ("gt", "proj"):
+            raise ConfigError(f"baseline.box2d {self.box2d!r} is unknown; allowed: gt, proj")
+        if self.depth not in ("category_mean", "height"):
+            raise ConfigError(
+                f"baseline.depth {self.depth!r} is unknown; allowed: category_mean, height"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        name: run name (logs, TensorBoard).
+        method: "model", "mean_box" or "backproject" (see METHODS).
+        out_dir: run directory: config.yaml, log.jsonl, checkpoints/, `latest` and `best`.
+        seed: seeds the model initialisation, the data order and every RNG.
+        model: the model config, resolved by `resolve_model_config` (preset/file + overrides).
+        data: the training data.
+        optim: optimizer and schedule.
+        baseline: options of the baselines.
+        batch_size: samples per micro-batch, per process.
+        grad_accum: micro-batches per optimizer step (effective batch = batch_size x grad_accum
+            x processes).
+        max_steps: optimizer steps of the whole run.
+        max_steps_this_run: stop (with a checkpoint) after this many steps in this process, to
+            split a run over several invocations; 0 = no limit.
+        eval_interval: validate every N steps (and at the end); 0 = only at the end.
+        checkpoint_interval: write `latest` every N steps (and at the end); 0 = only at the end.
+        keep_checkpoints: periodic checkpoints kept on disk (older ones are deleted).
+        log_interval: append a training line to log.jsonl every N steps.
+        best_metric: "val_loss" (lower is better) or "val_acc25" (Acc@0.25 of the decoded boxes
+            on the validation queries, higher is better) chooses `best`.
+        mixed_precision: "auto" (bf16 on a GPU that has it, else fp16 on GPU, none on CPU),
+            "no", "bf16" or "fp16".
+        device: "auto", "cpu" or "cuda".
+        threads: torch CPU threads; 0 keeps torch's default.
+        tensorboard: also write TensorBoard events when the package is installed.
+        progress: show a tqdm progress bar.
+    """
+
+    name: str = "run"
+    method: str = "model"
+    out_dir: str = "runs/run"
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 200
+    max_steps_this_run: int = 0
+    eval_interval: int = 50
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 2
+    log_interval: int = 1
+    best_metric: str = "val_loss"
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "method": METHODS,
+            "best_metric": BEST_METRICS,
+            "mixed_precision": MIXED_PRECISION,
+            "device": DEVICES,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"{key} {getattr(self, key)!r} is unknown; allowed: {', '.join(allowed)}"
+                )
+        positive = ("batch_size", "grad_accum", "max_steps", "keep_checkpoints", "log_interval")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_steps_this_run", "eval_interval", "checkpoint_interval", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step on one process (batch_size x grad_accum)."""
+        return self.batch_size * self.grad_accum
+
+
+# --------------------------------------------------------------------------------------------
+# Plain data <-> dataclasses, with type checks
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against type hint `hint` (lists become tuples); raise ConfigError if wrong."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: must not be null")
+        options = [a for a in args if a is not type(None)]
+        return _coerce(value, options[0], where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return _dataclass_from_dict(hint, value, where)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)  # YAML 1.1 reads "1e-3" as a string
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _dataclass_from_dict(cls: Any, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys; ConfigError names the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"Unknown config key: {dotted}; allowed here: {', '.join(names)}")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where + ': ' if where else ''}{err}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain data; missing keys keep their defaults.
+
+    Raises:
+        ConfigError: for an unknown key, a wrong type or an invalid value.
+    """
+    config: TrainConfig = _dataclass_from_dict(TrainConfig, data, "")
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain data (tuples as lists), what config.yaml and checkpoints hold."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs (sorted)."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        dotted = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, dotted + ".")
+        elif va != vb:
+            out.append(dotted)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files and overrides
+# --------------------------------------------------------------------------------------------
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split one ``key=value`` override; the value is read as YAML ("1e-3" as a float too).
+
+    Raises:
+        ConfigError: when there is no '=' or the key is empty.
+    """
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=1e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    # YAML 1.1 reads "1e-3" as a string; the user meant a number.
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        value = float(value)
+    return key, value
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (override wins; dicts merge)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of plain config `data` with ``key=value`` overrides applied.
+
+    Intermediate mappings are created as needed (``data.synth.seed=3`` with no synth section);
+    unknown keys are caught later by `config_from_dict`.
+
+    Raises:
+        ConfigError: for a malformed override or a path through a non-mapping value.
+    """
+    out = _merge({}, data)
+    for text in overrides:
+        dotted, value = parse_override(text)
+        *parents, leaf = dotted.split(".")
+        node = out
+        for depth, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"override {text!r}: {where} is {child!r}, not a section with keys"
+                )
+            else:
+                child = dict(child)
+            node[part] = child
+            node = child
+        node[leaf] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config YAML, following `base:` chains (relative to the file)."""
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"config base chain loops: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"Could not read training config {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Training config {path} is not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Training config {path} must hold a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    return _merge(_read_yaml(path.parent / base, (*seen, path)), data)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training config file (or the defaults when `path` is None) and apply overrides.
+
+    Args:
+        path: YAML file; may name a `base:` file whose keys it overrides.
+        overrides: ``key=value`` strings, applied in order after the file.
+
+    Returns:
+        The checked TrainConfig.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or invalid value.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def resolve_model_config(spec: dict[str, Any]) -> Any:
+    """The `model` section -> a checked llmi3d_core.model.config.ModelConfig.
+
+    ``file: PATH`` loads a model YAML (which may itself name a preset), else ``preset: NAME``
+    starts from a preset, else the defaults; the remaining keys override that base.
+
+    Raises:
+        ConfigError: unknown preset or key, or a wrong type (raised by the model's config).
+    """
+    from llmi3d_core.model.config import config_from_dict as model_from_dict
+    from llmi3d_core.model.config import load_config_file
+
+    spec = dict(spec)
+    file_name = spec.pop("file", None)
+    preset = spec.pop("preset", None)
+    if file_name is not None:
+        base = load_config_file(str(file_name)).to_dict()
+    elif preset is not None:
+        from llmi3d_core.model.presets import get_preset
+
+        base = get_preset(str(preset)).to_dict()
+    else:
+        base = {}
+    return model_from_dict(_merge(base, spec))
