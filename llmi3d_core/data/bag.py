@@ -13,12 +13,21 @@ rosbags (https://gitlab.com/ternaris/rosbags) reads the bag without ROS. What is
 - intrinsics: sensor_msgs/CameraInfo K (row-major 3x3), the one nearest in stamp to each image
   within --slop-s; K is scaled when the image size differs from the CameraInfo's (the image is
   assumed rectified or undistorted: D is not applied);
-- labels: vision_msgs/Detection3DArray (vision_msgs 4.x, registered from the .msg layout below
+- labels: vision_msgs/Detection3DArray (vision_msgs 4.x; its types are registered with rosbags
   for bags that carry no type definitions) on --labels-topic, paired with the image nearest in
-  stamp within --slop-s; or a labels file (--labels, format in `load_labels_file`).
+  stamp within --slop-s; or a labels file (--labels): JSON Lines, one labelled image a line
+  (or a JSON list of the same objects), paired with images the same way:
 
-Box mapping (documented in docs and kept consistent with the Omni3D convention of the dataset
-format, where the object frame has x along L, y along H (down) and z along W):
+    {"stamp_ns": 1700000000100000000, "frame_id": "camera_color_optical_frame",
+     "objects": [{"class_id": "mug", "center": [0.2, -0.1, 2.0], "size": [0.3, 0.2, 0.1],
+                  "orientation": [0.0, 0.7071068, 0.0, 0.7071068], "id": "3"}]}
+
+  ("stamp": {"sec", "nanosec"} may replace "stamp_ns"; "frame_id", "orientation" (x, y, z, w;
+  default identity) and "id" are optional; center, size and orientation mean what they mean in
+  vision_msgs/BoundingBox3D, below).
+
+Box mapping, consistent with the dataset format's Omni3D convention (object frame: x along L,
+y along H (down), z along W):
 
 - bbox.center.position = center_cam (metres, camera optical frame);
 - bbox.center.orientation (quaternion x, y, z, w) = R_cam (object -> camera);
