@@ -291,7 +291,7 @@ class CaptionBuilder:
     def _binary(self, target: ObjectRecord, relation: str) -> tuple[str, list[str]] | None:
         test = getattr(self.judge, relation)
         word = {"left_of": "to the left of", "right_of": "to the right of", "behind": "behind"}
-        order = self.rng.permutation(len(self.anchors)) if self.anchors else []
+        order: list[int] = [int(k) for k in self.rng.permutation(len(self.anchors))]
         for desc in self._target_descs(target):
             for k in order:
                 anchor, anchor_desc = self.anchors[int(k)]
@@ -484,9 +484,9 @@ def make_queries(
 
     out = []
     for index, (qtype, text, target, made_extra) in enumerate(made):
-        extra = dict(made_extra)
-        box_prompt = extra.pop("box_prompt", None)
-        point_prompt = extra.pop("point_prompt", None)
+        fields: dict[str, Any] = dict(made_extra)
+        box_prompt: np.ndarray | None = fields.pop("box_prompt", None)
+        point_prompt: np.ndarray | None = fields.pop("point_prompt", None)
         out.append(
             QueryRecord(
                 query_id=f"{image.image_id}_q{index}",
@@ -500,7 +500,7 @@ def make_queries(
                 point_prompt=point_prompt,
                 novel_category=target.category_name in novel,
                 camera_group=image.camera_group,
-                extra=extra,
+                extra=fields,
             )
         )
     return out

@@ -4,7 +4,7 @@
     llmi3d data synth --out data/synth_vga --num-images 200 --camera-groups vga_normal,vga_wide
 
 Each image is a room or a street seen by a camera of one of several groups (640x480, KITTI-like
-1242x375, nuScenes-like 1600x900; f_x 300-1600 px; varying height and pitch), with 3-10 objects
+1242x375, nuScenes-like 1600x900; f_x 300-1600 px; varying height and pitch), with 3-12 objects
 of 25 categories standing on the ground. Objects are built from primitives (synth_shapes), drawn
 with Lambert shading in painter's order (synth_render), and annotated with Omni3D-style ground
 truth; queries (captions with attributes and relations, common-sense questions, 2D box and point
@@ -80,7 +80,7 @@ class SynthConfig:
     seed: int = 0
     camera_groups: tuple[str, ...] = tuple(CAMERA_GROUPS)
     indoor_objects: tuple[int, int] = (3, 8)
-    street_objects: tuple[int, int] = (3, 10)
+    street_objects: tuple[int, int] = (4, 12)
     novel_fraction: float = 0.2
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_visible_px: int = 24
@@ -310,8 +310,13 @@ def generate_image(
     group = CAMERA_GROUPS[config.camera_groups[int(rng.integers(len(config.camera_groups)))]]
     kind = "street" if rng.random() < group.street_share else "indoor"
     objects_range = config.street_objects if kind == "street" else config.indoor_objects
-    scene = sample_scene(group, rng, objects_range=objects_range, kind=kind)
-    keep, rendered = render_until_visible(scene, rng, config.min_visible_px, config.min_visibility)
+    for _attempt in range(20):  # a scene where nothing could be placed or seen is drawn again
+        scene = sample_scene(group, rng, objects_range=objects_range, kind=kind)
+        keep, rendered = render_until_visible(
+            scene, rng, config.min_visible_px, config.min_visibility
+        )
+        if keep:
+            break
     from llmi3d_core.geometry import project
 
     image_id = f"{index:06d}"

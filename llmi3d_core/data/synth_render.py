@@ -188,7 +188,8 @@ def pose_vertices(instance: ObjectInstance) -> np.ndarray:
     local[:, 0] = normalised[:, 0] * length
     local[:, 1] = (0.5 - normalised[:, 1]) * height
     local[:, 2] = normalised[:, 2] * width
-    return local @ instance.R_cam.T + instance.center_cam  # (V, 3)
+    posed: np.ndarray = local @ instance.R_cam.T + instance.center_cam  # (V, 3)
+    return posed
 
 
 def shade_faces(

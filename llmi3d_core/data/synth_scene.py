@@ -125,7 +125,10 @@ class PlacedObject:
         c, s = math.cos(self.yaw), math.sin(self.yaw)
         ax, az = np.array([c, -s]), np.array([s, c])  # local x and z on the ground
         signs = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]])  # (4, 2)
-        return self.ground_xz + (signs[:, :1] * length) * ax + (signs[:, 1:] * width) * az
+        corners: np.ndarray = (
+            self.ground_xz + (signs[:, :1] * length) * ax + (signs[:, 1:] * width) * az
+        )
+        return corners
 
     def center_level(self, camera_height: float) -> np.ndarray:
         """(3,) box centre in the level frame: half its height above the ground."""
