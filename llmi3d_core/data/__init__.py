@@ -2,7 +2,10 @@
 
 Modules import lazily (torch and OpenCV only where needed):
     format        records, DatasetWriter, read_dataset, select_queries  (docs/dataset_format.md)
-    synth         the IG3D-Synth scene generator and renderer
+    synth         the IG3D-Synth generator (config, one image, whole dataset, CLI)
+    synth_shapes  its category catalogue: size priors and multi-primitive meshes
+    synth_scene   its cameras, rooms, streets and object placement
+    synth_render  its painter's-order rasteriser with an owner map
     queries       captions, common-sense questions and prompts that single out one object
     dataset       GroundingDataset and collate_grounding for training
     contact_sheet a PNG of samples with their 3D boxes drawn
