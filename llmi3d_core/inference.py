@@ -112,7 +112,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """float32 by default; bfloat16 anywhere; float16 on CUDA only.
+    """The torch dtype of a name: float32 for None; bfloat16 anywhere; float16 on CUDA only.
 
     Raises:
         ConfigError: an unknown dtype, or float16 on the CPU.
@@ -240,7 +240,8 @@ class Predictor:
     Args:
         model: an LLMI3D model (it is moved to `device` / `dtype` and set to eval mode).
         device: "cpu", "cuda" or "cuda:N".
-        dtype: None (float32), "float32", "bfloat16" or "float16" (CUDA only), or a torch dtype.
+        dtype: "float32", "bfloat16" or "float16" (CUDA only), or a torch dtype; None takes the
+            config's llm.dtype (float32 for the tiny and smol presets).
         cache_size: images whose features are kept (LRU).
         answer_policy: "auto" (the LLM decides whether a query needs an answer first, as
             trained), "ground" (never generate: one pass per query) or "answer" (always).
@@ -263,7 +264,7 @@ class Predictor:
         if cache_size < 1:
             raise ConfigError(f"cache_size must be >= 1, got {cache_size}")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(model.config.llm.dtype if dtype is None else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.cache_size = cache_size
         self.answer_policy = answer_policy

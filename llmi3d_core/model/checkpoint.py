@@ -4,8 +4,9 @@
                             "model_config": {...ModelConfig...}, "extra": {...caller's data...}}
     DIR/model.safetensors  every tensor of the model except the referenced pretrained weights
 
-Referenced, not stored: the base LLM (rebuilt from model_config.llm: a preset source or a path;
-its LoRA adapter IS stored), and a pretrained vision backbone that is frozen and loaded from a
+Referenced, not stored: a pretrained base LLM (rebuilt from model_config.llm: the smollm2
+package, a GGUF or a model directory; its LoRA adapter IS stored; the randomly initialised "tiny"
+LLM is stored whole), and a pretrained vision backbone that is frozen and loaded from a
 path (low_res.path with trainable=False; high_res.path or pretrained with trainable=False).
 Everything else is stored: LoRA, vision branches, SECBA, projector, heads, the 3D Query and the
 new token embeddings.
@@ -31,7 +32,12 @@ WEIGHTS_FILE = "model.safetensors"
 
 def referenced_prefixes(config: ModelConfig) -> tuple[str, ...]:
     """State-dict key prefixes whose weights come from elsewhere (not stored)."""
-    prefixes = ["llm.model."]
+    from llmi3d_core.model.llm import LLM_SOURCES
+
+    prefixes = []
+    source = LLM_SOURCES.get(config.llm.kind)
+    if source is None or source.pretrained:
+        prefixes.append("llm.model.")
     if config.low_res.path is not None and not config.low_res.trainable:
         prefixes.append("low_res.backbone.")
     high = config.high_res
@@ -46,13 +52,23 @@ def is_stored(key: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def trained_state(model: torch.nn.Module, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores, detached and contiguous."""
+    """The tensors a checkpoint stores, detached and contiguous.
+
+    Tied weights (a tiny LLM's embedding and LM head) are copied, since safetensors refuses
+    tensors that share memory; loading writes the same values to both.
+    """
     prefixes = referenced_prefixes(config)
-    return {
-        key: value.detach().contiguous()
-        for key, value in model.state_dict().items()
-        if is_stored(key, prefixes)
-    }
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in model.state_dict().items():
+        if not is_stored(key, prefixes):
+            continue
+        tensor = value.detach().contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        state[key] = tensor
+    return state
 
 
 def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -138,11 +138,19 @@ def _build_pretrained(config: LLMConfig) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-LLM_SOURCES: dict[str, Callable[[LLMConfig], tuple[nn.Module, Any]]] = {
-    "tiny": _build_tiny,
-    "smollm2": _build_smollm2,
-    "gguf": _build_gguf,
-    "pretrained": _build_pretrained,
+@dataclass(frozen=True)
+class LLMSource:
+    """How to build one kind of LLM; `pretrained` False: random weights, stored in checkpoints."""
+
+    build: Callable[[LLMConfig], tuple[nn.Module, Any]]
+    pretrained: bool
+
+
+LLM_SOURCES: dict[str, LLMSource] = {
+    "tiny": LLMSource(_build_tiny, pretrained=False),
+    "smollm2": LLMSource(_build_smollm2, pretrained=True),
+    "gguf": LLMSource(_build_gguf, pretrained=True),
+    "pretrained": LLMSource(_build_pretrained, pretrained=True),
 }
 
 
@@ -191,7 +199,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         check_choice(config.kind, LLM_SOURCES, "llm.kind")
         check_choice(config.dtype, DTYPES, "llm.dtype")
-        base, tokenizer = LLM_SOURCES[config.kind](config)
+        base, tokenizer = LLM_SOURCES[config.kind].build(config)
         base.requires_grad_(False)
         if config.lora_rank > 0:
             from peft import LoraConfig, get_peft_model

@@ -144,7 +144,7 @@ def test_locate_rejects_unknown_policy(make_model, make_batch):
     model = make_model().eval()
     batch = make_batch(model.config, size=1)
     context = model.prepare_context(model.encode_image(batch["image_lr"], batch["image_hr"]))
-    with pytest.raises(ConfigError, match="unknown answer policy 'maybe'"):
+    with pytest.raises(ConfigError, match=r"unknown answer policy 'maybe'"):
         model.locate(context, "find the lamp", policy="maybe")
 
 

@@ -1,0 +1,106 @@
+"""Checkpoints store only the trained parts and reload to identical predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmi3d_core.errors import CheckpointError
+from llmi3d_core.inference import Predictor
+from llmi3d_core.model import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from llmi3d_core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+
+def _trained(model, make_batch):
+    """A model whose LoRA and new parameters are no longer at their initial values."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for seed in range(2):
+        model(make_batch(model.config, seed=seed)).losses["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
+    model = _trained(make_model(), make_batch)
+    save_checkpoint(model, tmp_path / "ckpt", extra={"step": 2})
+    stored = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    assert any("lora_" in k for k in stored)
+    # the tiny LLM is randomly initialised, so its base weights are stored too
+    assert any(k.startswith("llm.model.") and "lora_" not in k for k in stored)
+    for prefix in ("low_res.", "high_res.", "fusion.", "projector.", "heads."):
+        assert any(k.startswith(prefix) for k in stored), prefix
+    for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight"):
+        assert key in stored
+    config, extra = read_checkpoint_meta(tmp_path / "ckpt")
+    assert config == model.config and extra == {"step": 2}
+
+
+def test_save_then_load_gives_identical_predictions(make_model, make_batch, tmp_path):
+    torch.manual_seed(1)
+    model = _trained(make_model(), make_batch)
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    K = np.array([[150.0, 0, 80], [0, 150, 60], [0, 0, 1]])
+    before = Predictor(model).predict(image, K, "find the lamp", box2d=[10, 10, 90, 70])[0]
+    save_checkpoint(model, tmp_path / "ckpt")
+    torch.manual_seed(123)  # different random init underneath: everything must come from disk
+    after = Predictor.from_checkpoint(tmp_path / "ckpt").predict(
+        image, K, "find the lamp", box2d=[10, 10, 90, 70]
+    )[0]
+    for field in ("center", "dims", "rotation", "box2d", "center_uv"):
+        np.testing.assert_array_equal(getattr(before, field), getattr(after, field))
+    assert before.score == after.score and before.label == after.label
+
+
+def test_frozen_pretrained_backbones_are_referenced(make_model):
+    from llmi3d_core.model.checkpoint import referenced_prefixes
+
+    model = make_model()
+    config = model.config.replace(**{"low_res.path": "/x", "low_res.trainable": False})
+    assert "low_res.backbone." in referenced_prefixes(config)
+    assert referenced_prefixes(model.config) == ()
+    assert referenced_prefixes(config.replace(**{"llm.kind": "smollm2"}))[0] == "llm.model."
+
+
+def test_missing_checkpoint_is_reported(tmp_path):
+    with pytest.raises(
+        CheckpointError, match=r"is not an llmi3d checkpoint: config.json is missing"
+    ):
+        load_checkpoint(tmp_path)
+
+
+def test_wrong_format_version_is_reported(make_model, tmp_path):
+    save_checkpoint(make_model(), tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta["format_version"] = 99
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"format_version 99; this code reads version 1"):
+        load_checkpoint(tmp_path)
+
+
+def test_tensors_not_matching_the_config_are_reported(make_model, tmp_path):
+    save_checkpoint(make_model(), tmp_path)
+    state = load_file(str(tmp_path / WEIGHTS_FILE))
+    state["heads.extra.weight"] = torch.zeros(1)
+    del state["query_embedding"]
+    save_file(state, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(CheckpointError, match=r"1 missing tensors.*query_embedding.*1 unexpected"):
+        load_checkpoint(tmp_path)
+
+
+def test_shape_mismatch_is_reported(make_model, tmp_path):
+    save_checkpoint(make_model(), tmp_path)
+    state = load_file(str(tmp_path / WEIGHTS_FILE))
+    state["query_embedding"] = torch.zeros(3)
+    save_file(state, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(CheckpointError, match=r"does not fit its model"):
+        load_checkpoint(tmp_path)
+
+
+def test_unserialisable_extra_is_reported(make_model, tmp_path):
+    with pytest.raises(CheckpointError, match=r"not JSON-serialisable"):
+        save_checkpoint(make_model(), tmp_path, extra={"bad": object()})
