@@ -1,0 +1,235 @@
+"""The Predictor (the node's and the CLI's entry point) on the tiny preset."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
+from llmi3d_core.inference import Prediction, Predictor, object_phrase
+from llmi3d_core.model import LLMI3D, get_preset
+
+K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models on one thread (see test/core/model/conftest.py for why)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(LLMI3D(get_preset("tiny")), answer_policy="ground")
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_predict_returns_one_prediction_with_contract_fields(predictor, image):
+    predictions = predictor.predict(image, K_VGA, "Find the red lamp.")
+    assert len(predictions) == 1
+    pred = predictions[0]
+    assert isinstance(pred, Prediction)
+    assert pred.label == "red lamp" and pred.answer == ""
+    assert pred.center.shape == (3,) and pred.dims.shape == (3,)
+    assert pred.rotation.shape == (3, 3) and pred.box2d.shape == (4,)
+    assert pred.center_uv.shape == (2,) and 0.0 <= pred.score <= 1.0
+    np.testing.assert_allclose(pred.rotation @ pred.rotation.T, np.eye(3), atol=1e-5)
+    assert pred.center[2] > 0 and np.all(pred.dims > 0)
+    expected = {"validate", "preprocess", "encode_image", "prefill", "llm", "decode", "total"}
+    assert set(predictor.last_timings) == expected
+
+
+def test_repeated_query_on_the_same_image_skips_the_image_encoder(predictor, image):
+    low_calls = _count_calls(predictor.model.low_res)
+    high_calls = _count_calls(predictor.model.high_res)
+    predictor.predict(image, K_VGA, "find the lamp")
+    assert not predictor.last_cache_hit and low_calls == [1] and high_calls == [1]
+    predictor.predict(image, K_VGA, "find the chair")
+    predictor.predict(image.copy(), K_VGA.copy(), "find the table")  # same content, new arrays
+    assert predictor.last_cache_hit and low_calls == [1] and high_calls == [1]
+    assert predictor.last_timings["encode_image"] == 0.0
+    predictor.predict(image, K_VGA * np.array([[1.1], [1.1], [1.0]]), "find the lamp")
+    assert low_calls == [2]  # another K is another key
+    other = image.copy()
+    other[0, 0, 0] ^= 1
+    predictor.predict(other, K_VGA, "find the lamp")
+    assert low_calls == [3]
+
+
+def test_cached_and_fresh_predictions_agree(predictor, image):
+    first = predictor.predict(image, K_VGA, "find the lamp")[0]
+    second = predictor.predict(image, K_VGA, "find the lamp")[0]
+    predictor.clear_cache()
+    third = predictor.predict(image, K_VGA, "find the lamp")[0]
+    np.testing.assert_array_equal(first.center, second.center)
+    np.testing.assert_allclose(first.center, third.center, rtol=1e-6)
+
+
+def test_cache_is_lru_bounded(image):
+    torch.manual_seed(0)
+    predictor = Predictor(LLMI3D(get_preset("tiny")), cache_size=2, answer_policy="ground")
+    calls = _count_calls(predictor.model.low_res)
+    images = [image, image[::-1].copy(), image[:, ::-1].copy()]
+    for img in images:
+        predictor.predict(img, K_VGA, "find the lamp")
+    predictor.predict(images[2], K_VGA, "find the lamp")
+    assert calls == [3]
+    predictor.predict(images[0], K_VGA, "find the lamp")  # evicted: encoded again
+    assert calls == [4]
+
+
+def test_predict_batch_encodes_each_image_once_together(predictor, image):
+    calls = _count_calls(predictor.model.low_res)
+    other = image[::-1].copy()
+    results = predictor.predict_batch(
+        [image, other, image], [K_VGA] * 3, ["find the lamp", "find the cup", "find the chair"]
+    )
+    assert [len(r) for r in results] == [1, 1, 1]
+    assert calls == [1]  # one vision pass for the two distinct images
+    single = predictor.predict(other, K_VGA, "find the cup")[0]
+    np.testing.assert_allclose(results[1][0].center, single.center, rtol=1e-5)
+
+
+def test_prompts_are_pixels_of_the_input_image(predictor, image):
+    plain = predictor.predict(image, K_VGA, "what is this")[0]
+    boxed = predictor.predict(image, K_VGA, "what is this", box2d=[100, 50, 300, 250])[0]
+    pointed = predictor.predict(image, K_VGA, "what is this", point2d=(320.0, 240.0))[0]
+    assert not np.allclose(plain.center, boxed.center)
+    assert not np.allclose(boxed.center, pointed.center)
+
+
+@pytest.mark.parametrize(("policy", "passes"), [("ground", 1), ("answer", 3)])
+def test_answer_policy_sets_the_llm_passes(image, policy, passes):
+    """ "ground" is one LLM pass per query; "answer" rewinds, generates, then reads the box."""
+    torch.manual_seed(0)
+    predictor = Predictor(
+        LLMI3D(get_preset("tiny").replace(**{"llm.max_answer_tokens": 1})), answer_policy=policy
+    )
+    predictor.predict(image, K_VGA, "what should I use to read?")  # fills the image cache
+    calls = _count_calls(predictor.model.llm.causal_lm.get_decoder())
+    pred = predictor.predict(image, K_VGA, "what should I use to read?")[0]
+    assert calls == [passes]  # answer: speculative pass + 1 answer token + [<pos>, 3D Query]
+    assert pred.label == (pred.answer or "what should I use to read")
+
+
+def test_bfloat16_on_cpu(image):
+    torch.manual_seed(0)
+    predictor = Predictor(LLMI3D(get_preset("tiny")), dtype="bfloat16", answer_policy="ground")
+    assert predictor.model.query_embedding.dtype == torch.bfloat16
+    pred = predictor.predict(image, K_VGA, "find the lamp")[0]
+    assert pred.center.dtype == np.float64 and np.all(np.isfinite(pred.center))
+
+
+def test_nan_model_output_raises(predictor, image):
+    with torch.no_grad():
+        predictor.model.heads.mlps["dims"][2].bias.fill_(float("nan"))
+    with pytest.raises(ModelOutputError, match="model output 'dims' is not finite"):
+        predictor.predict(image, K_VGA, "find the lamp")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_rgb": [[1, 2, 3]]}, "image_rgb must be a numpy array, got list"),
+        ({"image_rgb": np.zeros((48, 64, 3), np.float32)}, "must have dtype uint8, got float32"),
+        ({"image_rgb": np.zeros((48, 64), np.uint8)}, "must have shape (H, W, 3), got (48, 64)"),
+        ({"image_rgb": np.zeros((48, 64, 4), np.uint8)}, "got (48, 64, 4)"),
+        ({"image_rgb": np.zeros((4, 64, 3), np.uint8)}, "at least 8 x 8 pixels"),
+        ({"K": np.eye(2)}, "K must have shape (3, 3), got (2, 2)"),
+        ({"K": [[1, 0, 0], [0, "a", 0], [0, 0, 1]]}, "K must be a 3x3 array of numbers"),
+        ({"K": np.where(np.eye(3) > 0, np.nan, 0.0)}, "K must be finite"),
+        ({"K": np.diag([0.0, 500.0, 1.0])}, "focal lengths must be > 0 px, got f_x=0.0"),
+        ({"K": np.diag([500.0, -5.0, 1.0])}, "f_y=-5.0"),
+        ({"K": np.diag([500.0, 500.0, 2.0])}, "last row must be (0, 0, 1)"),
+        ({"query": "   "}, "query must not be empty"),
+        ({"query": 42}, "query must be a string, got int"),
+        ({"query": "x" * 2001}, "at most 2000 are allowed"),
+        ({"box2d": [10, 10, 700, 100]}, "lies outside the image (width 64, height 48 px)"),
+        ({"box2d": [30, 10, 20, 40]}, "box2d must have x1 < x2 and y1 < y2"),
+        ({"box2d": [1, 2, 3]}, "box2d must be 4 finite numbers"),
+        ({"box2d": [1, 2, float("nan"), 4]}, "box2d must be 4 finite numbers"),
+        ({"point2d": [-5, 10]}, "point2d [-5.0, 10.0] lies outside the image"),
+        ({"max_results": 0}, "max_results must be an integer >= 1, got 0"),
+        ({"max_results": 1.5}, "max_results must be an integer >= 1, got 1.5"),
+    ],
+)
+def test_bad_input_raises_invalid_input(predictor, kwargs, message):
+    args = {
+        "image_rgb": np.zeros((48, 64, 3), np.uint8),
+        "K": [[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]],
+        "query": "find the lamp",
+    }
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        predictor.predict(**args)
+
+
+def test_predict_batch_length_mismatch(predictor, image):
+    with pytest.raises(InvalidInputError, match="equally long lists, got 2 images, 1 K"):
+        predictor.predict_batch([image, image], [K_VGA], ["a", "b"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="requested but this torch build sees no CUDA GPU"):
+        Predictor(LLMI3D(get_preset("tiny")), device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dtype": "float16"}, "float16 needs device='cuda'"),
+        ({"dtype": "int8"}, "unknown dtype 'int8'; available: float32, bfloat16, float16"),
+        ({"device": "tpu"}, "invalid device 'tpu': use 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "meta"}, "unsupported device 'meta'; use 'cpu' or 'cuda'"),
+        ({"device": "gpu:x"}, "invalid device 'gpu:x'"),
+        ({"answer_policy": "never"}, "unknown answer_policy 'never'"),
+        ({"cache_size": 0}, "cache_size must be >= 1, got 0"),
+    ],
+)
+def test_bad_predictor_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Predictor(LLMI3D(get_preset("tiny")), **kwargs)
+
+
+def test_from_preset_and_config_file(tmp_path, image):
+    predictor = Predictor.from_preset("tiny")
+    assert predictor.config.name == "tiny"
+    path = tmp_path / "model.yaml"
+    path.write_text("preset: tiny\nheads:\n  rotation: euler\n")
+    predictor = Predictor.from_preset(str(path))
+    assert predictor.config.heads.rotation == "euler"
+    assert len(predictor.predict(image, K_VGA, "find the lamp")) == 1
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        Predictor.from_preset("huge")
+
+
+@pytest.mark.parametrize(
+    ("query", "phrase"),
+    [
+        ("Find the red lamp.", "red lamp"),
+        ("please locate a chair", "chair"),
+        ("where is the cup?", "cup"),
+        ("lamp", "lamp"),
+        ("the", "the"),
+    ],
+)
+def test_object_phrase(query, phrase):
+    assert object_phrase(query) == phrase
