@@ -456,12 +456,7 @@ class Predictor:
         height, width = self.config.high_res.image_size
 
         def to_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-            interpolation = (
-                cv2.INTER_AREA
-                if size[0] < image.shape[1] and size[1] < image.shape[0]
-                else cv2.INTER_LINEAR
-            )
-            resized = cv2.resize(image, size, interpolation=interpolation)
+            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # as the dataset
             return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
 
         image_lr = torch.stack([to_tensor(image, (side, side)) for image in images])

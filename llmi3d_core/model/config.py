@@ -222,7 +222,9 @@ class ModelConfig:
 
     Attributes:
         answer_types: dataset query types whose `answer` is generated before <pos> (teacher-forced
-            in training); other types go straight to <pos> (one forward pass at inference).
+            in training): questions ("what should I use to read?") and box / point prompts ("what
+            is in the marked region?") name the object first; the other types (captions, plain
+            grounding) go straight to <pos>, one forward pass at inference.
         virtual_focal_px, virtual_width_px: f_v and w_v of the virtual camera (DESIGN.md, III-D).
     """
 
@@ -233,7 +235,7 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    answer_types: tuple[str, ...] = ("question",)
+    answer_types: tuple[str, ...] = ("question", "box_prompt", "point_prompt")
     virtual_focal_px: float = field(default_factory=lambda: VirtualCamera().focal_px)
     virtual_width_px: float = field(default_factory=lambda: VirtualCamera().width_px)
 
