@@ -245,6 +245,9 @@ class Predictor:
         cache_size: images whose features are kept (LRU).
         answer_policy: "auto" (the LLM decides whether a query needs an answer first, as
             trained), "ground" (never generate: one pass per query) or "answer" (always).
+        merge_lora: fold the LoRA adapter into the LLM weights (~18% faster per LLM step on a
+            CPU); the Predictor then owns the model: do not train it further (or call
+            `model.llm.unmerge_lora()` first). Checkpoints are saved unmerged either way.
     """
 
     def __init__(
@@ -252,8 +255,10 @@ class Predictor:
         model: Any,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
+        *,
         cache_size: int = 4,
         answer_policy: str = "auto",
+        merge_lora: bool = True,
     ) -> None:
         from llmi3d_core.model.llmi3d import ANSWER_POLICIES
 
@@ -266,6 +271,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(model.config.llm.dtype if dtype is None else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if merge_lora:
+            self.model.llm.merge_lora()
         self.cache_size = cache_size
         self.answer_policy = answer_policy
         self.last_timings: dict[str, float] = {}

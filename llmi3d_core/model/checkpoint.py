@@ -98,7 +98,14 @@ def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | N
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_file(trained_state(model, model.config), str(tmp), metadata={"format": FORMAT})
+        merged = model.llm.lora_merged
+        if merged:  # store the adapter and the base weights apart, as they are loaded
+            model.llm.unmerge_lora()
+        try:  # trained_state holds views of the weights: write them before merging back
+            save_file(trained_state(model, model.config), str(tmp), metadata={"format": FORMAT})
+        finally:
+            if merged:
+                model.llm.merge_lora()
         os.replace(tmp, directory / WEIGHTS_FILE)
         (directory / CONFIG_FILE).write_text(text + "\n")
     except OSError as err:

@@ -40,20 +40,44 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     assert config == model.config and extra == {"step": 2}
 
 
+IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+K_SMALL = np.array([[150.0, 0, 80], [0, 150, 60], [0, 0, 1]])
+
+
+def _predict(predictor):
+    return predictor.predict(IMAGE, K_SMALL, "find the lamp", box2d=[10, 10, 90, 70])[0]
+
+
+def _assert_same(a, b, rtol=0.0):
+    for field in ("center", "dims", "rotation", "box2d", "center_uv"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=rtol, atol=0)
+    assert a.score == pytest.approx(b.score, rel=rtol, abs=0) and a.label == b.label
+
+
 def test_save_then_load_gives_identical_predictions(make_model, make_batch, tmp_path):
     torch.manual_seed(1)
     model = _trained(make_model(), make_batch)
-    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    K = np.array([[150.0, 0, 80], [0, 150, 60], [0, 0, 1]])
-    before = Predictor(model).predict(image, K, "find the lamp", box2d=[10, 10, 90, 70])[0]
+    before = _predict(Predictor(model, merge_lora=False))
     save_checkpoint(model, tmp_path / "ckpt")
     torch.manual_seed(123)  # different random init underneath: everything must come from disk
-    after = Predictor.from_checkpoint(tmp_path / "ckpt").predict(
-        image, K, "find the lamp", box2d=[10, 10, 90, 70]
-    )[0]
-    for field in ("center", "dims", "rotation", "box2d", "center_uv"):
-        np.testing.assert_array_equal(getattr(before, field), getattr(after, field))
-    assert before.score == after.score and before.label == after.label
+    after = _predict(Predictor.from_checkpoint(tmp_path / "ckpt", merge_lora=False))
+    _assert_same(before, after)
+
+
+def test_merged_lora_predicts_the_same_and_saves_unmerged(make_model, make_batch, tmp_path):
+    torch.manual_seed(1)
+    model = _trained(make_model(), make_batch)
+    # "ground": rounding must not flip the untrained model's answer-or-not decision
+    unmerged = _predict(Predictor(model, merge_lora=False, answer_policy="ground"))
+    predictor = Predictor(model, answer_policy="ground")  # merges LoRA into the base weights
+    assert model.llm.lora_merged
+    _assert_same(unmerged, _predict(predictor), rtol=1e-4)
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert model.llm.lora_merged  # saving leaves the Predictor's model as it was
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert not loaded.llm.lora_merged
+    reloaded = Predictor(loaded, merge_lora=False, answer_policy="ground")
+    _assert_same(unmerged, _predict(reloaded), rtol=1e-4)
 
 
 def test_frozen_pretrained_backbones_are_referenced(make_model):
