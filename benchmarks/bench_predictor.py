@@ -34,7 +34,7 @@ import torch
 from llmi3d_core.inference import Predictor
 
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
-STAGES = ("encode_image", "prefill", "llm", "decode")
+STAGES = ("preprocess", "encode_image", "prefill", "llm", "decode")
 
 
 def measure(preset: str, runs: int) -> dict[str, object]:

@@ -94,6 +94,9 @@ class HighResConfig:
         depth_branch: False is the "no depth branch" ablation: no Conv_spatial and no depth head;
             the fused features are Conv_rgb(F_local) alone.
         trainable: False freezes the CNN backbone (the convs and the depth head stay trainable).
+        freeze_bn: keep the backbone's BatchNorm layers in eval mode while training (their
+            pretrained running statistics are used; batches of a few images would make batch
+            statistics noisy). No effect on ConvNeXt, which uses LayerNorm.
     """
 
     enabled: bool = True
@@ -105,6 +108,7 @@ class HighResConfig:
     depths: tuple[int, ...] = (1, 1, 2, 1)
     depth_branch: bool = True
     trainable: bool = True
+    freeze_bn: bool = True
 
     def __post_init__(self) -> None:
         if len(self.hidden_sizes) != len(self.depths):

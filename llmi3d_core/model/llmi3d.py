@@ -384,7 +384,12 @@ class LLMI3D(nn.Module):
                 answer_ids, _ = self._greedy(
                     context, first, {pos, eos}, self.config.llm.max_answer_tokens
                 )
-                hidden = self._step(context, self._tail_embeds([pos]))
+                # re-feed the last text token with <pos> so every read-out offset (the
+                # text_feature one reads the token before <pos>) sees the training layout
+                length = context.prefix_length + len(middle) + len(answer_ids)
+                _rewind(context.cache, length - 1)
+                last = [*middle, *answer_ids][-1]
+                hidden = self._step(context, self._tail_embeds([last, pos]))
             answer = self.llm.decode(answer_ids).strip()
             if self.heads is None:
                 outputs = self._text3d_outputs(context, hidden)

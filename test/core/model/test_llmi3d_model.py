@@ -108,9 +108,10 @@ def test_answer_tokens_are_supervised_only_for_answer_types(make_model, make_bat
     assert model(batch).losses["text"].item() != pytest.approx(loss_without)
 
 
-def test_ground_policy_matches_teacher_forced_forward(make_model, make_batch):
+@pytest.mark.parametrize("readout", ["query", "pos_token", "text_feature"])
+def test_ground_policy_matches_teacher_forced_forward(make_model, make_batch, readout):
     """The cached one-pass inference path sees the same sequence as training."""
-    model = make_model().eval()
+    model = make_model(**{"heads.readout": readout}).eval()
     batch = make_batch(model.config, size=2, query_types=("caption",))
     with torch.no_grad():
         forward = model(batch).outputs
@@ -138,6 +139,18 @@ def test_locate_restores_the_image_cache(make_model, make_batch):
     assert again.answer == first.answer
     for name in first.outputs:
         assert torch.allclose(first.outputs[name], again.outputs[name])
+
+
+@pytest.mark.parametrize("readout", ["query", "pos_token", "text_feature"])
+@pytest.mark.parametrize("max_tokens", [0, 1, 3])
+def test_answer_path_reads_out_for_every_readout(make_model, make_batch, readout, max_tokens):
+    overrides = {"heads.readout": readout, "llm.max_answer_tokens": max_tokens}
+    model = make_model(**overrides).eval()
+    batch = make_batch(model.config, size=1)
+    context = model.prepare_context(model.encode_image(batch["image_lr"], batch["image_hr"]))
+    located = model.locate(context, "what should I use to read?", policy="answer")
+    assert located.answered and located.outputs["dims"].shape == (1, 3)
+    assert context.cache.get_seq_length() == context.prefix_length
 
 
 def test_locate_rejects_unknown_policy(make_model, make_batch):
