@@ -250,7 +250,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples become lists), what checkpoints and YAML files hold."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return data
 
     def replace(self, **sections: Any) -> ModelConfig:
         """Return a copy with dotted overrides applied.

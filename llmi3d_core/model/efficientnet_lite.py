@@ -93,7 +93,7 @@ class MBConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
-        h = x
+        h: torch.Tensor = x
         if self.has_expand:
             h = F.relu6(self._bn0(self._expand_conv(h)))
         h = F.relu6(self._bn1(self._depthwise_conv(h)))

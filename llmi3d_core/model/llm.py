@@ -58,7 +58,7 @@ def byte_tokenizer() -> Any:
     backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<pad>"
     )
 
@@ -214,7 +214,7 @@ class LanguageModel(nn.Module):
             with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
                 warnings.simplefilter("ignore", FutureWarning)
                 base = get_peft_model(base, lora)
-        self.model = base
+        self.model: Any = base
         self.tokenizer = tokenizer
         embeddings = self.causal_lm.get_input_embeddings()
         self.vocab_size = int(embeddings.weight.shape[0])
@@ -232,12 +232,12 @@ class LanguageModel(nn.Module):
         nn.init.zeros_(self.pos_head.bias)
 
     @property
-    def causal_lm(self) -> nn.Module:
+    def causal_lm(self) -> Any:
         """The transformers causal LM (inside the PEFT wrapper when LoRA is on)."""
         model = self.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def _lora_layers(self) -> list[nn.Module]:
+    def _lora_layers(self) -> list[Any]:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]

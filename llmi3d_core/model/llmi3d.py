@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -103,8 +104,8 @@ class ModelOutput:
 
 def format_query(
     text: str,
-    box_prompt: Sequence[float] | torch.Tensor | None = None,
-    point_prompt: Sequence[float] | torch.Tensor | None = None,
+    box_prompt: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    point_prompt: Sequence[float] | np.ndarray | torch.Tensor | None = None,
 ) -> str:
     """Query text with the optional box / point prompt as normalised text coordinates.
 
@@ -176,7 +177,7 @@ class LLMI3D(nn.Module):
         The vision side runs in its own dtype (it may stay float32 next to a bfloat16 LLM); the
         tokens are cast to the LLM's dtype.
         """
-        vision_dtype = self.projector[0].weight.dtype
+        vision_dtype = next(self.projector.parameters()).dtype
         tokens = self.low_res(image_lr.to(self.device, vision_dtype))  # (B, N, C_lr)
         depth_map = None
         if self.high_res is not None and self.fusion is not None:
@@ -342,8 +343,8 @@ class LLMI3D(nn.Module):
             probs.append(prob)
             hidden = self._step(context, self._embed_ids([token]))
             distribution = torch.softmax(self.llm.logits(hidden[:, -1]).float(), dim=-1)[0]
-            prob, index = distribution.max(dim=-1)
-            token, prob = int(index), float(prob)
+            best = distribution.max(dim=-1)
+            token, prob = int(best.indices), float(best.values)
         return ids, probs
 
     def _tail_embeds(self, ids: list[int]) -> torch.Tensor:

@@ -68,7 +68,8 @@ class _Attention(nn.Module):
         k = k.view(B, k.shape[1], M, heads, -1).transpose(2, 3).expand(B, N, heads, M, -1)
         v = v.view(B, v.shape[1], M, heads, -1).transpose(2, 3).expand(B, N, heads, M, -1)
         attended = F.scaled_dot_product_attention(q, k, v)  # (B, N, h, 1, d_h)
-        return self.o_proj(attended.reshape(B, N, -1))  # (B, N, C_lr)
+        out: torch.Tensor = self.o_proj(attended.reshape(B, N, -1))  # (B, N, C_lr)
+        return out
 
 
 class GlobalSECBA(nn.Module):
@@ -81,7 +82,8 @@ class GlobalSECBA(nn.Module):
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Fuse: tokens (B, N, C_lr), features (B, C_hr, h, w) -> (B, N, C_lr)."""
         keys = features.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, h*w, C_hr)
-        return tokens + self.attention(tokens, keys)
+        attended: torch.Tensor = self.attention(tokens, keys)
+        return tokens + attended
 
 
 class LocalSECBA(nn.Module):
@@ -95,7 +97,8 @@ class LocalSECBA(nn.Module):
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Fuse: tokens (B, N, C_lr), features (B, C_hr, h, w) -> (B, N, C_lr)."""
         windows, _ = windows_to_grid(features, self.grid)  # (B, N, r*r, C_hr)
-        return tokens + self.attention(tokens, windows)
+        attended: torch.Tensor = self.attention(tokens, windows)
+        return tokens + attended
 
 
 class MaxPoolFusion(nn.Module):
@@ -109,7 +112,8 @@ class MaxPoolFusion(nn.Module):
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Fuse: tokens (B, N, C_lr), features (B, C_hr, h, w) -> (B, N, C_lr)."""
         windows, _ = windows_to_grid(features, self.grid)  # (B, N, r*r, C_hr)
-        return tokens + self.proj(windows.amax(dim=2))
+        pooled: torch.Tensor = self.proj(windows.amax(dim=2))  # (B, N, C_lr)
+        return tokens + pooled
 
 
 class ConcatFusion(nn.Module):

@@ -38,7 +38,7 @@ def text_fields(config: HeadConfig) -> dict[str, int]:
 
 def format_numbers(values: dict[str, torch.Tensor], config: HeadConfig) -> str:
     """One sample's targets {name: (k,)} -> the text the LLM learns to write."""
-    parts = []
+    parts: list[str] = []
     for name in text_fields(config):
         parts.extend(f"{float(x):.{DECIMALS[name]}f}" for x in values[name].reshape(-1))
     return " ".join(parts)

@@ -53,6 +53,9 @@ LOW_RES_BACKBONES: dict[str, LowResSpec] = {
 class Normalize(nn.Module):
     """(x - mean) / std per channel, for x (B, 3, H, W) in [0, 1]."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -77,11 +80,11 @@ class LowResBranch(nn.Module):
             self.backbone = _from_pretrained(model_class, config.path, "low_res.path")
         else:
             if config.path is not None:  # architecture from the path, weights from a checkpoint
-                backbone_config = getattr(transformers, spec.config_class).from_pretrained(
+                new_config = getattr(transformers, spec.config_class).from_pretrained(
                     config.path, local_files_only=True
                 )
             else:
-                backbone_config = getattr(transformers, spec.config_class)(
+                new_config = getattr(transformers, spec.config_class)(
                     image_size=config.image_size,
                     patch_size=config.patch_size,
                     hidden_size=config.hidden_size,
@@ -89,8 +92,8 @@ class LowResBranch(nn.Module):
                     num_attention_heads=config.num_heads,
                     intermediate_size=config.intermediate_size,
                 )
-            self.backbone = model_class(backbone_config, **dict(spec.model_kwargs))
-        backbone_config = self.backbone.config
+            self.backbone = model_class(new_config, **dict(spec.model_kwargs))
+        backbone_config: Any = self.backbone.config
         if backbone_config.patch_size != config.patch_size:
             raise ConfigError(
                 f"low_res.patch_size is {config.patch_size} but the model at {config.path} uses "
@@ -108,7 +111,8 @@ class LowResBranch(nn.Module):
         outputs = self.backbone(
             pixel_values=self.normalize(image_lr), interpolate_pos_encoding=True
         )
-        return outputs.last_hidden_state[:, self.skip_tokens :]  # (B, N, C_lr)
+        tokens: torch.Tensor = outputs.last_hidden_state[:, self.skip_tokens :]  # (B, N, C_lr)
+        return tokens
 
 
 def _from_pretrained(model_class: Any, path: str, what: str) -> nn.Module:
@@ -122,6 +126,7 @@ def _from_pretrained(model_class: Any, path: str, what: str) -> nn.Module:
 def _build_convnext(config: HighResConfig, load_pretrained: bool) -> tuple[nn.Module, int]:
     from transformers import ConvNextConfig, ConvNextModel
 
+    model: Any
     if config.path is not None and load_pretrained:
         model = _from_pretrained(ConvNextModel, config.path, "high_res.path")
     elif config.path is not None:
