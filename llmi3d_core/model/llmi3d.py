@@ -17,7 +17,8 @@ Inference (`locate`): the image prefix is run once and its KV cache kept (the Pr
 for every query on the same image). A query is then one forward pass over
 [middle, <pos>, 3D Query]: if the LLM's next-token choice after the middle is <pos> (a plain
 grounding query), F_3D is read from that same pass; otherwise (a question) the cache is rewound,
-the answer is generated greedily until <pos>, and [<pos>, 3D Query] is fed (paper III-C).
+the answer is generated greedily until <pos>, and [last answer token, <pos>, 3D Query] is fed
+(paper III-C).
 """
 
 from __future__ import annotations

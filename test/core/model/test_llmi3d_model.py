@@ -113,6 +113,7 @@ def test_ground_policy_matches_teacher_forced_forward(make_model, make_batch, re
     """The cached one-pass inference path sees the same sequence as training."""
     model = make_model(**{"heads.readout": readout}).eval()
     batch = make_batch(model.config, size=2, query_types=("caption",))
+    batch["query"] = ["find the lamp", "find the big red chair near the window"]  # padding
     with torch.no_grad():
         forward = model(batch).outputs
         features = model.encode_image(batch["image_lr"], batch["image_hr"])
