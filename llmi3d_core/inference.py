@@ -45,13 +45,9 @@ import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
 from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.llm import DTYPES
 
 MAX_QUERY_CHARS = 2000
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 # leading words that are not part of the object phrase (for labels of plain grounding queries)
 _COMMAND_WORDS = re.compile(
     r"^(please\s+|find\s+|locate\s+|detect\s+|show\s+me\s+|look\s+for\s+|point\s+to\s+|"
@@ -121,12 +117,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float32
     if isinstance(dtype, torch.dtype):
         resolved = dtype
-    elif dtype in DTYPE_NAMES:
-        resolved = DTYPE_NAMES[dtype]
+    elif dtype in DTYPES:
+        resolved = DTYPES[dtype]
     else:
-        raise ConfigError(f"unknown dtype {dtype!r}; available: {', '.join(DTYPE_NAMES)}")
-    if resolved not in DTYPE_NAMES.values():
-        raise ConfigError(f"unsupported dtype {resolved}; available: {', '.join(DTYPE_NAMES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; available: {', '.join(DTYPES)}")
+    if resolved not in DTYPES.values():
+        raise ConfigError(f"unsupported dtype {resolved}; available: {', '.join(DTYPES)}")
     if resolved == torch.float16 and device.type != "cuda":
         raise ConfigError("dtype float16 needs device='cuda'; on the CPU use float32 or bfloat16")
     return resolved
@@ -456,18 +452,16 @@ class Predictor:
         return contexts
 
     def _preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize to the model's LR (S x S) and HR (H x W) inputs: (B, 3, S, S), (B, 3, H, W)."""
-        import cv2
+        """Resize to the model's LR (S x S) and HR (H x W) inputs: (B, 3, S, S), (B, 3, H, W).
+
+        Uses the training dataset's own resize (cv2 INTER_AREA), so both see the same pixels.
+        """
+        from llmi3d_core.data.dataset import _to_chw
 
         side = self.config.low_res.image_size
         height, width = self.config.high_res.image_size
-
-        def to_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # as the dataset
-            return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
-
-        image_lr = torch.stack([to_tensor(image, (side, side)) for image in images])
-        image_hr = torch.stack([to_tensor(image, (width, height)) for image in images])
+        image_lr = torch.stack([_to_chw(image, (side, side)) for image in images])
+        image_hr = torch.stack([_to_chw(image, (width, height)) for image in images])
         return image_lr, image_hr
 
     def _to_prediction(self, located: Any, item: _Item) -> Prediction:
