@@ -1,0 +1,536 @@
+"""Regenerate BENCHMARKS.md: accuracy, latency, training throughput and node memory, one command.
+
+    python benchmarks/run_benchmarks.py                          # --size reduced, < 45 min, CPU
+    python benchmarks/run_benchmarks.py --size full              # paper-like budgets, for a GPU
+    python benchmarks/run_benchmarks.py --size smoke --out /tmp/B.md   # < 1 min, CI
+    python benchmarks/run_benchmarks.py --sections latency,memory      # only some sections
+
+BENCHMARKS.md is generated, never edited by hand: it states the machine (CPU model, cores,
+torch version, devices), and for every figure the preset, data sizes and seeds. Sections:
+
+    1 accuracy     IG3D-Synth test split: LLMI3D (smol) vs Text3D, back-projection, mean box;
+                   the ablation ladders of the paper's Tables X-XIII (benchmarks/bench_accuracy.py,
+                   training and evaluation through llmi3d_core.train / llmi3d_core.evaluate)
+    2 latency      3D Query vs Text3D decoding, first vs repeated query, llmi3d_node round trip vs
+                   the bare Predictor (benchmarks/bench_latency.py)
+    3 throughput   training samples/s of the shipped recipes (benchmarks/bench_throughput.py)
+    4 memory       peak resident memory of llmi3d_node with the default model
+                   (benchmarks/bench_node.py)
+
+Sections 2-4 run first (they need no training). A section that fails is reported as FAILED in
+the markdown with its error, the others still run, and the exit status is 1.
+
+ROS: every process this script starts, and its own rclpy client, runs with DDS confined to
+loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, FASTDDS_DEFAULT_PROFILES_FILE=
+config/fastdds_loopback.xml) in ROS domain --ros-domain-id (default 57).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _path in (REPO, HERE):  # run from a checkout, uninstalled; the bench_* modules next to us
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench_node import DEFAULT_DOMAIN_ID, ros_environment  # noqa: E402
+
+SECTIONS = ("accuracy", "latency", "throughput", "memory")
+RUN_ORDER = ("latency", "throughput", "memory", "accuracy")  # no training first
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """Budgets of one benchmark size; every figure in the markdown names the ones it used.
+
+    Attributes:
+        name: "smoke", "reduced" or "full".
+        purpose: one line for the markdown.
+        threads: torch CPU threads of the latency measurements (this process and the node).
+        latency_preset: backbone of the latency section.
+        latency_runs: timed runs per variant (one more, untimed, warms up).
+        memory_preset: model of the memory section (the node's default is smol).
+        memory_queries: queries (each on a new frame) over which the node's peak RSS is taken.
+        throughput_recipes: config/train recipes timed in the throughput section.
+        throughput_steps: timed optimizer steps per recipe (after `throughput_warmup`).
+        throughput_warmup: untimed first steps.
+        data_images: IG3D-Synth images rendered for the accuracy section (one dataset for all).
+        data_seed: its generator seed.
+        main_family: "smol" or "tiny": the model of the main comparison (LLMI3D vs Text3D).
+        main_steps: optimizer steps of each main-comparison model (0: the recipe's).
+        ablation_family: "smol" or "tiny": the model family of the ablation ladders.
+        ablation_steps: optimizer steps of each ablation model (0: the recipe's).
+        eval_queries: test queries evaluated, spread evenly over the test split (0: all).
+        val_queries: validation queries used during training to pick `best`.
+        seed: training seed of every model.
+    """
+
+    name: str
+    purpose: str
+    threads: int
+    latency_preset: str
+    latency_runs: int
+    memory_preset: str
+    memory_queries: int
+    throughput_recipes: tuple[str, ...]
+    throughput_steps: int
+    throughput_warmup: int
+    data_images: int
+    data_seed: int
+    main_family: str
+    main_steps: int
+    ablation_family: str
+    ablation_steps: int
+    eval_queries: int
+    val_queries: int
+    seed: int = 0
+
+
+SIZES: dict[str, BenchSize] = {
+    "smoke": BenchSize(
+        name="smoke",
+        purpose="CI: every section runs with the tiny preset and a handful of samples (< 60 s); "
+        "the numbers mean nothing",
+        threads=1,
+        latency_preset="tiny",
+        latency_runs=2,
+        memory_preset="tiny",
+        memory_queries=3,
+        throughput_recipes=("tiny_synth",),
+        throughput_steps=2,
+        throughput_warmup=1,
+        data_images=12,
+        data_seed=0,
+        main_family="tiny",
+        main_steps=2,
+        ablation_family="tiny",
+        ablation_steps=2,
+        eval_queries=8,
+        val_queries=4,
+    ),
+    "reduced": BenchSize(
+        name="reduced",
+        purpose="the default: the whole table on a 2-core CPU in under 45 minutes; small "
+        "training budgets, the ablation ladders on the tiny preset",
+        threads=1,
+        latency_preset="smol",
+        latency_runs=5,
+        memory_preset="smol",
+        memory_queries=20,
+        throughput_recipes=("tiny_synth", "smol_synth"),
+        throughput_steps=4,
+        throughput_warmup=2,
+        data_images=150,
+        data_seed=0,
+        main_family="smol",
+        main_steps=60,
+        ablation_family="tiny",
+        ablation_steps=100,
+        eval_queries=64,
+        val_queries=32,
+    ),
+    "full": BenchSize(
+        name="full",
+        purpose="for a GPU (about an hour there; days on a CPU): every model on the smol "
+        "backbone, 10x the data and steps, the whole test split",
+        threads=0,
+        latency_preset="smol",
+        latency_runs=20,
+        memory_preset="smol",
+        memory_queries=100,
+        throughput_recipes=("tiny_synth", "smol_synth"),
+        throughput_steps=10,
+        throughput_warmup=3,
+        data_images=1000,
+        data_seed=1,
+        main_family="smol",
+        main_steps=600,
+        ablation_family="smol",
+        ablation_steps=600,
+        eval_queries=0,
+        val_queries=96,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import psutil
+    import torch
+    from bench_throughput import cpu_model, devices
+
+    return {
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": psutil.virtual_memory().total / 2**30,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "devices": [name for _, name in devices()],
+        "threads": threads or torch.get_num_threads(),
+        "load_start": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Sections: measure
+# --------------------------------------------------------------------------------------------
+
+
+def run_latency(size: BenchSize, workdir: Path) -> dict[str, Any]:
+    from bench_latency import measure_decoding, measure_node_overhead
+
+    decoding = measure_decoding(size.latency_preset, size.latency_runs, seed=size.seed)
+    node = measure_node_overhead(
+        size.latency_preset, size.latency_runs, workdir, size.threads, seed=size.seed
+    )
+    return {"decoding": decoding, "node": node}
+
+
+def run_throughput(size: BenchSize, workdir: Path) -> dict[str, Any]:
+    from bench_throughput import devices, measure_recipe
+
+    rows = []
+    for device, device_name in devices():
+        for recipe in size.throughput_recipes:
+            row = measure_recipe(
+                recipe,
+                size.throughput_steps,
+                size.throughput_warmup,
+                workdir / f"data_{recipe}",
+                workdir,
+                device=device,
+                extra=["data.synth.num_images=24", f"seed={size.seed}"],
+            )
+            rows.append({**row, "device_name": device_name})
+    return {"rows": rows, "data_images": 24}
+
+
+def run_memory(size: BenchSize, workdir: Path) -> dict[str, Any]:
+    from bench_node import measure_node_memory
+
+    return measure_node_memory(
+        size.memory_preset, size.memory_queries, workdir, size.threads, seed=size.seed
+    )
+
+
+def run_accuracy(size: BenchSize, workdir: Path) -> dict[str, Any]:
+    from bench_accuracy import measure_accuracy
+
+    return measure_accuracy(size, workdir)
+
+
+RUNNERS: dict[str, Callable[[BenchSize, Path], dict[str, Any]]] = {
+    "latency": run_latency,
+    "throughput": run_throughput,
+    "memory": run_memory,
+    "accuracy": run_accuracy,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Sections: render
+# --------------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float]) -> float:
+    return 1000.0 * statistics.median(values)
+
+
+def render_latency(result: dict[str, Any], size: BenchSize) -> list[str]:
+    dec, node = result["decoding"], result["node"]
+    q, t = dec["times"]["query"], dec["times"]["text"]
+    lines = [
+        f"Preset `{dec['preset']}` (untrained weights: latency does not depend on their values), "
+        f"{size.threads or 'default'} torch thread(s), 640 x 480 random frames, median of "
+        f"{dec['runs']} runs after one warm-up run, variants interleaved (ABBA), seed "
+        f"{size.seed}. Wall-clock time around the public call.",
+        "",
+        "**3D Query vs Text3D decoding** (same backbone and seed; only `heads.readout` differs; "
+        "answer_policy=ground)",
+        "",
+        "| query | 3D Query (ms) | Text3D (ms) | Text3D / 3D Query |",
+        "|---|---|---|---|",
+    ]
+    for kind, label in (("first", "first on a new frame"), ("repeated", "repeated, same frame")):
+        lines.append(
+            f"| {label} | {_ms(q[kind]):.1f} | {_ms(t[kind]):.1f} "
+            f"| {_ms(t[kind]) / _ms(q[kind]):.1f}x |"
+        )
+    lines += [
+        "",
+        f"Text3D writes {dec['text_tokens']} tokens (a formatted box plus EOS; the untrained "
+        "model is held to that length through `llm.max_text_tokens`, its output is not parsed "
+        "into a box). The 3D Query reads the box from one LLM pass.",
+        "",
+        "**First vs repeated query on one frame** (3D Query model; stage medians from "
+        "`Predictor.last_timings`, ms)",
+        "",
+    ]
+    stages = list(dec["stages"]["first"])
+    lines += [
+        "| query | total (ms) | " + " | ".join(stages) + " |",
+        "|---|---|" + "---|" * len(stages),
+    ]
+    for kind in ("first", "repeated"):
+        cells = " | ".join(f"{dec['stages'][kind].get(s, 0.0):.1f}" for s in stages)
+        lines.append(f"| {kind} | {_ms(q[kind]):.1f} | {cells} |")
+    lines += [
+        "",
+        f"Repeated / first: **{_ms(q['repeated']) / _ms(q['first']):.2f}** (first is "
+        f"{_ms(q['first']) / _ms(q['repeated']):.1f}x the repeated query: image features and "
+        "the LLM's KV cache of the image prefix are reused).",
+        "",
+        "**llmi3d_node end to end vs the bare Predictor** (same checkpoint, default "
+        "answer_policy; node in its own process, service round trip from an rclpy client in "
+        "this process; the node also decodes the Image and publishes detections, markers and "
+        "the debug image before it answers)",
+        "",
+        "| query | node round trip (ms) | bare Predictor (ms) | overhead |",
+        "|---|---|---|---|",
+    ]
+    n, b = node["times"]["node"], node["times"]["bare"]
+    for kind in ("first", "repeated"):
+        overhead = 100.0 * (_ms(n[kind]) / _ms(b[kind]) - 1.0)
+        lines.append(f"| {kind} | {_ms(n[kind]):.1f} | {_ms(b[kind]):.1f} | {overhead:+.0f}% |")
+    match = "yes" if node["answers_match"] else f"no ({'; '.join(node['mismatches'])})"
+    lines += [
+        "",
+        f"Node and bare Predictor gave the same answers: {match}. Node inputs subscribed "
+        "`qos_reliability:=reliable` (see the memory section).",
+    ]
+    return lines
+
+
+def render_throughput(result: dict[str, Any], size: BenchSize) -> list[str]:
+    lines = [
+        f"The real training loop (`llmi3d_core.train.train`, data loading included) of each "
+        f"recipe in config/train/, {size.throughput_warmup} warm-up + {size.throughput_steps} "
+        f"timed optimizer steps on a {result['data_images']}-image IG3D-Synth set "
+        f"(seed 0), median samples/s over the timed steps. Batch size, accumulation and threads "
+        "are the recipe's.",
+        "",
+        "| device | recipe | model | batch x accum | threads | samples/s | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['device_name']} | {r['recipe']} | {r['model']} | {r['batch']} x "
+            f"{r['grad_accum']} | {r['threads'] or 'default'} | {r['samples_per_s']:.2f} "
+            f"| {r['step_s']:.2f} |"
+        )
+    if not any(r["device"] == "cuda" for r in result["rows"]):
+        lines += ["", "No GPU on this machine (torch sees no CUDA device): CPU only."]
+    return lines
+
+
+def render_memory(result: dict[str, Any], size: BenchSize) -> list[str]:
+    hwm = result["vm_hwm_mb"]
+    return [
+        f"llmi3d_node with `preset:={result['preset']}` "
+        f"({'the default model' if result['preset'] == 'smol' else 'not the default smol'}) "
+        "and default "
+        "parameters except `qos_reliability:=reliable` (with the default best_effort, Fast DDS "
+        "over loopback UDP dropped the 0.9 MB 640 x 480 frames: none arrived), in its own "
+        f"process; {result['queries']} queries, each on a new random frame (encoders + LLM "
+        "prefill every time); psutil RSS sampled every 20 ms.",
+        "",
+        "| RSS after load (MB) | peak RSS over the queries (MB) | kernel high-water mark "
+        "VmHWM (MB) | RSS at the end (MB) | median round trip (ms) |",
+        "|---|---|---|---|---|",
+        f"| {result['rss_ready_mb']:.0f} | {result['peak_rss_mb']:.0f} | "
+        f"{'n/a' if hwm is None else f'{hwm:.0f}'} | {result['rss_end_mb']:.0f} | "
+        f"{1000 * result['query_s_median']:.0f} |",
+    ]
+
+
+def render_accuracy(result: dict[str, Any], size: BenchSize) -> list[str]:
+    from bench_accuracy import render_accuracy as render
+
+    return render(result, size)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], BenchSize], list[str]]] = {
+    "accuracy": render_accuracy,
+    "latency": render_latency,
+    "throughput": render_throughput,
+    "memory": render_memory,
+}
+TITLES = {
+    "accuracy": "1. Accuracy on IG3D-Synth",
+    "latency": "2. Latency",
+    "throughput": "3. Training throughput",
+    "memory": "4. Peak memory of the node",
+}
+
+
+def _loads(load: Any) -> str:
+    return ", ".join(f"{x:.1f}" for x in load) if load else "?"
+
+
+def render_markdown(
+    size: BenchSize,
+    machine: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+    command: str,
+) -> str:
+    """The whole BENCHMARKS.md."""
+    total = sum(timings.values())
+    load_end = machine.get("load_end", ())
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{command}` on {machine['date']}; do not edit by hand, rerun the command. "
+        f"Size `{size.name}`: {size.purpose}. The whole run took {total / 60:.1f} min.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {machine['cpu']} |",
+        f"| cores | {machine['logical_cores']} logical ({machine['physical_cores']} physical) |",
+        f"| memory | {machine['memory_gb']:.0f} GB |",
+        f"| devices | {', '.join(machine['devices'])} |",
+        f"| torch | {machine['torch']} (Python {machine['python']}) |",
+        f"| OS | {machine['os']} |",
+        f"| torch threads (latency, memory) | {machine['threads']} |",
+        f"| load average at start / end | {_loads(machine['load_start'])} / {_loads(load_end)} "
+        "(1, 5, 15 min; the machine is shared: timings drift with it) |",
+        "",
+        "## Sizes",
+        "",
+        "| size | purpose | main models | ablations | data (images, seed) | eval queries |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SIZES.values():
+        main = f"{s.main_family}, {s.main_steps or 'recipe'} steps"
+        ablation = f"{s.ablation_family}, {s.ablation_steps or 'recipe'} steps"
+        lines.append(
+            f"| {'**' + s.name + '**' if s is size else s.name} | {s.purpose} | {main} "
+            f"| {ablation} | {s.data_images}, {s.data_seed} | {s.eval_queries or 'all'} |"
+        )
+    lines.append("")
+    for section in SECTIONS:
+        lines += [f"## {TITLES[section]}", ""]
+        if section not in results:
+            lines += ["Not run (`--sections` left it out).", ""]
+            continue
+        result = results[section]
+        if "error" in result:
+            lines += ["**FAILED**:", "", "```", result["error"].strip(), "```", ""]
+            continue
+        try:
+            lines += RENDERERS[section](result, size)
+        except Exception:
+            lines += ["**FAILED** to render:", "", "```", traceback.format_exc(limit=4), "```"]
+        lines += ["", f"_Section time: {timings.get(section, 0.0) / 60:.1f} min._", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_sections(text: str) -> list[str]:
+    """ "latency,memory" -> those sections in run order.
+
+    Raises:
+        ValueError: an unknown section name.
+    """
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; available: {', '.join(SECTIONS)}")
+    return [s for s in RUN_ORDER if s in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="reduced")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep runs and data here (default: temporary)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
+    parser.add_argument("--ros-domain-id", type=int, default=DEFAULT_DOMAIN_ID)
+    args = parser.parse_args(argv)
+    try:
+        sections = parse_sections(args.sections)
+    except ValueError as err:
+        parser.error(str(err))
+    size = SIZES[args.size]
+    ros_environment(args.ros_domain_id)  # before anything imports rclpy
+
+    import torch
+
+    if size.threads:
+        torch.set_num_threads(size.threads)
+    machine = machine_info(size.threads)
+    machine["date"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    command = "python benchmarks/run_benchmarks.py --size " + size.name
+    if args.sections != ",".join(SECTIONS):
+        command += f" --sections {args.sections}"
+
+    results: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="llmi3d_bench_") as tmp:
+        workdir = args.workdir or Path(tmp)
+        for section in sections:
+            (workdir / section).mkdir(parents=True, exist_ok=True)
+            if size.threads:
+                torch.set_num_threads(size.threads)  # training sets its own; restore ours
+            print(f"[run_benchmarks] {section} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            try:
+                results[section] = RUNNERS[section](size, workdir / section)
+            except Exception:
+                results[section] = {"error": traceback.format_exc(limit=6)}
+                print(results[section]["error"], file=sys.stderr)
+            timings[section] = time.perf_counter() - start
+            print(
+                f"[run_benchmarks] {section} done in {timings[section]:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    machine["load_end"] = os.getloadavg()
+    markdown = render_markdown(size, machine, results, timings, command)
+    args.out.write_text(markdown, encoding="utf-8")
+    if args.json:
+        payload = {
+            "size": dataclasses.asdict(size),
+            "machine": machine,
+            "timings_s": timings,
+            "results": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    print(f"[run_benchmarks] wrote {args.out}", file=sys.stderr)
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
