@@ -23,6 +23,7 @@ setup(
             [*glob("config/*.yaml"), *glob("config/*.xml"), *glob("config/*.rviz")],
         ),
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+        (f"share/{PACKAGE}/config/model", glob("config/model/*.yaml")),
     ],
     include_package_data=True,
     zip_safe=False,

@@ -124,6 +124,10 @@ class Llmi3dNode(LifecycleNode):
         except ValueError as err:
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
+        if params.num_threads > 0:
+            import torch
+
+            torch.set_num_threads(params.num_threads)
         try:
             start = time.perf_counter()
             if params.checkpoint:

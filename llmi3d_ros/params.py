@@ -35,6 +35,11 @@ class NodeParams:
     checkpoint: str = _param("", "checkpoint directory written by `llmi3d train`; overrides preset")
     device: str = _param("cpu", "torch device", choices=DEVICES)
     dtype: str = _param("float32", "model dtype; bfloat16/float16 only on cuda", choices=DTYPES)
+    num_threads: int = _param(
+        0,
+        "torch CPU threads; 0 = torch's default (all cores), 1 on a shared CPU",
+        int_range=(0, 256),
+    )
     # inputs (read at activate)
     image_topic: str = _param("image_raw", "sensor_msgs/Image input topic (remappable)")
     compressed_image_topic: str = _param(
@@ -90,9 +95,9 @@ class NodeParams:
 # Parameters read only at configure/activate: changing them needs a lifecycle transition.
 RECONFIGURE_ONLY = frozenset(
     {
-        "preset", "checkpoint", "device", "dtype", "image_topic", "compressed_image_topic",
-        "camera_info_topic", "standing_query_topic", "qos_reliability", "qos_history", "qos_depth",
-        "slop_s", "autostart",
+        "preset", "checkpoint", "device", "dtype", "num_threads", "image_topic",
+        "compressed_image_topic", "camera_info_topic", "standing_query_topic", "qos_reliability",
+        "qos_history", "qos_depth", "slop_s", "autostart",
     }
 )  # fmt: skip
 

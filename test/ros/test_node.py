@@ -33,7 +33,7 @@ def node_command(*params: str, namespace: str = "/") -> list[str]:
     """Command line of llmi3d_node with the tiny model and reliable inputs (deterministic)."""
     args = [str(Path(sys.executable).with_name("llmi3d_node")), "--ros-args"]
     args += ["-r", f"__ns:={namespace}"]
-    for param in ("preset:=tiny", "qos_reliability:=reliable", *params):
+    for param in ("preset:=tiny", "qos_reliability:=reliable", "num_threads:=1", *params):
         args += ["-p", param]
     return args
 
