@@ -89,6 +89,9 @@ class DataConfig:
             2-core CPU that is the fastest).
         val_queries: validation queries evaluated during training (the first ones of the val
             split, a fixed subset so numbers are comparable across steps); 0 = all.
+        cache_items: keep loaded items in memory (only without augmentation and with
+            num_workers = 0): worth it for small models, where decoding the PNGs costs as much
+            as the step.
         synth: generate `root` with the synthetic generator when it does not exist.
     """
 
@@ -99,6 +102,7 @@ class DataConfig:
     augment: bool = False
     num_workers: int = 0
     val_queries: int = 64
+    cache_items: bool = False
     synth: SynthSpec | None = None
 
     def __post_init__(self) -> None:
@@ -469,10 +473,26 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 
+def _find_config_file(name: str) -> Path:
+    """A model config path as given, else relative to the package's share directory."""
+    path = Path(name)
+    if path.is_absolute() or path.exists():
+        return path
+    from llmi3d_core.paths import share_dir
+
+    try:
+        shared = share_dir() / path
+    except FileNotFoundError:
+        return path
+    return shared if shared.exists() else path
+
+
 def resolve_model_config(spec: dict[str, Any]) -> Any:
     """The `model` section -> a checked llmi3d_core.model.config.ModelConfig.
 
-    ``file: PATH`` loads a model YAML (which may itself name a preset), else ``preset: NAME``
+    ``file: PATH`` loads a model YAML (which may itself name a preset; a relative PATH that does
+    not exist from the current directory is looked up in the package's share directory, so
+    ``file: config/model/hf_paper.yaml`` works installed too), else ``preset: NAME``
     starts from a preset, else the defaults; the remaining keys override that base.
 
     Raises:
@@ -485,7 +505,7 @@ def resolve_model_config(spec: dict[str, Any]) -> Any:
     file_name = spec.pop("file", None)
     preset = spec.pop("preset", None)
     if file_name is not None:
-        base = load_config_file(str(file_name)).to_dict()
+        base = load_config_file(_find_config_file(str(file_name))).to_dict()
     elif preset is not None:
         from llmi3d_core.model.presets import get_preset
 
