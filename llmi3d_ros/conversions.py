@@ -71,7 +71,7 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     rows = data.reshape(height, step)[:, :row_bytes]
     array = rows.reshape(height, width, channels) if channels > 1 else rows.reshape(height, width)
     if to_rgb is None:
-        return np.ascontiguousarray(array)
+        return array.copy()  # writable and independent of the message buffer
     return cv2.cvtColor(np.ascontiguousarray(array), to_rgb)
 
 

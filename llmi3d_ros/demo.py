@@ -157,6 +157,10 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
             f"llmi3d_node offered no service within {args.startup_timeout_s:.0f} s; "
             "see its log above"
         )
+    # The service exists from `configure`; the image subscription only from `activate`.
+    if not spin_until(executor, lambda: client.count_subscribers("/image_raw") > 0, 60.0):
+        raise TimeoutError("llmi3d_node did not subscribe to /image_raw (is it active?)")
+    spin_until(executor, lambda: False, 1.0)  # let the first frames arrive
     done_images: set[str] = set()
     deadline = time.monotonic() + args.run_timeout_s
     while len(done_images) < args.images and time.monotonic() < deadline:
@@ -168,6 +172,7 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
             executor.spin_once(timeout_sec=0.2)
             continue
         done_images.add(image.image_id)
+        spin_until(executor, lambda: False, 0.5)  # the node receives the new frame too
         queries = [q for q in dataset.queries if q.image_id == image.image_id]
         print(f"\n[demo] scene {image.image_id} ({image.width}x{image.height}, "
               f"fx={image.K[0, 0]:.0f} px, {len(image.objects)} objects)")  # fmt: skip

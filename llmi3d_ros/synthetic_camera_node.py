@@ -80,7 +80,7 @@ class SyntheticCameraNode(Node):
         num_images = declare("num_images", 8, "images in the generated dataset")
         split = declare("split", "", "play only images with queries of this split; empty = all")
         self.rate_hz = declare("rate_hz", 5.0, "publish rate")
-        self.hold_s = declare("hold_s", 4.0, "seconds each image is shown before the next")
+        self.hold_s = declare("hold_s", 8.0, "seconds each image is shown before the next")
         self.frame_id = declare("frame_id", "camera_optical_frame", "frame_id of every header")
         self.loop = declare("loop", True, "start again after the last image")
 

@@ -46,6 +46,8 @@ def test_image_round_trip(rgb: np.ndarray, encoding: str) -> None:
     """rgb8 and bgr8 (with row padding) decode to the same RGB pixels."""
     assert np.array_equal(image_to_rgb(make_image(rgb, encoding, pad=2)), rgb)
     assert np.array_equal(image_to_rgb(rgb_to_image(rgb, Header())), rgb)
+    decoded = image_to_rgb(make_image(rgb, encoding))
+    assert decoded.flags.writeable and decoded.flags.c_contiguous
 
 
 def test_mono8_becomes_three_channels(rgb: np.ndarray) -> None:
