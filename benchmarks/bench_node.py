@@ -37,6 +37,8 @@ NODE_NAME = "llmi3d_node"
 # input QoS, Fast DDS over loopback UDP drops most 640 x 480 rgb8 frames (0.9 MB, many fragments;
 # measured: no frame of 5 arrived), so the node would answer "no image received".
 RELIABLE_INPUT = {"qos_reliability": "reliable"}
+# refusals of a query that only mean "the frame is still on its way" (llmi3d_node._why_no_frame)
+TRANSIENT_REFUSALS = ("no image received yet", "no CameraInfo")
 
 
 def ros_environment(domain_id: int) -> None:
@@ -223,25 +225,30 @@ class NodeClient:
                 raise RuntimeError(f"llmi3d_node did not answer {text!r} in {timeout_s:.0f} s")
         return future.result(), time.perf_counter() - start
 
-    def query_on_frame(self, text: str, stamp_ns: int, retries: int = 50) -> tuple[Any, float]:
+    def query_on_frame(self, text: str, stamp_ns: int, retries: int = 100) -> tuple[Any, float]:
         """Query until the answer is about the frame stamped `stamp_ns` (it may still be in flight).
 
         Only the round trip of the answer about that frame is returned; answers about an older
-        frame (the node had not received the new one yet) are discarded.
+        frame, or "no image / no CameraInfo yet" refusals (the image and its CameraInfo arrive
+        separately), are discarded and the query is repeated.
 
         Raises:
             RuntimeError: the node never answered about that frame, or answered with an error.
         """
         from llmi3d_ros.conversions import stamp_to_ns
 
+        message = ""
         for _ in range(retries):
             response, seconds = self.query(text)
-            if not response.success and "no image received" not in response.message:
-                raise RuntimeError(f"llmi3d_node failed to answer {text!r}: {response.message}")
+            message = response.message
+            if not response.success and not message.startswith(TRANSIENT_REFUSALS):
+                raise RuntimeError(f"llmi3d_node failed to answer {text!r}: {message}")
             if response.success and stamp_to_ns(response.detections.header.stamp) == stamp_ns:
                 return response, seconds
             self.spin_until(lambda: False, 0.05)
-        raise RuntimeError(f"llmi3d_node never answered about the frame stamped {stamp_ns} ns")
+        raise RuntimeError(
+            f"llmi3d_node never answered about the frame stamped {stamp_ns} ns (last: {message!r})"
+        )
 
     def close(self) -> None:
         import rclpy

@@ -62,7 +62,10 @@ class BenchSize:
     Attributes:
         name: "smoke", "reduced" or "full".
         purpose: one line for the markdown.
-        threads: torch CPU threads of the latency measurements (this process and the node).
+        threads: torch CPU threads of every measurement: this process, the node process and
+            every training run (`threads=` override); 0 keeps torch's default and the recipes'
+            own settings. On the shared 2-core CPU one thread is the fast choice: measured, a
+            smol_synth step took 8.4 s with 1 thread and 66 s with 2 while other jobs ran.
         latency_preset: backbone of the latency section.
         latency_runs: timed runs per variant (one more, untimed, warms up).
         memory_preset: model of the memory section (the node's default is smol).
@@ -78,6 +81,8 @@ class BenchSize:
         ablation_steps: optimizer steps of each ablation model (0: the recipe's).
         eval_queries: test queries evaluated, spread evenly over the test split (0: all).
         val_queries: validation queries used during training to pick `best`.
+        ablation_rows: train only these variants of the ladders (bench_accuracy.VARIANTS keys;
+            empty: all). Every variant's config is still built and checked.
         seed: training seed of every model.
     """
 
@@ -99,6 +104,7 @@ class BenchSize:
     ablation_steps: int
     eval_queries: int
     val_queries: int
+    ablation_rows: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -109,20 +115,21 @@ SIZES: dict[str, BenchSize] = {
         "the numbers mean nothing",
         threads=1,
         latency_preset="tiny",
-        latency_runs=2,
+        latency_runs=1,
         memory_preset="tiny",
-        memory_queries=3,
+        memory_queries=2,
         throughput_recipes=("tiny_synth",),
         throughput_steps=2,
         throughput_warmup=1,
-        data_images=12,
+        data_images=40,
         data_seed=0,
         main_family="tiny",
         main_steps=2,
         ablation_family="tiny",
         ablation_steps=2,
-        eval_queries=8,
+        eval_queries=4,
         val_queries=4,
+        ablation_rows=("llmi3d", "euler"),
     ),
     "reduced": BenchSize(
         name="reduced",
@@ -139,10 +146,10 @@ SIZES: dict[str, BenchSize] = {
         data_images=150,
         data_seed=0,
         main_family="smol",
-        main_steps=60,
+        main_steps=0,
         ablation_family="tiny",
-        ablation_steps=100,
-        eval_queries=64,
+        ablation_steps=80,
+        eval_queries=48,
         val_queries=32,
     ),
     "full": BenchSize(
@@ -222,6 +229,7 @@ def run_throughput(size: BenchSize, workdir: Path) -> dict[str, Any]:
                 workdir / f"data_{recipe}",
                 workdir,
                 device=device,
+                threads=size.threads,
                 extra=["data.synth.num_images=24", f"seed={size.seed}"],
             )
             rows.append({**row, "device_name": device_name})
@@ -329,8 +337,8 @@ def render_throughput(result: dict[str, Any], size: BenchSize) -> list[str]:
         f"The real training loop (`llmi3d_core.train.train`, data loading included) of each "
         f"recipe in config/train/, {size.throughput_warmup} warm-up + {size.throughput_steps} "
         f"timed optimizer steps on a {result['data_images']}-image IG3D-Synth set "
-        f"(seed 0), median samples/s over the timed steps. Batch size, accumulation and threads "
-        "are the recipe's.",
+        f"(seed 0), median samples/s over the timed steps. Batch size and accumulation are the "
+        "recipe's; threads as in the table.",
         "",
         "| device | recipe | model | batch x accum | threads | samples/s | s/step |",
         "|---|---|---|---|---|---|---|",
@@ -416,7 +424,8 @@ def render_markdown(
         f"| devices | {', '.join(machine['devices'])} |",
         f"| torch | {machine['torch']} (Python {machine['python']}) |",
         f"| OS | {machine['os']} |",
-        f"| torch threads (latency, memory) | {machine['threads']} |",
+        f"| torch threads | {machine['threads']} in every section (training runs get "
+        f"`threads={machine['threads']}`; torch's default here is {machine['default_threads']}) |",
         f"| load average at start / end | {_loads(machine['load_start'])} / {_loads(load_end)} "
         "(1, 5, 15 min; the machine is shared: timings drift with it) |",
         "",
@@ -488,9 +497,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    if size.threads:
-        torch.set_num_threads(size.threads)
+    default_threads = torch.get_num_threads()
     machine = machine_info(size.threads)
+    machine["default_threads"] = default_threads
     machine["date"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = "python benchmarks/run_benchmarks.py --size " + size.name
     if args.sections != ",".join(SECTIONS):
@@ -502,8 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         for section in sections:
             (workdir / section).mkdir(parents=True, exist_ok=True)
-            if size.threads:
-                torch.set_num_threads(size.threads)  # training sets its own; restore ours
+            torch.set_num_threads(size.threads or default_threads)  # training may change it
             print(f"[run_benchmarks] {section} ...", file=sys.stderr, flush=True)
             start = time.perf_counter()
             try:

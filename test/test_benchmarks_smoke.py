@@ -1,0 +1,104 @@
+"""benchmarks/run_benchmarks.py --size smoke: every section runs and lands in the markdown.
+
+The smoke size uses the tiny preset and a handful of samples and steps, so this catches
+breakage of the benchmark pipeline (training/eval APIs, recipes, the node, the markdown), not
+performance. The script is run as a subprocess, exactly as a user runs it, in this test
+session's own ROS domain with DDS on loopback (test/conftest.py sets the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run_benchmarks.py"
+SECTIONS = (
+    "## Machine",
+    "## Sizes",
+    "## 1. Accuracy on IG3D-Synth",
+    "### Main comparison",
+    "### Ablation ladders",
+    "## 2. Latency",
+    "## 3. Training throughput",
+    "## 4. Peak memory of the node",
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_markdown(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Run the smoke size once for the module; return the generated markdown."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    out = out_dir / "BENCHMARKS.md"
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--size",
+            "smoke",
+            "--out",
+            str(out),
+            "--workdir",
+            str(out_dir / "work"),
+            "--ros-domain-id",
+            os.environ["ROS_DOMAIN_ID"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=out_dir,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out.read_text(encoding="utf-8")
+
+
+def test_every_section_is_there(smoke_markdown: str) -> None:
+    """Machine, sizes and the four numbered sections, none FAILED or skipped."""
+    for heading in SECTIONS:
+        assert heading in smoke_markdown, f"{heading!r} missing"
+    assert "FAILED" not in smoke_markdown
+    assert "Not run" not in smoke_markdown
+
+
+def test_machine_and_provenance(smoke_markdown: str) -> None:
+    """The machine table names the torch version and device; the command line is stated."""
+    import torch
+
+    assert f"| torch | {torch.__version__}" in smoke_markdown
+    assert "run_benchmarks.py --size smoke" in smoke_markdown
+    assert re.search(r"\| devices \| CPU", smoke_markdown)
+
+
+def test_section_contents(smoke_markdown: str) -> None:
+    """Each section has its figures: verdicts, ratios, samples/s, RSS."""
+    assert "paper: the 3D Query beats Text3D" in smoke_markdown
+    assert re.search(r"\*\*(agrees|disagrees|tie)\*\*", smoke_markdown)
+    assert "Table XIII: rotation representation" in smoke_markdown
+    assert re.search(r"\| repeated, same frame \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", smoke_markdown)
+    assert re.search(r"Repeated / first: \*\*[\d.]+\*\*", smoke_markdown)
+    assert re.search(r"\| first \| [\d.]+ \| [\d.]+ \| [+-]\d+% \|", smoke_markdown)
+    assert re.search(r"\| tiny_synth \| tiny \| \d+ x \d+ \| .* \| [\d.]+ \|", smoke_markdown)
+    assert re.search(r"\| \d+ \| \d+ \| (\d+|n/a) \| \d+ \| \d+ \|", smoke_markdown)
+
+
+def test_unknown_section_is_rejected(tmp_path: Path) -> None:
+    """--sections with a typo fails before any work, naming the allowed sections."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sections", "latncy", "--out", str(tmp_path / "B.md")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown section(s) ['latncy']; available: accuracy, latency" in proc.stderr
+    assert not (tmp_path / "B.md").exists()
