@@ -72,7 +72,8 @@ class NodeProcess:
 
     Attributes:
         params: ROS parameters passed with -p (name -> value as text).
-        threads: OMP/torch threads of the node process (0: torch's default, all cores).
+        threads: torch threads of the node process (its num_threads parameter and
+            OMP_NUM_THREADS; 0: the defaults, all cores).
     """
 
     params: dict[str, str]
@@ -82,12 +83,14 @@ class NodeProcess:
 
     def start(self, log_path: Path) -> None:
         """Start the node; its stdout and stderr go to `log_path`."""
-        args = [*node_executable(), "--ros-args"]
-        for name, value in self.params.items():
-            args += ["-p", f"{name}:={value}"]
+        params = dict(self.params)
         env = dict(os.environ)
         if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
+            params["num_threads"] = str(self.threads)  # the node's torch.set_num_threads
+            env["OMP_NUM_THREADS"] = str(self.threads)  # and every OpenMP pool before it
+        args = [*node_executable(), "--ros-args"]
+        for name, value in params.items():
+            args += ["-p", f"{name}:={value}"]
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -360,7 +360,8 @@ def render_memory(result: dict[str, Any], size: BenchSize) -> list[str]:
         f"llmi3d_node with `preset:={result['preset']}` "
         f"({'the default model' if result['preset'] == 'smol' else 'not the default smol'}) "
         "and default "
-        "parameters except `qos_reliability:=reliable` (with the default best_effort, Fast DDS "
+        f"parameters except `num_threads:={size.threads or 0}` and `qos_reliability:=reliable` "
+        "(with the default best_effort, Fast DDS "
         "over loopback UDP dropped the 0.9 MB 640 x 480 frames: none arrived), in its own "
         f"process; {result['queries']} queries, each on a new random frame (encoders + LLM "
         "prefill every time); psutil RSS sampled every 20 ms.",
