@@ -138,6 +138,15 @@ LADDERS: tuple[tuple[str, tuple[str, ...], tuple[Claim, ...]], ...] = (
 # --------------------------------------------------------------------------------------------
 
 
+def resolve_device(name: str) -> str:
+    """ "auto" -> "cuda" where torch sees a GPU, else "cpu"; other names unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _plain_config(recipe: str) -> dict[str, Any]:
     from llmi3d_core.train_config import config_to_dict, load_train_config
 
@@ -187,6 +196,7 @@ def run_overrides(size: Any, out_dir: Path, data_root: Path, steps: int) -> list
         "keep_checkpoints=1",
         "progress=false",
         "tensorboard=false",
+        f"device={size.device}",
     ]
     if size.threads:
         overrides.append(f"threads={size.threads}")
@@ -307,7 +317,7 @@ def train_and_evaluate(bench: Bench, family: str, variant: Variant, steps: int) 
     if is_baseline_dir(best):
         results = predict_with_baseline(load_baseline(best), dataset, queries)
     else:
-        predictor = load_predictor(best)
+        predictor = load_predictor(best, device=resolve_device(bench.size.device))
         results, failed = predict_model_robust(predictor, bench.fallback, dataset, queries)
         del predictor
     eval_s = time.perf_counter() - started

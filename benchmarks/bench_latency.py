@@ -96,7 +96,7 @@ def median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
 
 
-def measure_decoding(preset: str, runs: int, seed: int = 0) -> dict[str, Any]:
+def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """3D Query vs Text3D decoding and first vs repeated query on one `preset` backbone.
 
     Returns:
@@ -116,8 +116,8 @@ def measure_decoding(preset: str, runs: int, seed: int = 0) -> dict[str, Any]:
     probe_tokens = text3d_token_count(text_model)
     text_model.config.llm.max_text_tokens = probe_tokens  # read at each generation
     predictors = {
-        "query": Predictor(query_model, answer_policy="ground"),
-        "text": Predictor(text_model, answer_policy="ground"),
+        "query": Predictor(query_model, device=device, answer_policy="ground"),
+        "text": Predictor(text_model, device=device, answer_policy="ground"),
     }
     times: dict[str, dict[str, list[float]]] = {
         name: {"first": [], "repeated": []} for name in predictors
@@ -156,8 +156,8 @@ def measure_decoding(preset: str, runs: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def measure_node_overhead(
-    preset: str, runs: int, workdir: Path, threads: int = 0, seed: int = 0
+def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
+    preset: str, runs: int, workdir: Path, threads: int = 0, seed: int = 0, device: str = "cpu"
 ) -> dict[str, Any]:
     """llmi3d_node round trip vs the bare Predictor on the same weights and frames.
 
@@ -174,8 +174,8 @@ def measure_node_overhead(
 
     model = build_model(preset, seed)
     checkpoint = save_checkpoint(model, workdir / f"checkpoint_{preset}", {"seed": seed})
-    bare = Predictor(model)  # default answer_policy, as in the node
-    params = {"checkpoint": str(checkpoint), **RELIABLE_INPUT}
+    bare = Predictor(model, device=device)  # default answer_policy, as in the node
+    params = {"checkpoint": str(checkpoint), "device": device, **RELIABLE_INPUT}
     times: dict[str, dict[str, list[float]]] = {
         "node": {"first": [], "repeated": []},
         "bare": {"first": [], "repeated": []},

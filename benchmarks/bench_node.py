@@ -311,8 +311,8 @@ class RssSampler:
         return None
 
 
-def measure_node_memory(
-    preset: str, queries: int, workdir: Path, threads: int = 0, seed: int = 0
+def measure_node_memory(  # noqa: PLR0917 (the measurement's knobs)
+    preset: str, queries: int, workdir: Path, threads: int = 0, seed: int = 0, device: str = "cpu"
 ) -> dict[str, Any]:
     """Peak RSS of llmi3d_node (default parameters, `preset`) over `queries` queries.
 
@@ -328,7 +328,7 @@ def measure_node_memory(
     import psutil
 
     rng = np.random.default_rng(seed)
-    params = {"preset": preset, **RELIABLE_INPUT}
+    params = {"preset": preset, "device": device, **RELIABLE_INPUT}
     with running_node(params, workdir / f"node_memory_{preset}.log", threads) as node:
         client = NodeClient()
         try:
@@ -350,6 +350,7 @@ def measure_node_memory(
     mb = 1.0 / 2**20
     return {
         "preset": preset,
+        "device": device,
         "queries": queries,
         "ready_s": ready_s,
         "rss_ready_mb": rss_ready * mb,

@@ -49,6 +49,7 @@ for _path in (REPO, HERE):  # run from a checkout, uninstalled; the bench_* modu
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from bench_accuracy import resolve_device  # noqa: E402
 from bench_node import DEFAULT_DOMAIN_ID, ros_environment  # noqa: E402
 
 SECTIONS = ("accuracy", "latency", "throughput", "memory")
@@ -81,6 +82,9 @@ class BenchSize:
         ablation_steps: optimizer steps of each ablation model (0: the recipe's).
         eval_queries: test queries evaluated, spread evenly over the test split (0: all).
         val_queries: validation queries used during training to pick `best`.
+        device: "cpu", "cuda" or "auto" (a GPU where there is one): where the latency, memory
+            and accuracy models run (training: the recipe's `device=` override). The
+            throughput section measures every device regardless.
         ablation_rows: train only these variants of the ladders (bench_accuracy.VARIANTS keys;
             empty: all). Every variant's config is still built and checked.
         seed: training seed of every model.
@@ -104,6 +108,7 @@ class BenchSize:
     ablation_steps: int
     eval_queries: int
     val_queries: int
+    device: str = "cpu"
     ablation_rows: tuple[str, ...] = ()
     seed: int = 0
 
@@ -172,6 +177,7 @@ SIZES: dict[str, BenchSize] = {
         ablation_steps=600,
         eval_queries=0,
         val_queries=96,
+        device="auto",
     ),
 }
 
@@ -209,10 +215,12 @@ def machine_info(threads: int) -> dict[str, Any]:
 def run_latency(size: BenchSize, workdir: Path) -> dict[str, Any]:
     from bench_latency import measure_decoding, measure_node_overhead
 
-    decoding = measure_decoding(size.latency_preset, size.latency_runs, seed=size.seed)
+    device = resolve_device(size.device)
+    decoding = measure_decoding(size.latency_preset, size.latency_runs, size.seed, device)
     node = measure_node_overhead(
-        size.latency_preset, size.latency_runs, workdir, size.threads, seed=size.seed
+        size.latency_preset, size.latency_runs, workdir, size.threads, size.seed, device
     )
+    decoding["device"] = device
     return {"decoding": decoding, "node": node}
 
 
@@ -240,7 +248,12 @@ def run_memory(size: BenchSize, workdir: Path) -> dict[str, Any]:
     from bench_node import measure_node_memory
 
     return measure_node_memory(
-        size.memory_preset, size.memory_queries, workdir, size.threads, seed=size.seed
+        size.memory_preset,
+        size.memory_queries,
+        workdir,
+        size.threads,
+        size.seed,
+        resolve_device(size.device),
     )
 
 
@@ -271,7 +284,8 @@ def render_latency(result: dict[str, Any], size: BenchSize) -> list[str]:
     dec, node = result["decoding"], result["node"]
     q, t = dec["times"]["query"], dec["times"]["text"]
     lines = [
-        f"Preset `{dec['preset']}` (untrained weights: latency does not depend on their values), "
+        f"Preset `{dec['preset']}` on `{dec.get('device', 'cpu')}` (untrained weights: "
+        "latency does not depend on their values), "
         f"{size.threads or 'default'} torch thread(s), 640 x 480 random frames, median of "
         f"{dec['runs']} runs after one warm-up run, variants interleaved (ABBA), seed "
         f"{size.seed}. Wall-clock time around the public call.",
@@ -357,7 +371,7 @@ def render_throughput(result: dict[str, Any], size: BenchSize) -> list[str]:
 def render_memory(result: dict[str, Any], size: BenchSize) -> list[str]:
     hwm = result["vm_hwm_mb"]
     return [
-        f"llmi3d_node with `preset:={result['preset']}` "
+        f"llmi3d_node with `preset:={result['preset']}` on `{result.get('device', 'cpu')}` "
         f"({'the default model' if result['preset'] == 'smol' else 'not the default smol'}) "
         "and default "
         f"parameters except `num_threads:={size.threads or 0}` and `qos_reliability:=reliable` "
