@@ -351,10 +351,12 @@ def _datasets(config: TrainConfig, model_config: Any) -> tuple[Any, Any | None]:
         "virtual": model_config.virtual_camera,
         "query_types": config.data.query_types,
     }
-    train_set = GroundingDataset(
+    train_set: Any = GroundingDataset(
         config.data.root, config.data.train_split, augment=config.data.augment, **kwargs
     )
-    val_set = GroundingDataset(config.data.root, config.data.val_split, augment=False, **kwargs)
+    val_set: Any = GroundingDataset(
+        config.data.root, config.data.val_split, augment=False, **kwargs
+    )
     if len(val_set) == 0:
         return train_set, None
     if config.data.val_queries and len(val_set) > config.data.val_queries:
@@ -493,9 +495,8 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard not installed: JSONL only
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=max(resume_step, 0))
+                return
+            self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=max(resume_step, 0))
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines of steps after `step` (written by the killed process past its checkpoint)."""
@@ -554,7 +555,8 @@ def _make_accelerator(config: TrainConfig) -> Any:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices (dim >= 2), none on biases, norms and embeddings rows."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
@@ -647,7 +649,11 @@ def _fit_baseline_run(config: TrainConfig, out_dir: Path) -> Path:
         config.method, dataset, queries, box2d=config.baseline.box2d, depth=config.baseline.depth
     )
     final = out_dir / CHECKPOINTS / "best-000000"
-    write_dir_atomically(final, lambda tmp: save_baseline(baseline, tmp))
+
+    def write(tmp: Path) -> None:
+        save_baseline(baseline, tmp)
+
+    write_dir_atomically(final, write)
     point_link(out_dir / "best", final)
     point_link(out_dir / "latest", final)
     log = RunLog(out_dir, True, False, -1)

@@ -45,11 +45,19 @@ def cli(*args, check=True, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished tiny_synth run (data generated from the config's data.synth section)."""
-    base = tmp_path_factory.mktemp("tiny")
-    overrides = [f"out_dir={base / 'run'}", f"data.root={base / 'data'}", "progress=false"]
-    config = load_train_config(TINY, overrides)
+def tiny_data(tmp_path_factory):
+    """tiny_synth's dataset, generated from the config's data.synth section as `train` does."""
+    from llmi3d_core.train import prepare_data
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    return prepare_data(load_train_config(TINY, [f"data.root={root}"]), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    """A finished tiny_synth run."""
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    config = load_train_config(TINY, [f"out_dir={out}", f"data.root={tiny_data}", "progress=false"])
     started = time.perf_counter()
     best = train(config)
     return {"config": config, "best": best, "seconds": time.perf_counter() - started}
@@ -112,11 +120,11 @@ def test_ensure_trained_returns_finished_run(tiny_run):
 # ------------------------------------------------------------------------------------------
 
 
-def small_overrides(tiny_run, out_dir, *extra):
-    """A few-step variant of tiny_synth on the module's data (checkpoint every 2 steps)."""
+def small_overrides(tiny_data, out_dir, *extra):
+    """A few-step variant of tiny_synth (2 micro-batches a step, checkpoint every 2 steps)."""
     return [
-        f"out_dir={out_dir}", f"data.root={tiny_run['config'].data.root}", "progress=false",
-        "batch_size=4", "max_steps=6", "checkpoint_interval=2", "eval_interval=3",
+        f"out_dir={out_dir}", f"data.root={tiny_data}", "progress=false",
+        "batch_size=4", "grad_accum=2", "max_steps=6", "checkpoint_interval=2", "eval_interval=3",
         "data.val_queries=8", "optim.warmup_steps=2", *extra,
     ]  # fmt: skip
 
@@ -133,11 +141,11 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_after_stop_matches_uninterrupted(tiny_run, tmp_path):
+def test_resume_after_stop_matches_uninterrupted(tiny_data, tmp_path):
     """Stopped after 3 steps (max_steps_this_run) and resumed = the same weights and log."""
-    whole = load_train_config(TINY, small_overrides(tiny_run, tmp_path / "whole"))
+    whole = load_train_config(TINY, small_overrides(tiny_data, tmp_path / "whole"))
     train(whole)
-    parts = small_overrides(tiny_run, tmp_path / "parts")
+    parts = small_overrides(tiny_data, tmp_path / "parts")
     train(load_train_config(TINY, [*parts, "max_steps_this_run=3"]))
     assert not (tmp_path / "parts" / "done.json").exists()
     assert (tmp_path / "parts" / "latest").resolve().name == "step-000003"
@@ -156,12 +164,12 @@ def test_resume_after_stop_matches_uninterrupted(tiny_run, tmp_path):
     ]
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tiny_run, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
     """A real SIGKILL mid-run (maybe mid-checkpoint) then `--resume`: the same final weights."""
-    whole = load_train_config(TINY, small_overrides(tiny_run, tmp_path / "whole"))
+    whole = load_train_config(TINY, small_overrides(tiny_data, tmp_path / "whole"))
     train(whole)
     killed = tmp_path / "killed"
-    overrides = small_overrides(tiny_run, killed, "checkpoint_interval=1")
+    overrides = small_overrides(tiny_data, killed, "checkpoint_interval=1")
     process = subprocess.Popen(
         [sys.executable, "-m", "llmi3d_core.cli", "train", "--config", str(TINY), *overrides],
         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -216,13 +224,13 @@ def test_atomic_directory_and_link(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def test_baseline_config_trains_and_evaluates(tiny_run, tmp_path):
+def test_baseline_config_trains_and_evaluates(tiny_data, tmp_path):
     """method=mean_box fits in one step; its `best` evaluates like a model checkpoint."""
     config = REPO / "config" / "train" / "baseline_mean_box.yaml"
     out = tmp_path / "mean_box"
-    cli("train", "--config", config, f"out_dir={out}", f"data.root={tiny_run['config'].data.root}")
+    cli("train", "--config", config, f"out_dir={out}", f"data.root={tiny_data}")
     assert (out / "best" / "baseline.json").exists()
-    done = cli("eval", "--checkpoint", out / "best", "--data", tiny_run["config"].data.root,
+    done = cli("eval", "--checkpoint", out / "best", "--data", tiny_data,
                "--split", "val", "--gallery", "1", "--out", tmp_path / "eval")  # fmt: skip
     assert "**mean_box on" in done.stdout
 
