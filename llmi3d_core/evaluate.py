@@ -285,7 +285,7 @@ def render_result(
     from llmi3d_core.visualize import draw_boxes, label_color_u8
 
     drawn = draw_boxes(image, [(result.gt.corners(), "")], K, colors=[GT_COLOR])
-    pred_label = f"{result.label} {result.score:.2f}"
+    pred_label = f"{textwrap.shorten(result.label, 28, placeholder='...')} {result.score:.2f}"
     drawn = draw_boxes(
         drawn, [(result.pred.corners(), pred_label)], K, colors=[label_color_u8(result.label)]
     )

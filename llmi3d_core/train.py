@@ -42,6 +42,11 @@ not use worker RNG). Checkpoints are written to a temporary directory and rename
 then the `latest` symlink is replaced by rename(2): a kill at any moment leaves the previous
 checkpoint intact.
 
+Losses: the model's forward returns its terms (L1 on the regression heads and on the
+object-level depth map, cross-entropy on the answer text and <pos>, BCE of the score head) and
+their weighted sum "total", which is what is minimised; the weights are the config's
+`model.loss` section (llmi3d_core/model/config.py LossConfig), e.g. `model.loss.text=0.5`.
+
 The loop follows nanoGPT's train.py: lr -> eval/checkpoint -> forward/backward inside
 accelerator.accumulate -> clip -> step -> zero_grad(set_to_none=True) -> log.
 """
