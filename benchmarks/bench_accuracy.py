@@ -23,8 +23,8 @@ Every model is trained with the training engineer's recipes in config/train/ thr
   times on a CPU. Steps and validation set size come from the benchmark size.
 * One evaluation subset: size.eval_queries test queries spread evenly over the test split, the
   same queries for every method.
-* Text3D output that does not parse into a box (ModelOutputError) is not a crash: that query
-  gets the mean-box prior instead, and the table counts such queries.
+* Text3D output that does not parse into a box (ModelOutputError, or a singular rotation) is
+  not a crash: that query gets the mean-box prior instead, and the table counts such queries.
 * Verdicts: for every claim of the paper (e.g. "HR branch helps") the difference in Acc@0.25
   between the two rows, with the standard error of that paired difference, and whether our
   ordering agrees.
@@ -250,15 +250,18 @@ def eval_queries(dataset: Any, count: int) -> list[Any]:
 def predict_model_robust(
     predictor: Any, fallback: Any, dataset: Any, queries: list[Any]
 ) -> tuple[list[Any], int]:
-    """`predict_with_model` query by query; a query whose output does not parse gets `fallback`.
+    """`predict_with_model` query by query; a query with an unusable output gets `fallback`.
 
+    Unusable: the model's output does not parse into a box (ModelOutputError: Text3D text with
+    the wrong count of numbers, or non-finite values), or it parses into a box that is not one
+    (InvalidInputError from Box3D: e.g. a Text3D rotation of six zeros gives a singular matrix).
     One query at a time costs nothing extra: the Predictor caches the features of the last
     images, so the further queries on an image skip its encoding, as a batch would.
 
     Returns:
         (results in query order, number of queries answered by the fallback)
     """
-    from llmi3d_core.errors import ModelOutputError
+    from llmi3d_core.errors import InvalidInputError, ModelOutputError
     from llmi3d_core.evaluate import predict_with_baseline, predict_with_model
 
     results: list[Any] = []
@@ -266,7 +269,7 @@ def predict_model_robust(
     for query in queries:
         try:
             results += predict_with_model(predictor, dataset, [query], progress=False)
-        except ModelOutputError:
+        except (ModelOutputError, InvalidInputError):
             failed += 1
             results += predict_with_baseline(fallback, dataset, [query])
     return results, failed
@@ -281,7 +284,7 @@ class Bench:
         workdir: runs/ and data/ go here.
         dataset: the IG3D-Synth set (format.Dataset).
         queries: the evaluated test queries.
-        fallback: the mean-box prior (fitted on the training split) for unparsed Text3D output.
+        fallback: the mean-box prior (fitted on the training split) for unusable model output.
     """
 
     size: Any
@@ -464,7 +467,7 @@ def _metrics_table(rows: list[dict[str, Any]]) -> list[str]:
         )
         recipe = r["recipe"] + (f" ({changes})" if changes else "")
         budget = f"{r['steps']} x {r['batch']}" if r["method"] == "model" else "fit"
-        note = f" ({r['fallback_queries']} unparsed)" if r["fallback_queries"] else ""
+        note = f" ({r['fallback_queries']} unusable)" if r["fallback_queries"] else ""
         lines.append(
             f"| {r['label']}{note} | {recipe} | {budget} | {_pct(m['acc@0.25'])} "
             f"| {_pct(m['acc@0.5'])} | {_pct(m['mean_iou'])} | {m['depth_mae']:.2f} "
@@ -544,8 +547,8 @@ def render_accuracy(result: dict[str, Any], size: Any) -> list[str]:
     if any(r["fallback_queries"] for r in main_rows):
         lines += [
             "",
-            "'unparsed': queries whose Text3D output did not hold a box; they were scored with "
-            "the mean-box prior.",
+            "'unusable': queries whose output did not hold a box (the wrong count of numbers, "
+            "or a singular rotation); they were scored with the mean-box prior.",
         ]
     lines += [
         "",

@@ -181,6 +181,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
         "bare": {"first": [], "repeated": []},
     }
     mismatches: list[str] = []
+    sample_answers: list[str] = []
     rng = np.random.default_rng(seed + 1)
     with running_node(params, workdir / f"node_latency_{preset}.log", threads) as node:
         client = NodeClient()
@@ -205,6 +206,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
                             answers[name].append(pred.answer or pred.label)
                         row[name][kind] = seconds
                     order.reverse()
+                sample_answers = sample_answers or answers["node"]
                 if answers["node"] != answers["bare"]:
                     mismatches.append(f"{answers['node']} != {answers['bare']}")
                 if run:  # run 0 warms up
@@ -219,6 +221,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
         "node_ready_s": ready_s,
         "times": times,
         "answers_match": not mismatches,
+        "sample_answers": sample_answers,
         "mismatches": mismatches[:3],
     }
 

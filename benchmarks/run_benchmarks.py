@@ -139,7 +139,9 @@ SIZES: dict[str, BenchSize] = {
     "reduced": BenchSize(
         name="reduced",
         purpose="the default: the whole table on a 2-core CPU in under 45 minutes; small "
-        "training budgets, the ablation ladders on the tiny preset",
+        "training budgets (the smol models get half the smol_synth recipe's 60 steps: a Text3D "
+        "step, which also learns ~90 number tokens, takes ~3x an LLMI3D step), the ablation "
+        "ladders on the tiny preset",
         threads=1,
         latency_preset="smol",
         latency_runs=5,
@@ -151,7 +153,7 @@ SIZES: dict[str, BenchSize] = {
         data_images=150,
         data_seed=0,
         main_family="smol",
-        main_steps=0,
+        main_steps=30,
         ablation_family="tiny",
         ablation_steps=80,
         eval_queries=48,
@@ -338,9 +340,13 @@ def render_latency(result: dict[str, Any], size: BenchSize) -> list[str]:
         overhead = 100.0 * (_ms(n[kind]) / _ms(b[kind]) - 1.0)
         lines.append(f"| {kind} | {_ms(n[kind]):.1f} | {_ms(b[kind]):.1f} | {overhead:+.0f}% |")
     match = "yes" if node["answers_match"] else f"no ({'; '.join(node['mismatches'])})"
+    answers = ", ".join(repr(a[:40]) for a in node.get("sample_answers", []))
     lines += [
         "",
-        f"Node and bare Predictor gave the same answers: {match}. Node inputs subscribed "
+        f"Node and bare Predictor gave the same answers: {match} (e.g. {answers or 'none'}). "
+        "Under the default answer_policy=auto an untrained LLM usually writes an answer phrase "
+        "(up to `llm.max_answer_tokens` tokens) before <pos>, so these queries cost more than "
+        "the answer_policy=ground ones above. Node inputs subscribed "
         "`qos_reliability:=reliable` (see the memory section).",
     ]
     return lines
@@ -532,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results[section] = RUNNERS[section](size, workdir / section)
             except Exception:
-                results[section] = {"error": traceback.format_exc(limit=6)}
+                lines = traceback.format_exc().splitlines()
+                results[section] = {"error": "\n".join(lines[-30:])}  # the innermost frames
                 print(results[section]["error"], file=sys.stderr)
             timings[section] = time.perf_counter() - start
             print(
