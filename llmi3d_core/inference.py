@@ -51,7 +51,7 @@ MAX_QUERY_CHARS = 2000
 # leading words that are not part of the object phrase (for labels of plain grounding queries)
 _COMMAND_WORDS = re.compile(
     r"^(please\s+|find\s+|locate\s+|detect\s+|show\s+me\s+|look\s+for\s+|point\s+to\s+|"
-    r"where\s+is\s+|where's\s+|get\s+|the\s+|a\s+|an\s+)+",
+    r"where\s+is\s+|where's\s+|get\s+|give\s+me\s+|the\s+3d\s+box\s+of\s+|the\s+|a\s+|an\s+)+",
     re.IGNORECASE,
 )
 

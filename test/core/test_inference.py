@@ -227,6 +227,7 @@ def test_from_preset_and_config_file(tmp_path, image):
         ("Find the red lamp.", "red lamp"),
         ("please locate a chair", "chair"),
         ("where is the cup?", "cup"),
+        ("Give me the 3D box of the traffic cone.", "traffic cone"),
         ("lamp", "lamp"),
         ("the", "the"),
     ],
