@@ -136,13 +136,38 @@ def rotation_to_quaternion_xyzw(R: np.ndarray) -> tuple[float, float, float, flo
     return float(x), float(y), float(z), float(w)
 
 
-def prediction_to_pose(prediction: Prediction) -> Pose:
-    """Box centre and orientation of a Prediction as a geometry_msgs/Pose (camera optical frame)."""
+def box_pose(center: np.ndarray, R: np.ndarray) -> Pose:
+    """A box centre (3,) and rotation (3, 3) as a geometry_msgs/Pose (camera optical frame)."""
     pose = Pose()
-    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in prediction.center)
-    q = rotation_to_quaternion_xyzw(prediction.rotation)
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in center)
+    q = rotation_to_quaternion_xyzw(R)
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
     return pose
+
+
+def box_detection(
+    header: Header,
+    detection_id: str,
+    label: str,
+    score: float,
+    box: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Detection3D:
+    """One Detection3D for a box (center (3,), dims_lwh (3,), R (3, 3)) in metres.
+
+    bbox.size is (L, H, W): the box's extents along its own x, y, z axes, which in our
+    optical-frame convention are length, height and width. `detection_to_box` is the inverse.
+    """
+    center, dims_lwh, R = box
+    detection = Detection3D(header=header, id=detection_id)
+    hypothesis = ObjectHypothesisWithPose()
+    hypothesis.hypothesis.class_id = label
+    hypothesis.hypothesis.score = float(score)
+    hypothesis.pose.pose = box_pose(center, R)
+    detection.results.append(hypothesis)
+    detection.bbox.center = box_pose(center, R)
+    length, width, height = (float(v) for v in dims_lwh)
+    detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = length, height, width
+    return detection
 
 
 def predictions_to_detections(
@@ -150,22 +175,13 @@ def predictions_to_detections(
 ) -> Detection3DArray:
     """Build a Detection3DArray whose header (stamp, frame_id) is the source image's header.
 
-    Each detection has class_id = object phrase and score set. bbox.size is (L, H, W): the box's
-    extents along its own x, y, z axes, which in our optical-frame convention are length, height
-    and width. Ids are stable: `<id_prefix><rank>`, rank 0 being the best answer.
+    Each detection has class_id = object phrase and score set (see `box_detection` for bbox).
+    Ids are stable: `<id_prefix><rank>`, rank 0 being the best answer.
     """
     array = Detection3DArray(header=header)
-    for rank, prediction in enumerate(predictions):
-        detection = Detection3D(header=header, id=f"{id_prefix}{rank}")
-        hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = prediction.label
-        hypothesis.hypothesis.score = float(prediction.score)
-        hypothesis.pose.pose = prediction_to_pose(prediction)
-        detection.results.append(hypothesis)
-        detection.bbox.center = prediction_to_pose(prediction)
-        length, width, height = (float(v) for v in prediction.dims)
-        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = length, height, width
-        array.detections.append(detection)
+    for rank, p in enumerate(predictions):
+        box = (p.center, p.dims, p.rotation)
+        array.detections.append(box_detection(header, f"{id_prefix}{rank}", p.label, p.score, box))
     return array
 
 

@@ -24,10 +24,10 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
-from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image, rotation_to_quaternion_xyzw
+from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
 
 CACHE_DIR = Path.home() / ".cache" / "llmi3d" / "synthetic_camera"
 
@@ -48,19 +48,8 @@ def ground_truth_message(image: ImageRecord, header: Header) -> Detection3DArray
     """The image's annotated objects as a Detection3DArray (score 1, id = object id)."""
     array = Detection3DArray(header=header)
     for obj in image.objects:
-        detection = Detection3D(header=header, id=obj.object_id)
-        hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = obj.category_name
-        hypothesis.hypothesis.score = 1.0
-        pose = hypothesis.pose.pose
-        pose.position.x, pose.position.y, pose.position.z = (float(v) for v in obj.center_cam)
-        q = rotation_to_quaternion_xyzw(obj.R_cam)
-        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
-        detection.results.append(hypothesis)
-        detection.bbox.center = pose
-        length, width, height = (float(v) for v in obj.dims_lwh)
-        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = length, height, width
-        array.detections.append(detection)
+        box = (obj.center_cam, obj.dims_lwh, obj.R_cam)
+        array.detections.append(box_detection(header, obj.object_id, obj.category_name, 1.0, box))
     return array
 
 

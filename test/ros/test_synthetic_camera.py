@@ -1,0 +1,72 @@
+"""llmi3d_synthetic_camera in its own process: image, CameraInfo and ground truth agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import spin_until, stop_process
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from vision_msgs.msg import Detection3DArray
+
+from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_ros.conversions import camera_info_to_k, detection_to_box, image_to_rgb, stamp_to_ns
+
+
+def test_camera_publishes_dataset_frames_with_ground_truth(
+    ros_context: None, tmp_path: Path
+) -> None:
+    """Each frame's image, K and ground-truth boxes match the dataset record, under one stamp."""
+    root = generate_dataset(
+        SynthConfig(num_images=2, seed=3, camera_groups=("vga_normal",)), tmp_path / "ds",
+        progress=False,
+    )  # fmt: skip
+    dataset = read_dataset(root)
+    images: list[Image] = []
+    infos: list[CameraInfo] = []
+    truths: list[Detection3DArray] = []
+    node = Node(f"camera_client_{time.monotonic_ns()}")
+    node.create_subscription(Image, "image_raw", images.append, qos_profile_sensor_data)
+    node.create_subscription(CameraInfo, "camera_info", infos.append, qos_profile_sensor_data)
+    node.create_subscription(
+        Detection3DArray, "llmi3d_synthetic_camera/ground_truth", truths.append, 10
+    )
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    camera = str(Path(sys.executable).with_name("llmi3d_synthetic_camera"))
+    proc = subprocess.Popen(
+        [camera, "--ros-args", "-p", f"dataset:={root}", "-p", "rate_hz:=10.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert spin_until(executor, lambda: len(images) >= 3 and len(truths) >= 3, 30.0)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        output = stop_process(proc)
+    assert "Traceback" not in output, output
+
+    truth = truths[-1]
+    stamp = stamp_to_ns(truth.header.stamp)
+    image = next(m for m in images if stamp_to_ns(m.header.stamp) == stamp)
+    info = next(m for m in infos if stamp_to_ns(m.header.stamp) == stamp)
+    assert image.header.frame_id == info.header.frame_id == "camera_optical_frame"
+    record = next(im for im in dataset.images if im.objects[0].object_id == truth.detections[0].id)
+    assert (image.width, image.height) == (record.width, record.height)
+    assert np.allclose(camera_info_to_k(info), record.K)
+    assert image_to_rgb(image).shape == (record.height, record.width, 3)
+    assert [d.id for d in truth.detections] == [o.object_id for o in record.objects]
+    for detection, obj in zip(truth.detections, record.objects, strict=True):
+        center, dims_lwh, R = detection_to_box(detection)
+        assert detection.results[0].hypothesis.class_id == obj.category_name
+        assert center == pytest.approx(obj.center_cam, abs=1e-6)
+        assert dims_lwh == pytest.approx(obj.dims_lwh, abs=1e-6)
+        assert np.allclose(R, obj.R_cam, atol=1e-6)
