@@ -31,8 +31,8 @@ SECTIONS = (
 
 
 @pytest.fixture(scope="module")
-def smoke_markdown(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Run the smoke size once for the module; return the generated markdown."""
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the smoke size once for the module; BENCHMARKS.md and results.json are in it."""
     out_dir = tmp_path_factory.mktemp("bench")
     out = out_dir / "BENCHMARKS.md"
     env = dict(os.environ)
@@ -49,6 +49,8 @@ def smoke_markdown(tmp_path_factory: pytest.TempPathFactory) -> str:
             str(out_dir / "work"),
             "--ros-domain-id",
             os.environ["ROS_DOMAIN_ID"],
+            "--json",
+            str(out_dir / "results.json"),
         ],
         capture_output=True,
         text=True,
@@ -58,7 +60,12 @@ def smoke_markdown(tmp_path_factory: pytest.TempPathFactory) -> str:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out.read_text(encoding="utf-8")
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def smoke_markdown(smoke_dir: Path) -> str:
+    return (smoke_dir / "BENCHMARKS.md").read_text(encoding="utf-8")
 
 
 def test_every_section_is_there(smoke_markdown: str) -> None:
@@ -88,6 +95,31 @@ def test_section_contents(smoke_markdown: str) -> None:
     assert re.search(r"\| first \| [\d.]+ \| [\d.]+ \| [+-]\d+% \|", smoke_markdown)
     assert re.search(r"\| tiny_synth \| tiny \| \d+ x \d+ \| .* \| [\d.]+ \|", smoke_markdown)
     assert re.search(r"\| \d+ \| \d+ \| (\d+|n/a) \| \d+ \| \d+ \|", smoke_markdown)
+
+
+def test_rerender_from_json_is_identical(smoke_dir: Path, tmp_path: Path) -> None:
+    """--from-json renders the saved results again (and says so), measuring nothing."""
+    out = tmp_path / "again.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--from-json",
+            str(smoke_dir / "results.json"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    again = out.read_text(encoding="utf-8")
+    first = (smoke_dir / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "Rendered again on" in again
+    strip = re.compile(r" Rendered again on .*? the numbers are the run's\.")
+    assert strip.sub("", again) == first
 
 
 def test_unknown_section_is_rejected(tmp_path: Path) -> None:
