@@ -140,7 +140,7 @@ SIZES: dict[str, BenchSize] = {
         name="reduced",
         purpose="the default: the whole table on a 2-core CPU in under 45 minutes; small "
         "training budgets (the smol models get half the smol_synth recipe's 60 steps: a Text3D "
-        "step, which also learns ~90 number tokens, takes ~3x an LLMI3D step), the ablation "
+        "step, which also learns ~90 number tokens, takes ~1.8x an LLMI3D step), the ablation "
         "ladders on the tiny preset",
         threads=1,
         latency_preset="smol",
