@@ -86,6 +86,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("no_virtual_depth", "w/o virtual depth (metric Z)", "ablation_no_virtual_depth"),
         Variant("no_height_depth", "w/o height depth", "ablation_no_height_depth"),
         Variant("euler", "Euler angles instead of 6D", "ablation_euler"),
+        Variant("no_pointer", "w/o spatial pointer (the paper's read-out)", "ablation_no_pointer"),
     )
 }  # fmt: skip
 
@@ -129,6 +130,11 @@ LADDERS: tuple[tuple[str, tuple[str, ...], tuple[Claim, ...]], ...] = (
         "Table XIII: rotation representation",
         ("llmi3d", "euler"),
         (("llmi3d", "euler", "paper: 6D beats Euler angles"),),
+    ),
+    (
+        "Our addition: the spatial pointer (not in the paper)",
+        ("llmi3d", "no_pointer"),
+        (("llmi3d", "no_pointer", "ours: the pointer helps (not a paper claim)"),),
     ),
 )
 

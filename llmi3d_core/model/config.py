@@ -26,6 +26,8 @@ The paper's baselines and ablations are single config values:
     no HR branch                  high_res.enabled = False
     no depth branch               high_res.depth_branch = False
     no SECBA                      fusion.kind = "concat"   (local window: "secba_local", "maxpool")
+
+One switch is ours, not the paper's: heads.pointer (on by default; False = the paper's read-out).
 """
 
 from __future__ import annotations
@@ -129,11 +131,16 @@ class FusionConfig:
             (the "no SECBA" ablation: HR tokens pooled to the LR grid and appended as extra tokens).
         dim: width d of the attention (Q, K, V); 0 uses the LR hidden size.
         num_heads: attention heads.
+        position_encoding: "secba" only: add a learned projection of each token's and each HR
+            position's normalised image coordinates to the queries and keys, so that an LR token
+            can find the HR features under it (without it the global attention has no notion of
+            where an HR feature is, and the HR branch barely trains: issue 6).
     """
 
     kind: str = "secba"
     dim: int = 0
     num_heads: int = 1
+    position_encoding: bool = True
 
 
 @dataclass
@@ -194,6 +201,10 @@ class HeadConfig:
         depth_scale: the depth head and the depth map predict depth / depth_scale, so the network
             works near unit scale; losses are taken on that scale too.
         xyz_scale: metres per unit of the "xyz" head.
+        pointer: F_3D also attends over the image tokens and the centre is an offset from the
+            pointed cell (pointer.py; our addition, on by default: without it the models trained
+            here never learned where the object is). False: the paper's MLP read-out alone.
+        pointer_dim: width of the pointer's attention.
     """
 
     readout: str = "query"
@@ -204,6 +215,8 @@ class HeadConfig:
     hidden: int = 256
     depth_scale: float = 10.0
     xyz_scale: float = 5.0
+    pointer: bool = True
+    pointer_dim: int = 64
 
 
 @dataclass
@@ -218,6 +231,7 @@ class LossConfig:
     depth_map: float = 0.5
     text: float = 1.0
     score: float = 0.2
+    pointer: float = 1.0
 
 
 @dataclass

@@ -120,8 +120,33 @@ class Heads(nn.Module):
             }
         )
         self.activations = output_activations(config)
+        self.depth_scale = config.depth_scale
 
-    def forward(self, features_3d: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, hidden) -> {name: (B, k)}, in the heads' dtype (F_3D is cast to it)."""
+    def forward(
+        self,
+        features_3d: torch.Tensor,
+        anchor_uv: torch.Tensor | None = None,
+        anchor_depth: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """(B, hidden) -> {name: (B, k)}, in the heads' dtype (F_3D is cast to it).
+
+        With `anchor_uv` (B, 2) (the pointer's location, pointer.py) the centre and the 2D box
+        centre are offsets from it instead of from the image centre; with `anchor_depth` (B, 1)
+        (the depth map there) the depth head corrects that value instead of predicting from 0.
+        """
         features_3d = features_3d.to(next(self.parameters()).dtype)
-        return {name: self.activations[name](mlp(features_3d)) for name, mlp in self.mlps.items()}
+        raw = {name: mlp(features_3d) for name, mlp in self.mlps.items()}
+        outputs = {name: self.activations[name](value) for name, value in raw.items()}
+        if anchor_uv is not None:
+            anchor = anchor_uv.to(features_3d.dtype)
+            if "center_uv" in raw:
+                outputs["center_uv"] = anchor + raw["center_uv"]
+            box = raw["box2d"]
+            center, size = anchor + box[:, :2], torch.sigmoid(box[:, 2:])
+            outputs["box2d"] = torch.cat([center - size / 2, center + size / 2], dim=1)
+        if anchor_depth is not None and "depth" in raw:
+            # softplus(raw + softplus^-1(anchor)): positive, and equal to the anchor at raw = 0
+            anchor = (anchor_depth.to(features_3d.dtype) / self.depth_scale).clamp(min=1e-4)
+            inverse = anchor + torch.log(-torch.expm1(-anchor))
+            outputs["depth"] = F.softplus(raw["depth"] + inverse) * self.depth_scale
+        return outputs

@@ -47,6 +47,7 @@ from llmi3d_core.model.losses import (
     score_loss,
     weighted_total,
 )
+from llmi3d_core.model.pointer import SpatialPointer, pointer_loss
 from llmi3d_core.model.secba import build_fusion
 from llmi3d_core.model.vision import HighResBranch, LowResBranch
 
@@ -95,12 +96,14 @@ class ModelOutput:
         boxes: decoded boxes {center (B, 3), R (B, 3, 3), dims, box2d_px, center_uv_px, z, ...}.
         depth_map: (B, 1, h, w) predicted depth map or None.
         losses: loss terms (LossConfig names) and "total"; empty when the batch has no targets.
+        pointer_logits: (B, N') logits of the spatial pointer over the image tokens, or None.
     """
 
     outputs: dict[str, torch.Tensor]
     boxes: dict[str, torch.Tensor]
     depth_map: torch.Tensor | None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    pointer_logits: torch.Tensor | None = None
 
 
 def format_query(
@@ -158,6 +161,9 @@ class LLMI3D(nn.Module):
         self.query_embedding = nn.Parameter((scale * torch.randn(hidden)).to(dtype))
         self.readout = READOUTS[config.heads.readout]
         self.heads = Heads(hidden, config.heads) if self.readout.offset is not None else None
+        self.pointer: SpatialPointer | None = None
+        if self.heads is not None and config.heads.pointer:
+            self.pointer = SpatialPointer(hidden, config.heads.pointer_dim, self.low_res.grid)
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
 
     # ------------------------------------------------------------------ image side
@@ -231,23 +237,46 @@ class LLMI3D(nn.Module):
         hidden, starts, ends = self._run_teacher_forced(features.tokens, tails)
 
         outputs: dict[str, torch.Tensor] = {}
+        pointer_logits = None
         if self.heads is not None:
             offset = self.readout.offset or -1  # from the end: -1 is the last token
             index = torch.tensor([last + 1 + offset for last in ends], device=self.device)
-            outputs = self.heads(hidden[torch.arange(B, device=self.device), index])
+            outputs, pointer_logits = self._read_heads(
+                hidden[torch.arange(B, device=self.device), index], features
+            )
         boxes = {}
         if outputs:
             float_outputs = {k: v.float() for k, v in outputs.items()}
             K = batch["K"].to(self.device, torch.float32)
             size = batch["image_size"].to(self.device, torch.float32)
             boxes = decode_boxes(float_outputs, K, size, self.config)
-        result = ModelOutput(outputs=outputs, boxes=boxes, depth_map=features.depth_map)
+        result = ModelOutput(
+            outputs=outputs,
+            boxes=boxes,
+            depth_map=features.depth_map,
+            pointer_logits=pointer_logits,
+        )
         if with_targets:
             losses = self._regression_losses(batch, result)
             losses["text"] = self._text_loss(hidden, starts, tails, supervised)
             losses["total"] = weighted_total(losses, self.config)
             result.losses = losses
         return result
+
+    def _read_heads(
+        self, features_3d: torch.Tensor, image: ImageFeatures
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """F_3D (B, hidden) -> head outputs, through the pointer when there is one (pointer.py).
+
+        The depth map anchors the depth head only when both are in virtual-depth units.
+        """
+        assert self.heads is not None
+        if self.pointer is None:
+            return self.heads(features_3d), None
+        use_map = self.config.heads.use_virtual_depth and self.config.heads.location == "uv_depth"
+        pointed = self.pointer(features_3d, image.tokens, image.depth_map if use_map else None)
+        outputs = self.heads(pointed.features, anchor_uv=pointed.uv, anchor_depth=pointed.depth)
+        return outputs, pointed.logits
 
     def _run_teacher_forced(
         self, image_tokens: torch.Tensor, tails: list[list[int]]
@@ -293,6 +322,10 @@ class LLMI3D(nn.Module):
                 result.outputs["box2d"].float(), targets["box2d"], result.boxes["z"], gt_z
             )
             losses["score"] = score_loss(result.outputs["score_logit"], quality)
+        if result.pointer_logits is not None:
+            losses["pointer"] = pointer_loss(
+                result.pointer_logits, batch["center_uv"].to(self.device), self.low_res.grid
+            )
         if result.depth_map is not None and "depth_map" in batch:
             losses["depth_map"] = depth_map_loss(
                 result.depth_map, batch["depth_map"].to(self.device), cfg.heads.depth_scale
@@ -396,7 +429,9 @@ class LLMI3D(nn.Module):
             if self.heads is None:
                 outputs = self._text3d_outputs(context, hidden)
             else:
-                outputs = self.heads(hidden[:, self.readout.offset or -1])
+                outputs, _ = self._read_heads(
+                    hidden[:, self.readout.offset or -1], context.features
+                )
                 outputs = {k: v.float() for k, v in outputs.items()}
         finally:
             _rewind(context.cache, context.prefix_length)

@@ -3,8 +3,10 @@
 All variants map (T_vit (B, N, C_lr), F (B, C_hr, h, w)) to image tokens (B, N', C_lr) that the
 projector then sends to the LLM. N is a square grid g x g (row-major), as the ViT gives it.
 
-    secba        Q = T_vit W_Q, K = F W_K, V = F W_V over all h*w HR positions,
-                 T = T_vit + (softmax(Q K^T / sqrt(d)) V) W_O                    N' = N
+    secba        Q = (T_vit + P_lr) W_Q, K = (F + P_hr) W_K, V = F W_V over all h*w HR
+                 positions, T = T_vit + (softmax(Q K^T / sqrt(d)) V) W_O          N' = N
+                 P_lr, P_hr: learned projections of a Fourier encoding of each token's and
+                 each HR position's image coordinates (fusion.position_encoding; 0 without)
     secba_local  the same, but LR token (i, j) attends only to its own HR window
                  (Mini-Gemini's "patch info mining", arXiv:2403.18814)           N' = N
     maxpool      T = T_vit + W (max over the token's HR window)   (no attention) N' = N
@@ -23,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
 
 from llmi3d_core.model.config import FusionConfig, check_choice
+from llmi3d_core.model.pointer import FOURIER_FREQUENCIES, cell_centres, fourier_encoding
 
 
 def windows_to_grid(features: torch.Tensor, grid: int) -> tuple[torch.Tensor, int]:
@@ -53,17 +56,19 @@ class _Attention(nn.Module):
         self.v_proj = nn.Linear(hr_dim, dim)
         self.o_proj = nn.Linear(dim, lr_dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attend: queries (B, N, C_lr), keys (B, N or 1, M, C_hr) -> (B, N, C_lr).
 
         Keys with a second dimension of 1 are shared by every query (global attention); with N
-        they are per-query windows (local attention).
+        they are per-query windows (local attention). Values default to the keys.
         """
         B, N, _ = queries.shape
         heads = self.num_heads
         q = self.q_proj(queries).view(B, N, heads, 1, -1)  # (B, N, h, 1, d_h)
         k = self.k_proj(keys)  # (B, N|1, M, d)
-        v = self.v_proj(keys)
+        v = self.v_proj(keys if values is None else values)
         M = k.shape[2]
         k = k.view(B, k.shape[1], M, heads, -1).transpose(2, 3).expand(B, N, heads, M, -1)
         v = v.view(B, v.shape[1], M, heads, -1).transpose(2, 3).expand(B, N, heads, M, -1)
@@ -72,17 +77,37 @@ class _Attention(nn.Module):
         return out
 
 
+def _map_centres(h: int, w: int) -> torch.Tensor:
+    """(h*w, 2) normalised (u, v) of the pixel centres of an h x w map, row-major."""
+    v, u = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    return torch.stack([u.flatten(), v.flatten()], dim=1)
+
+
 class GlobalSECBA(nn.Module):
-    """Eq. 4-5: every LR token attends to all HR positions."""
+    """Eq. 4-5: every LR token attends to all HR positions (with position encodings)."""
 
     def __init__(self, lr_dim: int, hr_dim: int, grid: int, config: FusionConfig) -> None:
         super().__init__()
+        self.grid = grid
         self.attention = _Attention(lr_dim, hr_dim, config.dim or lr_dim, config.num_heads)
+        self.lr_position: nn.Linear | None = None
+        self.hr_position: nn.Linear | None = None
+        if config.position_encoding:
+            width = 4 * len(FOURIER_FREQUENCIES)
+            self.lr_position = nn.Linear(width, lr_dim)
+            self.hr_position = nn.Linear(width, hr_dim)
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Fuse: tokens (B, N, C_lr), features (B, C_hr, h, w) -> (B, N, C_lr)."""
-        keys = features.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, h*w, C_hr)
-        attended: torch.Tensor = self.attention(tokens, keys)
+        h, w = features.shape[-2:]
+        values = features.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, h*w, C_hr)
+        queries, keys = tokens, values
+        if self.lr_position is not None and self.hr_position is not None:
+            lr_uv = cell_centres(self.grid, tokens.shape[1]).to(tokens)
+            hr_uv = _map_centres(h, w).to(features)
+            queries = tokens + self.lr_position(fourier_encoding(lr_uv))
+            keys = values + self.hr_position(fourier_encoding(hr_uv))
+        attended: torch.Tensor = self.attention(queries, keys, values)
         return tokens + attended
 
 

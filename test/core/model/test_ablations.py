@@ -126,6 +126,32 @@ def test_local_variants_only_see_their_window(tiny_config, kind, local):
     assert not torch.equal(before[:, -1], after[:, -1])
 
 
+def test_secba_position_encoding_tells_tokens_apart(tiny_config):
+    """Identical LR tokens attend identically unless their positions are encoded."""
+    torch.manual_seed(0)
+    tokens = torch.zeros(1, 16, 8)
+    features = torch.randn(1, 6, 8, 8)
+    for encoded in (True, False):
+        config = tiny_config.replace(**{"fusion.position_encoding": encoded}).fusion
+        fusion = build_fusion(config, lr_dim=8, hr_dim=6, grid=4)
+        assert (fusion.lr_position is not None) == encoded
+        with torch.no_grad():
+            out = fusion(tokens, features)
+        assert torch.allclose(out[:, 0], out[:, -1]) != encoded
+
+
+def test_no_pointer_ablation_is_the_plain_readout(make_model, make_batch):
+    model = make_model(**{"heads.pointer": False})
+    assert model.pointer is None
+    out = model(make_batch(model.config))
+    assert out.pointer_logits is None and "pointer" not in out.losses
+    pointed = make_model()
+    out = pointed(make_batch(pointed.config))
+    grid = pointed.config.low_res.grid
+    assert out.pointer_logits is not None and out.pointer_logits.shape[1] == grid**2
+    assert torch.isfinite(out.losses["pointer"])
+
+
 def test_windows_to_grid_layout():
     features = torch.arange(16.0).view(1, 1, 4, 4)
     windows, r = windows_to_grid(features, grid=2)

@@ -29,6 +29,7 @@ def test_forward_shapes_and_losses(make_model, make_batch):
     assert out.boxes["box2d_px"].shape == (3, 4)
     assert out.depth_map is not None and out.depth_map.shape[:2] == (3, 1)
     expected = {"center_uv", "depth", "dims", "rotation", "box2d", "score", "depth_map", "text"}
+    expected |= {"pointer"}  # heads.pointer is on by default
     assert set(out.losses) == expected | {"total"}
     assert all(torch.isfinite(v) for v in out.losses.values())
     weights = model.config.loss
