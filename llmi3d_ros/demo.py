@@ -63,8 +63,28 @@ def ensure_model(args: argparse.Namespace) -> str:
         return ""
     from llmi3d_core.train import ensure_trained
 
-    print(f"[demo] default model: {args.model_dir} (trained on first run, then reused)")
-    return str(ensure_trained(config_path("train", "smol_synth.yaml"), args.model_dir))
+    recipe = config_path("train", "smol_synth.yaml")
+    model_dir = args.model_dir or default_model_dir(recipe)
+    print(f"[demo] default model: {model_dir} (trained on first run, then reused)")
+    return str(ensure_trained(recipe, model_dir))
+
+
+def default_model_dir(recipe: Path) -> Path:
+    """Cache directory of the default model, named by a hash of the resolved recipe.
+
+    A release that changes the recipe or the model's defaults gets a fresh directory (and a
+    new training run) instead of refusing to resume a run of a different config.
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config
+
+    config = load_train_config(recipe)
+    model = dataclasses.asdict(resolve_model_config(config.model))
+    resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
+    return CACHE / f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
 
 
 def pick_queries(queries: list[QueryRecord], per_image: int) -> list[QueryRecord]:
@@ -266,7 +286,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="llmi3d_demo", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="", help="serve an untrained preset (tiny, smol)")
     parser.add_argument("--checkpoint", default="", help="serve this checkpoint")
-    parser.add_argument("--model-dir", type=Path, default=CACHE / "default_model")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="run directory of the default model (default: ~/.cache/llmi3d/default_model-<hash>)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out") / "demo", help="PNG directory")
     parser.add_argument("--images", type=int, default=3, help="scenes to ask about")
     parser.add_argument("--queries-per-image", type=int, default=3)
