@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "config" / "train" / "tiny_synth.yaml"
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
-# trains the tiny model (~2 min of CPU for the whole file on an idle 2-core machine)
+# trains the tiny model (~3 min of CPU for the whole file on an idle 2-core machine)
 pytestmark = pytest.mark.slow
 
 
@@ -81,12 +81,26 @@ def test_tiny_synth_loss_falls(tiny_run):
     assert tiny_run["best"] == (run_dir / "best").resolve()
 
 
+def bearing_error_deg(predictions: Path) -> float:
+    """Mean angle (degrees) between the predicted and true rays to the box centre.
+
+    The direction of the centre is where the object is in the image; the mean box always points
+    the same way, so it measures 2D localisation apart from depth.
+    """
+    angles = []
+    for line in predictions.read_text().splitlines():
+        row = json.loads(line)
+        pred, gt = np.array(row["pred"]["center"]), np.array(row["gt"]["center"])
+        cosine = pred @ gt / (np.linalg.norm(pred) * np.linalg.norm(gt))
+        angles.append(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+    return float(np.mean(angles))
+
+
 def test_tiny_synth_beats_mean_box_on_held_out_images(tiny_run, tmp_path):
     """`llmi3d eval` of the best checkpoint against the mean box, on the test images.
 
-    At the CI budget (~1 min) the tiny model learns depth and size (errors well below the mean
-    box's) but does not yet localise in the image: Acc@0.25 stays near 0 for both, so only
-    "not worse" is asserted there (see config/train/tiny_synth.yaml).
+    At the CI budget (~2 min) the tiny model learns where the object is (the direction of its
+    centre), its depth and its size, with errors well below the mean box's.
     """
     config = tiny_run["config"]
     reports = {}
@@ -98,10 +112,13 @@ def test_tiny_synth_beats_mean_box_on_held_out_images(tiny_run, tmp_path):
         assert "| all |" in done.stdout and "IoU: exact" in done.stdout
         reports[name] = json.loads((out / "report.json").read_text())["subsets"]["all"]
     model, mean_box = reports["model"], reports["mean_box"]
+    bearing = {name: bearing_error_deg(tmp_path / name / "predictions.jsonl") for name in reports}
+    assert bearing["model"] < 0.8 * bearing["mean_box"], bearing  # measured 12.1 vs 17.9 deg
     assert model["depth_mae"] < 0.7 * mean_box["depth_mae"], (model, mean_box)
     size = [f"{k}_mae" for k in ("length", "width", "height")]
     assert sum(model[k] for k in size) < 0.9 * sum(mean_box[k] for k in size), (model, mean_box)
-    assert model["acc@0.25"] >= mean_box["acc@0.25"], (model, mean_box)
+    # measured on the 2-core CPU: 3.5 % against 0.0 % (316 test queries of 79 images)
+    assert model["acc@0.25"] > mean_box["acc@0.25"], (model, mean_box)
     gallery = sorted((tmp_path / "model" / "gallery").glob("*.png"))
     assert len(gallery) == 4
 
