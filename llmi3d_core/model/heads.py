@@ -65,10 +65,15 @@ COMMON_OUTPUTS: dict[str, int] = {"dims": 3, "box2d": 4, "score_logit": 1}
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+def _xyxy(center: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """Centre (B, 2) and raw (B, 4) -> (B, 4) normalised xyxy; the size is sigmoid(raw[:, 2:])."""
+    size = torch.sigmoid(raw[:, 2:])
+    return torch.cat([center - size / 2, center + size / 2], dim=1)
+
+
 def _box_from_center_size(raw: torch.Tensor) -> torch.Tensor:
     """(B, 4) raw -> (B, 4) normalised xyxy with x1 <= x2, y1 <= y2 (sigmoid centre and size)."""
-    center, size = torch.sigmoid(raw[:, :2]), torch.sigmoid(raw[:, 2:])
-    return torch.cat([center - size / 2, center + size / 2], dim=1)
+    return _xyxy(torch.sigmoid(raw[:, :2]), raw)
 
 
 def output_activations(config: HeadConfig) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -141,9 +146,7 @@ class Heads(nn.Module):
             anchor = anchor_uv.to(features_3d.dtype)
             if "center_uv" in raw:
                 outputs["center_uv"] = anchor + raw["center_uv"]
-            box = raw["box2d"]
-            center, size = anchor + box[:, :2], torch.sigmoid(box[:, 2:])
-            outputs["box2d"] = torch.cat([center - size / 2, center + size / 2], dim=1)
+            outputs["box2d"] = _xyxy(anchor + raw["box2d"][:, :2], raw["box2d"])
         if anchor_depth is not None and "depth" in raw:
             # softplus(raw + softplus^-1(anchor)): positive, and equal to the anchor at raw = 0
             anchor = (anchor_depth.to(features_3d.dtype) / self.depth_scale).clamp(min=1e-4)

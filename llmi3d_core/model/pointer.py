@@ -51,14 +51,21 @@ class PointerOutput:
     depth: torch.Tensor | None = None
 
 
+def map_centres(h: int, w: int) -> torch.Tensor:
+    """(h*w, 2) normalised (u, v) of the cell centres of an h x w map, row-major."""
+    v, u = torch.meshgrid(
+        (torch.arange(h, dtype=torch.float32) + 0.5) / h,
+        (torch.arange(w, dtype=torch.float32) + 0.5) / w,
+        indexing="ij",
+    )
+    return torch.stack([u.flatten(), v.flatten()], dim=1)
+
+
 def cell_centres(grid: int, num_tokens: int) -> torch.Tensor:
     """(num_tokens, 2) normalised (u, v) of each token's cell centre, row-major, grids repeated."""
     if num_tokens % (grid * grid):
         raise ValueError(f"{num_tokens} image tokens do not fill whole {grid} x {grid} grids")
-    steps = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
-    v, u = torch.meshgrid(steps, steps, indexing="ij")
-    centres = torch.stack([u.flatten(), v.flatten()], dim=1)  # (g*g, 2)
-    return centres.repeat(num_tokens // (grid * grid), 1)
+    return map_centres(grid, grid).repeat(num_tokens // (grid * grid), 1)
 
 
 def fourier_encoding(uv: torch.Tensor) -> torch.Tensor:
@@ -147,6 +154,7 @@ __all__ = [
     "SpatialPointer",
     "cell_centres",
     "fourier_encoding",
+    "map_centres",
     "pointer_loss",
     "sample_at",
 ]

@@ -25,7 +25,12 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
 
 from llmi3d_core.model.config import FusionConfig, check_choice
-from llmi3d_core.model.pointer import FOURIER_FREQUENCIES, cell_centres, fourier_encoding
+from llmi3d_core.model.pointer import (
+    FOURIER_FREQUENCIES,
+    cell_centres,
+    fourier_encoding,
+    map_centres,
+)
 
 
 def windows_to_grid(features: torch.Tensor, grid: int) -> tuple[torch.Tensor, int]:
@@ -77,12 +82,6 @@ class _Attention(nn.Module):
         return out
 
 
-def _map_centres(h: int, w: int) -> torch.Tensor:
-    """(h*w, 2) normalised (u, v) of the pixel centres of an h x w map, row-major."""
-    v, u = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
-    return torch.stack([u.flatten(), v.flatten()], dim=1)
-
-
 class GlobalSECBA(nn.Module):
     """Eq. 4-5: every LR token attends to all HR positions (with position encodings)."""
 
@@ -104,7 +103,7 @@ class GlobalSECBA(nn.Module):
         queries, keys = tokens, values
         if self.lr_position is not None and self.hr_position is not None:
             lr_uv = cell_centres(self.grid, tokens.shape[1]).to(tokens)
-            hr_uv = _map_centres(h, w).to(features)
+            hr_uv = map_centres(h, w).to(features)
             queries = tokens + self.lr_position(fourier_encoding(lr_uv))
             keys = values + self.hr_position(fourier_encoding(hr_uv))
         attended: torch.Tensor = self.attention(queries, keys, values)
