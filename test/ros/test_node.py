@@ -156,7 +156,8 @@ def test_02_round_trip(harness: Harness) -> None:
     q = detection.bbox.center.orientation
     assert np.linalg.norm([q.x, q.y, q.z, q.w]) == pytest.approx(1.0, abs=1e-6)
 
-    assert spin_until(harness.executor, lambda: harness.markers and harness.debug, 5.0)
+    published = (harness.markers, harness.debug, harness.detections)
+    assert spin_until(harness.executor, lambda: all(published), 5.0)
     markers = harness.markers[-1].markers
     assert markers[0].action == Marker.DELETEALL
     assert [(m.type, m.ns, m.id) for m in markers[1:]] == [
@@ -168,7 +169,7 @@ def test_02_round_trip(harness: Harness) -> None:
     debug = harness.debug[-1]
     assert (debug.width, debug.height, debug.encoding) == (WIDTH, HEIGHT, "rgb8")
     assert stamp_to_ns(debug.header.stamp) == stamp_to_ns(header.stamp)
-    assert harness.detections and harness.detections[-1].header.frame_id == "front_camera_optical"
+    assert harness.detections[-1].header.frame_id == "front_camera_optical"
 
 
 def _wrong_encoding() -> tuple[Image, CameraInfo]:
