@@ -82,13 +82,22 @@ def test_bag_replay_publishes_recorded_messages(
     node.create_subscription(CameraInfo, "/cam/camera_info", infos.append, 10)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+
+    def seen(messages: list) -> set[tuple[int, int]]:
+        return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in messages}
+
     player = str(Path(sys.executable).with_name("llmi3d_bag_replay"))
     proc = subprocess.Popen(
         [player, "--ros-args", "-p", f"bag:={bag}", "-p", "loop:=true"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
     try:
-        assert spin_until(executor, lambda: len(images) >= 5 and len(infos) >= 5, 20.0)
+        # The replay loops, so every recorded frame comes round again even if one arrived before
+        # the subscription matched.
+        assert spin_until(executor, lambda: seen(images) == seen(infos) == set(stamps), 20.0), (
+            f"received {sorted(seen(images))}, expected {stamps}"
+        )
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -108,6 +117,10 @@ def test_bag_replay_names_missing_topics(ros_context: None, tmp_path: Path) -> N
     with Writer(bag, version=9) as writer:
         conn = writer.add_connection("/chatter", String.__msgtype__, typestore=typestore)
         writer.write(conn, 1, typestore.serialize_cdr(String(data="hi"), String.__msgtype__))
+
+    def seen(messages: list) -> set[tuple[int, int]]:
+        return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in messages}
+
     player = str(Path(sys.executable).with_name("llmi3d_bag_replay"))
     result = subprocess.run(
         [player, "--ros-args", "-p", f"bag:={bag}", "-p", "topics:=['/cam/image_raw']"],
