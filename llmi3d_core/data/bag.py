@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -350,6 +351,29 @@ def _header_stamp(msg: Any, log_time_ns: int) -> int:
     return stamp if stamp != 0 else int(log_time_ns)
 
 
+def _without_row_padding(msg: Any) -> Any:
+    """The Image with rows packed to width * pixel bytes, so that rosbags-image can view it.
+
+    rosbags-image reads `data` as a dense (height, width, channels) array and ignores `step`;
+    drivers that pad each row (to 4 or 64 bytes, say) would come out sheared. Unknown encodings
+    are passed through for message_to_cvimage to reject with its own message.
+    """
+    from rosbags.image import ImageError
+    from rosbags.image.image import to_cvtype  # rosbags-image's encoding table
+
+    try:
+        _, _, typestr, channels = to_cvtype(msg.encoding)
+    except ImageError:
+        return msg
+    height, step = int(msg.height), int(msg.step)
+    row_bytes = int(msg.width) * channels * np.dtype(typestr).itemsize
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step <= row_bytes or data.size != step * height:
+        return msg  # packed already, or inconsistent: let the converter report it
+    packed = data.reshape(height, step)[:, :row_bytes].reshape(-1)
+    return dataclasses.replace(msg, step=row_bytes, data=np.ascontiguousarray(packed))
+
+
 def decode_image_message(msg: Any, msgtype: str, where: str) -> np.ndarray:
     """sensor_msgs Image or CompressedImage -> (H, W, 3) uint8 RGB.
 
@@ -368,7 +392,7 @@ def decode_image_message(msg: Any, msgtype: str, where: str) -> np.ndarray:
     from rosbags.image import ImageError, message_to_cvimage
 
     try:
-        image = message_to_cvimage(msg, "rgb8")
+        image = message_to_cvimage(_without_row_padding(msg), "rgb8")
     except (ImageError, ValueError, TypeError) as err:
         raise DataFormatError(
             f"{where}: cannot convert a {msg.encoding!r} Image to rgb8 ({err}); colour encodings "

@@ -61,6 +61,16 @@ def _image_msg(ts, stamp_ns: int, image: np.ndarray, kind: str):
         data, step, encoding = image[:, :, 1].copy(), WIDTH, "mono8"
     elif kind == "bgr8":
         data, step, encoding = image[:, :, ::-1].copy(), 3 * WIDTH, "bgr8"
+    elif kind == "rgb8_padded":  # rows padded to a multiple of 64 bytes, as some drivers do
+        step = -(-3 * WIDTH // 64) * 64 + 64
+        data = np.full((HEIGHT, step), 255, np.uint8)
+        data[:, : 3 * WIDTH] = image.reshape(HEIGHT, -1)
+        encoding = "rgb8"
+    elif kind == "mono8_padded":
+        step = WIDTH + 3
+        data = np.zeros((HEIGHT, step), np.uint8)
+        data[:, :WIDTH] = image[:, :, 1]
+        encoding = "mono8"
     else:
         data, step, encoding = image.copy(), 3 * WIDTH, "rgb8"
     return Image(header=header, height=HEIGHT, width=WIDTH, encoding=encoding, is_bigendian=0,
@@ -199,13 +209,17 @@ def test_bag_to_dataset_values(tmp_path, storage, kind):
     np.testing.assert_array_equal(written, _picture(3))
 
 
-@pytest.mark.parametrize("kind", ["bgr8", "mono8"])
+@pytest.mark.parametrize("kind", ["bgr8", "mono8", "rgb8_padded", "mono8_padded"])
 def test_raw_encodings_are_converted_to_rgb(tmp_path, kind):
+    """Colour conversion, and rows padded beyond width * channels (step) are cut, not sheared."""
     bag = make_bag(tmp_path / "bag", StoragePlugin.SQLITE3, kind=kind)
     bagconv.convert_bag(bag, tmp_path / "out", _config(kind))
     ds = read_dataset(tmp_path / "out")
     written = cv2.imread(str(ds.image_path(ds.images[2].image_id)))[:, :, ::-1]
-    expected = _picture(2) if kind == "bgr8" else np.repeat(_picture(2)[:, :, 1:2], 3, axis=2)
+    if kind.startswith("mono8"):
+        expected = np.repeat(_picture(2)[:, :, 1:2], 3, axis=2)
+    else:
+        expected = _picture(2)
     np.testing.assert_array_equal(written, expected)
 
 
