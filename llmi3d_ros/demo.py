@@ -32,13 +32,12 @@ from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
-from llmi3d_core.paths import config_path
+from llmi3d_core.paths import cache_dir, config_path
 from llmi3d_core.visualize import draw_box3d
 from llmi3d_ros.bringup import BringupOptions, start, stop
 from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
-CACHE = Path.home() / ".cache" / "llmi3d"
 QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
 
 
@@ -84,7 +83,7 @@ def default_model_dir(recipe: Path) -> Path:
     config = load_train_config(recipe)
     model = dataclasses.asdict(resolve_model_config(config.model))
     resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
-    return CACHE / f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
+    return cache_dir(f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}")
 
 
 def pick_queries(queries: list[QueryRecord], per_image: int) -> list[QueryRecord]:

