@@ -8,7 +8,7 @@ sees a source-specific layout. The full description, with examples, is docs/data
                          camera_groups, generator
     DIR/images/<id>.png  the pictures (or .jpg), RGB
     DIR/images.jsonl     one ImageRecord a line, with its ObjectRecords (Omni3D-style keys)
-    DIR/queries.jsonl    one QueryRecord a line
+    DIR/queries.jsonl    one QueryRecord a line (0, 1 or several target objects)
 
 Frames and units: the camera optical frame (x right, y down, z forward), metres, pixels of the
 stored image. `dimensions` are stored in Omni3D order [W, H, L]; `ObjectRecord.dims_lwh` gives
@@ -71,6 +71,10 @@ _QUERY_KEYS = (
     "novel_category",
     "camera_group",
 )
+# Optional query key: the targets of a query with 0 or >= 2 of them (absent: [target_object_id]).
+_TARGETS_KEY = "target_object_ids"
+# A query with no target names an object that is not in the image; prompts would point at one.
+_NEGATIVE_TYPES = ("caption", "question")
 _INFO_KEYS = (
     "name",
     "format_version",
@@ -169,21 +173,37 @@ class ImageRecord:
 
 @dataclass
 class QueryRecord:
-    """One query (a sentence or prompt about one image) and the object that answers it.
+    """One query (a sentence or prompt about one image) and the objects that answer it.
+
+    A query has one target (the common case: every converter writes these), none (a negative
+    query: "find the fire extinguisher" where there is none; the right answer is "not here") or
+    several (a multi-target query: "all the chairs"; every matching object is a target).
+
+    `target_object_ids` is the authority. `target_object_id` mirrors it for the single-target
+    case, so code written for one target keeps working: it is the one id when there is exactly
+    one target, and "" otherwise (null in the JSON). Give either field when building a record;
+    the other is filled in.
 
     Attributes:
         query_id: unique within the dataset.
         image_id: the image asked about.
         split: "train", "val" or "test".
-        type: "caption", "question", "box_prompt" or "point_prompt".
+        type: "caption", "question", "box_prompt" or "point_prompt" (a negative query is a
+            caption or a question).
         text: the sentence given to the model.
-        answer: the object phrase the model should name, e.g. "lamp".
-        target_object_id: the ObjectRecord that answers the query.
+        answer: the object phrase the model should name, e.g. "lamp"; for a negative query the
+            category that was asked for (and is not there).
+        target_object_id: the single target's object id, or "" when the query has 0 or >= 2.
         box_prompt: (4,) [x1, y1, x2, y2] px of the image, or None.
         point_prompt: (2,) [u, v] px of the image, or None.
-        novel_category: True when the target's category is held out of training.
+        novel_category: True when the target's category (for a negative: the named one) is held
+            out of training.
         camera_group: the image's camera group (copied so queries can be filtered alone).
         extra: further keys (e.g. "relation", "need"), kept and written back unchanged.
+        target_object_ids: every target's object id, in a fixed order; () for a negative query.
+
+    Raises:
+        InvalidInputError: when the two target fields disagree.
     """
 
     query_id: str
@@ -192,12 +212,41 @@ class QueryRecord:
     type: str
     text: str
     answer: str
-    target_object_id: str
+    target_object_id: str = ""
     box_prompt: np.ndarray | None = None
     point_prompt: np.ndarray | None = None
     novel_category: bool = False
     camera_group: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    target_object_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = tuple(str(i) for i in self.target_object_ids)
+        if not ids and self.target_object_id:
+            ids = (self.target_object_id,)
+        elif len(ids) == 1 and not self.target_object_id:
+            self.target_object_id = ids[0]
+        elif len(ids) == 1 and self.target_object_id != ids[0]:
+            raise InvalidInputError(
+                f"query {self.query_id!r}: target_object_id {self.target_object_id!r} differs "
+                f"from the single entry of target_object_ids {list(ids)}"
+            )
+        elif len(ids) > 1 and self.target_object_id:
+            raise InvalidInputError(
+                f"query {self.query_id!r}: target_object_id must be '' for a query with "
+                f"{len(ids)} targets {list(ids)}, got {self.target_object_id!r}"
+            )
+        self.target_object_ids = ids
+
+    @property
+    def is_negative(self) -> bool:
+        """True when no object of the image answers the query (the answer is "not here")."""
+        return not self.target_object_ids
+
+    @property
+    def is_multi_target(self) -> bool:
+        """True when several objects answer the query ("all the chairs")."""
+        return len(self.target_object_ids) > 1
 
 
 @dataclass
@@ -248,8 +297,27 @@ class Dataset:
         return self.root / self._by_id[image_id].file_name
 
     def target(self, query: QueryRecord) -> ObjectRecord:
-        """Return the object a query points at."""
+        """Return the object a single-target query points at.
+
+        Raises:
+            InvalidInputError: when the query has no target or several (use `targets`).
+            KeyError: when the image has no such object.
+        """
+        if len(query.target_object_ids) != 1:
+            raise InvalidInputError(
+                f"query {query.query_id!r} has {len(query.target_object_ids)} targets; "
+                "Dataset.target() is for single-target queries, use Dataset.targets()"
+            )
         return self._by_id[query.image_id].object_by_id(query.target_object_id)
+
+    def targets(self, query: QueryRecord) -> list[ObjectRecord]:
+        """Return every object a query points at, in `target_object_ids` order ([] if negative).
+
+        Raises:
+            KeyError: when the image has no such object.
+        """
+        image = self._by_id[query.image_id]
+        return [image.object_by_id(object_id) for object_id in query.target_object_ids]
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +380,13 @@ def image_to_dict(image: ImageRecord) -> dict[str, Any]:
 
 
 def query_to_dict(query: QueryRecord) -> dict[str, Any]:
-    """Return the JSON dict of a query record."""
+    """Return the JSON dict of a query record.
+
+    A single-target query is written exactly as before multi-target queries existed (only
+    "target_object_id"), so old readers and byte-for-byte comparisons keep working; a query
+    with 0 or >= 2 targets has "target_object_id": null and lists them in "target_object_ids".
+    """
+    ids = list(query.target_object_ids)
     out: dict[str, Any] = {
         "query_id": query.query_id,
         "image_id": query.image_id,
@@ -320,7 +394,11 @@ def query_to_dict(query: QueryRecord) -> dict[str, Any]:
         "type": query.type,
         "text": query.text,
         "answer": query.answer,
-        "target_object_id": query.target_object_id,
+        "target_object_id": query.target_object_id or None,
+    }
+    if len(ids) != 1 or ids[0] != query.target_object_id:
+        out[_TARGETS_KEY] = ids
+    out |= {
         "box_prompt": query.box_prompt,
         "point_prompt": query.point_prompt,
         "novel_category": bool(query.novel_category),
@@ -501,6 +579,38 @@ def _optional_array(value: Any, shape: tuple[int, ...], name: str, where: _Where
     return None if value is None else _as_array(value, shape, name, where)
 
 
+def _parse_targets(data: dict[str, Any], where: _Where) -> tuple[str, tuple[str, ...]]:
+    """(target_object_id, target_object_ids) of a query line, checked for agreement."""
+    single = data["target_object_id"]
+    if single is not None:
+        single = _as_str(str(single), "target_object_id", where)
+    listed = data.get(_TARGETS_KEY)
+    if listed is None:
+        if single is None:
+            raise where.error(
+                f"target_object_id is null but {_TARGETS_KEY} is missing; a query with 0 or "
+                f">= 2 targets lists them in {_TARGETS_KEY} (e.g. [] for a negative query)"
+            )
+        return single, (single,)
+    if not isinstance(listed, list) or not all(isinstance(i, str) and i for i in listed):
+        raise where.error(f"{_TARGETS_KEY} must be a list of non-empty strings, got {listed!r}")
+    if len(set(listed)) != len(listed):
+        raise where.error(f"{_TARGETS_KEY} repeats an object: {listed}")
+    if len(listed) == 1:
+        if single not in (None, listed[0]):
+            raise where.error(
+                f"target_object_id {single!r} differs from the single entry of {_TARGETS_KEY} "
+                f"{listed}"
+            )
+        return listed[0], (listed[0],)
+    if single not in (None, ""):
+        raise where.error(
+            f"target_object_id must be null for a query with {len(listed)} targets "
+            f"({_TARGETS_KEY} {listed}), got {single!r}"
+        )
+    return "", tuple(listed)
+
+
 def parse_query(data: Any, where: _Where) -> QueryRecord:
     """Check and convert one queries.jsonl line (see `QueryRecord`).
 
@@ -522,6 +632,19 @@ def parse_query(data: Any, where: _Where) -> QueryRecord:
         raise where.error("a query of type 'point_prompt' needs point_prompt [u, v]")
     if not isinstance(data["novel_category"], bool):
         raise where.error(f"novel_category must be true or false, got {data['novel_category']!r}")
+    target_id, target_ids = _parse_targets(data, where)
+    if not target_ids:
+        if qtype not in _NEGATIVE_TYPES:
+            raise where.error(
+                f"a negative query (no target) must be of type {list(_NEGATIVE_TYPES)}, "
+                f"got {qtype!r}"
+            )
+        if box is not None or point is not None:
+            raise where.error(
+                "a negative query (no target) has no box_prompt or point_prompt: a prompt "
+                "points at an object that is there"
+            )
+    known = (*_QUERY_KEYS, _TARGETS_KEY)
     return QueryRecord(
         query_id=_as_str(str(data["query_id"]), "query_id", where),
         image_id=_as_str(str(data["image_id"]), "image_id", where),
@@ -529,12 +652,13 @@ def parse_query(data: Any, where: _Where) -> QueryRecord:
         type=qtype,
         text=_as_str(data["text"], "text", where),
         answer=_as_str(data["answer"], "answer", where),
-        target_object_id=_as_str(str(data["target_object_id"]), "target_object_id", where),
+        target_object_id=target_id,
         box_prompt=box,
         point_prompt=point,
         novel_category=data["novel_category"],
         camera_group=_as_str(data["camera_group"], "camera_group", where, allow_empty=True),
-        extra={k: v for k, v in data.items() if k not in _QUERY_KEYS},
+        extra={k: v for k, v in data.items() if k not in known},
+        target_object_ids=target_ids,
     )
 
 
@@ -678,11 +802,18 @@ def _check_query_refs(
     image = images.get(query.image_id)
     if image is None:
         raise where.error(f"image_id {query.image_id!r} is not in {IMAGES_JSONL}")
-    if all(o.object_id != query.target_object_id for o in image.objects):
-        raise where.error(
-            f"target_object_id {query.target_object_id!r} is not an object of image "
-            f"{query.image_id!r}; its objects: {[o.object_id for o in image.objects]}"
-        )
+    object_ids = {o.object_id for o in image.objects}
+    for index, object_id in enumerate(query.target_object_ids):
+        if object_id not in object_ids:
+            name = (
+                "target_object_id"
+                if len(query.target_object_ids) == 1
+                else f"{_TARGETS_KEY}[{index}]"
+            )
+            raise where.error(
+                f"{name} {object_id!r} is not an object of image {query.image_id!r}; its "
+                f"objects: {[o.object_id for o in image.objects]}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -901,11 +1032,12 @@ class DatasetWriter:
             raise InvalidInputError(
                 f"query {checked.query_id!r}: image {checked.image_id!r} has not been added"
             )
-        if checked.target_object_id not in objects:
-            raise InvalidInputError(
-                f"query {checked.query_id!r}: image {checked.image_id!r} has no object "
-                f"{checked.target_object_id!r}; its objects: {sorted(objects)}"
-            )
+        for object_id in checked.target_object_ids:
+            if object_id not in objects:
+                raise InvalidInputError(
+                    f"query {checked.query_id!r}: image {checked.image_id!r} has no object "
+                    f"{object_id!r}; its objects: {sorted(objects)}"
+                )
         self._queries.write(line + "\n")
         self._query_ids.add(checked.query_id)
         self.num_queries += 1

@@ -247,3 +247,153 @@ def test_writer_errors(tmp_path):
         writer.add_image(make_image("e"))
     writer.close()
     assert read_dataset(root).info.name == "again"
+
+
+# ------------------------------------------------------------------------------------------
+# Queries with no target (negative) or several (multi-target)
+# ------------------------------------------------------------------------------------------
+
+
+def write_with_target_counts(root: Path) -> Path:
+    """Image "a" (3 objects) with a single-target, a negative and a multi-target query."""
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    with DatasetWriter(root, DatasetInfo(name="counts", seed=1)) as writer:
+        writer.add_image(make_image("a", n_objects=3), pixels)
+        writer.add_query(make_query("single", "a"))
+        negative = QueryRecord(
+            query_id="neg",
+            image_id="a",
+            split="test",
+            type="caption",
+            text="Find the fire hydrant.",
+            answer="fire hydrant",
+            camera_group="vga",
+            extra={"relation": "none", "negative": "absent"},
+        )
+        writer.add_query(negative)
+        multi = QueryRecord(
+            query_id="multi",
+            image_id="a",
+            split="test",
+            type="caption",
+            text="All the chairs.",
+            answer="chair",
+            camera_group="vga",
+            target_object_ids=("a_2", "a_0"),
+            extra={"relation": "all"},
+        )
+        writer.add_query(multi)
+    return root
+
+
+def test_zero_one_or_several_targets_round_trip(tmp_path):
+    root = write_with_target_counts(tmp_path / "ds")
+    lines = [json.loads(line) for line in (root / "queries.jsonl").read_text().splitlines()]
+    # single-target lines keep the one-key layout; the others say null and list their targets
+    assert lines[0]["target_object_id"] == "a_0" and "target_object_ids" not in lines[0]
+    assert lines[1]["target_object_id"] is None and lines[1]["target_object_ids"] == []
+    assert lines[2]["target_object_id"] is None and lines[2]["target_object_ids"] == ["a_2", "a_0"]
+    ds = read_dataset(root)
+    single, negative, multi = ds.queries
+    assert single.target_object_ids == ("a_0",) and single.target_object_id == "a_0"
+    assert ds.target(single).object_id == "a_0"
+    assert [o.object_id for o in ds.targets(single)] == ["a_0"]
+    assert negative.target_object_ids == () and negative.target_object_id == ""
+    assert negative.is_negative and not negative.is_multi_target
+    assert ds.targets(negative) == []
+    assert negative.extra == {"relation": "none", "negative": "absent"}
+    assert multi.target_object_ids == ("a_2", "a_0") and multi.target_object_id == ""
+    assert multi.is_multi_target and not multi.is_negative
+    assert [o.object_id for o in ds.targets(multi)] == ["a_2", "a_0"]
+    for query in (negative, multi):
+        with pytest.raises(InvalidInputError, match=r"use Dataset\.targets\(\)"):
+            ds.target(query)
+
+
+def test_query_record_fills_either_target_field():
+    one = make_query("q", "a")
+    assert one.target_object_ids == ("a_0",)
+    also_one = QueryRecord("q", "a", "train", "caption", "t", "chair", target_object_ids=["a_1"])
+    assert also_one.target_object_id == "a_1" and also_one.target_object_ids == ("a_1",)
+    with pytest.raises(InvalidInputError, match="differs from the single entry"):
+        QueryRecord("q", "a", "train", "caption", "t", "chair", "a_0", target_object_ids=("a_1",))
+    with pytest.raises(InvalidInputError, match="must be '' for a query with 2 targets"):
+        QueryRecord("q", "a", "train", "caption", "t", "c", "a_0", target_object_ids=("a_0", "a_1"))
+
+
+@pytest.mark.parametrize(
+    ("line", "edit", "match"),
+    [
+        (
+            2,
+            lambda d: d.pop("target_object_ids"),
+            r"queries.jsonl:2: target_object_id is null but target_object_ids is missing",
+        ),
+        (
+            3,
+            lambda d: d.__setitem__("target_object_ids", ["a_0", "zz"]),
+            r"queries.jsonl:3: target_object_ids\[1\] 'zz' is not an object of image 'a'",
+        ),
+        (
+            3,
+            lambda d: d.__setitem__("target_object_ids", ["a_0", "a_0"]),
+            r"queries.jsonl:3: target_object_ids repeats an object",
+        ),
+        (
+            3,
+            lambda d: d.__setitem__("target_object_ids", "a_0"),
+            r"queries.jsonl:3: target_object_ids must be a list of non-empty strings",
+        ),
+        (
+            3,
+            lambda d: d.__setitem__("target_object_id", "a_0"),
+            r"queries.jsonl:3: target_object_id must be null for a query with 2 targets",
+        ),
+        (
+            1,
+            lambda d: d.__setitem__("target_object_ids", ["a_1"]),
+            r"queries.jsonl:1: target_object_id 'a_0' differs from the single entry",
+        ),
+        (
+            2,
+            lambda d: d.update(type="box_prompt", box_prompt=[1, 1, 9, 9]),
+            r"queries.jsonl:2: a negative query \(no target\) must be of type "
+            r"\['caption', 'question'\], got 'box_prompt'",
+        ),
+        (
+            2,
+            lambda d: d.__setitem__("point_prompt", [3, 4]),
+            r"queries.jsonl:2: a negative query \(no target\) has no box_prompt or point_prompt",
+        ),
+    ],
+)
+def test_malformed_target_lists_name_file_and_line(tmp_path, line, edit, match):
+    root = write_with_target_counts(tmp_path / "ds")
+    _corrupt(root / "queries.jsonl", line, _edit_json(edit))
+    with pytest.raises(DataFormatError, match=match):
+        read_dataset(root)
+
+
+def test_single_entry_target_list_is_read_as_single(tmp_path):
+    root = write_with_target_counts(tmp_path / "ds")
+    _corrupt(
+        root / "queries.jsonl",
+        1,
+        _edit_json(lambda d: d.update(target_object_id=None, target_object_ids=["a_1"])),
+    )
+    query = read_dataset(root).queries[0]
+    assert query.target_object_id == "a_1" and query.target_object_ids == ("a_1",)
+
+
+def test_writer_checks_every_target(tmp_path):
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    with DatasetWriter(tmp_path / "ds", DatasetInfo(name="w")) as writer:
+        writer.add_image(make_image("a"), pixels)
+        multi = QueryRecord("m", "a", "test", "caption", "All the chairs.", "chair",
+                            target_object_ids=("a_0", "b_9"))  # fmt: skip
+        with pytest.raises(InvalidInputError, match="image 'a' has no object 'b_9'"):
+            writer.add_query(multi)
+        negative = QueryRecord("n", "a", "test", "point_prompt", "What is here?", "lamp",
+                               point_prompt=np.array([3.0, 4.0]))  # fmt: skip
+        with pytest.raises(InvalidInputError, match="a negative query"):
+            writer.add_query(negative)
