@@ -1,4 +1,4 @@
-"""Queries that single out exactly one object: captions, common-sense questions, box/point prompts.
+"""Queries over one image: captions, common-sense questions, box/point prompts; 0, 1 or n targets.
 
 Captions are referring expressions over the image's ground truth:
 
@@ -21,7 +21,31 @@ object (test/core/data/test_synth.py checks this with its own parser).
 Questions need common sense (NEEDS: "I want to read but it is too dark" -> lamp); one is asked
 only when exactly one object in the image serves the need. Prompts give the target's 2D box
 (jittered) or a point on its visible pixels. Novel-category objects are never targets or anchors
-of training queries.
+of training queries, and no training query names a novel category (negatives included).
+
+Negative queries (no target: the right answer is "not here"; `QueryConfig.negatives_per_image`)
+read like the positive ones, in the same carriers:
+
+    "absent"          DESC of a category with no object in the image (one that fits the scene)
+    "wrong_color"     "the COLOUR CATEGORY": the category is there, never in that colour
+    "wrong_size"      "the small|large CATEGORY": every object of the category has the other size
+                      word (a "medium" one would be borderline, so it blocks the query)
+    "wrong_relation"  DESC "to the left of|to the right of|behind" DESC, or "between": objects
+                      of the category are there, and every one is judged clearly NOT in the
+                      relation (the same margins as positive captions; none is borderline)
+    question          a need of one category (NEEDS) that no object in the image serves
+
+Multi-target captions (several targets, every object the phrase denotes;
+`QueryConfig.multi_target_per_image`), PLURAL = "the [small|large] [COLOUR] CATEGORY-plural":
+
+    "all"                  "all" PLURAL | "every [small|large] [COLOUR] CATEGORY"
+    "left_half|right_half" PLURAL "on the left|right": projected centres in that half of the
+                           image, none within the lateral margin of the middle
+    "left_of|right_of"     PLURAL "to the left|right of" DESC (an anchor), none borderline
+
+with at least two targets, each visible enough to be a target. Both kinds are drawn after the
+single-target queries, and only when their counts are > 0, so datasets made with the default
+counts (0) are the same, byte for byte, as before the kinds existed.
 """
 
 from __future__ import annotations
@@ -32,6 +56,8 @@ from typing import Any
 import numpy as np
 
 from llmi3d_core.data.format import ImageRecord, ObjectRecord, QueryRecord
+from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
+from llmi3d_core.errors import ConfigError
 
 SIZE_WORDS = ("small", "large")
 RELATIONS = ("none", "left_of", "right_of", "behind", "between", "nearest", "farthest", "largest")
@@ -39,6 +65,31 @@ RELATIONS = ("none", "left_of", "right_of", "behind", "between", "nearest", "far
 _RELATION_WEIGHTS = np.array([0.22, 0.14, 0.14, 0.1, 0.1, 0.12, 0.1, 0.08])
 
 CARRIERS = ("{}", "find {}", "where is {}?", "locate {}", "show me {}", "give me the 3D box of {}")
+# Carriers of plural phrases ("the chairs on the left"), and of "every CATEGORY" (singular verb).
+PLURAL_CARRIERS = (
+    "{}",
+    "find {}",
+    "where are {}?",
+    "locate {}",
+    "show me {}",
+    "give me the 3D boxes of {}",
+)
+EVERY_CARRIERS = ("{}", "find {}", "locate {}", "show me {}")
+
+NEGATIVE_KINDS = ("absent", "wrong_color", "wrong_size", "wrong_relation", "question")
+_NEGATIVE_WEIGHTS = np.array([0.3, 0.2, 0.1, 0.2, 0.2])
+MULTI_RELATIONS = ("all", "left_half", "right_half", "left_of", "right_of")
+_MULTI_WEIGHTS = np.array([0.4, 0.15, 0.15, 0.15, 0.15])
+_IRREGULAR_PLURALS = {"person": "people", "bookshelf": "bookshelves"}
+
+
+def plural(category: str) -> str:
+    """English plural of a category name: "chair" -> "chairs", "bus" -> "buses"."""
+    if category in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[category]
+    if category.endswith(("s", "sh", "ch", "x")):
+        return category + "es"
+    return category + "s"
 
 
 @dataclass(frozen=True)
@@ -111,6 +162,11 @@ class QueryConfig:
         depth_margin_rel: ... or this fraction of the distance, whichever is larger.
         volume_ratio: "largest" needs this volume ratio to the runner-up.
         box_jitter: relative jitter of box prompts (of the box size).
+        negatives_per_image: negative queries per image (no target; captions and questions).
+        multi_target_per_image: multi-target captions per image (fewer when none is verified).
+
+    Raises:
+        ConfigError: a negative count.
     """
 
     captions_per_image: int = 3
@@ -126,6 +182,21 @@ class QueryConfig:
     depth_margin_rel: float = 0.1
     volume_ratio: float = 1.3
     box_jitter: float = 0.04
+    negatives_per_image: int = 0
+    multi_target_per_image: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "captions_per_image",
+            "questions_per_image",
+            "box_prompts_per_image",
+            "point_prompts_per_image",
+            "negatives_per_image",
+            "multi_target_per_image",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"QueryConfig.{name} must be an integer >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -143,6 +214,10 @@ class Desc:
     def phrase(self) -> str:
         """The noun phrase, e.g. "the small red chair"."""
         return f"the {self.words()}"
+
+    def plural_phrase(self) -> str:
+        """The plural noun phrase, e.g. "the small red chairs"."""
+        return " ".join(w for w in ("the", self.size, self.color, plural(self.category)) if w)
 
     def matches(self, obj: ObjectRecord) -> bool:
         """True when the object is of this category and has the given attributes."""
@@ -374,12 +449,284 @@ class CaptionBuilder:
             found = getattr(self, relation)(target)
             if found is not None:
                 phrase, anchors = found
-                carrier = CARRIERS[int(self.rng.integers(len(CARRIERS)))]
-                text = carrier.format(phrase)
-                text = text[0].upper() + text[1:]
-                if not text.endswith("?"):
-                    text += "."
-                return text, relation, anchors
+                return with_carrier(phrase, CARRIERS, self.rng), relation, anchors
+        return None
+
+
+def with_carrier(phrase: str, carriers: tuple[str, ...], rng: np.random.Generator) -> str:
+    """Wrap a noun phrase in a random carrier: "Find the red chair.", "Where is the lamp?"."""
+    carrier = carriers[int(rng.integers(len(carriers)))]
+    text = carrier.format(phrase)
+    text = text[0].upper() + text[1:]
+    if not text.endswith("?"):
+        text += "."
+    return text
+
+
+@dataclass
+class ExtraQuery:
+    """A negative or multi-target query before it becomes a QueryRecord.
+
+    Attributes:
+        type: "caption" or "question".
+        text: the sentence.
+        answer: the category named (for a negative: the one asked for and not there).
+        targets: the objects denoted ([] for a negative), in image order.
+        extra: "relation" / "negative" / "need" / "anchor_object_ids" keys for the record.
+    """
+
+    type: str
+    text: str
+    answer: str
+    targets: list[ObjectRecord]
+    extra: dict[str, Any]
+
+
+_CATEGORY_BY_NAME = {c.name: c for c in CATEGORIES}
+
+
+class NegativeBuilder:
+    """Builds verified negative queries (no object answers them) for one image.
+
+    Args:
+        captions: the image's CaptionBuilder (its anchors, margins and random generator).
+        unnameable: categories no query of this image may name (novel ones in "train").
+    """
+
+    def __init__(self, captions: CaptionBuilder, unnameable: frozenset[str]) -> None:
+        self.captions = captions
+        self.image = captions.image
+        self.rng = captions.rng
+        self.unnameable = unnameable
+        self.present = sorted({o.category_name for o in self.image.objects})
+        # Categories with objects here that a query may name (their objects are all allowed).
+        self.nameable_present = [c for c in self.present if c not in unnameable]
+
+    def _scene_categories(self) -> list[str]:
+        """Nameable categories of the image's scene kind that have no object in the image."""
+        fitting = [c.name for c in CATEGORIES if self.image.scene in c.scenes]
+        names = fitting or [c.name for c in CATEGORIES]
+        return [n for n in names if n not in self.present and n not in self.unnameable]
+
+    def _of(self, category: str) -> list[ObjectRecord]:
+        return [o for o in self.image.objects if o.category_name == category]
+
+    def _pick(self, options: list[str]) -> str:
+        return options[int(self.rng.integers(len(options)))]
+
+    def absent(self) -> tuple[str, str, list[str], str] | None:
+        """A category that fits the scene and has no object here (sometimes with a colour)."""
+        options = self._scene_categories()
+        if not options:
+            return None
+        name = self._pick(options)
+        category = _CATEGORY_BY_NAME.get(name)
+        color = None
+        if category is not None and self.rng.random() < 0.3:
+            color = self._pick(list(category.colors))
+        return Desc(name, color=color).phrase(), "none", [], name
+
+    def wrong_color(self) -> tuple[str, str, list[str], str] | None:
+        """A present category in a colour none of its objects has (one it could have)."""
+        options: list[tuple[str, str]] = []
+        for name in self.nameable_present:
+            seen = {o.attributes.get("color") for o in self._of(name)}
+            category = _CATEGORY_BY_NAME.get(name)
+            palette = category.colors if category is not None else tuple(COLORS)
+            options += [(name, c) for c in palette if c not in seen]
+        if not options:
+            return None
+        name, color = options[int(self.rng.integers(len(options)))]
+        return Desc(name, color=color).phrase(), "none", [], name
+
+    def wrong_size(self) -> tuple[str, str, list[str], str] | None:
+        """A present category whose objects are all "large" asked as "small" (or the reverse)."""
+        options: list[tuple[str, str]] = []
+        for name in self.nameable_present:
+            sizes = {o.attributes.get("size") for o in self._of(name)}
+            if sizes == {"large"}:
+                options.append((name, "small"))
+            elif sizes == {"small"}:
+                options.append((name, "large"))
+        if not options:
+            return None
+        name, size = options[int(self.rng.integers(len(options)))]
+        return Desc(name, size=size).phrase(), "none", [], name
+
+    def wrong_relation(self) -> tuple[str, str, list[str], str] | None:
+        """DESC in a relation to anchors that every object of DESC clearly does not satisfy."""
+        builder, judge = self.captions, self.captions.judge
+        anchors = builder.anchors
+        if not anchors or not self.nameable_present:
+            return None
+        word = {"left_of": "to the left of", "right_of": "to the right of", "behind": "behind"}
+        relations = ("left_of", "right_of", "behind", "between")
+        for r in self.rng.permutation(len(relations)):
+            relation = relations[int(r)]
+            for c in self.rng.permutation(len(self.nameable_present)):
+                desc = Desc(self.nameable_present[int(c)])
+                for a in self.rng.permutation(len(anchors)):
+                    anchor, anchor_desc = anchors[int(a)]
+                    if relation == "between":
+                        pairs = [anchors[int(b)] for b in range(len(anchors)) if int(b) != int(a)]
+                        if not pairs:
+                            continue
+                        other, other_desc = pairs[int(self.rng.integers(len(pairs)))]
+                        group = (anchor, other)
+                        candidates = builder._candidates(desc, group)
+                        verdicts = [judge.between(o, anchor, other) for o in candidates]
+                        phrase = (
+                            f"{desc.phrase()} between {anchor_desc.phrase()} and "
+                            f"{other_desc.phrase()}"
+                        )
+                    else:
+                        group = (anchor,)
+                        candidates = builder._candidates(desc, group)
+                        test = getattr(judge, relation)
+                        verdicts = [test(o, anchor) for o in candidates]
+                        phrase = f"{desc.phrase()} {word[relation]} {anchor_desc.phrase()}"
+                    if candidates and all(v is False for v in verdicts):
+                        return phrase, relation, [o.object_id for o in group], desc.category
+        return None
+
+    def question(self) -> ExtraQuery | None:
+        """A one-category need (fitting the scene) that no object in the image serves."""
+        options = [
+            need
+            for need in NEEDS
+            if len(need.categories) == 1
+            and need.categories[0] not in self.present
+            and need.categories[0] not in self.unnameable
+            and self.image.scene in getattr(_CATEGORY_BY_NAME.get(need.categories[0]), "scenes", ())
+        ]
+        if not options:
+            return None
+        need = options[int(self.rng.integers(len(options)))]
+        text = need.texts[int(self.rng.integers(len(need.texts)))]
+        return ExtraQuery(
+            "question", text, need.categories[0], [], {"need": need.key, "negative": "absent"}
+        )
+
+    def negative(self, used: set[str]) -> ExtraQuery | None:
+        """One negative query whose phrase is not in `used` (the kinds tried in random order)."""
+        weights = _NEGATIVE_WEIGHTS / _NEGATIVE_WEIGHTS.sum()
+        count = len(NEGATIVE_KINDS)
+        for k in self.rng.choice(count, size=count, replace=False, p=weights):
+            kind = NEGATIVE_KINDS[int(k)]
+            if kind == "question":
+                query = self.question()
+                if query is not None and query.extra["need"] not in used:
+                    used.add(query.extra["need"])
+                    return query
+                continue
+            found = getattr(self, kind)()
+            if found is None or found[0] in used:
+                continue
+            phrase, relation, anchors, category = found
+            used.add(phrase)
+            extra = {"relation": relation, "negative": kind, "anchor_object_ids": anchors}
+            return ExtraQuery("caption", with_carrier(phrase, CARRIERS, self.rng), category, [],
+                              extra)  # fmt: skip
+        return None
+
+
+class MultiTargetBuilder:
+    """Builds verified multi-target captions ("all the chairs") for one image.
+
+    Args:
+        captions: the image's CaptionBuilder (its anchors, margins and random generator).
+        eligible: objects that may be targets; every object a phrase denotes must be one.
+    """
+
+    def __init__(self, captions: CaptionBuilder, eligible: list[ObjectRecord]) -> None:
+        self.captions = captions
+        self.image = captions.image
+        self.rng = captions.rng
+        self.eligible_ids = {o.object_id for o in eligible}
+        self.margin_px = captions.judge.margin_px
+        descs: list[Desc] = []
+        for obj in eligible:
+            for desc in _descriptions(obj)[:3]:  # category, + colour, + size
+                if desc not in descs:
+                    descs.append(desc)
+        self.descs = descs
+
+    def _targets_ok(self, targets: list[ObjectRecord]) -> bool:
+        return len(targets) >= 2 and all(o.object_id in self.eligible_ids for o in targets)
+
+    def all(self, desc: Desc) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        """Every object matching DESC: "all the red chairs" or "every red chair"."""
+        targets = [o for o in self.image.objects if desc.matches(o)]
+        if not self._targets_ok(targets):
+            return None
+        if self.rng.random() < 0.3:
+            return f"every {desc.words()}", targets, []
+        return f"all {desc.plural_phrase()}", targets, []
+
+    def _half(self, desc: Desc, side: str) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        matching = [o for o in self.image.objects if desc.matches(o)]
+        middle = self.image.width / 2.0
+        offsets = [float(o.center_2D[0]) - middle for o in matching]
+        if any(abs(d) <= self.margin_px for d in offsets):
+            return None  # one is near the middle: borderline
+        targets = [o for o, d in zip(matching, offsets, strict=True) if (d < 0) == (side == "left")]
+        if not self._targets_ok(targets):
+            return None
+        return f"{desc.plural_phrase()} on the {side}", targets, []
+
+    def left_half(self, desc: Desc) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        """Objects matching DESC in the left half of the image: "the chairs on the left"."""
+        return self._half(desc, "left")
+
+    def right_half(self, desc: Desc) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        """Objects matching DESC in the right half of the image: "the chairs on the right"."""
+        return self._half(desc, "right")
+
+    def _of_anchor(
+        self, desc: Desc, relation: str
+    ) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        builder = self.captions
+        test = getattr(builder.judge, relation)
+        word = {"left_of": "to the left of", "right_of": "to the right of"}[relation]
+        for k in self.rng.permutation(len(builder.anchors)):
+            anchor, anchor_desc = builder.anchors[int(k)]
+            candidates = builder._candidates(desc, (anchor,))
+            verdicts = [test(o, anchor) for o in candidates]
+            if any(v is None for v in verdicts):
+                continue  # a borderline candidate
+            targets = [o for o, v in zip(candidates, verdicts, strict=True) if v]
+            if self._targets_ok(targets):
+                phrase = f"{desc.plural_phrase()} {word} {anchor_desc.phrase()}"
+                return phrase, targets, [anchor.object_id]
+        return None
+
+    def left_of(self, desc: Desc) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        """Objects matching DESC left of an anchor: "the chairs to the left of the lamp"."""
+        return self._of_anchor(desc, "left_of")
+
+    def right_of(self, desc: Desc) -> tuple[str, list[ObjectRecord], list[str]] | None:
+        """Objects matching DESC right of an anchor: "the chairs to the right of the lamp"."""
+        return self._of_anchor(desc, "right_of")
+
+    def multi(self, used: set[str]) -> ExtraQuery | None:
+        """One multi-target caption whose phrase is not in `used`, or None."""
+        if not self.descs:
+            return None
+        weights = _MULTI_WEIGHTS / _MULTI_WEIGHTS.sum()
+        count = len(MULTI_RELATIONS)
+        for k in self.rng.choice(count, size=count, replace=False, p=weights):
+            relation = MULTI_RELATIONS[int(k)]
+            for d in self.rng.permutation(len(self.descs)):
+                desc = self.descs[int(d)]
+                found = getattr(self, relation)(desc)
+                if found is None or found[0] in used:
+                    continue
+                phrase, targets, anchors = found
+                used.add(phrase)
+                carriers = EVERY_CARRIERS if phrase.startswith("every ") else PLURAL_CARRIERS
+                extra = {"relation": relation, "anchor_object_ids": anchors}
+                text = with_carrier(phrase, carriers, self.rng)
+                return ExtraQuery("caption", text, desc.category, targets, extra)
         return None
 
 
@@ -407,14 +754,17 @@ def make_queries(
     Args:
         image: the image record with its final objects.
         points: object_id -> (k, 2) [u, v] visible pixels (point prompts come from here).
-        split: the image's split; in "train", novel-category objects are never targets/anchors.
+        split: the image's split; in "train", novel-category objects are never targets/anchors
+            and novel categories are never named.
         novel: the held-out category names.
         rng: the image's random generator.
         config: counts and margins (defaults: QueryConfig()).
 
     Returns:
         QueryRecords with ids "<image_id>_q<k>", in a fixed order (captions, questions, box
-        prompts, point prompts).
+        prompts, point prompts, multi-target captions, negative queries). The last two kinds
+        draw from `rng` only when their counts are > 0, after everything else, so turning them
+        on leaves the other queries of the image unchanged.
     """
     config = config or QueryConfig()
     allowed = [o for o in image.objects if split != "train" or o.category_name not in novel]
@@ -482,6 +832,23 @@ def make_queries(
         made.append(("point_prompt", text, target, {"point_prompt": point}))
         point_count += 1
 
+    extras: list[ExtraQuery] = []
+    used: set[str] = set()
+    if config.multi_target_per_image > 0:
+        multi = MultiTargetBuilder(builder, eligible)
+        for _ in range(config.multi_target_per_image):
+            query = multi.multi(used)
+            if query is None:
+                break
+            extras.append(query)
+    if config.negatives_per_image > 0:
+        negatives = NegativeBuilder(builder, novel if split == "train" else frozenset())
+        for _ in range(config.negatives_per_image):
+            query = negatives.negative(used)
+            if query is None:
+                break
+            extras.append(query)
+
     out = []
     for index, (qtype, text, target, made_extra) in enumerate(made):
         fields: dict[str, Any] = dict(made_extra)
@@ -501,6 +868,21 @@ def make_queries(
                 novel_category=target.category_name in novel,
                 camera_group=image.camera_group,
                 extra=fields,
+            )
+        )
+    for index, query in enumerate(extras, start=len(made)):
+        out.append(
+            QueryRecord(
+                query_id=f"{image.image_id}_q{index}",
+                image_id=image.image_id,
+                split=split,
+                type=query.type,
+                text=query.text,
+                answer=query.answer,
+                novel_category=query.answer in novel,
+                camera_group=image.camera_group,
+                extra=dict(query.extra),
+                target_object_ids=tuple(o.object_id for o in query.targets),
             )
         )
     return out

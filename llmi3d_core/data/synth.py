@@ -2,13 +2,16 @@
 
     llmi3d data synth --out data/synth --num-images 500 --seed 0
     llmi3d data synth --out data/synth_vga --num-images 200 --camera-groups vga_normal,vga_wide
+    llmi3d data synth --out data/synth_neg --num-images 400 --negatives-per-image 1 \
+        --multi-target-per-image 1
 
 Each image is a room or a street seen by a camera of one of several groups (640x480, KITTI-like
 1242x375, nuScenes-like 1600x900; f_x 300-1600 px; varying height and pitch), with 3-12 objects
 of 25 categories standing on the ground. Objects are built from primitives (synth_shapes), drawn
 with Lambert shading in painter's order (synth_render), and annotated with Omni3D-style ground
 truth; queries (captions with attributes and relations, common-sense questions, 2D box and point
-prompts) come from `queries`. The output follows docs/dataset_format.md.
+prompts; on request negative queries and multi-target captions) come from `queries`. The
+output follows docs/dataset_format.md.
 
 Determinism: image i is a pure function of (seed, i) (its own `numpy.random.Generator`), so the
 same seed gives byte-identical files, with or without worker processes.
@@ -56,6 +59,7 @@ from llmi3d_core.errors import ConfigError
 
 GENERATOR_VERSION = 1
 _SPLITS = ("train", "val", "test")
+_LATER_QUERY_COUNTS = ("negatives_per_image", "multi_target_per_image")
 
 
 @dataclass
@@ -393,10 +397,16 @@ def dataset_info(config: SynthConfig, novel: list[str]) -> DatasetInfo:
             "fx_range": list(g.fx_range),
             "description": g.description,
         }
+    config_dict = asdict(config)
+    # Counts of the query kinds added later are stored only when used, so that a dataset made
+    # with the defaults keeps the dataset.json (and so the bytes) it had before they existed.
+    for name in _LATER_QUERY_COUNTS:
+        if not config_dict["queries"][name]:
+            del config_dict["queries"][name]
     generator: dict[str, Any] = {
         "program": "llmi3d data synth",
         "version": GENERATOR_VERSION,
-        "config": asdict(config),
+        "config": config_dict,
         "size_priors_lwh": {c.name: list(c.dims_lwh) for c in CATEGORIES},
     }
     return DatasetInfo(
@@ -462,6 +472,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated camera groups (available: {', '.join(CAMERA_GROUPS)})",
     )
     parser.add_argument("--novel-fraction", type=float, default=defaults.novel_fraction)
+    parser.add_argument(
+        "--negatives-per-image",
+        type=int,
+        default=defaults.queries.negatives_per_image,
+        help="negative queries per image: the object named is not there (answer: not here)",
+    )
+    parser.add_argument(
+        "--multi-target-per-image",
+        type=int,
+        default=defaults.queries.multi_target_per_image,
+        help='multi-target captions per image ("all the chairs", "the cars on the left")',
+    )
     parser.add_argument("--jpg", action="store_true", help="write JPEG instead of PNG pictures")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (same output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
@@ -476,6 +498,10 @@ def run(args: argparse.Namespace) -> int:
         camera_groups=tuple(g.strip() for g in args.camera_groups.split(",") if g.strip()),
         novel_fraction=args.novel_fraction,
         image_suffix=".jpg" if args.jpg else ".png",
+        queries=QueryConfig(
+            negatives_per_image=args.negatives_per_image,
+            multi_target_per_image=args.multi_target_per_image,
+        ),
     )
     start = time.perf_counter()
     out = generate_dataset(

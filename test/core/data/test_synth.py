@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from llmi3d_core.cli import main as llmi3d_main
 from llmi3d_core.data.format import read_dataset
-from llmi3d_core.data.queries import NEEDS
+from llmi3d_core.data.queries import NEEDS, QueryConfig
 from llmi3d_core.data.synth import SynthConfig, generate_dataset, novel_categories
 from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS, build_mesh
 from llmi3d_core.errors import ConfigError, DataFormatError, InvalidInputError
@@ -23,6 +24,15 @@ def synth_dir(tmp_path_factory) -> Path:
     """A small dataset over every camera group (rooms and streets), made once for the module."""
     out = tmp_path_factory.mktemp("synth") / "ds"
     config = SynthConfig(num_images=16, seed=11, split_fractions=(0.5, 0.25, 0.25))
+    return generate_dataset(config, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def synth_more_dir(tmp_path_factory) -> Path:
+    """The same images with negative queries and multi-target captions turned on."""
+    out = tmp_path_factory.mktemp("synth_more") / "ds"
+    queries = QueryConfig(negatives_per_image=2, multi_target_per_image=2)
+    config = SynthConfig(num_images=16, seed=11, split_fractions=(0.5, 0.25, 0.25), queries=queries)
     return generate_dataset(config, out, progress=False)
 
 
@@ -43,6 +53,15 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     other = SynthConfig(num_images=3, seed=6, camera_groups=("vga_normal", "vga_wide"))
     c = _all_bytes(generate_dataset(other, tmp_path / "c", progress=False))
     assert c["images.jsonl"] != a["images.jsonl"]
+    more = SynthConfig(
+        num_images=3,
+        seed=5,
+        camera_groups=("vga_normal", "vga_wide"),
+        queries=QueryConfig(negatives_per_image=1, multi_target_per_image=1),
+    )
+    d = _all_bytes(generate_dataset(more, tmp_path / "d", progress=False))
+    e = _all_bytes(generate_dataset(more, tmp_path / "e", progress=False, workers=2))
+    assert d == e
 
 
 def test_ground_truth_is_geometrically_consistent(synth_dir):
@@ -90,18 +109,51 @@ def test_catalogue_has_20_multi_part_categories_with_tight_meshes():
 # with plain (margin-free) comparisons.
 # ------------------------------------------------------------------------------------------
 
-_PREFIXES = ("give me the 3d box of ", "where is ", "show me ", "locate ", "find ")
+_PREFIXES = (
+    "give me the 3d boxes of ",
+    "give me the 3d box of ",
+    "where is ",
+    "where are ",
+    "show me ",
+    "locate ",
+    "find ",
+)
 
 
-def _parse_desc(text: str, categories: list[str]) -> tuple[str | None, str | None, str]:
+def _singular(noun: str, categories: list[str]) -> str:
+    """The category a plural noun names ("people" -> "person", "benches" -> "bench")."""
+    candidates = {"people": ["person"]}.get(noun, [])
+    if noun.endswith("ves"):
+        candidates.append(noun[:-3] + "f")
+    if noun.endswith("es"):
+        candidates.append(noun[:-2])
+    if noun.endswith("s"):
+        candidates.append(noun[:-1])
+    found = [c for c in candidates if c in categories]
+    assert found, f"{noun!r} is not the plural of a category"
+    return found[0]
+
+
+def _parse_desc(
+    text: str, categories: list[str], *, plural: bool = False
+) -> tuple[str | None, str | None, str]:
     words = text.split(" ")
     assert words[0] == "the", text
     words = words[1:]
     size = words.pop(0) if words[0] in ("small", "large") else None
     color = words.pop(0) if words[0] in COLORS else None
     category = " ".join(words)
+    if plural:
+        category = _singular(category, categories)
     assert category in categories, f"unknown category {category!r} in {text!r}"
     return size, color, category
+
+
+def _desc_any_number(text: str, categories: list[str]) -> tuple[tuple, bool]:
+    """(desc, plural) of a noun phrase that may be singular or plural."""
+    noun = " ".join(w for w in text.split(" ")[1:] if w not in ("small", "large", *COLORS))
+    plural = noun not in categories
+    return _parse_desc(text, categories, plural=plural), plural
 
 
 def _matching(objects, desc):
@@ -121,8 +173,13 @@ def _the_one(objects, desc, text):
     return found[0]
 
 
-def resolve_caption(text: str, objects, categories) -> list:
-    """Return the objects a caption denotes (the caption is right when this is one object)."""
+def resolve_caption(text: str, image, categories) -> tuple[list, bool]:
+    """The objects a caption denotes, and whether it speaks of several (a plural phrase).
+
+    A caption is right when this is exactly its targets: one object for a single-target
+    caption, none for a negative one, all of them (and a plural phrase) for a multi-target one.
+    """
+    objects = image.objects
     t = text.lower().rstrip(".?").strip()
     for prefix in _PREFIXES:
         if t.startswith(prefix):
@@ -135,6 +192,16 @@ def resolve_caption(text: str, objects, categories) -> list:
     def u(o):
         return float(o.center_2D[0])
 
+    if m := re.fullmatch(r"every (.+)", t):
+        return _matching(objects, _parse_desc("the " + m.group(1), categories)), True
+    if m := re.fullmatch(r"all (the .+)", t):
+        return _matching(objects, _parse_desc(m.group(1), categories, plural=True)), True
+    if m := re.fullmatch(r"(the .+?) on the (left|right)", t):
+        found = _matching(objects, _parse_desc(m.group(1), categories, plural=True))
+        middle = image.width / 2
+        if m.group(2) == "left":
+            return [o for o in found if u(o) < middle], True
+        return [o for o in found if u(o) > middle], True
     if m := re.fullmatch(r"the (nearest|farthest|largest) (.+)", t):
         found = _matching(objects, _parse_desc("the " + m.group(2), categories))
         key = {
@@ -143,7 +210,7 @@ def resolve_caption(text: str, objects, categories) -> list:
             "largest": lambda o: -np.prod(o.dimensions),
         }
         best = min(key[m.group(1)](o) for o in found)
-        return [o for o in found if key[m.group(1)](o) == best]
+        return [o for o in found if key[m.group(1)](o) == best], False
     if m := re.fullmatch(r"(the .+?) between (the .+?) and (the .+)", t):
         a = _the_one(objects, _parse_desc(m.group(2), categories), text)
         b = _the_one(objects, _parse_desc(m.group(3), categories), text)
@@ -151,37 +218,123 @@ def resolve_caption(text: str, objects, categories) -> list:
         found = [
             o for o in _matching(objects, _parse_desc(m.group(1), categories)) if o not in (a, b)
         ]
-        return [o for o in found if lo < u(o) < hi]
+        return [o for o in found if lo < u(o) < hi], False
     if m := re.fullmatch(r"(the .+?) (to the left of|to the right of|behind) (the .+)", t):
         anchor = _the_one(objects, _parse_desc(m.group(3), categories), text)
-        found = [
-            o for o in _matching(objects, _parse_desc(m.group(1), categories)) if o is not anchor
-        ]
+        desc, plural = _desc_any_number(m.group(1), categories)
+        found = [o for o in _matching(objects, desc) if o is not anchor]
         if m.group(2) == "to the left of":
-            return [o for o in found if u(o) < u(anchor)]
+            return [o for o in found if u(o) < u(anchor)], plural
         if m.group(2) == "to the right of":
-            return [o for o in found if u(o) > u(anchor)]
+            return [o for o in found if u(o) > u(anchor)], plural
 
         def overlap(o):
             a, b = o.bbox2D_tight, anchor.bbox2D_tight
             return min(a[2], b[2]) - max(a[0], b[0])
 
-        return [o for o in found if dist(o) > dist(anchor) and overlap(o) > 0]
-    return _matching(objects, _parse_desc(t, categories))
+        return [o for o in found if dist(o) > dist(anchor) and overlap(o) > 0], plural
+    return _matching(objects, _parse_desc(t, categories)), False
+
+
+def _named_categories(text: str, categories: list[str]) -> set[str]:
+    """Every category a caption names (targets and anchors, singular or plural)."""
+    words = text.lower().rstrip(".?").split(" ")
+    named = set()
+    for start in range(len(words)):
+        for stop in (start + 1, start + 2):
+            phrase = " ".join(words[start:stop])
+            if phrase in categories:
+                named.add(phrase)
+                continue
+            with contextlib.suppress(AssertionError):  # not a plural of a category
+                named.add(_singular(phrase, categories))
+    return named
+
+
+def _check_captions(ds) -> set[str]:
+    """Every caption denotes exactly its targets under the independent reading; its relations."""
+    relations = set()
+    for query in [q for q in ds.queries if q.type == "caption"]:
+        image = ds.image(query.image_id)
+        found, plural = resolve_caption(query.text, image, ds.info.categories)
+        assert sorted(o.object_id for o in found) == sorted(query.target_object_ids), query.text
+        assert plural == query.is_multi_target, query.text
+        assert all(o.category_name == query.answer for o in found), query.text
+        relations.add(query.extra["relation"])
+    return relations
 
 
 def test_every_caption_picks_exactly_its_target(synth_dir):
     ds = read_dataset(synth_dir)
     captions = [q for q in ds.queries if q.type == "caption"]
     assert len(captions) >= 16
-    relations = set()
+    assert not any(q.is_negative or q.is_multi_target for q in ds.queries)  # off by default
     for query in captions:
-        objects = ds.image(query.image_id).objects
-        found = resolve_caption(query.text, objects, ds.info.categories)
-        assert [o.object_id for o in found] == [query.target_object_id], query.text
         assert query.answer == ds.target(query).category_name
-        relations.add(query.extra["relation"])
+    relations = _check_captions(ds)
     assert len(relations) >= 3, relations
+
+
+def test_negative_and_multi_target_queries_are_verified(synth_more_dir):
+    ds = read_dataset(synth_more_dir)
+    negatives = [q for q in ds.queries if q.is_negative]
+    multi = [q for q in ds.queries if q.is_multi_target]
+    assert len(negatives) == 2 * len(ds.images)  # an absent category or need always exists
+    assert len(multi) >= 8
+    relations = _check_captions(ds)  # negatives resolve to nothing, multi to all targets
+    assert {"left_of", "all"} <= relations
+    assert len({q.extra["negative"] for q in negatives}) >= 3
+    assert len({q.extra["relation"] for q in multi}) >= 2
+    needs = {n.key: n.categories for n in NEEDS}
+    novel = set(ds.info.novel_categories)
+    for query in negatives:
+        image = ds.image(query.image_id)
+        present = {o.category_name for o in image.objects}
+        assert query.type in ("caption", "question")
+        assert query.box_prompt is None and query.point_prompt is None
+        assert query.novel_category == (query.answer in novel)
+        if query.type == "question":
+            assert needs[query.extra["need"]] == (query.answer,)
+            assert query.answer not in present, query.text
+        elif query.extra["negative"] == "absent":
+            assert query.answer not in present, query.text
+        else:  # wrong colour, size or relation: the category is there, just not like that
+            assert query.answer in present, query.text
+        for anchor_id in query.extra.get("anchor_object_ids", []):
+            image.object_by_id(anchor_id)
+    for query in multi:
+        targets = ds.targets(query)
+        assert len(targets) >= 2 and query.type == "caption"
+        assert all(t.visibility >= 0.3 and t.truncation <= 0.5 for t in targets), query.text
+        assert query.novel_category == (query.answer in novel)
+
+
+def test_training_queries_never_name_a_novel_category(synth_more_dir):
+    ds = read_dataset(synth_more_dir)
+    novel = set(ds.info.novel_categories)
+    train = [q for q in ds.queries if q.split == "train"]
+    assert len(train) >= 20
+    for query in train:
+        assert query.answer not in novel, query.text
+        if query.type == "caption":
+            assert not _named_categories(query.text, ds.info.categories) & novel, query.text
+        for obj in ds.targets(query):
+            assert obj.category_name not in novel, query.text
+
+
+def test_new_kinds_leave_the_other_queries_unchanged(synth_dir, synth_more_dir):
+    plain, more = read_dataset(synth_dir), read_dataset(synth_more_dir)
+    assert (synth_dir / "images.jsonl").read_bytes() == (
+        synth_more_dir / "images.jsonl"
+    ).read_bytes()
+    by_id = {q.query_id: q for q in more.queries}
+    for query in plain.queries:
+        other = by_id[query.query_id]
+        assert (other.text, other.target_object_ids) == (query.text, query.target_object_ids)
+    info = json.loads((synth_dir / "dataset.json").read_text())
+    assert "negatives_per_image" not in info["generator"]["config"]["queries"]
+    info = json.loads((synth_more_dir / "dataset.json").read_text())
+    assert info["generator"]["config"]["queries"]["negatives_per_image"] == 2
 
 
 def test_questions_prompts_and_splits(synth_dir):
@@ -249,12 +402,30 @@ def test_config_errors(kwargs, match):
         SynthConfig(**kwargs)
 
 
+def test_query_config_errors():
+    with pytest.raises(
+        ConfigError, match=r"QueryConfig.negatives_per_image must be an integer >= 0"
+    ):
+        QueryConfig(negatives_per_image=-1)
+    with pytest.raises(ConfigError, match=r"multi_target_per_image must be an integer >= 0"):
+        QueryConfig(multi_target_per_image=1.5)
+
+
 def test_cli_synth_and_contact_sheet(tmp_path, capsys):
     out = tmp_path / "cli"
     assert llmi3d_main(["data", "synth", "--out", str(out), "--num-images", "2", "--seed", "3",
                         "--camera-groups", "vga_normal", "--no-progress"]) == 0  # fmt: skip
     assert "wrote 2 images" in capsys.readouterr().out
     assert len(read_dataset(out).images) == 2
+    more = tmp_path / "cli_more"
+    assert llmi3d_main(["data", "synth", "--out", str(more), "--num-images", "2", "--seed", "3",
+                        "--camera-groups", "vga_normal", "--no-progress", "--negatives-per-image",
+                        "2", "--multi-target-per-image", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert sum(q.is_negative for q in read_dataset(more).queries) == 4
+    assert llmi3d_main(["data", "synth", "--out", str(tmp_path / "x"),
+                        "--negatives-per-image", "-1"]) == 2  # fmt: skip
+    assert "negatives_per_image must be an integer >= 0" in capsys.readouterr().err
     # a second run into the same directory is refused without --overwrite
     assert llmi3d_main(["data", "synth", "--out", str(out), "--num-images", "1"]) == 2
     assert "already holds" in capsys.readouterr().err
