@@ -1,6 +1,7 @@
-"""3D visual-grounding metrics: Acc@0.25, Acc@0.5, mean IoU and metric size / depth errors.
+"""3D visual-grounding metrics: Acc@k, IoU, errors; "not here", multi-target P/R, calibration.
 
-One prediction per query, compared with its ground-truth box (DESIGN.md, "Metrics"):
+Single-target queries: one prediction per query, compared with its ground-truth box (DESIGN.md,
+"Metrics"; `grounding_metrics`):
 
 * Acc@k: the fraction of queries whose IoU is strictly greater than k (as Mono3DVG's evaluator,
   ``iou > 0.25``), for k in {0.25, 0.5}.
@@ -11,13 +12,39 @@ One prediction per query, compared with its ground-truth box (DESIGN.md, "Metric
 The IoU is the exact oriented 3D IoU by default (``iou="exact"``, as Omni3D's ``box3d_overlap``).
 ``iou="mono3dvg"`` reproduces Mono3DVG's axis-aligned, rotation-blind IoU and exists only to
 compare with its published tables; always report which one a number uses.
+
+Queries with 0, 1 or several targets, each answered with a list of predictions (possibly empty:
+"not here"; best first), are scored by `query_metrics`:
+
+* Single-target queries keep the numbers above, computed from the FIRST prediction; an empty
+  answer is a miss (IoU 0, not grounded) and is left out of the depth / size error means
+  (``empty_count`` says how many there were). ``grounding_acc``: the fraction whose first 2D box
+  has IoU > 0.5 with the target's tight 2D box (the chosen object is the target).
+* Negative queries (no target): ``not_here_rate``, the fraction answered with an empty list.
+* Multi-target queries: predictions are matched one-to-one to targets greedily, best score first
+  (each prediction takes the unmatched target it overlaps most, if the IoU is above the
+  threshold), as COCO matches detections. Summed over the queries: precision = matched
+  predictions / predictions, recall = matched targets / targets; by 3D IoU > 0.25
+  (``multi_precision@0.25``, ``multi_recall@0.25``) and by 2D IoU > 0.5 with the tight 2D boxes
+  (``multi_precision_2d@0.5``, ``multi_recall_2d@0.5``; the issue's target is stated so).
+* ``ece``, the expected calibration error of the score, over every returned prediction of every
+  query: a prediction is correct when the greedy 2D matching above (IoU > 0.5, best score first)
+  gives it a target (so a second box on the same target, and any box of a negative query, is
+  wrong); scores fall into 10 equal-width bins over [0, 1] (a score of 1 in the last), and
+  ECE = sum over bins of (n_bin / n) * |accuracy_bin - mean score_bin|
+  (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+
+A value that has nothing to average (no query of that kind, no prediction) is None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import (
@@ -30,14 +57,25 @@ from llmi3d_core.geometry import (
 
 __all__ = [
     "ACC_THRESHOLDS",
+    "ECE_BINS",
+    "GROUNDING_IOU_2D",
     "IOU_VARIANTS",
+    "MULTI_IOU_3D",
+    "ScoredBox",
     "accuracy_at",
+    "box2d_iou_matrix",
     "box_ious",
+    "expected_calibration_error",
     "format_metrics",
+    "greedy_match",
     "grounding_metrics",
+    "query_metrics",
 ]
 
 ACC_THRESHOLDS = (0.25, 0.5)
+GROUNDING_IOU_2D = 0.5  # 2D IoU above which the chosen object is the target
+MULTI_IOU_3D = 0.25  # 3D IoU above which a multi-target prediction hits a target
+ECE_BINS = 10
 
 
 def _stack(boxes: Sequence[Box3D], name: str) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -165,3 +203,261 @@ def format_metrics(metrics: dict[str, float], *, iou: str = "exact") -> str:
     parts += [f"{name} {metrics[f'{name}_mae']:.3f} m" for name in ("depth", "length", "width")]
     parts.append(f"height {metrics['height_mae']:.3f} m")
     return " | ".join(parts) + f" (IoU: {iou}, n={int(metrics['count'])})"
+
+
+# --------------------------------------------------------------------------------------------
+# 0, 1 or several targets; lists of predictions
+# --------------------------------------------------------------------------------------------
+
+
+class Scored(Protocol):
+    """What `query_metrics` reads of a prediction or a target (targets' scores are unused)."""
+
+    @property
+    def box(self) -> Box3D:
+        """The 3D box."""
+        ...
+
+    @property
+    def box2d(self) -> FloatArray:
+        """(4,) [x1, y1, x2, y2] px."""
+        ...
+
+    @property
+    def score(self) -> float:
+        """Confidence in [0, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScoredBox:
+    """A 3D box with its 2D box (px) and a score: a prediction, or a target (score unused).
+
+    Attributes:
+        box: the 3D box, camera frame.
+        box2d: (4,) [x1, y1, x2, y2] px of the image; for a target, its tight 2D box.
+        score: confidence in [0, 1].
+    """
+
+    box: Box3D
+    box2d: FloatArray
+    score: float = 1.0
+
+
+def _boxes2d(value: npt.ArrayLike, name: str) -> FloatArray:
+    """(N, 4) float64 boxes from a (4,) box, (N, 4) boxes or an empty sequence."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, 4))
+    if array.shape[-1:] != (4,) or array.ndim > 2 or not np.isfinite(array).all():
+        raise InvalidInputError(
+            f"{name} must be finite [x1, y1, x2, y2] boxes of shape (4,) or (N, 4), got "
+            f"shape {array.shape}"
+        )
+    return array.reshape(-1, 4)
+
+
+def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
+    """IoU of every pair of axis-aligned 2D boxes.
+
+    Args:
+        boxes_a: (N, 4) [x1, y1, x2, y2] px.
+        boxes_b: (M, 4) [x1, y1, x2, y2] px.
+
+    Returns:
+        (N, M) IoU in [0, 1]; 0 where a union is empty.
+
+    Raises:
+        InvalidInputError: wrong shapes or non-finite values.
+    """
+    a, b = _boxes2d(boxes_a, "boxes_a"), _boxes2d(boxes_b, "boxes_b")
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])  # (N, M)
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)  # (N, M)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
+    union = area_a[:, None] + area_b[None, :] - inter  # (N, M)
+    out: FloatArray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return out
+
+
+def _box3d_iou_matrix(pred: Sequence[Box3D], gt: Sequence[Box3D], iou: str) -> FloatArray:
+    """(P, T) 3D IoU of every prediction with every target, by variant `iou`."""
+    if not pred or not gt:
+        return np.zeros((len(pred), len(gt)))
+    pairs_p = [p for p in pred for _ in gt]
+    pairs_t = [t for _ in pred for t in gt]
+    return IOU_VARIANTS[iou](pairs_p, pairs_t).reshape(len(pred), len(gt))
+
+
+def greedy_match(ious: npt.ArrayLike, threshold: float) -> npt.NDArray[np.intp]:
+    """Match predictions to targets one-to-one, in row order (rows sorted best score first).
+
+    Each prediction in turn takes the not-yet-matched target with the highest IoU, if that IoU
+    is strictly above `threshold` (COCO's matching).
+
+    Args:
+        ious: (P, T) IoU of prediction p with target t.
+        threshold: IoU that a match must exceed.
+
+    Returns:
+        (P,) the matched target of each prediction, -1 where none.
+
+    Raises:
+        InvalidInputError: when `ious` is not 2-dimensional.
+    """
+    matrix = np.asarray(ious, dtype=np.float64)  # (P, T)
+    if matrix.ndim != 2:
+        raise InvalidInputError(f"ious must be a (P, T) matrix, got shape {matrix.shape}")
+    taken = np.zeros(matrix.shape[1], dtype=bool)
+    matched = np.full(matrix.shape[0], -1, dtype=np.intp)
+    for row in range(matrix.shape[0]):
+        candidates = np.where(taken, -np.inf, matrix[row])  # (T,)
+        if candidates.size and candidates.max() > threshold:
+            best = int(np.argmax(candidates))
+            matched[row] = best
+            taken[best] = True
+    return matched
+
+
+def expected_calibration_error(
+    scores: npt.ArrayLike, correct: npt.ArrayLike, bins: int = ECE_BINS
+) -> float:
+    """Expected calibration error with equal-width bins (module docstring).
+
+    Args:
+        scores: (N,) confidences in [0, 1], N >= 1.
+        correct: (N,) whether each prediction was right.
+        bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        ECE in [0, 1].
+
+    Raises:
+        InvalidInputError: no scores, lengths differ, or a score outside [0, 1].
+    """
+    conf = np.asarray(scores, dtype=np.float64).reshape(-1)
+    hit = np.asarray(correct, dtype=np.float64).reshape(-1)
+    if conf.size == 0 or conf.size != hit.size:
+        raise InvalidInputError(
+            f"ECE needs as many scores as correctness flags, >= 1; got {conf.size} and {hit.size}"
+        )
+    if not np.isfinite(conf).all() or conf.min() < 0.0 or conf.max() > 1.0:
+        raise InvalidInputError(f"scores must be in [0, 1], got min {conf.min()}, max {conf.max()}")
+    index = np.minimum((conf * bins).astype(int), bins - 1)  # (N,) a score of 1 -> last bin
+    total = 0.0
+    for b in range(bins):
+        member = index == b
+        if member.any():
+            total += member.mean() * abs(float(hit[member].mean() - conf[member].mean()))
+    return float(total)
+
+
+def _ranked(predictions: Sequence[Scored]) -> list[Scored]:
+    """Predictions best score first (stable: equal scores keep their order)."""
+    return sorted(predictions, key=lambda p: -float(p.score))
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def query_metrics(
+    predictions: Sequence[Sequence[Scored]],
+    targets: Sequence[Sequence[Scored]],
+    *,
+    iou: str = "exact",
+) -> dict[str, float | int | None]:
+    """Every metric of a set of queries with 0, 1 or several targets (module docstring).
+
+    Args:
+        predictions: per query, its predictions (best first; [] means "not here").
+        targets: per query, its targets (box2d: the tight 2D box); [] for a negative query.
+        iou: the 3D IoU variant, "exact" or "mono3dvg".
+
+    Returns:
+        Counts: ``count`` (queries), ``single_count``, ``empty_count`` (single-target queries
+        answered with nothing), ``negative_count``, ``multi_count``, ``multi_targets``,
+        ``multi_predictions``, ``predictions`` (all returned predictions).
+        Single-target: ``acc@0.25``, ``acc@0.5``, ``mean_iou``, ``grounding_acc``,
+        ``depth_mae``, ``length_mae``, ``width_mae``, ``height_mae``.
+        Negative: ``not_here_rate``. Multi-target: ``multi_precision@0.25``,
+        ``multi_recall@0.25``, ``multi_precision_2d@0.5``, ``multi_recall_2d@0.5``.
+        All: ``ece``. Fractions in [0, 1], errors in metres, None where undefined.
+
+    Raises:
+        InvalidInputError: lengths differ, no queries, an unknown IoU variant or a bad score.
+    """
+    if iou not in IOU_VARIANTS:
+        raise InvalidInputError(f"unknown iou variant {iou!r}; available: {sorted(IOU_VARIANTS)}")
+    if len(predictions) != len(targets):
+        raise InvalidInputError(
+            "predictions and targets must have one entry per query, got "
+            f"{len(predictions)} and {len(targets)}"
+        )
+    if not predictions:
+        raise InvalidInputError("no queries: metrics need >= 1 query")
+    out: dict[str, float | int | None] = {"count": len(predictions)}
+
+    # Single-target queries: the first prediction, as before lists existed.
+    single = [(p, t[0]) for p, t in zip(predictions, targets, strict=True) if len(t) == 1]
+    answered = [(p[0], t) for p, t in single if p]
+    first_ious = np.zeros(len(single))  # (S,) an empty answer scores 0
+    grounded = np.zeros(len(single), dtype=bool)  # (S,)
+    if answered:
+        values = box_ious([p.box for p, _ in answered], [t.box for _, t in answered], iou=iou)
+        flat_2d = [box2d_iou_matrix(p.box2d, t.box2d)[0, 0] > GROUNDING_IOU_2D for p, t in answered]
+        slots = [k for k, (p, _) in enumerate(single) if p]
+        first_ious[slots] = values
+        grounded[slots] = flat_2d
+    for k in ACC_THRESHOLDS:
+        out[f"acc@{k}"] = accuracy_at(first_ious, k) if single else None
+    out["mean_iou"] = float(first_ious.mean()) if single else None
+    out["grounding_acc"] = float(grounded.mean()) if single else None
+    if answered:
+        errors = grounding_metrics([p.box for p, _ in answered], [t.box for _, t in answered])
+        for name in ("depth_mae", "length_mae", "width_mae", "height_mae"):
+            out[name] = errors[name]
+    else:
+        out |= dict.fromkeys(("depth_mae", "length_mae", "width_mae", "height_mae"))
+    out["single_count"] = len(single)
+    out["empty_count"] = len(single) - len(answered)
+
+    # Negative queries: answered "not here"?
+    negatives = [p for p, t in zip(predictions, targets, strict=True) if not t]
+    out["negative_count"] = len(negatives)
+    out["not_here_rate"] = _ratio(sum(not p for p in negatives), len(negatives))
+
+    # Multi-target queries: greedy one-to-one matching, by 3D and by 2D IoU.
+    multi = [(p, t) for p, t in zip(predictions, targets, strict=True) if len(t) > 1]
+    hits_3d = hits_2d = 0
+    for preds, targs in multi:
+        ranked = _ranked(preds)
+        ious_3d = _box3d_iou_matrix([p.box for p in ranked], [t.box for t in targs], iou)
+        hits_3d += int((greedy_match(ious_3d, MULTI_IOU_3D) >= 0).sum())
+        ious_2d = box2d_iou_matrix([p.box2d for p in ranked], [t.box2d for t in targs])
+        hits_2d += int((greedy_match(ious_2d, GROUNDING_IOU_2D) >= 0).sum())
+    multi_targets = sum(len(t) for _, t in multi)
+    multi_predictions = sum(len(p) for p, _ in multi)
+    out["multi_count"] = len(multi)
+    out["multi_targets"] = multi_targets
+    out["multi_predictions"] = multi_predictions
+    out[f"multi_precision@{MULTI_IOU_3D}"] = _ratio(hits_3d, multi_predictions)
+    out[f"multi_recall@{MULTI_IOU_3D}"] = _ratio(hits_3d, multi_targets)
+    out[f"multi_precision_2d@{GROUNDING_IOU_2D}"] = _ratio(hits_2d, multi_predictions)
+    out[f"multi_recall_2d@{GROUNDING_IOU_2D}"] = _ratio(hits_2d, multi_targets)
+
+    # Calibration over every returned prediction.
+    scores: list[float] = []
+    correct: list[bool] = []
+    for preds, targs in zip(predictions, targets, strict=True):
+        ranked = _ranked(preds)
+        ious_2d = box2d_iou_matrix([p.box2d for p in ranked], [t.box2d for t in targs])
+        matched = greedy_match(ious_2d, GROUNDING_IOU_2D)
+        scores += [float(p.score) for p in ranked]
+        correct += (matched >= 0).tolist()
+    out["predictions"] = len(scores)
+    out["ece"] = expected_calibration_error(scores, correct) if scores else None
+    return out
