@@ -17,6 +17,11 @@ Two baselines bound what the learned model must beat:
   so this is an upper bound of that family. Categories without training targets (novel ones)
   use the statistics of all training targets.
 
+Both fit on the single-target queries of the fitting split and give exactly one box for every
+query: they never answer "not here". For a multi-target query `backproject` boxes the first
+target; for a negative one (no 2D box to back-project) it puts the named category's prior box
+on the ray through the principal point.
+
 A fitted baseline is a small JSON file (`BASELINE_FILE`) inside a checkpoint-like directory, so
 `llmi3d eval --checkpoint runs/baseline_mean_box/best` evaluates it like a model.
 """
@@ -81,12 +86,24 @@ def mean_rotation(rotations: np.ndarray) -> np.ndarray:
     return out
 
 
+def _single_target(queries: Sequence[QueryRecord]) -> list[QueryRecord]:
+    """The queries with exactly one target (what a box prior can be averaged over)."""
+    return [q for q in queries if len(q.target_object_ids) == 1]
+
+
 def _training_targets(dataset: Dataset, queries: Sequence[QueryRecord]) -> list[ObjectRecord]:
-    if not queries:
+    """The target of each query (single-target queries only; negatives have none).
+
+    Raises:
+        InvalidInputError: when there is no single-target query to fit on.
+    """
+    single = _single_target(queries)
+    if not single:
         raise InvalidInputError(
-            f"cannot fit a baseline on {dataset.root}: the fitting split has no queries"
+            f"cannot fit a baseline on {dataset.root}: the fitting split has no queries "
+            f"(with exactly one target; {len(queries)} given)"
         )
-    return [dataset.target(q) for q in queries]
+    return [dataset.target(q) for q in single]
 
 
 def _allocentric(obj: ObjectRecord, K: np.ndarray) -> np.ndarray:
@@ -112,7 +129,7 @@ class MeanBoxBaseline:
 
     @classmethod
     def fit(cls, dataset: Dataset, queries: Sequence[QueryRecord]) -> MeanBoxBaseline:
-        """Average the targets of `queries` (one per query, as the model sees them).
+        """Average the targets of the single-target `queries` (one per query).
 
         Raises:
             InvalidInputError: when `queries` is empty.
@@ -220,7 +237,7 @@ class BackprojectBaseline:
         box2d: str = "gt",
         depth: str = "category_mean",
     ) -> BackprojectBaseline:
-        """Per-category means over the targets of `queries`.
+        """Per-category means over the targets of the single-target `queries`.
 
         Raises:
             InvalidInputError: when `queries` is empty or an option is unknown.
@@ -231,7 +248,8 @@ class BackprojectBaseline:
                 "(gt, proj), depth in (category_mean, height)"
             )
         targets = _training_targets(dataset, queries)
-        pairs = [(t, dataset.image(q.image_id).K) for t, q in zip(targets, queries, strict=True)]
+        single = _single_target(queries)
+        pairs = [(t, dataset.image(q.image_id).K) for t, q in zip(targets, single, strict=True)]
         by_category: dict[str, list[tuple[ObjectRecord, np.ndarray]]] = {}
         for obj, K in pairs:
             by_category.setdefault(obj.category_name, []).append((obj, K))
@@ -243,9 +261,21 @@ class BackprojectBaseline:
         )
 
     def predict(self, dataset: Dataset, query: QueryRecord) -> tuple[Box3D, str]:
-        """Back-project the target's 2D box centre; label = the target's category."""
+        """Back-project the target's 2D box centre; label = the target's category.
+
+        A multi-target query uses its first target; a negative query (nothing to back-project)
+        the prior of the category it names, at its depth, on the ray through the principal
+        point.
+        """
         image = dataset.image(query.image_id)
-        target = dataset.target(query)
+        targets = dataset.targets(query)
+        if not targets:
+            prior = self.categories.get(query.answer, self.fallback)
+            u, v = float(image.K[0, 2]), float(image.K[1, 2])
+            center = geometry.backproject(u, v, prior.depth_m, image.K)
+            R = geometry.allocentric_to_egocentric(prior.R_allo, u, v, image.K)
+            return Box3D(center, prior.dims_lwh, R), query.answer
+        target = targets[0]
         prior = self.categories.get(target.category_name, self.fallback)
         x1, y1, x2, y2 = target.bbox2D_tight if self.box2d == "gt" else target.bbox2D_proj
         u, v = (x1 + x2) / 2.0, (y1 + y2) / 2.0

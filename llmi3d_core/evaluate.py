@@ -5,24 +5,35 @@
     llmi3d eval --baseline mean-box --data data/synth --split test        # fitted on "train"
     llmi3d eval --baseline backproject --data data/synth --split test:novel
 
-One prediction per query (the model's real inference path, `Predictor`, answers questions
-itself), scored against the query's target box with llmi3d_core.metrics:
+Each query gets a list of predictions, best first (the model's real inference path,
+`Predictor.predict_batch`, answers questions itself; an empty list means "not here"; the
+baselines always give one box). A query has one target, none (a negative query) or several
+(a multi-target query), and is scored with llmi3d_core.metrics.query_metrics:
 
-    Acc@0.25, Acc@0.5   fraction of queries with 3D IoU > 0.25 / 0.5 (strict)
-    mIoU                mean 3D IoU
-    depth, L, W, H      mean absolute error in metres (Z of the centre; box sizes)
+    Acc@0.25, Acc@0.5   single-target queries: fraction whose FIRST box has 3D IoU > 0.25 / 0.5
+    mIoU                mean 3D IoU of the first box (an empty answer counts 0)
+    grounding           fraction whose first 2D box has IoU > 0.5 with the target's tight 2D box
+    depth, L, W, H      mean absolute error in metres of the first box (Z of the centre; sizes),
+                        over the single-target queries that got a box (empty_count: the others)
+    not here            negative queries: fraction answered with no box
+    multi P / R         multi-target queries: precision / recall of their boxes, matched one to
+                        one (best score first), at 3D IoU > 0.25 and at 2D IoU > 0.5
+    ECE                 expected calibration error of the score over every returned box
 
-for the whole split and per subset: query type (caption, question, box prompt, point prompt),
-novel / base categories and camera domain (DatasetInfo.camera_groups "domain", and each camera
-group). The IoU is named in the table: "exact" is the oriented 3D IoU (Omni3D's box3d_overlap),
-"mono3dvg" the axis-aligned, yaw-blind variant of Mono3DVG's evaluator.
+for the whole split and per subset: query type (caption, question, box prompt, point prompt:
+single-target queries only, so these rows mean what they meant before negative and multi-target
+queries existed), "negative" and "multi-target" (when the split has such queries), novel / base
+categories and camera domain (DatasetInfo.camera_groups "domain", and each camera group); the
+last ones hold every kind of query. The IoU is named in the table: "exact" is the oriented 3D
+IoU (Omni3D's box3d_overlap), "mono3dvg" the axis-aligned, yaw-blind variant of Mono3DVG's
+evaluator.
 
 Outputs in --out (default: CHECKPOINT/eval/<split> or runs/eval/<baseline>/<split>):
 
     report.json         metrics of every subset + what was evaluated
     table.md            the markdown table (also printed)
-    predictions.jsonl   one line a query: id, type, IoU, predicted and ground-truth boxes
-    gallery/*.png       images with the ground-truth box (white) and the prediction (colour)
+    predictions.jsonl   one line a query: id, type, kind, IoU, every predicted and target box
+    gallery/*.png       images with the target boxes (white) and every prediction (colour)
 """
 
 from __future__ import annotations
@@ -43,16 +54,19 @@ import numpy as np
 from llmi3d_core.data.format import Dataset, QueryRecord
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D
-from llmi3d_core.metrics import IOU_VARIANTS, box_ious, grounding_metrics
+from llmi3d_core.metrics import IOU_VARIANTS, ScoredBox, box_ious, query_metrics
 
 __all__ = [
     "IOU_DESCRIPTIONS",
+    "Answer",
     "QueryResult",
     "add_arguments",
     "evaluate_results",
+    "first_ious",
     "markdown_table",
     "predict_with_baseline",
     "predict_with_model",
+    "projected_box2d",
     "query_subsets",
     "run",
     "write_gallery",
@@ -68,35 +82,129 @@ TYPE_NAMES = {
     "box_prompt": "box prompt",
     "point_prompt": "point prompt",
 }
+KIND_NAMES = {"negative": "negative", "multi": "multi-target"}
 GT_COLOR = (255, 255, 255)
 MIN_DIM_M = 1e-3  # predicted sizes are clamped to this so that a box can be scored
+NEAR_PLANE_M = 0.05  # box edges are cut here before projecting a 2D box
+
+
+@dataclass
+class Answer:
+    """One returned prediction of a query.
+
+    Attributes:
+        box: the predicted 3D box.
+        box2d: (4,) [x1, y1, x2, y2] px of the image (the model's 2D box; for a baseline the
+            projection of its 3D box).
+        score: confidence in [0, 1].
+        label: the predicted object phrase (or a baseline's label).
+        answer: the generated answer text ('' when none).
+    """
+
+    box: Box3D
+    box2d: np.ndarray
+    score: float
+    label: str
+    answer: str = ""
 
 
 @dataclass
 class QueryResult:
-    """One evaluated query.
+    """One evaluated query: its targets and its answers (best first; [] is "not here").
+
+    The properties keep the single-target view that callers written before lists existed use
+    (`pred`, `gt`, `label`, `score`, `answer`): the first answer and the one target.
 
     Attributes:
         query: the query record.
-        gt: its target box.
-        pred: the predicted box.
-        label: the predicted object phrase (or a baseline's label).
-        score: the prediction's confidence in [0, 1].
-        answer: the generated answer text ('' when none).
+        targets: one ScoredBox a target (its 3D box and tight 2D box), [] for a negative query.
+        answers: the predictions, best first.
     """
 
     query: QueryRecord
-    gt: Box3D
-    pred: Box3D
-    label: str
-    score: float = 1.0
-    answer: str = ""
+    targets: list[ScoredBox]
+    answers: list[Answer]
+
+    @property
+    def kind(self) -> str:
+        """The query's kind by its number of targets: "single", "negative" or "multi"."""
+        count = len(self.targets)
+        return "single" if count == 1 else "negative" if count == 0 else "multi"
+
+    @property
+    def gt(self) -> Box3D:
+        """The target box of a single-target query.
+
+        Raises:
+            InvalidInputError: for a negative or multi-target query.
+        """
+        if len(self.targets) != 1:
+            raise InvalidInputError(
+                f"query {self.query.query_id!r} has {len(self.targets)} targets; .gt is for "
+                "single-target queries, use .targets"
+            )
+        return self.targets[0].box
+
+    @property
+    def pred(self) -> Box3D | None:
+        """The first predicted box, None when the answer is "not here"."""
+        return self.answers[0].box if self.answers else None
+
+    @property
+    def label(self) -> str:
+        """The first answer's label ('' when none)."""
+        return self.answers[0].label if self.answers else ""
+
+    @property
+    def score(self) -> float:
+        """The first answer's score (0 when none)."""
+        return self.answers[0].score if self.answers else 0.0
+
+    @property
+    def answer(self) -> str:
+        """The first answer's generated text ('' when none)."""
+        return self.answers[0].answer if self.answers else ""
 
 
 def target_box(dataset: Dataset, query: QueryRecord) -> Box3D:
-    """The ground-truth Box3D of a query's target object."""
+    """The ground-truth Box3D of a single-target query's target object."""
     obj = dataset.target(query)
     return Box3D(obj.center_cam, obj.dims_lwh, obj.R_cam)
+
+
+def target_boxes(dataset: Dataset, query: QueryRecord) -> list[ScoredBox]:
+    """Every target of a query as (3D box, tight 2D box), [] for a negative query."""
+    return [
+        ScoredBox(Box3D(o.center_cam, o.dims_lwh, o.R_cam), np.asarray(o.bbox2D_tight, float))
+        for o in dataset.targets(query)
+    ]
+
+
+def projected_box2d(box: Box3D, K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The 2D box [x1, y1, x2, y2] px of a 3D box's projection, clipped to the image.
+
+    Edges are cut at a near plane first, so a box reaching behind the camera still gives the
+    box of its visible part; a box wholly behind the camera gives a zero-area box.
+    """
+    from llmi3d_core.visualize import BOX3D_EDGES
+
+    corners = box.corners()  # (8, 3)
+    points = []
+    for i, j in BOX3D_EDGES:
+        p, q = corners[i], corners[j]
+        if p[2] < NEAR_PLANE_M and q[2] < NEAR_PLANE_M:
+            continue
+        if p[2] < NEAR_PLANE_M or q[2] < NEAR_PLANE_M:
+            cut = p + (NEAR_PLANE_M - p[2]) / (q[2] - p[2]) * (q - p)
+            p, q = (cut, q) if p[2] < NEAR_PLANE_M else (p, cut)
+        points += [p, q]
+    if not points:
+        return np.zeros(4)
+    uvw = np.stack(points) @ np.asarray(K, dtype=np.float64).T  # (M, 3)
+    uv = uvw[:, :2] / uvw[:, 2:3]  # (M, 2)
+    lo = np.clip(uv.min(axis=0), -0.5, [width - 0.5, height - 0.5])
+    hi = np.clip(uv.max(axis=0), -0.5, [width - 0.5, height - 0.5])
+    return np.concatenate([lo, hi])
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -121,12 +229,33 @@ def load_rgb(path: Path) -> np.ndarray:
 def predict_with_baseline(
     baseline: Any, dataset: Dataset, queries: Sequence[QueryRecord]
 ) -> list[QueryResult]:
-    """Run a fitted baseline (llmi3d_core.baselines) on every query."""
+    """Run a fitted baseline (llmi3d_core.baselines) on every query: one box each, score 1.
+
+    The baselines never answer "not here"; their 2D box is the projection of their 3D box.
+    """
     results = []
     for query in queries:
         box, label = baseline.predict(dataset, query)
-        results.append(QueryResult(query, target_box(dataset, query), box, label))
+        image = dataset.image(query.image_id)
+        box2d = projected_box2d(box, image.K, image.width, image.height)
+        answers = [Answer(box, box2d, 1.0, label)]
+        results.append(QueryResult(query, target_boxes(dataset, query), answers))
     return results
+
+
+def _answer(prediction: Any, K: np.ndarray, width: int, height: int) -> Answer:
+    """An Answer from an inference.Prediction (sizes clamped so that the box can be scored)."""
+    box = Box3D(prediction.center, np.maximum(prediction.dims, MIN_DIM_M), prediction.rotation)
+    box2d = getattr(prediction, "box2d", None)
+    if box2d is None:
+        box2d = projected_box2d(box, K, width, height)
+    return Answer(
+        box,
+        np.asarray(box2d, dtype=np.float64),
+        float(prediction.score),
+        prediction.label,
+        prediction.answer,
+    )
 
 
 def predict_with_model(
@@ -138,7 +267,9 @@ def predict_with_model(
 ) -> list[QueryResult]:
     """Run a `Predictor` on every query, the queries of one image in one batch (one encoding).
 
-    Prompts are passed in pixels of the image, as the ROS node would.
+    Every prediction the predictor returns for a query is kept, in its order (best first); an
+    empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
+    node would.
     """
     from tqdm import tqdm
 
@@ -149,19 +280,17 @@ def predict_with_model(
     with tqdm(total=len(queries), disable=not progress, desc="eval", unit="query") as bar:
         for image_id, group in by_image.items():
             image = load_rgb(dataset.image_path(image_id))
-            K = dataset.image(image_id).K
+            record = dataset.image(image_id)
             predictions = predictor.predict_batch(
                 [image] * len(group),
-                [K] * len(group),
+                [record.K] * len(group),
                 [q.text for q in group],
                 [q.box_prompt for q in group],
                 [q.point_prompt for q in group],
             )
-            for query, (pred, *_) in zip(group, predictions, strict=True):
-                box = Box3D(pred.center, np.maximum(pred.dims, MIN_DIM_M), pred.rotation)
-                results[query.query_id] = QueryResult(
-                    query, target_box(dataset, query), box, pred.label, pred.score, pred.answer
-                )
+            for query, listed in zip(group, predictions, strict=True):
+                answers = [_answer(p, record.K, record.width, record.height) for p in listed]
+                results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
             bar.update(len(group))
     return [results[q.query_id] for q in queries]
 
@@ -174,13 +303,20 @@ def predict_with_model(
 def query_subsets(results: Sequence[QueryResult], dataset: Dataset) -> dict[str, list[int]]:
     """Subset name -> indices into `results`, in table order (empty subsets left out).
 
-    Subsets: "all"; each query type; "novel categories" / "base categories" when the split has
-    novel targets; "camera: <domain>" for each camera domain of dataset.json and
-    "camera group: <name>" for each camera group, when there is more than one.
+    Subsets: "all"; each query type, of single-target queries only (so that these rows keep
+    their meaning when a split also has negative and multi-target queries); "negative" and
+    "multi-target"; "novel categories" / "base categories" when the split has novel
+    queries; "camera: <domain>" for each camera domain of dataset.json and
+    "camera group: <name>" for each camera group, when there is more than one. "all", the
+    category and the camera subsets hold every kind of query.
     """
     subsets: dict[str, list[int]] = {"all": list(range(len(results)))}
     for type_key, name in TYPE_NAMES.items():
-        subsets[name] = [i for i, r in enumerate(results) if r.query.type == type_key]
+        subsets[name] = [
+            i for i, r in enumerate(results) if r.query.type == type_key and r.kind == "single"
+        ]
+    for kind, name in KIND_NAMES.items():
+        subsets[name] = [i for i, r in enumerate(results) if r.kind == kind]
     if any(r.query.novel_category for r in results):
         subsets["novel categories"] = [i for i, r in enumerate(results) if r.query.novel_category]
         subsets["base categories"] = [
@@ -209,7 +345,14 @@ def evaluate_results(
     """Metrics of every subset.
 
     Returns:
-        {"iou": variant, "iou_description": text, "subsets": {name: grounding_metrics dict}}
+        {"iou": variant, "iou_description": text, "subsets": {name: query_metrics dict}};
+        each subset has "count" (its queries), the single-target keys "acc@0.25", "acc@0.5",
+        "mean_iou", "grounding_acc", "depth_mae", "length_mae", "width_mae", "height_mae",
+        "single_count", "empty_count", the negative keys "negative_count", "not_here_rate",
+        the multi-target keys "multi_count", "multi_targets", "multi_predictions",
+        "multi_precision@0.25", "multi_recall@0.25", "multi_precision_2d@0.5",
+        "multi_recall_2d@0.5", and "predictions", "ece" (see llmi3d_core.metrics); None where
+        a subset has nothing to average.
 
     Raises:
         InvalidInputError: no results, or an unknown IoU variant.
@@ -220,28 +363,98 @@ def evaluate_results(
         raise InvalidInputError("no queries to evaluate (is the split empty?)")
     subsets = {}
     for name, indices in query_subsets(results, dataset).items():
-        pred = [results[i].pred for i in indices]
-        gt = [results[i].gt for i in indices]
-        subsets[name] = grounding_metrics(pred, gt, iou=iou)
+        subsets[name] = query_metrics(
+            [results[i].answers for i in indices], [results[i].targets for i in indices], iou=iou
+        )
     return {"iou": iou, "iou_description": IOU_DESCRIPTIONS[iou], "subsets": subsets}
 
 
-def markdown_table(report: dict[str, Any], title: str = "") -> str:
-    """The report as a markdown table, with the IoU variant stated under it."""
-    header = (
-        "| subset | n | Acc@0.25 | Acc@0.5 | mIoU | depth err (m) | L err (m) | W err (m) "
-        "| H err (m) |"
-    )
-    lines = [f"**{title}**", ""] if title else []
-    lines += [header, "|" + "---|" * 9]
-    for name, m in report["subsets"].items():
-        lines.append(
-            f"| {name} | {int(m['count'])} | {100 * m['acc@0.25']:.1f}% "
-            f"| {100 * m['acc@0.5']:.1f}% | {100 * m['mean_iou']:.1f}% "
-            f"| {m['depth_mae']:.3f} | {m['length_mae']:.3f} "
-            f"| {m['width_mae']:.3f} | {m['height_mae']:.3f} |"
+def first_ious(results: Sequence[QueryResult], *, iou: str = "exact") -> list[float | None]:
+    """Per query, the 3D IoU of its first box with its single target.
+
+    0 for a single-target query answered with no box; None for negative and multi-target ones.
+    """
+    out: list[float | None] = [None] * len(results)
+    scored = [k for k, r in enumerate(results) if r.kind == "single" and r.answers]
+    for k, r in enumerate(results):
+        if r.kind == "single" and not r.answers:
+            out[k] = 0.0
+    if scored:
+        values = box_ious(
+            [results[k].answers[0].box for k in scored],
+            [results[k].targets[0].box for k in scored],
+            iou=iou,
         )
+        for k, value in zip(scored, values, strict=True):
+            out[k] = float(value)
+    return out
+
+
+def _pct(value: float | int | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _metres(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown_table(report: dict[str, Any], title: str = "") -> str:
+    """The report as a markdown table, with the IoU variant and the metric notes under it.
+
+    The "not here" and multi-target columns appear only when some subset has such queries.
+    """
+    subsets = report["subsets"]
+    negatives = any(m.get("negative_count") for m in subsets.values())
+    multi = any(m.get("multi_count") for m in subsets.values())
+    header = (
+        "| subset | n | Acc@0.25 | Acc@0.5 | mIoU | grounding | depth err (m) | L err (m) "
+        "| W err (m) | H err (m) |"
+    )
+    columns = 10
+    if negatives:
+        header += " not here |"
+        columns += 1
+    if multi:
+        header += " multi P / R (3D@0.25) | multi P / R (2D@0.5) |"
+        columns += 2
+    header += " ECE |"
+    columns += 1
+    lines = [f"**{title}**", ""] if title else []
+    lines += [header, "|" + "---|" * columns]
+    for name, m in subsets.items():
+        row = (
+            f"| {name} | {int(m['count'])} | {_pct(m['acc@0.25'])} | {_pct(m['acc@0.5'])} "
+            f"| {_pct(m['mean_iou'])} | {_pct(m.get('grounding_acc'))} "
+            f"| {_metres(m['depth_mae'])} | {_metres(m['length_mae'])} "
+            f"| {_metres(m['width_mae'])} | {_metres(m['height_mae'])} |"
+        )
+        if negatives:
+            row += f" {_pct(m.get('not_here_rate'))} |"
+        if multi:
+            for suffix in ("@0.25", "_2d@0.5"):
+                precision = m.get(f"multi_precision{suffix}")
+                recall = m.get(f"multi_recall{suffix}")
+                row += (
+                    " - |" if precision is None and recall is None
+                    else f" {_pct(precision)} / {_pct(recall)} |"
+                )  # fmt: skip
+        ece = m.get("ece")
+        row += " - |" if ece is None else f" {ece:.3f} |"
+        lines.append(row)
     lines += ["", f"IoU: {report['iou']} = {report['iou_description']}."]
+    notes = (
+        "Acc, mIoU, grounding (2D IoU > 0.5 with the target) and the errors: single-target "
+        "queries, first box"
+    )
+    empty = int(subsets.get("all", {}).get("empty_count") or 0)
+    if empty:
+        notes += f" ({empty} answered with no box: IoU 0, left out of the errors)"
+    notes += ". ECE: calibration of the score over every returned box."
+    if negatives:
+        notes += " Not here: negative queries answered with no box."
+    if multi:
+        notes += " Multi P / R: boxes of multi-target queries matched one to one to targets."
+    lines.append(notes)
     return "\n".join(lines)
 
 
@@ -250,11 +463,16 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _gallery_key(result: QueryResult) -> str:
+    """Query type for single-target queries, else the kind: what the gallery spreads over."""
+    return result.query.type if result.kind == "single" else result.kind
+
+
 def pick_gallery(results: Sequence[QueryResult], count: int) -> list[int]:
-    """Up to `count` indices spread over query types (round robin, evenly spaced in each)."""
+    """Up to `count` indices spread over query types and kinds (round robin, evenly spaced)."""
     by_type: dict[str, list[int]] = {}
     for index, result in enumerate(results):
-        by_type.setdefault(result.query.type, []).append(index)
+        by_type.setdefault(_gallery_key(result), []).append(index)
     per_type = {t: idx for t, idx in by_type.items()}
     chosen: list[int] = []
     quota = max(1, -(-count // max(1, len(per_type))))  # ceil
@@ -279,21 +497,41 @@ def _banner(image: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def render_result(
-    result: QueryResult, image: np.ndarray, K: np.ndarray, iou_value: float
+    result: QueryResult, image: np.ndarray, K: np.ndarray, iou_value: float | None
 ) -> np.ndarray:
-    """One gallery picture: GT box in white, prediction in its label colour, query on top."""
+    """One gallery picture: target boxes in white, every prediction in its label colour.
+
+    The banner gives the query, then how it went: IoU and depth of the first box for a
+    single-target query, the counts for a multi-target one, and "not here" for an empty answer.
+    """
     from llmi3d_core.visualize import draw_boxes, label_color_u8
 
-    drawn = draw_boxes(image, [(result.gt.corners(), "")], K, colors=[GT_COLOR])
-    pred_label = f"{textwrap.shorten(result.label, 28, placeholder='...')} {result.score:.2f}"
-    drawn = draw_boxes(
-        drawn, [(result.pred.corners(), pred_label)], K, colors=[label_color_u8(result.label)]
-    )
+    truth = [(t.box.corners(), "") for t in result.targets]
+    drawn = draw_boxes(image, truth, K, colors=[GT_COLOR] * len(truth))
+    for answer in result.answers:
+        text = f"{textwrap.shorten(answer.label, 28, placeholder='...')} {answer.score:.2f}"
+        drawn = draw_boxes(
+            drawn, [(answer.box.corners(), text)], K, colors=[label_color_u8(answer.label)]
+        )
     width_chars = max(40, image.shape[1] // 8)
-    text = f"[{TYPE_NAMES.get(result.query.type, result.query.type)}] {result.query.text}"
-    lines = textwrap.wrap(text, width_chars)[:3]
-    stats = f"IoU {iou_value:.2f} | depth: truth {result.gt.center[2]:.2f} m, predicted "
-    stats += f"{result.pred.center[2]:.2f} m | white: truth ({result.query.answer})"
+    kind = TYPE_NAMES.get(result.query.type, result.query.type)
+    if result.kind != "single":
+        kind += f", {KIND_NAMES[result.kind]}"
+    lines = textwrap.wrap(f"[{kind}] {result.query.text}", width_chars)[:3]
+    predicted = (
+        "predicted: not here (no box)" if not result.answers
+        else f"predicted: {len(result.answers)} box(es)"
+    )  # fmt: skip
+    if result.kind == "negative":
+        stats = f"truth: not here (no {result.query.answer}) | {predicted}"
+    elif result.kind == "multi":
+        stats = f"white: {len(result.targets)} targets ({result.query.answer}) | {predicted}"
+    elif result.answers:
+        first = result.answers[0].box
+        stats = f"IoU {iou_value or 0.0:.2f} | depth: truth {result.targets[0].box.center[2]:.2f} m"
+        stats += f", predicted {first.center[2]:.2f} m | white: truth ({result.query.answer})"
+    else:
+        stats = f"{predicted} | white: truth ({result.query.answer})"
     if result.answer:
         stats += f" | answer: {result.answer}"
     return _banner(drawn, [*lines, stats])
@@ -301,7 +539,7 @@ def render_result(
 
 def write_gallery(
     results: Sequence[QueryResult],
-    ious: np.ndarray,
+    ious: Sequence[float | None],
     dataset: Dataset,
     out_dir: Path,
     count: int = 12,
@@ -315,7 +553,7 @@ def write_gallery(
         result = results[index]
         image = load_rgb(dataset.image_path(result.query.image_id))
         K = dataset.image(result.query.image_id).K
-        picture = render_result(result, image, K, float(ious[index]))
+        picture = render_result(result, image, K, ious[index])
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", result.query.query_id)
         path = out_dir / f"{rank:03d}_{safe}.png"
         cv2.imwrite(str(path), np.ascontiguousarray(picture[:, :, ::-1]))
@@ -331,19 +569,48 @@ def _box_json(box: Box3D) -> dict[str, Any]:
     }
 
 
-def write_predictions(results: Sequence[QueryResult], ious: np.ndarray, path: Path) -> None:
-    """predictions.jsonl: one line a query."""
+def write_predictions(
+    results: Sequence[QueryResult], ious: Sequence[float | None], path: Path
+) -> None:
+    """predictions.jsonl: one line a query.
+
+    Keys: query_id, type, kind ("single", "negative", "multi"), iou (first box, single-target
+    queries; else null), label / answer / score / pred of the first answer (null when none),
+    gt (the single target, else null), and the lists "predictions" (every answer: label,
+    score, box2d and its 3D box) and "targets" (object_id, box2d, 3D box).
+    """
     with open(path, "w", encoding="utf-8") as handle:
         for result, value in zip(results, ious, strict=True):
+            first = result.answers[0] if result.answers else None
             record = {
                 "query_id": result.query.query_id,
                 "type": result.query.type,
-                "iou": round(float(value), 5),
-                "label": result.label,
-                "answer": result.answer,
-                "score": round(float(result.score), 5),
-                "pred": _box_json(result.pred),
-                "gt": _box_json(result.gt),
+                "kind": result.kind,
+                "iou": None if value is None else round(float(value), 5),
+                "label": first.label if first else None,
+                "answer": first.answer if first else None,
+                "score": round(float(first.score), 5) if first else None,
+                "pred": _box_json(first.box) if first else None,
+                "gt": _box_json(result.targets[0].box) if result.kind == "single" else None,
+                "predictions": [
+                    {
+                        "label": a.label,
+                        "score": round(float(a.score), 5),
+                        "box2d": np.round(a.box2d, 2).tolist(),
+                        **_box_json(a.box),
+                    }
+                    for a in result.answers
+                ],
+                "targets": [
+                    {
+                        "object_id": object_id,
+                        "box2d": np.round(t.box2d, 2).tolist(),
+                        **_box_json(t.box),
+                    }
+                    for object_id, t in zip(
+                        result.query.target_object_ids, result.targets, strict=True
+                    )
+                ],
             }
             handle.write(json.dumps(record) + "\n")
 
@@ -412,7 +679,7 @@ def run_evaluation(
     results = predict(dataset, queries)
     seconds = time.perf_counter() - started
     report = evaluate_results(results, dataset, iou=iou)
-    ious = box_ious([r.pred for r in results], [r.gt for r in results], iou=iou)
+    ious = first_ious(results, iou=iou)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = (source or {}).get("name", "")
     report.update(
