@@ -16,7 +16,9 @@ compare with its published tables; always report which one a number uses.
 Queries with 0, 1 or several targets, each answered with a list of predictions (possibly empty:
 "not here"; best first), are scored by `query_metrics`:
 
-* Single-target queries keep the numbers above, computed from the FIRST prediction; an empty
+* Single-target queries keep the numbers above, computed from the FIRST prediction (list
+  order; the matching below sorts by score instead, stably, so the two agree whenever the
+  list is best first as `Predictor.predict_batch` promises); an empty
   answer is a miss (IoU 0, not grounded) and is left out of the depth / size error means
   (``empty_count`` says how many there were). ``grounding_acc``: the fraction whose first 2D box
   has IoU > 0.5 with the target's tight 2D box (the chosen object is the target).
