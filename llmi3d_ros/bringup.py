@@ -6,17 +6,27 @@
 `launch/bringup.launch.py` and this script share `plan()`, so both start the same nodes with the
 same parameters and remappings. Use the launch file in a ROS 2 installation (`ros2 launch llmi3d_ros
 bringup.launch.py`); use this where `launch`/`launch_ros` are not installed (a pip-only set-up).
+
+Stopping: SIGINT (Ctrl-C), SIGTERM (kill, timeout, systemd, docker stop) and SIGHUP (a closed
+terminal) all stop every node: each gets SIGINT, is waited for up to STOP_TIMEOUT_S, then killed;
+llmi3d_bringup then ends by the signal it got. The nodes also get SIGTERM from the kernel if
+llmi3d_bringup dies without clean-up (SIGKILL), so none is ever left running on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from llmi3d_core.paths import config_path
 
@@ -94,23 +104,139 @@ def command_line(spec: NodeSpec, options: BringupOptions) -> list[str]:
     return args
 
 
-def start(options: BringupOptions) -> list[subprocess.Popen[bytes]]:
-    """Start every node of the plan as a child process (output goes to this terminal)."""
-    return [subprocess.Popen(command_line(spec, options)) for spec in plan(options)]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_TIMEOUT_S = 5.0  # SIGINT -> SIGKILL; a tiny-preset node stops in about 1 s
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def stop(processes: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
-    """SIGINT each process, then kill whatever is still running after `timeout_s`."""
+class StopRequested(BaseException):
+    """Raised in the main thread when SIGINT, SIGTERM or SIGHUP arrives (see `stop_signals`).
+
+    A BaseException like KeyboardInterrupt, so that `except Exception` blocks do not swallow it.
+
+    Attributes:
+        signum: the signal that asked us to stop.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """What each node process runs between fork and exec (Linux; elsewhere nothing).
+
+    - Its own process group: a Ctrl-C in the terminal reaches this process only, which forwards
+      one SIGINT; a node that got SIGINT twice (terminal, then us) could be interrupted in the
+      middle of its clean shutdown.
+    - SIGTERM when this process dies, however it dies (even SIGKILL, or the OOM killer), so that
+      no node is ever left running under PID 1.
+    """
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+        except OSError:
+            libc = None
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+
+    return setup
+
+
+def start(
+    options: BringupOptions, processes: list[subprocess.Popen[bytes]] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start every node of the plan as a child process (output goes to this terminal).
+
+    Each child runs in a process group of its own and gets SIGTERM if this process dies
+    (`_child_setup`); stop them with `stop`. Each one is appended to `processes` (when given)
+    as soon as it runs, so that a signal in the middle leaves none unknown; returns the list.
+    """
+    processes = [] if processes is None else processes
+    setup = _child_setup(os.getpid())
+    for spec in plan(options):
+        processes.append(
+            subprocess.Popen(command_line(spec, options), preexec_fn=setup)  # noqa: PLW1509
+        )
+    return processes
+
+
+def stop(processes: list[subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGINT each process, then SIGKILL whatever is still running after `timeout_s`.
+
+    SIGINT is what ROS 2 nodes (rclpy, and `ros2 launch` when it stops them) treat as "shut down
+    cleanly"; we send it whatever signal we got, because SIGHUP would kill a node without its
+    clean-up.
+    """
     for proc in processes:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + timeout_s
     for proc in processes:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(
+                f"[llmi3d_bringup] {Path(str(proc.args[0])).name} (pid {proc.pid}) did not stop "
+                f"within {timeout_s:.0f} s of SIGINT; killing it",
+                file=sys.stderr,
+            )
             proc.kill()
             proc.wait()
+
+
+class StopSignals:
+    """Context manager: SIGINT, SIGTERM and SIGHUP raise StopRequested in the main thread.
+
+    kill, timeout, systemd and `docker stop` send SIGTERM, a closed terminal SIGHUP, Ctrl-C
+    SIGINT: each must stop the nodes, not orphan them. Set `stopping` before the clean-up
+    stops `processes`: a signal that arrives then kills them at once instead of raising again
+    (an impatient second Ctrl-C must not cut the clean-up short). The previous handlers are
+    restored on exit.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            for proc in self.processes:
+                if proc.poll() is None:
+                    proc.kill()
+            return
+        self.stopping = True
+        raise StopRequested(signum)
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {signum: signal.signal(signum, self._handler) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, old in self._previous.items():
+            signal.signal(signum, old)
+
+
+def exit_by_signal(signum: int) -> NoReturn:
+    """End this process by `signum` with the signal's default action.
+
+    The parent then sees "terminated by signal N" (a shell prints status 128 + N; Popen gives
+    -N), the convention after Ctrl-C, and what systemd and docker count as a clean stop on
+    SIGTERM; a plain exit status would hide that the process was stopped.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)  # reached only if the signal is blocked
 
 
 def parse_args(argv: list[str] | None = None) -> BringupOptions:
@@ -132,17 +258,27 @@ def parse_args(argv: list[str] | None = None) -> BringupOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the nodes and wait; Ctrl-C stops them all."""
-    processes = start(parse_args(argv))
-    try:
-        while all(proc.poll() is None for proc in processes):
-            time.sleep(0.5)
-        failed = [p for p in processes if p.returncode not in (None, 0)]
-        return 1 if failed else 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop(processes)
+    """Start the nodes and wait.
+
+    Returns 0 when every node exited by itself with status 0, 1 when one failed (the others are
+    then stopped). SIGINT, SIGTERM or SIGHUP stop every node (`stop`), and this process then
+    ends by the same signal (`exit_by_signal`).
+    """
+    options = parse_args(argv)
+    processes: list[subprocess.Popen[bytes]] = []
+    with StopSignals(processes) as signals:
+        try:
+            start(options, processes)
+            while all(proc.poll() is None for proc in processes):
+                time.sleep(0.2)
+            failed = [p for p in processes if p.returncode not in (None, 0)]
+            return 1 if failed else 0
+        except StopRequested as stop_request:
+            stopped_by = stop_request.signum
+        finally:
+            signals.stopping = True
+            stop(processes)
+    exit_by_signal(stopped_by)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ import rclpy
 from llmi3d_msgs.srv import Query
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection3DArray
 
@@ -34,7 +37,14 @@ from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
 from llmi3d_core.paths import cache_dir, config_path
 from llmi3d_core.visualize import draw_box3d
-from llmi3d_ros.bringup import BringupOptions, start, stop
+from llmi3d_ros.bringup import (
+    BringupOptions,
+    StopRequested,
+    StopSignals,
+    exit_by_signal,
+    start,
+    stop,
+)
 from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
@@ -302,8 +312,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; exit status 0 when every query was answered."""
+    """Run the demo; exit status 0 when every query was answered.
+
+    SIGINT, SIGTERM and SIGHUP stop the node processes (llmi3d_bringup's `stop`) and end the
+    demo by the same signal, whatever it was doing (training on first run included).
+    """
     args = parse_args(argv)
+    processes: list[subprocess.Popen[bytes]] = []
+    with StopSignals(processes) as signals:
+        try:
+            return run_demo(args, processes)
+        except StopRequested as stop_request:
+            stopped_by = stop_request.signum
+        finally:
+            signals.stopping = True
+            stop(processes)
+    print(f"[demo] stopped by {signal.Signals(stopped_by).name}", file=sys.stderr)
+    exit_by_signal(stopped_by)
+
+
+def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]]) -> int:
+    """Train or find the model, start the nodes into `processes`, ask, print the summary."""
     checkpoint = ensure_model(args)
     dataset_dir = ensure_dataset("", args.seed, max(args.images, 4))
     options = BringupOptions(
@@ -311,20 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_dataset=str(dataset_dir), log_level="warn",
     )  # fmt: skip
     print(f"[demo] starting llmi3d_node ({checkpoint or 'preset ' + args.preset}) and the camera")
-    processes = start(options)
-    rclpy.init()
+    start(options, processes)
+    # Our own handlers (StopSignals) stop the nodes; rclpy's would only shut this client down.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = DemoClient(namespace="/")
     try:
         outcomes = run_queries(args, client, dataset_dir)
     except TimeoutError as err:
         print(f"[demo] error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        stop(processes)
     print("\n" + summary(outcomes))
     print(f"\n[demo] debug pictures in {args.out.resolve()}")
     return 0 if outcomes and all(o.message == "ok" for o in outcomes) else 1
