@@ -18,17 +18,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from llmi3d_core.paths import config_path
+from llmi3d_ros.dds_env import confinement_problems, startup_lines
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,22 @@ class BringupOptions:
     synthetic_camera: bool = False
     synthetic_dataset: str = ""
     log_level: str = "info"
+
+
+# Help of each option, shared with launch/bringup.launch.py's DeclareLaunchArgument descriptions.
+ARGUMENT_HELP: dict[str, str] = {
+    "params_file": "parameter file of llmi3d_node (default: the shipped config/params.yaml)",
+    "namespace": "namespace of every node",
+    "checkpoint": "checkpoint directory written by `llmi3d train` (default: preset in params_file)",
+    "preset": "model preset when no checkpoint: tiny, smol, hf (default: as in params_file)",
+    "device": "cpu or cuda (default: as in params_file)",
+    "image_topic": "sensor_msgs/Image topic",
+    "camera_info_topic": "sensor_msgs/CameraInfo topic",
+    "use_sim_time": "use /clock (true when replaying a bag with publish_clock)",
+    "synthetic_camera": "also start llmi3d_synthetic_camera",
+    "synthetic_dataset": "dataset directory the synthetic camera plays (default: generated)",
+    "log_level": "ROS log level: debug, info, warn, error, fatal",
+}
 
 
 @dataclass(frozen=True)
@@ -239,22 +258,46 @@ def exit_by_signal(signum: int) -> NoReturn:
     sys.exit(128 + signum)  # reached only if the signal is blocked
 
 
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line: one option per BringupOptions field (help from ARGUMENT_HELP).
+
+    The epilog says whether DDS is confined to loopback in `environ` (default: os.environ).
+    """
+    environ = os.environ if environ is None else environ
+    problems = confinement_problems(environ)
+    here = "confined" if not problems else "NOT confined (" + "; ".join(problems) + ")"
+    parser = argparse.ArgumentParser(
+        prog="llmi3d_bringup",
+        description=__doc__.split("\n")[0],
+        epilog=(
+            "DDS: llmi3d_bringup uses the DDS settings of its environment and changes none; "
+            "unset, DDS is not confined to loopback and discovery reaches every network "
+            "interface. `scripts/run.sh bringup ARGS` starts it confined to loopback (what the "
+            "demo and the tests do); on a robot, configure DDS as you normally do. In this "
+            f"shell, DDS is {here}."
+        ),
+    )
+    for item in dataclasses.fields(BringupOptions):
+        flag = "--" + item.name.replace("_", "-")
+        if item.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=ARGUMENT_HELP[item.name])
+        else:
+            default = item.default
+            shown = f" (default: {default})" if default else ""
+            parser.add_argument(flag, default=default, help=ARGUMENT_HELP[item.name] + shown)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the DDS settings and the command line of each node; start nothing",
+    )
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> BringupOptions:
-    """Parse the command line into BringupOptions."""
-    defaults = BringupOptions()
-    parser = argparse.ArgumentParser(prog="llmi3d_bringup", description=__doc__.split("\n")[0])
-    parser.add_argument("--params-file", default=defaults.params_file)
-    parser.add_argument("--namespace", default=defaults.namespace)
-    parser.add_argument("--checkpoint", default=defaults.checkpoint)
-    parser.add_argument("--preset", default=defaults.preset)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--image-topic", default=defaults.image_topic)
-    parser.add_argument("--camera-info-topic", default=defaults.camera_info_topic)
-    parser.add_argument("--use-sim-time", action="store_true")
-    parser.add_argument("--synthetic-camera", action="store_true")
-    parser.add_argument("--synthetic-dataset", default=defaults.synthetic_dataset)
-    parser.add_argument("--log-level", default=defaults.log_level)
-    return BringupOptions(**vars(parser.parse_args(argv)))
+    """Parse the command line into BringupOptions (`--dry-run` is left out)."""
+    values = vars(build_parser().parse_args(argv))
+    values.pop("dry_run")
+    return BringupOptions(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     then stopped). SIGINT, SIGTERM or SIGHUP stop every node (`stop`), and this process then
     ends by the same signal (`exit_by_signal`).
     """
-    options = parse_args(argv)
+    args = vars(build_parser().parse_args(argv))
+    dry_run = args.pop("dry_run")
+    options = BringupOptions(**args)
+    for line in startup_lines("llmi3d_bringup", os.environ):
+        print(line, flush=True)
+    if dry_run:
+        for spec in plan(options):
+            print(shlex.join(command_line(spec, options)))
+        return 0
     processes: list[subprocess.Popen[bytes]] = []
     with StopSignals(processes) as signals:
         try:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from llmi3d_ros.bringup import (
     stop,
 )
 from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
+from llmi3d_ros.dds_env import startup_lines
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
 QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]]) -> int:
     """Train or find the model, start the nodes into `processes`, ask, print the summary."""
+    for line in startup_lines("demo", os.environ):
+        print(line, flush=True)
     checkpoint = ensure_model(args)
     dataset_dir = ensure_dataset("", args.seed, max(args.images, 4))
     options = BringupOptions(
