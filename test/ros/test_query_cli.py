@@ -99,8 +99,10 @@ def test_query_the_node_refuses_says_why(harness: Harness) -> None:
     """A prompt outside the image: exit 1 and the node's message."""
     result = llmi3d("query", "the lamp", "--node", NODE, "--box", "10", "10", "900", "50")
     assert result.returncode == 1
-    assert "llmi3d query: the node could not answer: " in result.stderr
-    assert "lies outside the image (width 160, height 120 px)" in result.stderr
+    assert (
+        "llmi3d query: the node could not answer: box_prompt [10.0, 10.0, 900.0, 50.0] lies "
+        "outside the image (width 160, height 120 px)"
+    ) in result.stderr
 
 
 def test_query_without_a_node_fails_clearly_within_the_timeout(harness: Harness) -> None:
