@@ -48,6 +48,7 @@ class BringupOptions:
     use_sim_time: bool = False
     synthetic_camera: bool = False
     synthetic_dataset: str = ""
+    synthetic_rate_hz: float = 0.0  # 0 = the camera's own default (its rate_hz parameter)
     log_level: str = "info"
 
 
@@ -63,6 +64,7 @@ ARGUMENT_HELP: dict[str, str] = {
     "use_sim_time": "use /clock (true when replaying a bag with publish_clock)",
     "synthetic_camera": "also start llmi3d_synthetic_camera",
     "synthetic_dataset": "dataset directory the synthetic camera plays (default: generated)",
+    "synthetic_rate_hz": "frames per second of the synthetic camera (default 0: its own, 5 Hz)",
     "log_level": "ROS log level: debug, info, warn, error, fatal",
 }
 
@@ -94,6 +96,8 @@ def plan(options: BringupOptions) -> list[NodeSpec]:
         camera_params: dict[str, object] = {"use_sim_time": options.use_sim_time}
         if options.synthetic_dataset:
             camera_params["dataset"] = options.synthetic_dataset
+        if float(options.synthetic_rate_hz) > 0:  # a string from the launch file
+            camera_params["rate_hz"] = float(options.synthetic_rate_hz)
         camera = NodeSpec(
             "llmi3d_synthetic_camera", "llmi3d_synthetic_camera", [], camera_params, remappings
         )
@@ -284,7 +288,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         else:
             default = item.default
             shown = f" (default: {default})" if default else ""
-            parser.add_argument(flag, default=default, help=ARGUMENT_HELP[item.name] + shown)
+            kind = float if item.type in (float, "float") else str
+            parser.add_argument(
+                flag, type=kind, default=default, help=ARGUMENT_HELP[item.name] + shown
+            )
     parser.add_argument(
         "--dry-run",
         action="store_true",
