@@ -33,6 +33,7 @@ DDS stays on loopback: call bench_node.ros_environment first (main() does).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,7 +50,7 @@ for _path in (REPO, HERE):  # run from a checkout, uninstalled; bench_node next 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bench_node import DEFAULT_DOMAIN_ID, ros_environment  # noqa: E402
+from bench_node import DEFAULT_DOMAIN_ID, RssSampler, ros_environment  # noqa: E402
 
 CAMERA_RATE_HZ = 10.0
 QUERY_PERIOD_S = 1.0
@@ -227,6 +228,7 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
         bringup = subprocess.Popen(bringup_cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = SoakClient()
     errors: list[str] = []
+    samplers = contextlib.ExitStack()
     try:
         ready_s = client.wait_ready(bringup, timeout_s=600.0)
         nodes = node_processes(bringup)
@@ -234,13 +236,11 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
 
         round_trips: list[float] = []
         calls = failed = timeouts = late = 0
-        rss: list[tuple[float, int]] = []
-        rss_start = health_start = answers_start = None
+        rss_start = health_start = answers_start = sampler = None
         window_wall_ns = [0, 0]  # wall clock of the window's start and end (camera stamps)
         window_start = time.monotonic() + warmup_s
         end = window_start + duration_s
         next_query = time.monotonic()
-        next_rss = window_start
         while time.monotonic() < end:
             now = time.monotonic()
             in_window = now >= window_start
@@ -248,11 +248,10 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
                 rss_start = nodes["llmi3d_node"].memory_info().rss
                 answers_start = len(client.answers)
                 window_wall_ns[0] = time.time_ns()
+                # in a thread: a service call can block this loop for many seconds
+                sampler = samplers.enter_context(RssSampler(nodes["llmi3d_node"].pid, RSS_PERIOD_S))
             if in_window and health_start is None:  # the window's first diagnostics
                 health_start = client.input_health
-            if in_window and now >= next_rss:
-                rss.append((now - window_start, nodes["llmi3d_node"].memory_info().rss))
-                next_rss += RSS_PERIOD_S
             for name, proc in nodes.items():
                 if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
                     raise RuntimeError(f"{name} exited during the soak")
@@ -274,12 +273,14 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
                 errors.append(f"query failed: {response.message}")
             else:
                 round_trips.append(seconds)
-        window_wall_ns[1] = time.time_ns()
+        window_wall_ns[1] = time.time_ns()  # later than `end` when the last call ran over
         client.spin_for(1.0)  # the last answer's detections and diagnostics
         rss_end = nodes["llmi3d_node"].memory_info().rss
+        samplers.close()
         health_end, answers_end = client.input_health, len(client.answers)
         camera_rss = nodes["llmi3d_synthetic_camera"].memory_info().rss
     finally:
+        samplers.close()
         client.close()
         stop_s, exit_codes = stop_bringup(bringup)
     log = log_path.read_text(errors="replace")
@@ -297,18 +298,22 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
         published = sum(first_stamp < s <= last_stamp for s in client.truth_stamps)
         received = health_end[0] - health_start[0]
     window_truth = [s for s in client.truth_stamps if window_wall_ns[0] <= s < window_wall_ns[1]]
+    window_s = (window_wall_ns[1] - window_wall_ns[0]) / 1e9
     ages = [
         (got_ns - stamp) / 1e9 for stamp, got_ns in client.answers[answers_start:answers_end]
     ]  # fmt: skip
     mb = 1.0 / 2**20
-    peak = max([r for _, r in rss] + [rss_start, rss_end])
+    peak = max([*sampler.samples, rss_start, rss_end]) if sampler else max(rss_start, rss_end)
+    rss = list(enumerate(sampler.samples if sampler else []))
     return {
         "minutes": minutes,
         "preset": preset,
         "device": device,
         "threads": threads,
         "camera_rate_hz": camera_rate_hz,
-        "camera_rate_measured_hz": len(window_truth) / duration_s,
+        "window_s": window_s,
+        "camera_rate_measured_hz": len(window_truth) / window_s,
+        "planned_calls": int(duration_s / query_period_s),
         "query_period_s": query_period_s,
         "standing_query": STANDING_QUERY,
         "service_query": SERVICE_QUERY,
@@ -333,7 +338,7 @@ def measure_soak(  # noqa: PLR0917 (the measurement's knobs)
         "rss_peak_mb": peak * mb,
         "rss_growth": rss_end / rss_start - 1.0,
         "camera_rss_mb": camera_rss * mb,
-        "rss_series_mb": [(round(t, 1), round(r * mb, 1)) for t, r in rss],
+        "rss_series_mb": [(i * RSS_PERIOD_S, round(r * mb, 1)) for i, r in rss],
         "stop_s": stop_s,
         "exit_codes": exit_codes,
         "load_start": load_start,
@@ -382,7 +387,8 @@ def table_lines(result: dict[str, Any]) -> list[str]:
         "|---|---|",
         f"| errors (must be 0) | **{result['errors']}** |",
         f"| service calls: answered / failed / no answer | {rt['n']} / {result['failed']} / "
-        f"{result['timeouts']} (of {result['calls']}; {result['late_calls']} started late) |",
+        f"{result['timeouts']} (of {result['calls']} made, {result['planned_calls']} planned; "
+        f"{result['late_calls']} started late) |",
         f"| service round trip p50 / p90 / p99 / max (ms) | {_fmt(rt['p50'], 1e3, 0)} / "
         f"{_fmt(rt['p90'], 1e3, 0)} / {_fmt(rt['p99'], 1e3, 0)} / {_fmt(rt['max'], 1e3, 0)} |",
         f"| answers on ~/detections (standing query + service) | {result['answers']} "
@@ -390,6 +396,8 @@ def table_lines(result: dict[str, Any]) -> list[str]:
         f"| answer age p50 / p90 / p99 / max (ms, image stamp -> received) | "
         f"{_fmt(age['p50'], 1e3, 0)} / {_fmt(age['p90'], 1e3, 0)} / {_fmt(age['p99'], 1e3, 0)}"
         f" / {_fmt(age['max'], 1e3, 0)} |",
+        f"| measured window (the last call may run past the planned end) | "
+        f"{result['window_s']:.0f} s |",
         f"| camera frames published (measured rate) | {published if published is not None else '-'}"
         f" ({result['camera_rate_measured_hz']:.2f} Hz of {result['camera_rate_hz']:g}) |",
         f"| frames the node never received | {drop_text} |",
