@@ -4,6 +4,7 @@
     python benchmarks/run_benchmarks.py --size full              # paper-like budgets, for a GPU
     python benchmarks/run_benchmarks.py --size smoke --out /tmp/B.md   # < 1 min, CI
     python benchmarks/run_benchmarks.py --sections latency,memory      # only some sections
+    python benchmarks/run_benchmarks.py --only soak [--minutes 30]     # soak, into BENCHMARKS.md
 
 BENCHMARKS.md is generated, never edited by hand: it states the machine (CPU model, cores,
 torch version, devices), and for every figure the preset, data sizes and seeds. Sections:
@@ -16,9 +17,16 @@ torch version, devices), and for every figure the preset, data sizes and seeds. 
     3 throughput   training samples/s of the shipped recipes (benchmarks/bench_throughput.py)
     4 memory       peak resident memory of llmi3d_node with the default model
                    (benchmarks/bench_node.py)
+    5 soak         opt-in (30 minutes): llmi3d_bringup with the synthetic camera at 10 Hz, a
+                   standing query and a service query every second; errors, dropped frames,
+                   latency percentiles, memory growth (benchmarks/bench_soak.py)
 
 Sections 2-4 run first (they need no training). A section that fails is reported as FAILED in
 the markdown with its error, the others still run, and the exit status is 1.
+
+Opt-in sections (soak) are not part of a plain run: `--only soak` measures them and replaces
+just their section (and their headline line) in the existing --out, leaving everything else as
+it was; a plain run keeps the opt-in sections it finds in the --out it overwrites.
 
 ROS: every process this script starts, and its own rclpy client, runs with DDS confined to
 loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, FASTDDS_DEFAULT_PROFILES_FILE=
@@ -52,8 +60,10 @@ for _path in (REPO, HERE):  # run from a checkout, uninstalled; the bench_* modu
 from bench_accuracy import resolve_device  # noqa: E402
 from bench_node import DEFAULT_DOMAIN_ID, ros_environment  # noqa: E402
 
-SECTIONS = ("accuracy", "latency", "throughput", "memory")
-RUN_ORDER = ("latency", "throughput", "memory", "accuracy")  # no training first
+SECTIONS = ("accuracy", "latency", "throughput", "memory", "soak")
+RUN_ORDER = ("latency", "throughput", "memory", "accuracy", "soak")  # no training first
+OPT_IN = ("soak",)  # long: measured only when asked for (--only soak), kept otherwise
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,8 @@ class BenchSize:
         ablation_rows: train only these variants of the ladders (bench_accuracy.VARIANTS keys;
             empty: all). Every variant's config is still built and checked.
         seed: training seed of every model.
+        soak_preset: model of the soak section (bringup's default is smol).
+        soak_minutes: measured window of the soak (`--minutes` overrides it).
     """
 
     name: str
@@ -111,6 +123,8 @@ class BenchSize:
     device: str = "cpu"
     ablation_rows: tuple[str, ...] = ()
     seed: int = 0
+    soak_preset: str = "smol"
+    soak_minutes: float = 30.0
 
 
 SIZES: dict[str, BenchSize] = {
@@ -135,6 +149,8 @@ SIZES: dict[str, BenchSize] = {
         eval_queries=4,
         val_queries=4,
         ablation_rows=("llmi3d", "euler"),
+        soak_preset="tiny",
+        soak_minutes=0.5,
     ),
     "reduced": BenchSize(
         name="reduced",
@@ -265,11 +281,20 @@ def run_accuracy(size: BenchSize, workdir: Path) -> dict[str, Any]:
     return measure_accuracy(size, workdir)
 
 
+def run_soak(size: BenchSize, workdir: Path) -> dict[str, Any]:
+    from bench_soak import measure_soak
+
+    return measure_soak(
+        size.soak_minutes, size.soak_preset, workdir, size.threads, resolve_device(size.device)
+    )
+
+
 RUNNERS: dict[str, Callable[[BenchSize, Path], dict[str, Any]]] = {
     "latency": run_latency,
     "throughput": run_throughput,
     "memory": run_memory,
     "accuracy": run_accuracy,
+    "soak": run_soak,
 }
 
 
@@ -401,18 +426,56 @@ def render_accuracy(result: dict[str, Any], size: BenchSize) -> list[str]:
     return render(result, size)
 
 
+def render_soak(result: dict[str, Any], size: BenchSize) -> list[str]:
+    from bench_soak import MAX_RSS_GROWTH, table_lines
+
+    lines = []
+    if "measured_by" in result:
+        lines += [
+            f"_Measured by `{result['measured_by']}` on {result['date']}, separately from the "
+            "sections above (load average at start / end: "
+            f"{_loads(result['load_start'])} / {_loads(result['load_end'])})._",
+            "",
+        ]
+    lines += [
+        f"`llmi3d_bringup --synthetic-camera --synthetic-rate-hz {result['camera_rate_hz']:g}` "
+        f"in its own process (node: `preset:={result['preset']}` on `{result['device']}`, "
+        f"`num_threads:={result['threads']}`, every other parameter as in config/params.yaml, "
+        "best-effort camera input included), for "
+        f"**{result['minutes']:g} min** after a {result['warmup_s']:.0f} s warm-up; standing "
+        f"query {result['standing_query']!r}, and a service query "
+        f"{result['service_query']!r} every {result['query_period_s']:g} s from an rclpy client "
+        "in the benchmark process (one call at a time: a call that takes longer than the period "
+        "delays the next, counted as late). Errors: failed or unanswered calls, "
+        "exited nodes, [ERROR] or Traceback lines in the log. Dropped frames: published by the "
+        "camera in the window (its ground-truth stamps) but never received by the node (its "
+        "diagnostics' images_received). Answer age: image stamp to the detections' arrival here. "
+        "At the end bringup gets SIGINT and every node must exit.",
+        "",
+        *table_lines(result),
+    ]
+    if result["error_samples"]:
+        lines += ["", "First errors:", ""] + [f"- `{e}`" for e in result["error_samples"]]
+    if result["rss_growth"] >= MAX_RSS_GROWTH:
+        lines += ["", f"RSS (MB) every 5 s: {result['rss_series_mb']}"]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], BenchSize], list[str]]] = {
     "accuracy": render_accuracy,
     "latency": render_latency,
     "throughput": render_throughput,
     "memory": render_memory,
+    "soak": render_soak,
 }
 TITLES = {
     "accuracy": "1. Accuracy on IG3D-Synth",
     "latency": "2. Latency",
     "throughput": "3. Training throughput",
     "memory": "4. Peak memory of the node",
+    "soak": "5. Soak: bringup under load",
 }
+SOAK_HEADLINE = "- Soak ("
 
 
 def headline_lines(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -458,6 +521,19 @@ def headline_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"- llmi3d_node ({mem['preset']}) peak RSS over {mem['queries']} queries: "
             f"**{mem['peak_rss_mb']:.0f} MB** ({mem['rss_ready_mb']:.0f} MB after load)"
+        )
+    soak = results.get("soak", {})
+    if "rss_growth" in soak:
+        rt, dropped = soak["round_trip_s"], soak["dropped_frames"]
+        p50 = "-" if rt["p50"] is None else f"{1000 * rt['p50']:.0f}"
+        p99 = "-" if rt["p99"] is None else f"{1000 * rt['p99']:.0f}"
+        lines.append(
+            f"{SOAK_HEADLINE}{soak['minutes']:g} min, {soak['preset']}, camera "
+            f"{soak['camera_rate_hz']:g} Hz, a query a second): **{soak['errors']} errors**, "
+            f"{'-' if dropped is None else dropped} of {soak['published_frames']} frames "
+            f"dropped, round trip p50 {p50} ms / p99 {p99} ms, node RSS "
+            f"{soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB "
+            f"(**{100 * soak['rss_growth']:+.1f} %**)"
         )
     return lines
 
@@ -523,6 +599,13 @@ def render_markdown(
     lines.append("")
     for section in SECTIONS:
         lines += [f"## {TITLES[section]}", ""]
+        if section not in results and section in OPT_IN:
+            lines += [
+                f"_Opt-in (about {size.soak_minutes:g} minutes): `python benchmarks/"
+                f"run_benchmarks.py --only {section}` measures it and puts it here._",
+                "",
+            ]
+            continue
         if section not in results:
             lines += ["Not run (`--sections` left it out).", ""]
             continue
@@ -556,11 +639,75 @@ def parse_sections(text: str) -> list[str]:
     return [s for s in RUN_ORDER if s in names]
 
 
+HEADLINE_PREFIXES = {"soak": SOAK_HEADLINE}
+
+
+def _block(lines: list[str], heading: str) -> tuple[int, int] | None:
+    """[start, end) of the lines from `heading` to the next "## " heading, None if absent."""
+    if heading not in lines:
+        return None
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
+def splice(into: str, source: str, sections: list[str]) -> str:
+    """`into` with the blocks of `sections` (and their headline lines) taken from `source`.
+
+    A section that `source` lacks, or holds only as the opt-in placeholder, is left as it is
+    in `into`; one that `into` lacks is appended at the end.
+    """
+    lines, source_lines = into.rstrip("\n").split("\n"), source.rstrip("\n").split("\n")
+    for section in sections:
+        found = _block(source_lines, f"## {TITLES[section]}")
+        if found is None:
+            continue
+        block = source_lines[found[0] : found[1]]
+        if any(line.startswith("_Opt-in (") for line in block):
+            continue
+        while block and not block[-1].strip():
+            block.pop()
+        target = _block(lines, f"## {TITLES[section]}")
+        if target is None:
+            lines += ["", *block]
+        else:
+            lines[target[0] : target[1]] = [*block, ""]
+        prefix = HEADLINE_PREFIXES.get(section)
+        new = [line for line in source_lines if prefix and line.startswith(prefix)]
+        headline = _block(lines, "## Headline")
+        if new and headline is not None:
+            old = [i for i in range(*headline) if lines[i].startswith(prefix or "\0")]
+            if old:
+                lines[old[0]] = new[0]
+            else:
+                bullets = [i for i in range(*headline) if lines[i].startswith("- ")]
+                lines.insert((bullets[-1] if bullets else headline[0] + 1) + 1, new[0])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="reduced")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated (default: {','.join(DEFAULT_SECTIONS)}; {', '.join(OPT_IN)} only "
+        "when named)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"measure only these opt-in sections ({', '.join(OPT_IN)}) and replace just them "
+        "(and their headline line) in --out, keeping the rest of it",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="soak: minutes measured, after a warm-up of 10 %% (10 to 60 s) "
+        f"(default: the size's, {SIZES['reduced'].soak_minutes:g} for reduced)",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep runs and data here (default: temporary)"
     )
@@ -574,12 +721,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        sections = parse_sections(args.sections)
+        sections = parse_sections(args.only or args.sections)
     except ValueError as err:
         parser.error(str(err))
+    if args.only is not None:
+        if args.sections != ",".join(DEFAULT_SECTIONS):
+            parser.error("--only and --sections exclude each other")
+        if [s for s in sections if s not in OPT_IN]:
+            parser.error(f"--only takes opt-in sections ({', '.join(OPT_IN)}); use --sections")
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
     if args.from_json is not None:
         return rerender(args.from_json, args.out)
     size = SIZES[args.size]
+    if args.minutes is not None:
+        size = dataclasses.replace(size, soak_minutes=args.minutes)
     ros_environment(args.ros_domain_id)  # before anything imports rclpy
 
     import torch
@@ -589,8 +745,12 @@ def main(argv: list[str] | None = None) -> int:
     machine["default_threads"] = default_threads
     machine["date"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = "python benchmarks/run_benchmarks.py --size " + size.name
-    if args.sections != ",".join(SECTIONS):
+    if args.only is not None:
+        command = f"python benchmarks/run_benchmarks.py --only {args.only} --size {size.name}"
+    elif args.sections != ",".join(DEFAULT_SECTIONS):
         command += f" --sections {args.sections}"
+    if args.minutes is not None and "soak" in sections:
+        command += f" --minutes {args.minutes:g}"
 
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
@@ -614,8 +774,29 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     machine["load_end"] = os.getloadavg()
+    if args.only is not None:
+        for section in sections:
+            results[section].update(measured_by=command, date=machine["date"])
     markdown = render_markdown(size, machine, results, timings, command)
+    existing = args.out.read_text(encoding="utf-8") if args.out.exists() else None
+    if args.only is not None:
+        for section in sections:  # the table, printed
+            found = _block(markdown.split("\n"), f"## {TITLES[section]}")
+            if found is not None:
+                print("\n".join(markdown.split("\n")[found[0] : found[1]]).rstrip())
+        if existing is not None:
+            markdown = splice(existing, markdown, sections)
+    elif existing is not None:  # keep the opt-in sections measured earlier
+        markdown = splice(markdown, existing, [s for s in OPT_IN if s not in results])
     args.out.write_text(markdown, encoding="utf-8")
+    if args.out.resolve() == (REPO / "BENCHMARKS.md").resolve():
+        from readme_accuracy import update_readme
+
+        try:  # README's accuracy paragraph is generated from this file
+            if update_readme(REPO):
+                print("[run_benchmarks] updated README.md's accuracy paragraph", file=sys.stderr)
+        except ValueError as err:  # e.g. a run without the accuracy section
+            print(f"[run_benchmarks] README.md not updated: {err}", file=sys.stderr)
     if args.json:
         payload = {
             "command": command,
@@ -626,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"[run_benchmarks] wrote {args.out}", file=sys.stderr)
-    return 1 if any("error" in r for r in results.values()) else 0
+    soak_errors = results.get("soak", {}).get("errors", 0)  # a soak must have none
+    return 1 if any("error" in r for r in results.values()) or soak_errors else 0
 
 
 def rerender(json_path: Path, out: Path) -> int:
@@ -650,6 +832,9 @@ def rerender(json_path: Path, out: Path) -> int:
     markdown = render_markdown(
         size, payload["machine"], payload["results"], payload["timings_s"], command, note=note
     )
+    if out.exists():  # keep the opt-in sections measured separately
+        kept = [s for s in OPT_IN if s not in payload["results"]]
+        markdown = splice(markdown, out.read_text(encoding="utf-8"), kept)
     out.write_text(markdown, encoding="utf-8")
     print(f"[run_benchmarks] wrote {out} from {json_path}", file=sys.stderr)
     return 1 if any("error" in r for r in payload["results"].values()) else 0

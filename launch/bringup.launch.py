@@ -13,21 +13,9 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from llmi3d_ros.bringup import BringupOptions, plan
+from llmi3d_ros.bringup import ARGUMENT_HELP, BringupOptions, plan
 
-ARGUMENTS = {
-    "params_file": "parameter file of llmi3d_node (default: the shipped config/params.yaml)",
-    "namespace": "namespace of every node",
-    "checkpoint": "checkpoint directory written by `llmi3d train` (default: preset in params_file)",
-    "preset": "model preset when no checkpoint: tiny, smol, hf",
-    "device": "cpu or cuda",
-    "image_topic": "sensor_msgs/Image topic",
-    "camera_info_topic": "sensor_msgs/CameraInfo topic",
-    "use_sim_time": "use /clock (true when replaying a bag with publish_clock)",
-    "synthetic_camera": "also start llmi3d_synthetic_camera (true/false)",
-    "synthetic_dataset": "dataset directory the synthetic camera plays (default: generated)",
-    "log_level": "ROS log level",
-}
+ARGUMENTS = ARGUMENT_HELP  # launch argument -> description, as llmi3d_bringup --help
 
 
 def _as_bool(text: str, name: str) -> bool:

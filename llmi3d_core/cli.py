@@ -1,8 +1,9 @@
-"""The `llmi3d` command: data generation, training, evaluation.
+"""The `llmi3d` command: data generation, training, evaluation, and a client of the node.
 
     llmi3d data synth --out data/synth --num-images 500 --seed 0
     llmi3d train --config config/train/tiny_synth.yaml
     llmi3d eval --checkpoint runs/tiny/best --data data/synth --split test
+    llmi3d query "the lamp"                     # a running llmi3d_node (needs ROS 2)
 
 Each subcommand lives in the module that owns the concept and is imported only when used, so
 `llmi3d --help` stays fast. A module registers itself with two functions:
@@ -22,7 +23,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("llmi3d_core.data.cli", "make the synthetic benchmark, convert datasets and bags"),
     "train": ("llmi3d_core.train", "train a model from a YAML config"),
     "eval": ("llmi3d_core.evaluate", "evaluate a checkpoint and draw a gallery"),
+    "query": ("llmi3d_ros.query_cli", "ask a running llmi3d_node (needs ROS 2)"),
 }
+# `query` talks to a running node, so it needs rclpy. Its module lives in llmi3d_ros and is named
+# here only as a string, imported when `llmi3d query` runs: llmi3d_core itself never imports ROS
+# (test/test_setup.py checks it), so data, training and evaluation still work without ROS, and
+# where ROS is missing `llmi3d query` says so instead of the whole command failing to start.
+NEEDS_ROS = {"query"}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -33,7 +40,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text)
         if name == wanted:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as err:
+                if name not in NEEDS_ROS:
+                    raise
+                parser.exit(
+                    2,
+                    f"llmi3d {name}: needs ROS 2 (rclpy and the llmi3d_msgs interfaces), which "
+                    f"this Python ({sys.executable}) cannot import: {err}. scripts/bootstrap.sh "
+                    "installs them into .venv; in a ROS 2 workspace, source install/setup.bash "
+                    "first.\n",
+                )
             module.add_arguments(sub)
             sub.set_defaults(_run=module.run)
     return parser

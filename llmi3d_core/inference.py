@@ -184,7 +184,9 @@ def check_query(query: Any) -> str:
 def normalised_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarray | None:
     """Pixel box (x1, y1, x2, y2) or point (u, v) -> coordinates / (W, H), checked in-image.
 
-    A tolerance of 1 px is allowed at the border; a box must have x1 < x2 and y1 < y2.
+    A tolerance of 1 px is allowed at the border; a box must have x1 < x2 and y1 < y2. `what`
+    names the prompt in messages: "box_prompt" or "point_prompt", the fields of the node's
+    service (msg/llmi3d_msgs/srv/Query.srv) and of the dataset format.
 
     Raises:
         InvalidInputError: wrong length, non-finite, degenerate or outside the image.
@@ -192,20 +194,23 @@ def normalised_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarr
     if values is None:
         return None
     width, height = size
-    length = 4 if what == "box2d" else 2
+    length = 4 if what.startswith("box") else 2
     try:
         array = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
         raise InvalidInputError(f"{what} must be {length} numbers: {err}") from None
     if array.shape != (length,) or not np.all(np.isfinite(array)):
-        raise InvalidInputError(f"{what} must be {length} finite numbers, got {values!r}")
+        # tolist(): plain numbers ([nan, 5.0]), not a numpy repr (array([nan,  5.]))
+        raise InvalidInputError(f"{what} must be {length} finite numbers, got {array.tolist()}")
     xs, ys = array[0::2], array[1::2]
     if xs.min() < -1 or ys.min() < -1 or xs.max() > width + 1 or ys.max() > height + 1:
         raise InvalidInputError(
             f"{what} {array.tolist()} lies outside the image (width {width}, height {height} px)"
         )
     if length == 4 and (array[2] <= array[0] or array[3] <= array[1]):
-        raise InvalidInputError(f"box2d must have x1 < x2 and y1 < y2, got {array.tolist()}")
+        raise InvalidInputError(
+            f"{what} must have x_min < x_max and y_min < y_max, got {array.tolist()}"
+        )
     scale = np.array([width, height] * (length // 2), dtype=np.float64)
     return np.clip(array / scale, 0.0, 1.0)
 
@@ -420,8 +425,8 @@ class Predictor:
             size = (image.shape[1], image.shape[0])
             text = format_query(
                 check_query(query),
-                normalised_prompt(box, size, "box2d"),
-                normalised_prompt(point, size, "point2d"),
+                normalised_prompt(box, size, "box_prompt"),
+                normalised_prompt(point, size, "point_prompt"),
             )
             items.append(_Item(image, matrix, query, text, image_key(image, matrix)))
         return items

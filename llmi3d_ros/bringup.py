@@ -6,19 +6,32 @@
 `launch/bringup.launch.py` and this script share `plan()`, so both start the same nodes with the
 same parameters and remappings. Use the launch file in a ROS 2 installation (`ros2 launch llmi3d_ros
 bringup.launch.py`); use this where `launch`/`launch_ros` are not installed (a pip-only set-up).
+
+Stopping: SIGINT (Ctrl-C), SIGTERM (kill, timeout, systemd, docker stop) and SIGHUP (a closed
+terminal) all stop every node: each gets SIGINT, is waited for up to STOP_TIMEOUT_S, then killed;
+llmi3d_bringup then ends by the signal it got. The nodes also get SIGTERM from the kernel if
+llmi3d_bringup dies without clean-up (SIGKILL), so none is ever left running on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import dataclasses
+import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from llmi3d_core.paths import config_path
+from llmi3d_ros.dds_env import confinement_problems, startup_lines
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,25 @@ class BringupOptions:
     use_sim_time: bool = False
     synthetic_camera: bool = False
     synthetic_dataset: str = ""
+    synthetic_rate_hz: float = 0.0  # 0 = the camera's own default (its rate_hz parameter)
     log_level: str = "info"
+
+
+# Help of each option, shared with launch/bringup.launch.py's DeclareLaunchArgument descriptions.
+ARGUMENT_HELP: dict[str, str] = {
+    "params_file": "parameter file of llmi3d_node (default: the shipped config/params.yaml)",
+    "namespace": "namespace of every node",
+    "checkpoint": "checkpoint directory written by `llmi3d train` (default: preset in params_file)",
+    "preset": "model preset when no checkpoint: tiny, smol, hf (default: as in params_file)",
+    "device": "cpu or cuda (default: as in params_file)",
+    "image_topic": "sensor_msgs/Image topic",
+    "camera_info_topic": "sensor_msgs/CameraInfo topic",
+    "use_sim_time": "use /clock (true when replaying a bag with publish_clock)",
+    "synthetic_camera": "also start llmi3d_synthetic_camera",
+    "synthetic_dataset": "dataset directory the synthetic camera plays (default: generated)",
+    "synthetic_rate_hz": "frames per second of the synthetic camera (default 0: its own, 5 Hz)",
+    "log_level": "ROS log level: debug, info, warn, error, fatal",
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +96,8 @@ def plan(options: BringupOptions) -> list[NodeSpec]:
         camera_params: dict[str, object] = {"use_sim_time": options.use_sim_time}
         if options.synthetic_dataset:
             camera_params["dataset"] = options.synthetic_dataset
+        if float(options.synthetic_rate_hz) > 0:  # a string from the launch file
+            camera_params["rate_hz"] = float(options.synthetic_rate_hz)
         camera = NodeSpec(
             "llmi3d_synthetic_camera", "llmi3d_synthetic_camera", [], camera_params, remappings
         )
@@ -94,55 +127,216 @@ def command_line(spec: NodeSpec, options: BringupOptions) -> list[str]:
     return args
 
 
-def start(options: BringupOptions) -> list[subprocess.Popen[bytes]]:
-    """Start every node of the plan as a child process (output goes to this terminal)."""
-    return [subprocess.Popen(command_line(spec, options)) for spec in plan(options)]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_TIMEOUT_S = 5.0  # SIGINT -> SIGKILL; a tiny-preset node stops in about 1 s
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def stop(processes: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
-    """SIGINT each process, then kill whatever is still running after `timeout_s`."""
+class StopRequested(BaseException):
+    """Raised in the main thread when SIGINT, SIGTERM or SIGHUP arrives (see `stop_signals`).
+
+    A BaseException like KeyboardInterrupt, so that `except Exception` blocks do not swallow it.
+
+    Attributes:
+        signum: the signal that asked us to stop.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """What each node process runs between fork and exec (Linux; elsewhere nothing).
+
+    - Its own process group: a Ctrl-C in the terminal reaches this process only, which forwards
+      one SIGINT; a node that got SIGINT twice (terminal, then us) could be interrupted in the
+      middle of its clean shutdown.
+    - SIGTERM when this process dies, however it dies (even SIGKILL, or the OOM killer), so that
+      no node is ever left running under PID 1.
+    """
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+        except OSError:
+            libc = None
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+
+    return setup
+
+
+def start(
+    options: BringupOptions, processes: list[subprocess.Popen[bytes]] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start every node of the plan as a child process (output goes to this terminal).
+
+    Each child runs in a process group of its own and gets SIGTERM if this process dies
+    (`_child_setup`); stop them with `stop`. Each one is appended to `processes` (when given)
+    as soon as it runs, so that a signal in the middle leaves none unknown; returns the list.
+    """
+    processes = [] if processes is None else processes
+    setup = _child_setup(os.getpid())
+    for spec in plan(options):
+        processes.append(
+            subprocess.Popen(command_line(spec, options), preexec_fn=setup)  # noqa: PLW1509
+        )
+    return processes
+
+
+def stop(processes: list[subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGINT each process, then SIGKILL whatever is still running after `timeout_s`.
+
+    SIGINT is what ROS 2 nodes (rclpy, and `ros2 launch` when it stops them) treat as "shut down
+    cleanly"; we send it whatever signal we got, because SIGHUP would kill a node without its
+    clean-up.
+    """
     for proc in processes:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + timeout_s
     for proc in processes:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(
+                f"[llmi3d_bringup] {Path(str(proc.args[0])).name} (pid {proc.pid}) did not stop "
+                f"within {timeout_s:.0f} s of SIGINT; killing it",
+                file=sys.stderr,
+            )
             proc.kill()
             proc.wait()
 
 
+class StopSignals:
+    """Context manager: SIGINT, SIGTERM and SIGHUP raise StopRequested in the main thread.
+
+    kill, timeout, systemd and `docker stop` send SIGTERM, a closed terminal SIGHUP, Ctrl-C
+    SIGINT: each must stop the nodes, not orphan them. Set `stopping` before the clean-up
+    stops `processes`: a signal that arrives then kills them at once instead of raising again
+    (an impatient second Ctrl-C must not cut the clean-up short). The previous handlers are
+    restored on exit.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            for proc in self.processes:
+                if proc.poll() is None:
+                    proc.kill()
+            return
+        self.stopping = True
+        raise StopRequested(signum)
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {signum: signal.signal(signum, self._handler) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, old in self._previous.items():
+            signal.signal(signum, old)
+
+
+def exit_by_signal(signum: int) -> NoReturn:
+    """End this process by `signum` with the signal's default action.
+
+    The parent then sees "terminated by signal N" (a shell prints status 128 + N; Popen gives
+    -N), the convention after Ctrl-C, and what systemd and docker count as a clean stop on
+    SIGTERM; a plain exit status would hide that the process was stopped.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)  # reached only if the signal is blocked
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line: one option per BringupOptions field (help from ARGUMENT_HELP).
+
+    The epilog says whether DDS is confined to loopback in `environ` (default: os.environ).
+    """
+    environ = os.environ if environ is None else environ
+    problems = confinement_problems(environ)
+    here = "confined" if not problems else "NOT confined (" + "; ".join(problems) + ")"
+    parser = argparse.ArgumentParser(
+        prog="llmi3d_bringup",
+        description=__doc__.split("\n")[0],
+        epilog=(
+            "DDS: llmi3d_bringup uses the DDS settings of its environment and changes none; "
+            "unset, DDS is not confined to loopback and discovery reaches every network "
+            "interface. `scripts/run.sh bringup ARGS` starts it confined to loopback (what the "
+            "demo and the tests do); on a robot, configure DDS as you normally do. In this "
+            f"shell, DDS is {here}."
+        ),
+    )
+    for item in dataclasses.fields(BringupOptions):
+        flag = "--" + item.name.replace("_", "-")
+        if item.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=ARGUMENT_HELP[item.name])
+        else:
+            default = item.default
+            shown = f" (default: {default})" if default else ""
+            kind = float if item.type in (float, "float") else str
+            parser.add_argument(
+                flag, type=kind, default=default, help=ARGUMENT_HELP[item.name] + shown
+            )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the DDS settings and the command line of each node; start nothing",
+    )
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> BringupOptions:
-    """Parse the command line into BringupOptions."""
-    defaults = BringupOptions()
-    parser = argparse.ArgumentParser(prog="llmi3d_bringup", description=__doc__.split("\n")[0])
-    parser.add_argument("--params-file", default=defaults.params_file)
-    parser.add_argument("--namespace", default=defaults.namespace)
-    parser.add_argument("--checkpoint", default=defaults.checkpoint)
-    parser.add_argument("--preset", default=defaults.preset)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--image-topic", default=defaults.image_topic)
-    parser.add_argument("--camera-info-topic", default=defaults.camera_info_topic)
-    parser.add_argument("--use-sim-time", action="store_true")
-    parser.add_argument("--synthetic-camera", action="store_true")
-    parser.add_argument("--synthetic-dataset", default=defaults.synthetic_dataset)
-    parser.add_argument("--log-level", default=defaults.log_level)
-    return BringupOptions(**vars(parser.parse_args(argv)))
+    """Parse the command line into BringupOptions (`--dry-run` is left out)."""
+    values = vars(build_parser().parse_args(argv))
+    values.pop("dry_run")
+    return BringupOptions(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the nodes and wait; Ctrl-C stops them all."""
-    processes = start(parse_args(argv))
-    try:
-        while all(proc.poll() is None for proc in processes):
-            time.sleep(0.5)
-        failed = [p for p in processes if p.returncode not in (None, 0)]
-        return 1 if failed else 0
-    except KeyboardInterrupt:
+    """Start the nodes and wait.
+
+    Returns 0 when every node exited by itself with status 0, 1 when one failed (the others are
+    then stopped). SIGINT, SIGTERM or SIGHUP stop every node (`stop`), and this process then
+    ends by the same signal (`exit_by_signal`).
+    """
+    args = vars(build_parser().parse_args(argv))
+    dry_run = args.pop("dry_run")
+    options = BringupOptions(**args)
+    for line in startup_lines("llmi3d_bringup", os.environ):
+        print(line, flush=True)
+    if dry_run:
+        for spec in plan(options):
+            print(shlex.join(command_line(spec, options)))
         return 0
-    finally:
-        stop(processes)
+    processes: list[subprocess.Popen[bytes]] = []
+    with StopSignals(processes) as signals:
+        try:
+            start(options, processes)
+            while all(proc.poll() is None for proc in processes):
+                time.sleep(0.2)
+            failed = [p for p in processes if p.returncode not in (None, 0)]
+            return 1 if failed else 0
+        except StopRequested as stop_request:
+            stopped_by = stop_request.signum
+        finally:
+            signals.stopping = True
+            stop(processes)
+    exit_by_signal(stopped_by)
 
 
 if __name__ == "__main__":

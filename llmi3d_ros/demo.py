@@ -9,12 +9,16 @@
    the camera playing held-out synthetic scenes,
 3. asks several queries per scene through the ~/query service from a client in this process,
    prints each answer, its 3D box and the IoU against the ground truth the camera publishes, and
-4. saves the debug images (prediction in colour, ground truth in white) as PNGs.
+4. saves the debug images (prediction in colour, ground truth in white) as PNGs, in a new
+   folder out/demo/<date>-<time>/ for each run (printed at the start and at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +31,7 @@ import rclpy
 from llmi3d_msgs.srv import Query
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection3DArray
 
@@ -34,8 +39,16 @@ from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
 from llmi3d_core.paths import cache_dir, config_path
 from llmi3d_core.visualize import draw_box3d
-from llmi3d_ros.bringup import BringupOptions, start, stop
+from llmi3d_ros.bringup import (
+    BringupOptions,
+    StopRequested,
+    StopSignals,
+    exit_by_signal,
+    start,
+    stop,
+)
 from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
+from llmi3d_ros.dds_env import startup_lines
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
 QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
@@ -84,6 +97,22 @@ def default_model_dir(recipe: Path) -> Path:
     model = dataclasses.asdict(resolve_model_config(config.model))
     resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
     return cache_dir(f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}")
+
+
+def new_run_dir(parent: Path) -> Path:
+    """A new folder under `parent` for one run's pictures: <date>-<time>, or with -2, -3, ...
+
+    One folder per run, so pictures of earlier runs (and runs with fewer queries) never mix.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    name = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", *(f"-{n}" for n in range(2, 1000))):
+        try:
+            (parent / (name + suffix)).mkdir()
+        except FileExistsError:
+            continue
+        return parent / (name + suffix)
+    raise FileExistsError(f"no free run folder {name}-N under {parent}")
 
 
 def pick_queries(queries: list[QueryRecord], per_image: int) -> list[QueryRecord]:
@@ -243,8 +272,8 @@ def report(
     if truth_box is not None:
         iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
     spin_until(executor, lambda: stamp_to_ns(response.detections.header.stamp) in client.debug, 2.0)
-    index = len(list(args.out.glob("*.png"))) if args.out.is_dir() else 0
-    picture = args.out / f"{index:02d}_{image.image_id}_{query.type}.png"
+    index = len(list(args.run_dir.glob("*.png"))) if args.run_dir.is_dir() else 0
+    picture = args.run_dir / f"{index:02d}_{image.image_id}_{query.type}.png"
     saved = save_picture(client, response, truth_box, image.K, picture)
     score = response.detections.detections[0].results[0].hypothesis.score
     print(f"  -> answer: {response.answer!r} (expected {query.answer!r}), score {score:.2f}, "
@@ -291,7 +320,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="run directory of the default model (default: ~/.cache/llmi3d/default_model-<hash>)",
     )
-    parser.add_argument("--out", type=Path, default=Path("out") / "demo", help="PNG directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out") / "demo",
+        help="debug pictures go to a new folder OUT/<date>-<time> for each run (default: out/demo)",
+    )
     parser.add_argument("--images", type=int, default=3, help="scenes to ask about")
     parser.add_argument("--queries-per-image", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1000, help="seed of the demo scenes")
@@ -302,8 +336,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; exit status 0 when every query was answered."""
+    """Run the demo; exit status 0 when every query was answered.
+
+    SIGINT, SIGTERM and SIGHUP stop the node processes (llmi3d_bringup's `stop`) and end the
+    demo by the same signal, whatever it was doing (training on first run included).
+    """
     args = parse_args(argv)
+    processes: list[subprocess.Popen[bytes]] = []
+    with StopSignals(processes) as signals:
+        try:
+            return run_demo(args, processes)
+        except StopRequested as stop_request:
+            stopped_by = stop_request.signum
+        finally:
+            signals.stopping = True
+            stop(processes)
+    print(f"[demo] stopped by {signal.Signals(stopped_by).name}", file=sys.stderr)
+    exit_by_signal(stopped_by)
+
+
+def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]]) -> int:
+    """Train or find the model, start the nodes into `processes`, ask, print the summary."""
+    for line in startup_lines("demo", os.environ):
+        print(line, flush=True)
+    args.run_dir = new_run_dir(args.out)
+    print(f"[demo] debug pictures of this run go to {args.run_dir.resolve()}")
     checkpoint = ensure_model(args)
     dataset_dir = ensure_dataset("", args.seed, max(args.images, 4))
     options = BringupOptions(
@@ -311,22 +368,20 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_dataset=str(dataset_dir), log_level="warn",
     )  # fmt: skip
     print(f"[demo] starting llmi3d_node ({checkpoint or 'preset ' + args.preset}) and the camera")
-    processes = start(options)
-    rclpy.init()
+    start(options, processes)
+    # Our own handlers (StopSignals) stop the nodes; rclpy's would only shut this client down.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = DemoClient(namespace="/")
     try:
         outcomes = run_queries(args, client, dataset_dir)
     except TimeoutError as err:
         print(f"[demo] error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        stop(processes)
     print("\n" + summary(outcomes))
-    print(f"\n[demo] debug pictures in {args.out.resolve()}")
+    print(f"\n[demo] debug pictures of this run in {args.run_dir.resolve()}")
     return 0 if outcomes and all(o.message == "ok" for o in outcomes) else 1
 
 

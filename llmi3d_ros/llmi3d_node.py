@@ -88,6 +88,8 @@ class Llmi3dNode(LifecycleNode):
         self._standing_answered_seq = 0
         self._standing_last_s = 0.0
         self._last_image_s: float | None = None
+        self._images_received = 0  # since activate, with the newest one's stamp: diagnostics
+        self._last_image_stamp_ns = 0
         self._activated_s = 0.0
         self._warned_sizes: set[tuple[int, int, int, int]] = set()
         self._input_subs: list[Any] = []
@@ -192,6 +194,7 @@ class Llmi3dNode(LifecycleNode):
         ]
         self._activated_s = time.monotonic()
         self._last_image_s = None
+        self._images_received, self._last_image_stamp_ns = 0, 0
         self._active = True
         topics = [params.image_topic, params.camera_info_topic]
         if params.compressed_image_topic:
@@ -251,10 +254,13 @@ class Llmi3dNode(LifecycleNode):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._last_image_s = time.monotonic()
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        self._images_received += 1
+        self._last_image_stamp_ns = stamp_ns
         if self._pairer is None:
             return
         with self._pair_lock:
-            self._pairer.add_image(stamp_to_ns(msg.header.stamp), msg)
+            self._pairer.add_image(stamp_ns, msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         if self._pairer is None:
@@ -463,6 +469,12 @@ class Llmi3dNode(LifecycleNode):
         )
         status.values = [
             KeyValue(key=k, value=f"{v * 1e3:.1f} ms") for k, v in answer.timings_s.items()
+        ]
+        # Input health: images received since activate and the newest one's stamp; with the
+        # publisher's count this gives dropped frames (benchmarks/bench_soak.py).
+        status.values += [
+            KeyValue(key="images_received", value=str(self._images_received)),
+            KeyValue(key="last_image_stamp_ns", value=str(self._last_image_stamp_ns)),
         ]
         return DiagnosticArray(
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]

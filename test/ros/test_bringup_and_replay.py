@@ -43,6 +43,14 @@ def test_plan_overrides_remaps_and_synthetic_camera() -> None:
         assert expected in args
 
 
+def test_plan_synthetic_camera_rate() -> None:
+    """--synthetic-rate-hz sets the camera's rate_hz (a launch argument arrives as a string)."""
+    for rate in (10.0, "10"):
+        camera = plan(BringupOptions(synthetic_camera=True, synthetic_rate_hz=rate))[0]
+        assert camera.parameters["rate_hz"] == 10.0
+    assert "rate_hz" not in plan(BringupOptions(synthetic_camera=True))[0].parameters
+
+
 @pytest.mark.parametrize("storage", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
 def test_bag_replay_publishes_recorded_messages(
     ros_context: None, tmp_path: Path, storage: StoragePlugin
