@@ -44,10 +44,13 @@ __all__ = [
     "box3d_iou_batch",
     "box3d_iou_mono3dvg",
     "box3d_volume",
+    "centre_segment",
     "combined_depth",
     "egocentric_to_allocentric",
     "euler_to_matrix",
+    "fuse_log_depths",
     "height_depth",
+    "keypoint_height_depth",
     "matrix_to_euler",
     "matrix_to_rotation_6d",
     "project",
@@ -469,6 +472,117 @@ def combined_depth(
         _check_positive("z_virtual_based", z1, "depth must be in front of the camera")
         _check_positive("z_height_based", z2, "depth must be in front of the camera")
     return _finish((z1 + z2) / 2, z_virtual_based)  # type: ignore[no-any-return]
+
+
+def centre_segment(
+    center: ArrayLike, dims_lwh: ArrayLike, R: ArrayLike, *, validate: bool = True
+) -> tuple[Any, Any]:
+    """End points of a box's vertical centre segment: the top and bottom face centres.
+
+    ``top = C - (H/2) d`` and ``bottom = C + (H/2) d`` with ``d = R[:, 1]``, the box's own y
+    axis in the camera frame (box-local y = +-H/2, pointing down for an upright object, since the
+    optical frame's y points down). Their projections are the two vertical keypoints whose
+    image distance gives the height depth (`keypoint_height_depth`).
+
+    Args:
+        center: (..., 3) box centres, metres.
+        dims_lwh: (..., 3) (L, W, H), metres.
+        R: (..., 3, 3) box-local -> camera rotations.
+        validate: check shapes and finiteness.
+
+    Returns:
+        (top, bottom), each (..., 3) in metres.
+    """
+    ops = _ops(center, dims_lwh, R)
+    c, dims, m = ops.asarray(center), ops.asarray(dims_lwh), ops.asarray(R)
+    if validate:
+        _check_last_dims("center", c, (3,))
+        _check_last_dims("dims_lwh", dims, (3,))
+        _check_last_dims("R", m, (3, 3))
+        for name, value in (("center", c), ("dims_lwh", dims), ("R", m)):
+            _check_finite(name, value)
+    half = 0.5 * dims[..., 2:3] * m[..., :, 1]  # (..., 3)
+    return c - half, c + half
+
+
+def keypoint_height_depth(
+    h: ArrayT, H: ArrayLike, v: ArrayLike, R: ArrayLike, K: ArrayLike, *, validate: bool = True
+) -> ArrayT:
+    """Depth from the projected height of the box's centre segment (exact; our eq. 19).
+
+    Eq. 19's ``Z2 = f_y H / h`` holds only for a segment facing the camera; with the tight 2D
+    box as h it is off by ~9 % on our scenes. Instead h is the image distance between the
+    projections of the top and bottom face centres (`centre_segment`). With C = Z (x_n, y_n, 1)
+    the centre, a = H/2, d = R[:, 1] and ``k = d_y - y_n d_z``, the two projections are
+    ``Delta = h / f_y = 2 a Z k / (Z^2 - a^2 d_z^2)`` apart; solving for Z:
+
+        Z = a (|k| + sqrt(k^2 + Delta^2 d_z^2)) / |Delta|
+
+    which is ``f_y H / h`` for an upright box on the optical axis (k = 1, d_z = 0). Exact for
+    any pitch or roll, so the oracle decoding test reaches IoU 1 with it.
+
+    Args:
+        h: (...) v_bottom - v_top in pixels (> 0).
+        H: (...) metric box height in metres (> 0).
+        v: (...) row of the projected box centre in pixels.
+        R: (..., 3, 3) egocentric rotation of the box.
+        K: intrinsics (3, 3) or (..., 3, 3); the skew does not enter (rows only depend on f_y).
+        validate: check finiteness and positivity.
+
+    Returns:
+        Depth Z of the box centre in metres, shape (...), same kind as ``h``.
+
+    Raises:
+        InvalidInputError: a non-finite value, or h, H or f_y <= 0.
+    """
+    ops = _ops(h, H, v, R, K)
+    hh, HH, vv, m = ops.asarray(h), ops.asarray(H), ops.asarray(v), ops.asarray(R)
+    if validate:
+        _check_positive("h", hh, "projected height of the centre segment in pixels")
+        _check_positive("H", HH, "metric object height")
+        _check_finite("v", vv)
+        _check_last_dims("R", m, (3, 3))
+        _check_finite("R", m)
+    _, fy, _, cy, _ = _intrinsics(ops, K, validate)
+    y_n = (vv - cy) / fy
+    d_y, d_z = m[..., 1, 1], m[..., 2, 1]
+    k = ops.abs(d_y - y_n * d_z)
+    delta = ops.abs(hh / fy)
+    z = 0.5 * HH * (k + ops.sqrt(k * k + delta * delta * d_z * d_z)) / delta
+    return _finish(z, h)  # type: ignore[no-any-return]
+
+
+def fuse_log_depths(log_z: ArrayT, log_scale: ArrayLike, *, validate: bool = True) -> ArrayT:
+    """Uncertainty-weighted fusion of several log-depth estimates (MonoFlex-style).
+
+    Each estimate i comes with the log of its Laplacian scale b_i (a head output trained with
+    the Laplacian negative log-likelihood); the fused log-depth is the mean weighted by 1 / b_i:
+
+        log Z = sum_i (log Z_i / b_i) / sum_i (1 / b_i)
+
+    so an estimate whose scale goes to infinity drops out, and equal scales give the plain mean
+    of the logs (the geometric mean of the depths).
+
+    Args:
+        log_z: (..., n) log-depths of n estimates.
+        log_scale: (..., n) their log Laplacian scales; broadcasts with ``log_z``.
+        validate: check finiteness.
+
+    Returns:
+        (...) fused log-depth, same kind as ``log_z``.
+    """
+    ops = _ops(log_z, log_scale)
+    lz, ls = ops.asarray(log_z), ops.asarray(log_scale)
+    if validate:
+        _check_finite("log_z", lz)
+        _check_finite("log_scale", ls)
+    if ops.is_torch:
+        weights = torch.softmax(-ls.expand_as(lz), dim=-1)  # 1/b_i normalised, overflow-safe
+    else:
+        shifted = -(ls + np.zeros_like(lz))
+        weights = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return _finish((weights * lz).sum(-1), log_z)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,19 +9,20 @@ This is the only entry point the ROS node and the CLI use; they never touch mode
 What one call does (`last_timings` has the seconds of each stage):
 
     validate      shapes, dtypes, finite K with positive focal lengths, prompt inside the image
-    preprocess    resize to the model's HR (H x W) and LR (S x S) inputs, in [0, 1]
-    encode_image  ViT + CNN + SECBA + projector                       } skipped when the same
+    preprocess    letterbox into the model's canvas (aspect kept) and the LR input, in [0, 1]
+    encode_image  ViT + CNN + FPN + dense heads + SECBA + projectors  } skipped when the same
     prefill       LLM over the prompt prefix and the image tokens     } image (and K) was seen
-    llm           the query: one pass (+ answer generation for questions)
-    decode        virtual depth -> metres, back-projection, allocentric -> egocentric
+    llm           the query: one pass (+ answer generation for questions), the pointer, and
+                  the decoding of the candidates' boxes
+    decode        canvas pixels -> pixels of the input image, Predictions
 
 Image features and the LLM's KV cache of the image prefix are kept in a small LRU cache keyed by a
 BLAKE2 hash of the image bytes and K (about 1 ms for a VGA frame), so further queries on the same
 frame only pay for `llm` and `decode`.
 
-K is the intrinsic matrix of the image as given; the model works in normalised image coordinates
-and in the original image's pixels (the virtual camera removes the focal length), so resizing the
-image needs no change of K here. Box and point prompts are pixels of the given image.
+K is the intrinsic matrix of the image as given; the model works in the letterboxed canvas
+(llmi3d_core/letterbox.py), and every pixel quantity crosses that boundary here: prompts go in,
+2D boxes and projected centres come back in pixels of the given image. 3D boxes need no mapping.
 
 Thread safety: `predict` holds a lock, so the node may call it from several callback groups.
 Devices: device="cuda" (or "cuda:N") runs the model on a GPU; dtype "bfloat16" halves memory
@@ -44,7 +45,9 @@ import numpy as np
 import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
+from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.inputs import prepare_inputs
 from llmi3d_core.model.llm import DTYPES
 
 MAX_QUERY_CHARS = 2000
@@ -69,6 +72,7 @@ class Prediction:
         score: confidence in [0, 1] (the score head: predicted box quality).
         box2d: (4,) x1, y1, x2, y2 in pixels of the input image.
         center_uv: (2,) projected 3D centre in pixels of the input image.
+        category: the detector's category of the object ('' when it has none or is unsure).
     """
 
     label: str
@@ -79,6 +83,7 @@ class Prediction:
     score: float
     box2d: np.ndarray
     center_uv: np.ndarray
+    category: str = ""
 
 
 def object_phrase(query: str) -> str:
@@ -181,8 +186,8 @@ def check_query(query: Any) -> str:
     return query
 
 
-def normalised_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarray | None:
-    """Pixel box (x1, y1, x2, y2) or point (u, v) -> coordinates / (W, H), checked in-image.
+def checked_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarray | None:
+    """Pixel box (x1, y1, x2, y2) or point (u, v) of an image of `size`, checked in-image.
 
     A tolerance of 1 px is allowed at the border; a box must have x1 < x2 and y1 < y2. `what`
     names the prompt in messages: "box_prompt" or "point_prompt", the fields of the node's
@@ -211,19 +216,25 @@ def normalised_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarr
         raise InvalidInputError(
             f"{what} must have x_min < x_max and y_min < y_max, got {array.tolist()}"
         )
-    scale = np.array([width, height] * (length // 2), dtype=np.float64)
-    return np.clip(array / scale, 0.0, 1.0)
+    limit = np.array([width - 0.5, height - 0.5] * (length // 2), dtype=np.float64)
+    return np.clip(array, -0.5, limit)
 
 
 @dataclass(frozen=True)
 class _Item:
-    """One checked request: the image, its K (float64), the raw query, the model text, its key."""
+    """One checked request: the image, its K (float64), the raw query, the model text, its key.
+
+    Prompts are normalised to the model's canvas (NaN-free arrays, or None).
+    """
 
     image: np.ndarray
     K: np.ndarray
     query: str
     text: str
     key: str
+    letterbox: Letterbox
+    box_prompt: np.ndarray | None
+    point_prompt: np.ndarray | None
 
 
 def image_key(image: np.ndarray, K: np.ndarray) -> str:
@@ -348,10 +359,11 @@ class Predictor:
             query: the sentence ("find the lamp", "what should I use to read?").
             box2d: optional (4,) box prompt x1, y1, x2, y2 in pixels of the image.
             point2d: optional (2,) point prompt u, v in pixels.
-            max_results: most predictions to return (the model gives one box per query).
+            max_results: most predictions to return, best first (the pointer ranks every object
+                the detector found; the MLP read-out gives one box).
 
         Returns:
-            At most `max_results` predictions (one today), best first.
+            At most `max_results` predictions, best first.
 
         Raises:
             InvalidInputError: bad image, K, query, prompt or max_results.
@@ -388,10 +400,17 @@ class Predictor:
             results = []
             for item in items:
                 tick = time.perf_counter()
-                located = self.model.locate(contexts[item.key], item.text, self.answer_policy)
+                context = contexts[item.key]
+                located = self.model.locate(
+                    context,
+                    item.text,
+                    self.answer_policy,
+                    box_prompt=self._prompt_tensor(item.box_prompt),
+                    point_prompt=self._prompt_tensor(item.point_prompt),
+                )
                 timings["llm"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                results.append([self._to_prediction(located, item)][:max_results])
+                results.append(self._to_predictions(located, item, max_results))
                 timings["decode"] += time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         self.last_timings = timings
@@ -399,8 +418,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
     def _validate(
+        self,
         images: Sequence[np.ndarray],
         Ks: Sequence[Any],
         queries: Sequence[str],
@@ -419,17 +438,36 @@ class Predictor:
                 f"{len(queries)} queries, {len(boxes)} box2ds, {len(points)} point2ds"
             )
         items = []
+        canvas_h, canvas_w = self.config.high_res.image_size
         for raw_image, K, query, box, point in zip(images, Ks, queries, boxes, points, strict=True):
             image = check_image(raw_image)
             matrix = check_intrinsics(K)
             size = (image.shape[1], image.shape[0])
-            text = format_query(
-                check_query(query),
-                normalised_prompt(box, size, "box_prompt"),
-                normalised_prompt(point, size, "point_prompt"),
+            box_px = checked_prompt(box, size, "box_prompt")
+            point_px = checked_prompt(point, size, "point_prompt")
+            letterbox = Letterbox.fit(size[0], size[1], canvas_w, canvas_h)
+            canvas = letterbox.canvas_size
+            box_norm = (
+                None if box_px is None else letterbox.boxes_to_canvas(box_px) / np.tile(canvas, 2)
             )
-            items.append(_Item(image, matrix, query, text, image_key(image, matrix)))
+            point_norm = None if point_px is None else letterbox.points_to_canvas(point_px) / canvas
+            text = format_query(check_query(query), box_norm, point_norm)
+            items.append(
+                _Item(
+                    image,
+                    matrix,
+                    query,
+                    text,
+                    image_key(image, matrix),
+                    letterbox,
+                    box_norm,
+                    point_norm,
+                )
+            )
         return items
+
+    def _prompt_tensor(self, values: np.ndarray | None) -> torch.Tensor | None:
+        return None if values is None else torch.as_tensor(values, dtype=torch.float32)
 
     def _contexts(self, items: list[_Item], timings: dict[str, float]) -> dict[str, Any]:
         """Image contexts for every item: from the cache, or encoded together and cached."""
@@ -437,15 +475,21 @@ class Predictor:
         self.last_cache_hit = len(contexts) == len({item.key for item in items})
         for key in contexts:
             self._cache.move_to_end(key)
-        new = {item.key: item.image for item in items if item.key not in contexts}
+        new = {item.key: item for item in items if item.key not in contexts}
         if not new:
             return contexts
         tick = time.perf_counter()
-        image_lr, image_hr = self._preprocess(list(new.values()))
+        prepared = [prepare_inputs(item.image, item.K, self.config) for item in new.values()]
+        image_lr = torch.stack([p.image_lr for p in prepared])
+        image_hr = torch.stack([p.image_hr for p in prepared])
+        K = torch.as_tensor(np.stack([p.K for p in prepared]), dtype=torch.float32)
+        size = torch.as_tensor(
+            np.stack([p.letterbox.canvas_size for p in prepared]), dtype=torch.float32
+        )
         timings["preprocess"] = time.perf_counter() - tick
         tick = time.perf_counter()
         with torch.no_grad():
-            features = self.model.encode_image(image_lr, image_hr)
+            features = self.model.encode_image(image_lr, image_hr, K, size)
         timings["encode_image"] = time.perf_counter() - tick
         tick = time.perf_counter()
         for index, key in enumerate(new):
@@ -456,48 +500,33 @@ class Predictor:
         timings["prefill"] = time.perf_counter() - tick
         return contexts
 
-    def _preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize to the model's LR (S x S) and HR (H x W) inputs: (B, 3, S, S), (B, 3, H, W).
-
-        Uses the training dataset's own resize (cv2 INTER_AREA), so both see the same pixels.
-        """
-        from llmi3d_core.data.dataset import _to_chw
-
-        side = self.config.low_res.image_size
-        height, width = self.config.high_res.image_size
-        image_lr = torch.stack([_to_chw(image, (side, side)) for image in images])
-        image_hr = torch.stack([_to_chw(image, (width, height)) for image in images])
-        return image_lr, image_hr
-
-    def _to_prediction(self, located: Any, item: _Item) -> Prediction:
-        """Decode one query's head outputs into a Prediction; reject NaN/inf."""
-        from llmi3d_core.model.decode import decode_boxes
-
-        outputs = {name: value.float() for name, value in located.outputs.items()}
-        for name, value in outputs.items():
-            if not bool(torch.isfinite(value).all()):
-                raise ModelOutputError(f"model output {name!r} is not finite: {value.tolist()}")
-        K = torch.as_tensor(item.K, dtype=torch.float32, device=self.device).unsqueeze(0)
-        height, width = item.image.shape[:2]
-        size = torch.tensor([[width, height]], dtype=torch.float32, device=self.device)
-        boxes = {
-            k: v[0].detach().cpu().double().numpy()
-            for k, v in decode_boxes(outputs, K, size, self.config).items()
-        }
+    def _to_predictions(self, located: Any, item: _Item, max_results: int) -> list[Prediction]:
+        """The located boxes (best first) as Predictions in the input image; reject NaN/inf."""
+        boxes = {k: v.detach().cpu().double().numpy() for k, v in located.boxes.items()}
+        scores = located.scores.detach().cpu().double().numpy()
         for name in ("center", "R", "dims", "box2d_px", "center_uv_px"):
             if not np.all(np.isfinite(boxes[name])):
                 raise ModelOutputError(
                     f"decoded {name} is not finite: {boxes[name].tolist()} (query {item.query!r})"
                 )
-        score = float(torch.sigmoid(outputs["score_logit"].reshape(-1)[0]))
+        if not np.all(np.isfinite(scores)):
+            raise ModelOutputError(f"model scores are not finite: {scores.tolist()}")
         answer = located.answer if located.answered else ""
-        return Prediction(
-            label=answer or object_phrase(item.query),
-            answer=answer,
-            center=boxes["center"],
-            dims=boxes["dims"],
-            rotation=boxes["R"],
-            score=score,
-            box2d=boxes["box2d_px"],
-            center_uv=boxes["center_uv_px"],
-        )
+        categories = self.model.category_names(located.categories)
+        predictions = []
+        for index in range(min(max_results, len(scores))):
+            category = categories[index]
+            predictions.append(
+                Prediction(
+                    label=answer or category or object_phrase(item.query),
+                    answer=answer,
+                    center=boxes["center"][index],
+                    dims=boxes["dims"][index],
+                    rotation=boxes["R"][index],
+                    score=float(scores[index]),
+                    box2d=item.letterbox.boxes_to_image(boxes["box2d_px"][index]),
+                    center_uv=item.letterbox.points_to_image(boxes["center_uv_px"][index]),
+                    category=category,
+                )
+            )
+        return predictions

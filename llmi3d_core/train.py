@@ -73,18 +73,17 @@ import torch
 from llmi3d_core.errors import CheckpointError, ConfigError
 from llmi3d_core.train_config import (
     OptimConfig,
+    StageConfig,
     TrainConfig,
     config_diff,
     config_to_dict,
     load_train_config,
-    resolve_model_config,
 )
 
 __all__ = [
     "StepBatchSampler",
     "add_arguments",
     "ensure_trained",
-    "evaluate",
     "get_lr",
     "prepare_data",
     "run",
@@ -133,70 +132,6 @@ def get_lr(step: int, optim: OptimConfig, max_steps: int) -> float:
     cosine = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     coeff = 1.0 - ratio if optim.schedule == "linear" else cosine
     return optim.min_lr + coeff * (optim.lr - optim.min_lr)
-
-
-def _box_ious(boxes: dict[str, torch.Tensor], batch: dict[str, Any]) -> np.ndarray:
-    """Exact 3D IoU (B,) of the model's decoded boxes with the batch's ground truth."""
-    from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
-
-    pred = box3d_corners(
-        boxes["center"].detach().double().cpu(),
-        boxes["dims"].detach().double().cpu().clamp(min=1e-4),
-        boxes["R"].detach().double().cpu(),
-        validate=False,
-    )
-    gt = box3d_corners(
-        batch["center_cam"].double(), batch["dims_lwh"].double(), batch["R_cam"].double()
-    )
-    ious = box3d_iou_batch(pred.numpy(), gt.numpy(), validate=False)
-    return np.nan_to_num(np.asarray(ious, dtype=np.float64), nan=0.0)
-
-
-@torch.no_grad()
-def evaluate(model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
-    """Validation loss terms and (when the model regresses boxes) Acc@0.25 / mean IoU.
-
-    The boxes come from the teacher-forced forward pass (the ground-truth answer phrase is fed
-    for questions), a cheap proxy of `llmi3d eval`, which runs real inference. Means are over
-    samples, gathered across processes.
-
-    Returns:
-        {"val/loss", "val/<term>", "val/acc@0.25", "val/mean_iou", "val/count"}; the box metrics
-        only when the model has regression heads.
-    """
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    ious: list[np.ndarray] = []
-    count = 0
-    for cpu_batch in loader:
-        batch = _to_device(cpu_batch, accelerator.device)
-        with accelerator.autocast():
-            output = model(batch)
-        size = len(batch["query"])
-        for name, value in output.losses.items():
-            key = "loss" if name == "total" else name
-            sums[key] = sums.get(key, 0.0) + float(value) * size
-        if output.boxes:
-            ious.append(_box_ious(output.boxes, batch))
-        count += size
-    model.train(was_training)
-    totals = torch.tensor([count, *sums.values()], dtype=torch.float64, device=accelerator.device)
-    totals = accelerator.reduce(totals, reduction="sum")
-    n = max(float(totals[0]), 1.0)
-    metrics = {f"val/{k}": float(v) / n for k, v in zip(sums, totals[1:].tolist(), strict=True)}
-    metrics["val/count"] = n
-    if ious:
-        values = np.concatenate(ious)
-        stats = torch.tensor(
-            [float((values > 0.25).sum()), float(values.sum()), float(len(values))],
-            dtype=torch.float64,
-            device=accelerator.device,
-        )
-        stats = accelerator.reduce(stats, reduction="sum")
-        metrics["val/acc@0.25"] = float(stats[0] / stats[2])
-        metrics["val/mean_iou"] = float(stats[1] / stats[2])
-    return metrics
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -256,11 +191,6 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             start = (offset * self.world + self.rank) * self.batch_size
             yield order[start : start + self.batch_size]
             index += 1
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors of a collated batch to `device` (strings and lists stay)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,33 +274,6 @@ class CachedItems(torch.utils.data.Dataset[dict[str, Any]]):
         if index not in self.items:
             self.items[index] = self.dataset[index]
         return self.items[index]
-
-
-def _datasets(config: TrainConfig, model_config: Any) -> tuple[Any, Any | None]:
-    """The training dataset and the fixed validation subset (None when the val split is empty)."""
-    from llmi3d_core.data.dataset import GroundingDataset
-
-    kwargs = {
-        "hr_size": tuple(model_config.high_res.image_size),
-        "lr_size": model_config.low_res.image_size,
-        "virtual": model_config.virtual_camera,
-        "query_types": config.data.query_types,
-    }
-    train_set: Any = GroundingDataset(
-        config.data.root, config.data.train_split, augment=config.data.augment, **kwargs
-    )
-    val_set: Any = GroundingDataset(
-        config.data.root, config.data.val_split, augment=False, **kwargs
-    )
-    if len(val_set) == 0:
-        return train_set, None
-    if config.data.val_queries and len(val_set) > config.data.val_queries:
-        val_set = torch.utils.data.Subset(val_set, range(config.data.val_queries))
-    if config.data.cache_items and config.data.num_workers == 0:
-        val_set = CachedItems(val_set)
-        if not config.data.augment:
-            train_set = CachedItems(train_set)
-    return train_set, val_set
 
 
 # --------------------------------------------------------------------------------------------
@@ -668,24 +571,103 @@ def _fit_baseline_run(config: TrainConfig, out_dir: Path) -> Path:
     return final.resolve()
 
 
+def _stages(config: TrainConfig) -> list[StageConfig]:
+    """The run's stages; a config without any is one joint stage with the run's settings."""
+    if config.stages:
+        return list(config.stages)
+    return [StageConfig(kind="joint", max_steps=config.max_steps)]
+
+
+def _stage_config(config: TrainConfig, stage: StageConfig) -> TrainConfig:
+    """The run's config as one stage sees it (its steps, batch, learning rate, eval interval)."""
+    optim = config.optim
+    if stage.lr:
+        ratio = optim.min_lr / optim.lr
+        optim = dataclasses.replace(optim, lr=stage.lr, min_lr=stage.lr * ratio)
+    if stage.warmup_steps >= 0:
+        optim = dataclasses.replace(optim, warmup_steps=stage.warmup_steps)
+    return dataclasses.replace(
+        config,
+        max_steps=stage.max_steps,
+        batch_size=stage.batch_size or config.batch_size,
+        eval_interval=config.eval_interval if stage.eval_interval < 0 else stage.eval_interval,
+        optim=optim,
+        stages=(),
+    )
+
+
 def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
-    """The gradient-descent loop (see the module docstring)."""
+    """Run the stages in order; each starts from the best checkpoint of the one before.
+
+    A run of one joint stage uses out_dir itself; a staged run puts stage i in
+    out_dir/stages/<i>-<kind>/ and points out_dir's `best` and `latest` at the last stage's.
+    Finished stages (done.json) are skipped on resume.
+    """
+    from llmi3d_core.data.format import read_dataset
+    from llmi3d_core.train_stages import make_task, model_config_for_data, size_priors
+
+    dataset = read_dataset(config.data.root)
+    model_config = model_config_for_data(config, dataset)
+    priors = size_priors(dataset, config.data.train_split, model_config.detector.categories)
+    stages = _stages(config)
+    init: Path | None = None
+    best = out_dir / "best"
+    for index, stage in enumerate(stages, start=1):
+        stage_dir = out_dir if not config.stages else out_dir / "stages" / f"{index}-{stage.kind}"
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if config.stages:
+            _clean_stale(stage_dir)
+        done = (stage_dir / DONE_FILE).exists() and (stage_dir / "best").exists()
+        if not done:
+            stage_resuming = (stage_dir / "latest").exists() and (resuming or index > 1)
+            task = make_task(config, stage, dataset)
+            best = _train_stage(
+                _stage_config(config, stage), stage_dir, stage_resuming, init, task, model_config,
+                priors,
+            )  # fmt: skip
+            if not (stage_dir / DONE_FILE).exists():  # stopped by max_steps_this_run
+                return best
+        init = (stage_dir / "best").resolve()
+    if config.stages:
+        point_link(out_dir / "best", (out_dir / "stages" / f"{len(stages)}-{stages[-1].kind}" /
+                                      "best").resolve())  # fmt: skip
+        last = out_dir / "stages" / f"{len(stages)}-{stages[-1].kind}"
+        point_link(out_dir / "latest", (last / "latest").resolve())
+        summary = json.loads((last / DONE_FILE).read_text(encoding="utf-8"))
+        summary["stages"] = [f"{i}-{s.kind}" for i, s in enumerate(stages, start=1)]
+        (out_dir / DONE_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return (out_dir / "best").resolve()
+
+
+def _train_stage(  # noqa: PLR0917 (the nanoGPT loop reads top to bottom)
+    config: TrainConfig,
+    out_dir: Path,
+    resuming: bool,
+    init: Path | None,
+    task: Any,
+    model_config: Any,
+    priors: torch.Tensor,
+) -> Path:
+    """The gradient-descent loop of one stage (see the module docstring)."""
     from tqdm import tqdm
 
-    from llmi3d_core.data.dataset import collate_grounding
     from llmi3d_core.model.checkpoint import save_checkpoint
     from llmi3d_core.model.llmi3d import LLMI3D
+    from llmi3d_core.train_stages import to_device
 
     if config.threads:
         torch.set_num_threads(config.threads)
     accelerator = _make_accelerator(config)
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
-    model_config = resolve_model_config(config.model)
 
     # model, built from the run seed (so random parts not stored in checkpoints are reproduced)
     seed_everything(config.seed)
     model = LLMI3D(model_config, load_pretrained=True)
+    model.set_size_priors(priors)
+    if init is not None:
+        _load_model_tensors(model, init)
+    task.select_trainable(model)
     model.train()
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim.weight_decay),
@@ -722,7 +704,9 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
     raw_model = accelerator.unwrap_model(model)
 
     # data: endless micro-batches in a seed-determined order, starting where the run stopped
-    train_set, val_set = _datasets(config, model_config)
+    # (caches are computed here, from the model as loaded: deterministic, so a resumed run
+    # computes the same ones)
+    train_set, val_set = task.datasets(raw_model)
     sampler = StepBatchSampler(
         len(train_set),
         config.batch_size,
@@ -733,10 +717,9 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
     )
     # each DataLoader has a generator of its own: making an iterator must not draw from the
     # global RNG (a resumed run makes its training iterator at a different point)
-    loader_kwargs: dict[str, Any] = {
-        "collate_fn": collate_grounding,
-        "num_workers": config.data.num_workers,
-    }
+    loader_kwargs: dict[str, Any] = {"collate_fn": task.collate, "num_workers": 0}
+    if task.kind == "joint":
+        loader_kwargs["num_workers"] = config.data.num_workers
     batches = iter(
         torch.utils.data.DataLoader(
             train_set,
@@ -755,8 +738,8 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
             **loader_kwargs,
         )
     best_metric = config.best_metric
-    if best_metric == "val_acc25" and raw_model.heads is None:
-        best_metric = "val_loss"  # Text3D: no teacher-forced boxes; choose on the loss
+    if task.kind == "detector" or (best_metric == "val_acc25" and raw_model.readout.offset is None):
+        best_metric = "val_loss"  # no boxes to score: choose on the loss
     sign = -1.0 if best_metric == "val_acc25" else 1.0  # minimise sign * value
 
     log = RunLog(out_dir, main, config.tensorboard, start_step if resuming else -1)
@@ -818,7 +801,7 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
         nonlocal best_value, best_step
         if val_loader is None:
             return
-        metrics = evaluate(model, val_loader, accelerator)
+        metrics = task.evaluate(model, val_loader, accelerator)
         log.write("eval", step, metrics)
         key = "val/acc@0.25" if best_metric == "val_acc25" else "val/loss"
         value = (sign * metrics[key], metrics["val/loss"])
@@ -833,7 +816,7 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
         total=config.max_steps,
         initial=start_step,
         disable=not (config.progress and main),
-        desc=config.name,
+        desc=f"{config.name} {task.kind}",
         unit="step",
         dynamic_ncols=True,
     )
@@ -858,12 +841,11 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
         started = time.perf_counter()
         terms: dict[str, float] = {}
         for _ in range(config.grad_accum):
-            batch = _to_device(next(batches), accelerator.device)
+            batch = to_device(next(batches), accelerator.device)
             with accelerator.accumulate(model):
-                output = model(batch)
-                loss = output.losses["total"]
-                accelerator.backward(loss)
-            for name, value in output.losses.items():
+                losses = task.losses(model, batch)
+                accelerator.backward(losses["total"])
+            for name, value in losses.items():
                 terms[name] = terms.get(name, 0.0) + float(value.detach()) / config.grad_accum
         if not math.isfinite(terms["total"]):
             raise FloatingPointError(
@@ -873,7 +855,9 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
         grad_norm = math.nan
         if config.optim.grad_clip > 0:
             grad_norm = float(
-                accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], config.optim.grad_clip
+                )
             )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

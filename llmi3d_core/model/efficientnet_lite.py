@@ -110,6 +110,9 @@ class EfficientNetLite0(nn.Module):
     """
 
     out_channels = LITE0_STAGES[-1].out_channels
+    # the feature-pyramid taps: the last block of each stride (8, 16, 32)
+    tap_strides = (8, 16, 32)
+    tap_channels = (40, 112, 320)
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,13 +130,57 @@ class EfficientNetLite0(nn.Module):
                 )
                 in_channels = stage.out_channels
         self._blocks = nn.ModuleList(blocks)
+        self._taps = _tap_indices()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 320, H / 32, W / 32)."""
+        return self.forward_taps(x)[-1]
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> maps at strides 8, 16, 32 with 40, 112, 320 channels."""
         h = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        taps = []
+        for index, block in enumerate(self._blocks):
             h = block(h)
-        return h
+            if index in self._taps:
+                taps.append(h)
+        return taps
+
+    def fuse_batchnorm(self) -> None:
+        """Fold every BatchNorm into the conv before it (inference only; ~2x faster on a CPU).
+
+        The folded network computes the same function in eval mode; its state dict has no
+        BatchNorm keys any more, so fold only a model that is not saved or trained afterwards.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        def fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
+            fused = fuse_conv_bn_eval(conv.eval(), bn.eval())  # type: ignore[arg-type]
+            fused.__class__ = SameConv2d
+            return fused
+
+        self._conv_stem, self._bn0 = fold(self._conv_stem, self._bn0), nn.Identity()
+        for block in self._blocks:
+            assert isinstance(block, MBConvBlock)
+            if block.has_expand:
+                block._expand_conv, block._bn0 = fold(block._expand_conv, block._bn0), nn.Identity()
+            block._depthwise_conv, block._bn1 = (
+                fold(block._depthwise_conv, block._bn1),
+                nn.Identity(),
+            )
+            block._project_conv, block._bn2 = fold(block._project_conv, block._bn2), nn.Identity()
+
+
+def _tap_indices() -> set[int]:
+    """Indices of the last block before each stride change after stride 8 (and the last one)."""
+    taps, index, stride = set(), -1, 2
+    for stage_index, stage in enumerate(LITE0_STAGES):
+        stride *= stage.stride
+        index += stage.repeats
+        following = LITE0_STAGES[stage_index + 1] if stage_index + 1 < len(LITE0_STAGES) else None
+        if stride >= 8 and (following is None or following.stride > 1):
+            taps.add(index)
+    return taps
 
 
 def weights_path() -> Path:

@@ -7,23 +7,27 @@ A read-out says which tokens follow the answer and which hidden state is F_3D:
     text_feature  ... answer <pos>              F_3D = hidden of the last text token before <pos>
     text          ... answer <pos> numbers EOS  Text3D: no F_3D, numbers generated (text3d.py)
 
-Heads (one MLP each) and what they output, in physical units:
+With heads.pointer (the default) the box is read from the detector's dense heads at the object
+the 3D Query points at (detector.py, pointer.py). Without it (the paper's read-out), one MLP per
+output on F_3D gives the box, in the same physical units decode.decode_boxes reads:
 
-    center_uv    (B, 2) projected 3D centre / (W, H)           location "uv_depth"
-    depth        (B, 1) virtual depth, or metric Z in m         location "uv_depth"
-    xyz          (B, 3) camera-frame centre, m                  location "xyz"
-    rot6d        (B, 6) allocentric 6D (PyTorch3D rows)         rotation "6d"
-    euler        (B, 3) allocentric Euler angles, rad           rotation "euler"
-    dims         (B, 3) L, W, H in m
-    box2d        (B, 4) normalised xyxy of the 2D box
-    score_logit  (B, 1) logit of the predicted box quality; sigmoid gives Prediction.score.
-                 It is trained (losses.py) to predict q = IoU2D(box2d, gt) * exp(-|log(z / z_gt)|),
-                 a cheap proxy of the 3D IoU, so a low score flags an unreliable box.
+    center_uv        (B, 2) projected 3D centre, normalised canvas coordinates  "uv_depth"
+    depth            (B, 1) virtual depth (or metric Z, m): exp(raw) * depth_scale "uv_depth"
+    depth_log_scale  (B, 1) log Laplacian scale of log(depth)                  "uv_depth"
+    xyz              (B, 3) camera-frame centre, m                              "xyz"
+    rot6d            (B, 6) allocentric 6D (PyTorch3D rows)                     rotation "6d"
+    euler            (B, 3) allocentric Euler angles, rad                       rotation "euler"
+    dims             (B, 3) L, W, H in m: the global size prior times exp(raw)
+    box2d            (B, 4) normalised xyxy of the tight 2D box
+    keypoints        (B, 2) normalised rows of the projected top and bottom face centres
+    height_log_scale (B, 1) log Laplacian scale of log(height depth)
+    score_logit      (B, 1) logit of the predicted box quality; sigmoid gives Prediction.score.
+                     It is trained (losses.py) to predict q = IoU2D(box2d, gt) * exp(-|log(z/z*)|),
+                     a cheap proxy of the 3D IoU, so a low score flags an unreliable box.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,46 +60,26 @@ READOUTS: dict[str, Readout] = {
 
 # output groups: name -> {head name: raw width}
 LOCATION_OUTPUTS: dict[str, dict[str, int]] = {
-    "uv_depth": {"center_uv": 2, "depth": 1},
+    "uv_depth": {"center_uv": 2, "depth": 1, "depth_log_scale": 1},
     "xyz": {"xyz": 3},
 }
 ROTATION_OUTPUTS: dict[str, dict[str, int]] = {"6d": {"rot6d": 6}, "euler": {"euler": 3}}
-COMMON_OUTPUTS: dict[str, int] = {"dims": 3, "box2d": 4, "score_logit": 1}
+COMMON_OUTPUTS: dict[str, int] = {
+    "dims": 3,
+    "box2d": 4,
+    "keypoints": 2,
+    "height_log_scale": 1,
+    "score_logit": 1,
+}
 
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+KEYPOINT_SCALE = 0.1  # the keypoint head's unit of height: a tenth of the canvas height
 
 
 def _xyxy(center: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
     """Centre (B, 2) and raw (B, 4) -> (B, 4) normalised xyxy; the size is sigmoid(raw[:, 2:])."""
     size = torch.sigmoid(raw[:, 2:])
     return torch.cat([center - size / 2, center + size / 2], dim=1)
-
-
-def _box_from_center_size(raw: torch.Tensor) -> torch.Tensor:
-    """(B, 4) raw -> (B, 4) normalised xyxy with x1 <= x2, y1 <= y2 (sigmoid centre and size)."""
-    return _xyxy(torch.sigmoid(raw[:, :2]), raw)
-
-
-def output_activations(config: HeadConfig) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Map each head's raw output to physical units (see the module docstring)."""
-    depth_scale, xyz_scale = config.depth_scale, config.xyz_scale
-
-    def xyz(raw: torch.Tensor) -> torch.Tensor:
-        return torch.cat([raw[:, :2] * xyz_scale, F.softplus(raw[:, 2:]) * depth_scale], dim=1)
-
-    def rot6d(raw: torch.Tensor) -> torch.Tensor:
-        return raw + raw.new_tensor(IDENTITY_6D)
-
-    return {
-        "center_uv": lambda raw: raw + 0.5,
-        "depth": lambda raw: F.softplus(raw) * depth_scale,
-        "xyz": xyz,
-        "rot6d": rot6d,
-        "euler": lambda raw: raw,
-        "dims": F.softplus,
-        "box2d": _box_from_center_size,
-        "score_logit": lambda raw: raw,
-    }
 
 
 def head_widths(config: HeadConfig) -> dict[str, int]:
@@ -109,11 +93,47 @@ def head_widths(config: HeadConfig) -> dict[str, int]:
     }
 
 
+def physical_outputs(
+    raw: dict[str, torch.Tensor], config: HeadConfig, log_prior: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Raw MLP outputs (B, k) -> physical units (module docstring).
+
+    Args:
+        raw: {name: (B, width)}.
+        config: the head config.
+        log_prior: (3,) log of the global (L, W, H) prior of the training objects.
+    """
+    out: dict[str, torch.Tensor] = {}
+    box2d = _xyxy(torch.sigmoid(raw["box2d"][:, :2]), raw["box2d"])
+    height = raw["keypoints"][:, 1:].clamp(max=5.0).exp() * KEYPOINT_SCALE
+    mid = (box2d[:, 1:2] + box2d[:, 3:4]) / 2 + raw["keypoints"][:, :1] * height
+    out["box2d"] = box2d
+    out["keypoints"] = torch.cat([mid - height / 2, mid + height / 2], dim=1)
+    out["dims"] = (raw["dims"] + log_prior.to(raw["dims"])).clamp(max=6.0).exp()
+    out["height_log_scale"] = raw["height_log_scale"]
+    out["score_logit"] = raw["score_logit"]
+    if "center_uv" in raw:
+        out["center_uv"] = raw["center_uv"] + 0.5
+        out["depth"] = raw["depth"].clamp(max=8.0).exp() * config.depth_scale
+        out["depth_log_scale"] = raw["depth_log_scale"]
+    if "xyz" in raw:
+        xyz = raw["xyz"]
+        out["xyz"] = torch.cat(
+            [xyz[:, :2] * config.xyz_scale, F.softplus(xyz[:, 2:]) * config.depth_scale], dim=1
+        )
+    if "rot6d" in raw:
+        out["rot6d"] = raw["rot6d"] + raw["rot6d"].new_tensor(IDENTITY_6D)
+    if "euler" in raw:
+        out["euler"] = raw["euler"]
+    return out
+
+
 class Heads(nn.Module):
     """MLP heads on F_3D: (B, hidden) -> dict of (B, k) outputs in physical units."""
 
     def __init__(self, in_features: int, config: HeadConfig) -> None:
         super().__init__()
+        self.config = config
         self.mlps = nn.ModuleDict(
             {
                 name: nn.Sequential(
@@ -124,32 +144,11 @@ class Heads(nn.Module):
                 for name, width in head_widths(config).items()
             }
         )
-        self.activations = output_activations(config)
-        self.depth_scale = config.depth_scale
 
     def forward(
-        self,
-        features_3d: torch.Tensor,
-        anchor_uv: torch.Tensor | None = None,
-        anchor_depth: torch.Tensor | None = None,
+        self, features_3d: torch.Tensor, log_prior: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """(B, hidden) -> {name: (B, k)}, in the heads' dtype (F_3D is cast to it).
-
-        With `anchor_uv` (B, 2) (the pointer's location, pointer.py) the centre and the 2D box
-        centre are offsets from it instead of from the image centre; with `anchor_depth` (B, 1)
-        (the depth map there) the depth head corrects that value instead of predicting from 0.
-        """
+        """(B, hidden) F_3D and the (3,) global log size prior -> {name: (B, k)} (heads' dtype)."""
         features_3d = features_3d.to(next(self.parameters()).dtype)
         raw = {name: mlp(features_3d) for name, mlp in self.mlps.items()}
-        outputs = {name: self.activations[name](value) for name, value in raw.items()}
-        if anchor_uv is not None:
-            anchor = anchor_uv.to(features_3d.dtype)
-            if "center_uv" in raw:
-                outputs["center_uv"] = anchor + raw["center_uv"]
-            outputs["box2d"] = _xyxy(anchor + raw["box2d"][:, :2], raw["box2d"])
-        if anchor_depth is not None and "depth" in raw:
-            # softplus(raw + softplus^-1(anchor)): positive, and equal to the anchor at raw = 0
-            anchor = (anchor_depth.to(features_3d.dtype) / self.depth_scale).clamp(min=1e-4)
-            inverse = anchor + torch.log(-torch.expm1(-anchor))
-            outputs["depth"] = F.softplus(raw["depth"] + inverse) * self.depth_scale
-        return outputs
+        return physical_outputs(raw, self.config, log_prior)

@@ -1,14 +1,27 @@
-"""Training losses of LLMI3D: L1 on the regression heads and the depth map, CE on answer text.
+"""Training losses of LLMI3D, taken in the space where errors matter.
 
-Every term is a mean over the batch; `total` is their sum weighted by LossConfig. Depth-like terms
-(depth head, xyz head, depth map) are divided by heads.depth_scale first so that all L1 terms are
-of order one. The score head is trained with binary cross-entropy towards a detached quality
-q = IoU2D(box2d, gt box2d) * exp(-|log(Z / Z_gt)|) in [0, 1] (see heads.py).
+Box outputs (physical units, heads.py / detector.cell_outputs) against their targets, each a mean
+over the supervised boxes:
+
+    center_uv  L1 of the projected centre, in units of 8 canvas px
+    depth      Laplacian negative log-likelihood of log-depth: |log d - log d*| e^-s + s, with s
+               the predicted log scale (MonoFlex), for the depth output and for the height
+               depth of the keypoints (computed with the predicted h and H, so both heads learn
+               from it; rotation and centre row from the targets)
+    dims       L1 of log (L, W, H)
+    rotation   L1 of the 6D vector, the smaller of the two for the box and the same box turned
+               by 180 degrees about its vertical axis (identical boxes must not be punished)
+    box2d      L1 of the 2D box corners relative to the target's width / height
+    keypoints  L1 of the two keypoint rows relative to the target's projected height
+    score      BCE of the MLP read-out's score towards q = IoU2D * exp(-|log(Z / Z*)|)
+
+Dense heads (detector.py) add the heatmap focal loss and category / colour cross-entropy; the
+pointer adds its cross-entropy (pointer.py); the LLM adds cross-entropy on answer text.
+`weighted_total` sums the terms with LossConfig's weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,84 +31,114 @@ from llmi3d_core import geometry
 from llmi3d_core.model.config import ModelConfig
 
 Batch = dict[str, Any]
-
-# head name -> its target in physical units, from the collated batch (data/dataset.py contract)
-TARGETS: dict[str, Callable[[Batch, ModelConfig], torch.Tensor]] = {
-    "center_uv": lambda b, c: b["center_uv"],
-    "depth": lambda b, c: (
-        b["virtual_depth"] if c.heads.use_virtual_depth else b["center_cam"][:, 2:]
-    ),
-    "xyz": lambda b, c: b["center_cam"],
-    "rot6d": lambda b, c: b["rot6d_allo"],
-    "euler": lambda b, c: geometry.matrix_to_euler(
-        geometry.rotation_6d_to_matrix(b["rot6d_allo"], validate=False), validate=False
-    ),
-    "dims": lambda b, c: b["dims_lwh"],
-    "box2d": lambda b, c: b["box2d"],
-}
-
-# head name -> (LossConfig field, divide by depth_scale)
-LOSS_TERMS: dict[str, tuple[str, bool]] = {
-    "center_uv": ("center_uv", False),
-    "depth": ("depth", True),
-    "xyz": ("depth", True),
-    "rot6d": ("rotation", False),
-    "euler": ("rotation", False),
-    "dims": ("dims", False),
-    "box2d": ("box2d", False),
-}
+CENTER_UNIT_PX = 8.0
+LOG_SCALE_LIMIT = 6.0
+# a 180-degree turn about the box's vertical axis flips its local x and z: in the 6D rows
+# (first two rows of R) the entries of columns 0 and 2 change sign
+_FLIP_6D = (-1.0, 1.0, -1.0, -1.0, 1.0, -1.0)
 
 
-def has_targets(batch: Batch) -> bool:
-    """True when the batch carries the regression targets (training / evaluation batches)."""
-    return "dims_lwh" in batch
+def laplacian_nll(
+    pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """Mean of |pred - target| exp(-s) + s, with s = log_scale clamped to a sane range."""
+    s = log_scale.float().clamp(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
+    return ((pred.float() - target.float()).abs() * torch.exp(-s) + s).mean()
 
 
-def regression_targets(
-    batch: Batch, names: list[str], config: ModelConfig
-) -> dict[str, torch.Tensor]:
-    """Targets {head name: (B, k)} for the heads in `names` that have one."""
-    return {name: TARGETS[name](batch, config) for name in names if name in TARGETS}
+def symmetric_rotation_l1(pred6d: torch.Tensor, target6d: torch.Tensor) -> torch.Tensor:
+    """Per-box L1 (N,) of 6D rotations, the smaller of the target and its 180-degree yaw twin."""
+    flip = target6d.new_tensor(_FLIP_6D)
+    direct = (pred6d - target6d).abs().mean(-1)
+    turned = (pred6d - target6d * flip).abs().mean(-1)
+    return torch.minimum(direct, turned)
 
 
-def regression_losses(
+def box_targets(batch: Batch, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The target of each box output, from a collated query batch (data/dataset.py contract)."""
+    depth = batch["virtual_depth"] if config.heads.use_virtual_depth else batch["center_cam"][:, 2:]
+    return {
+        "center_uv": batch["center_uv"],
+        "depth": depth,
+        "dims": batch["dims_lwh"],
+        "rot6d": batch["rot6d_allo"],
+        "box2d": batch["box2d"],
+        "keypoints": batch["keypoints"],
+        "center_cam": batch["center_cam"],
+        "R_cam": batch["R_cam"],
+        "K": batch["K"],
+        "image_size": batch["image_size"],
+    }
+
+
+def box_losses(
     outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], config: ModelConfig
 ) -> dict[str, torch.Tensor]:
-    """L1 per loss term (unweighted), keyed by LossConfig field names."""
+    """Loss terms (unweighted, LossConfig names) of N boxes.
+
+    Args:
+        outputs: physical outputs {name: (N, k)}.
+        targets: `box_targets`-style {name: (N, k)} (center_uv, depth, dims, rot6d, box2d,
+            keypoints, center_cam, R_cam, K, image_size), all in the canvas frame.
+        config: the model config.
+    """
+    t = {k: v.to(outputs["dims"].device, torch.float32) for k, v in targets.items()}
+    size = t["image_size"]  # (N, 2)
     losses: dict[str, torch.Tensor] = {}
-    for name, target in targets.items():
-        term, scaled = LOSS_TERMS[name]
-        pred = outputs[name].float()
-        scale = config.heads.depth_scale if scaled else 1.0
-        losses[term] = F.l1_loss(pred / scale, target.to(pred) / scale)
+    if "center_uv" in outputs:
+        diff = (outputs["center_uv"].float() - t["center_uv"]) * size / CENTER_UNIT_PX
+        losses["center_uv"] = diff.abs().mean()
+    depth_terms = []
+    if "depth" in outputs:
+        depth_terms.append(
+            laplacian_nll(
+                outputs["depth"].clamp(min=1e-4).log(),
+                t["depth"].clamp(min=1e-4).log(),
+                outputs["depth_log_scale"],
+            )
+        )
+    if "xyz" in outputs:
+        scale = config.heads.depth_scale
+        depth_terms.append(F.l1_loss(outputs["xyz"].float() / scale, t["center_cam"] / scale))
+    if config.heads.use_height_depth and "keypoints" in outputs and "height_log_scale" in outputs:
+        h_px = (outputs["keypoints"][:, 1] - outputs["keypoints"][:, 0]).float() * size[:, 1]
+        v_px = t["center_uv"][:, 1] * size[:, 1]
+        z2 = geometry.keypoint_height_depth(
+            h_px.clamp(min=1e-2), outputs["dims"][:, 2].float().clamp(min=1e-3), v_px,
+            t["R_cam"], t["K"], validate=False,
+        )  # fmt: skip
+        depth_terms.append(
+            laplacian_nll(
+                z2.clamp(min=1e-3).log(),
+                t["center_cam"][:, 2].log(),
+                outputs["height_log_scale"][:, 0],
+            )
+        )
+    if depth_terms:
+        losses["depth"] = sum(depth_terms[1:], depth_terms[0])
+    losses["dims"] = (outputs["dims"].float().clamp(min=1e-4).log() - t["dims"].log()).abs().mean()
+    if "rot6d" in outputs:
+        losses["rotation"] = symmetric_rotation_l1(outputs["rot6d"].float(), t["rot6d"]).mean()
+    elif "euler" in outputs:
+        target = geometry.matrix_to_euler(
+            geometry.rotation_6d_to_matrix(t["rot6d"], validate=False), validate=False
+        )
+        losses["rotation"] = (outputs["euler"].float() - target).abs().mean()
+    box_size = (t["box2d"][:, 2:] - t["box2d"][:, :2]).clamp(min=1e-3).repeat(1, 2)
+    losses["box2d"] = ((outputs["box2d"].float() - t["box2d"]).abs() / box_size).mean()
+    if "keypoints" in outputs:
+        kp_h = (t["keypoints"][:, 1:] - t["keypoints"][:, :1]).abs().clamp(min=1e-3)
+        losses["keypoints"] = ((outputs["keypoints"].float() - t["keypoints"]).abs() / kp_h).mean()
     return losses
 
 
-def depth_map_loss(pred: torch.Tensor, target: torch.Tensor, depth_scale: float) -> torch.Tensor:
-    """L1 between the predicted and pseudo depth maps where the target is > 0 (object pixels).
-
-    Args:
-        pred: (B, 1, h, w) predicted depth map (virtual-depth units), any resolution.
-        target: (B, 1, H_t, W_t) pseudo map, 0 = background.
-        depth_scale: both are divided by it.
-
-    Returns:
-        Scalar; 0 (with a graph) when no pixel is labelled.
-    """
-    pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-    mask = target > 0
-    if not bool(mask.any()):
-        return pred.sum() * 0.0
-    return F.l1_loss(pred[mask] / depth_scale, target.to(pred)[mask] / depth_scale)
-
-
 def box_iou_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of axis-aligned boxes (B, 4) xyxy and (B, 4) xyxy -> (B,)."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    """IoU of axis-aligned boxes (..., 4) xyxy and (..., 4) xyxy -> (...)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(dim=-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(dim=-1)
     return inter / (area_a + area_b - inter).clamp(min=1e-9)
 
 

@@ -1,25 +1,27 @@
-"""Spatial pointer: F_3D picks the image token that holds the object (our addition to paper III-C).
+"""The 3D Query as a pointer: F_3D scores the detector's candidate objects (our addition).
 
-The paper regresses the projected centre (u, v) from F_3D with an MLP alone. At the budgets this
-package trains on (a CPU, minutes) that never learned *where* the object is: the centre error
-stayed at the "always the image centre" level (issue 6). The pointer gives the heads a direct
-path to location:
+The paper regresses the box from F_3D with MLPs. A model we can train on a CPU does not learn
+where an object is that way (issue 13: the MLP read-out stays at the mean-box level). Here the
+detector (detector.py) has already found the objects of the image; the LLM's job is to say which
+one the query means. For each image the detector gives K candidates (heatmap peaks), each with
+its feature at the peak cell, its position and decoded geometry and its category and colour
+probabilities. The pointer:
 
-    a_i   = (W_q F_3D) . (W_k t_i + P(c_i)) / sqrt(d)      over the N' image tokens t_i
-    p     = softmax(a)
-    uv_p  = sum_i p_i c_i                                   c_i: normalised centre of token i's cell
-    d_p   = sum_i p_i D(c_i)                                D: the depth branch's object depth map
-    F'_3D = F_3D + W_o sum_i p_i W_v t_i                    the object's own features, for the heads
+    c_i  = MLP(candidate input)                                   (B, K, d)
+    for each relation layer:
+        c_i += sum_j a_ij (W_v c_j + W_r r_ij)    a_ij = softmax_j(q_i.k_j / sqrt(d_h) + b(r_ij))
+        c_i += cross-attention to the query's words (the LLM's hidden states of the query)
+        c_i += FFN(c_i)
+    logit_i = (W_q F_3D) . (W_k c_i) / sqrt(d) + w * objectness_i + prompt_i
 
-The heads then predict (u, v) = uv_p + offset, the 2D box around uv_p and the virtual depth as a
-correction of d_p (heads.py): the dense depth map is trained on every object of every image,
-far more supervision than the one box of a query. The auxiliary loss (`pointer_loss`) is
-cross-entropy of p towards the cell holding the true centre.
-P is a Fourier encoding of c_i, so relations ("left of") can prefer a part of the image.
-`heads.pointer: false` gives the paper's plain MLP read-out (an ablation config).
+r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
+extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"
+or "between" be decided by comparing objects. prompt_i scores the candidate against a box or
+point prompt geometrically (IoU, inside, distance), the way SAM encodes prompts; the LLM still
+reads the prompt as text too.
 
-Token layout: the fusion gives N' = k * g^2 tokens, k row-major g x g grids one after the other
-(k = 2 for the "concat" fusion); every grid covers the whole (resized) image.
+The chosen candidate's box is read from the dense heads at its cell; a small residual from F_3D
+(zero at initialisation) corrects its log depth and log size.
 """
 
 from __future__ import annotations
@@ -28,133 +30,215 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
 
-FOURIER_FREQUENCIES = (1.0, 2.0, 4.0, 8.0)
+GEOMETRY_WIDTH = 8  # u, v, log z, log volume, box x1, y1, x2, y2 (see `candidate_geometry`)
+RELATION_WIDTH = GEOMETRY_WIDTH + 1  # differences + horizontal overlap
+PROMPT_WIDTH = 10
+RESIDUAL_WIDTH = 4  # log depth, log (L, W, H)
 
 
 @dataclass
-class PointerOutput:
-    """What the pointer gives the heads.
+class PointerInputs:
+    """Everything the pointer reads, batched (B queries, K candidates, T query words).
 
     Attributes:
-        logits: (B, N') pointer logits over the image tokens.
-        uv: (B, 2) expected normalised (u, v) of the pointed cell centres.
-        features: (B, hidden) F'_3D, F_3D plus the pooled features of the pointed tokens.
-        depth: (B, 1) depth map at the pointed cells (virtual-depth units), or None without one.
+        f3d: (B, hidden) the 3D Query's last hidden state.
+        words: (B, T, hidden) the LLM's last hidden states of the query tokens.
+        word_mask: (B, T) True for real tokens.
+        features: (B, K, F) candidate inputs (`candidate_inputs`).
+        geometry: (B, K, GEOMETRY_WIDTH) `candidate_geometry`.
+        objectness: (B, K) heatmap logits of the candidates.
+        valid: (B, K) True for real candidates.
+        box_prompt: (B, 4) normalised canvas xyxy, NaN when absent.
+        point_prompt: (B, 2) normalised canvas (u, v), NaN when absent.
     """
 
-    logits: torch.Tensor
-    uv: torch.Tensor
+    f3d: torch.Tensor
+    words: torch.Tensor
+    word_mask: torch.Tensor
     features: torch.Tensor
-    depth: torch.Tensor | None = None
+    geometry: torch.Tensor
+    objectness: torch.Tensor
+    valid: torch.Tensor
+    box_prompt: torch.Tensor
+    point_prompt: torch.Tensor
 
 
-def map_centres(h: int, w: int) -> torch.Tensor:
-    """(h*w, 2) normalised (u, v) of the cell centres of an h x w map, row-major."""
-    v, u = torch.meshgrid(
-        (torch.arange(h, dtype=torch.float32) + 0.5) / h,
-        (torch.arange(w, dtype=torch.float32) + 0.5) / w,
-        indexing="ij",
+def candidate_geometry(
+    center_uv: torch.Tensor, z: torch.Tensor, dims: torch.Tensor, box2d: torch.Tensor
+) -> torch.Tensor:
+    """(B, K, 2) uv, (B, K) depth m, (B, K, 3) dims m, (B, K, 4) box -> (B, K, GEOMETRY_WIDTH)."""
+    log_z = z.clamp(min=1e-2).log().unsqueeze(-1)
+    log_volume = dims.clamp(min=1e-3).log().sum(-1, keepdim=True)
+    return torch.cat([center_uv, log_z, log_volume, box2d], dim=-1)
+
+
+def relations(geometry: torch.Tensor) -> torch.Tensor:
+    """(B, K, G) -> (B, K, K, RELATION_WIDTH): g_i - g_j and the horizontal overlap of the boxes."""
+    diff = geometry[:, :, None, :] - geometry[:, None, :, :]
+    x1, x2 = geometry[..., 4], geometry[..., 6]
+    inter = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(
+        x1[:, :, None], x1[:, None, :]
+    )).clamp(min=0)  # fmt: skip
+    width = (x2 - x1).clamp(min=1e-4)
+    overlap = inter / torch.minimum(width[:, :, None], width[:, None, :])
+    return torch.cat([diff, overlap.unsqueeze(-1)], dim=-1)
+
+
+def prompt_features(
+    box2d: torch.Tensor, box_prompt: torch.Tensor, point_prompt: torch.Tensor
+) -> torch.Tensor:
+    """How well each candidate box (B, K, 4) fits the prompts -> (B, K, PROMPT_WIDTH), 0 if none."""
+    has_box = torch.isfinite(box_prompt).all(-1, keepdim=True)  # (B, 1)
+    has_point = torch.isfinite(point_prompt).all(-1, keepdim=True)
+    prompt = torch.where(has_box, box_prompt, torch.zeros_like(box_prompt))[:, None, :]
+    point = torch.where(has_point, point_prompt, torch.zeros_like(point_prompt))[:, None, :]
+    lt = torch.maximum(box2d[..., :2], prompt[..., :2])
+    rb = torch.minimum(box2d[..., 2:], prompt[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (box2d[..., 2:] - box2d[..., :2]).clamp(min=1e-6).prod(-1)
+    prompt_area = (prompt[..., 2:] - prompt[..., :2]).clamp(min=1e-6).prod(-1)
+    iou = inter / (area + prompt_area - inter).clamp(min=1e-6)
+    size = (box2d[..., 2:] - box2d[..., :2]).clamp(min=1e-3)  # (B, K, 2)
+    centre = (box2d[..., :2] + box2d[..., 2:]) / 2
+    box_offset = ((prompt[..., :2] + prompt[..., 2:]) / 2 - centre) / size
+    point_offset = (point - centre) / size
+    inside = ((point >= box2d[..., :2]) & (point <= box2d[..., 2:])).all(-1).float()
+    box_terms = torch.cat(
+        [iou.unsqueeze(-1), box_offset.abs().clamp(max=4), (prompt_area / area).log().clamp(-4, 4)
+         .unsqueeze(-1)], dim=-1,
+    ) * has_box[:, None, :]  # fmt: skip
+    point_terms = (
+        torch.cat(
+            [inside.unsqueeze(-1), point_offset.abs().clamp(max=4), area.log().unsqueeze(-1) / 10],
+            dim=-1,
+        )
+        * has_point[:, None, :]
     )
-    return torch.stack([u.flatten(), v.flatten()], dim=1)
+    flags = (
+        torch.cat([has_box, has_point], dim=-1).float()[:, None, :].expand(-1, box2d.shape[1], -1)
+    )
+    return torch.cat([box_terms, point_terms, flags], dim=-1)
 
 
-def cell_centres(grid: int, num_tokens: int) -> torch.Tensor:
-    """(num_tokens, 2) normalised (u, v) of each token's cell centre, row-major, grids repeated."""
-    if num_tokens % (grid * grid):
-        raise ValueError(f"{num_tokens} image tokens do not fill whole {grid} x {grid} grids")
-    return map_centres(grid, grid).repeat(num_tokens // (grid * grid), 1)
+class RelationLayer(nn.Module):
+    """Candidates attend to each other (with relative geometry) and to the query's words."""
 
-
-def fourier_encoding(uv: torch.Tensor) -> torch.Tensor:
-    """(N, 2) in [0, 1] -> (N, 4 * len(FOURIER_FREQUENCIES)) sines and cosines."""
-    freqs = uv.new_tensor(FOURIER_FREQUENCIES) * math.pi
-    angles = uv[:, :, None] * freqs  # (N, 2, F)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
-
-
-class SpatialPointer(nn.Module):
-    """Attention of F_3D over the image tokens, read out as a location and pooled features."""
-
-    centres: torch.Tensor
-
-    def __init__(self, hidden: int, dim: int, grid: int) -> None:
+    def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.grid = grid
-        self.q_proj = nn.Linear(hidden, dim)
-        self.k_proj = nn.Linear(hidden, dim)
-        self.v_proj = nn.Linear(hidden, dim)
-        self.o_proj = nn.Linear(dim, hidden)
-        self.position = nn.Linear(4 * len(FOURIER_FREQUENCIES), dim)
-        self.register_buffer("centres", cell_centres(grid, grid * grid), persistent=False)
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.relation_bias = nn.Sequential(
+            nn.Linear(RELATION_WIDTH, dim // 2), nn.GELU(), nn.Linear(dim // 2, heads)
+        )
+        self.relation_value = nn.Linear(RELATION_WIDTH, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(
         self,
-        features_3d: torch.Tensor,
-        tokens: torch.Tensor,
-        depth_map: torch.Tensor | None = None,
-    ) -> PointerOutput:
-        """F_3D (B, hidden), image tokens (B, N', hidden), depth map (B, 1, h, w) or None.
+        cands: torch.Tensor,
+        rel: torch.Tensor,
+        valid: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cands (B, K, d), rel (B, K, K, R), valid (B, K), words (B, T, d) -> (B, K, d)."""
+        B, K, d = cands.shape
+        h = self.heads
+        q, k, v = self.qkv(self.norm1(cands)).chunk(3, dim=-1)  # (B, K, d) each
+        q = q.view(B, K, h, d // h).transpose(1, 2)  # (B, h, K, d_h)
+        k = k.view(B, K, h, d // h).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (B, h, K, K)
+        logits = logits + self.relation_bias(rel).permute(0, 3, 1, 2)
+        logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+        weights = logits.softmax(dim=-1)  # (B, h, K, K)
+        values = v.view(B, 1, K, h, d // h) + self.relation_value(rel).view(B, K, K, h, d // h)
+        attended = torch.einsum("bhij,bijhd->bihd", weights, values).reshape(B, K, d)
+        cands = cands + self.out(attended)
+        text, _ = self.cross(self.norm2(cands), words, words, key_padding_mask=~word_mask)
+        cands = cands + text
+        return cands + self.ffn(self.norm3(cands))
 
-        Returns the PointerOutput of the module docstring.
-        """
-        dtype = self.q_proj.weight.dtype
-        f3d, tokens = features_3d.to(dtype), tokens.to(dtype)
-        centres = self.centres.to(dtype)
-        if tokens.shape[1] != centres.shape[0]:
-            centres = cell_centres(self.grid, tokens.shape[1]).to(tokens.device, dtype)
-        keys = self.k_proj(tokens) + self.position(fourier_encoding(centres))  # (B, N', d)
-        query = self.q_proj(f3d)  # (B, d)
-        logits = torch.einsum("bd,bnd->bn", query, keys) / math.sqrt(query.shape[-1])
-        weights = logits.softmax(dim=-1)  # (B, N')
-        pooled = torch.einsum("bn,bnd->bd", weights, self.v_proj(tokens))
-        depth = None
-        if depth_map is not None:
-            at_cells = sample_at(depth_map.to(dtype), centres)  # (B, N')
-            depth = (weights * at_cells).sum(dim=-1, keepdim=True)
-        return PointerOutput(
-            logits=logits,
-            uv=weights @ centres,  # (B, 2)
-            features=f3d + self.o_proj(pooled),
-            depth=depth,
+
+class CandidatePointer(nn.Module):
+    """Scores K candidate objects for one query (module docstring)."""
+
+    def __init__(self, hidden: int, candidate_width: int, dim: int, layers: int) -> None:
+        super().__init__()
+        heads = 4 if dim % 4 == 0 else 1
+        self.encode = nn.Sequential(
+            nn.Linear(candidate_width + GEOMETRY_WIDTH, dim), nn.GELU(), nn.Linear(dim, dim)
         )
+        self.words = nn.Linear(hidden, dim)
+        self.layers = nn.ModuleList(RelationLayer(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(hidden, dim)
+        self.key = nn.Linear(dim, dim)
+        self.objectness_weight = nn.Parameter(torch.tensor(1.0))
+        self.prompt = nn.Sequential(nn.Linear(PROMPT_WIDTH, 32), nn.GELU(), nn.Linear(32, 1))
+        self.residual = nn.Sequential(
+            nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, RESIDUAL_WIDTH)
+        )
+        last = self.residual[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, inputs: PointerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the candidates.
+
+        Returns:
+            logits (B, K) (-inf for invalid candidates) and the residual (B, K, RESIDUAL_WIDTH)
+            that corrects each candidate's log depth and log (L, W, H).
+        """
+        dtype = self.query.weight.dtype
+        geometry = inputs.geometry.to(dtype)
+        cands = self.encode(torch.cat([inputs.features.to(dtype), geometry], dim=-1))
+        words = self.words(inputs.words.to(dtype))
+        rel = relations(geometry)
+        for layer in self.layers:
+            cands = layer(cands, rel, inputs.valid, words, inputs.word_mask)
+        cands = self.norm(cands)
+        query = self.query(inputs.f3d.to(dtype))  # (B, d)
+        logits = torch.einsum("bd,bkd->bk", query, self.key(cands)) / math.sqrt(query.shape[-1])
+        logits = logits + self.objectness_weight * inputs.objectness.to(dtype)
+        prompt = prompt_features(
+            geometry[..., 4:8], inputs.box_prompt.to(dtype), inputs.point_prompt.to(dtype)
+        )
+        logits = logits + self.prompt(prompt).squeeze(-1)
+        logits = logits.masked_fill(~inputs.valid, float("-inf"))
+        pair = torch.cat([cands, query[:, None, :].expand_as(cands)], dim=-1)
+        return logits, self.residual(pair)
 
 
-def sample_at(maps: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of maps (B, 1, h, w) at normalised points uv (N, 2) -> (B, N)."""
-    grid = (uv * 2.0 - 1.0).view(1, 1, -1, 2).expand(maps.shape[0], -1, -1, -1)
-    values = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return values[:, 0, 0]
-
-
-def pointer_loss(logits: torch.Tensor, center_uv: torch.Tensor, grid: int) -> torch.Tensor:
-    """Cross-entropy of the pointer towards the cell(s) holding the true projected centre.
+def pointer_loss(logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy towards the target candidate(s): -log sum of p over them, mean over queries.
 
     Args:
-        logits: (B, N') pointer logits (k grids of g x g, see the module docstring).
-        center_uv: (B, 2) true normalised centre; centres outside the image go to the border cell.
-        grid: g.
-
-    Returns:
-        Scalar mean over the batch of -log(sum of p over the target cell in every grid).
+        logits: (B, K) pointer logits.
+        is_target: (B, K) bool; a query without a target among its candidates is skipped.
     """
-    cells = (center_uv.float().clamp(0.0, 1.0 - 1e-6) * grid).long()  # (B, 2) col, row
-    target = cells[:, 1] * grid + cells[:, 0]  # (B,)
-    token_cell = torch.arange(logits.shape[1], device=logits.device) % (grid * grid)
-    hit = token_cell[None, :] == target[:, None]  # (B, N')
-    logits = logits.float()
-    on_target = logits.masked_fill(~hit, float("-inf")).logsumexp(dim=-1)
+    has = is_target.any(dim=-1)
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    logits = logits[has].float()
+    on_target = logits.masked_fill(~is_target[has], float("-inf")).logsumexp(dim=-1)
     return (logits.logsumexp(dim=-1) - on_target).mean()
 
 
 __all__ = [
-    "PointerOutput",
-    "SpatialPointer",
-    "cell_centres",
-    "fourier_encoding",
-    "map_centres",
+    "GEOMETRY_WIDTH",
+    "RESIDUAL_WIDTH",
+    "CandidatePointer",
+    "PointerInputs",
+    "candidate_geometry",
     "pointer_loss",
-    "sample_at",
+    "prompt_features",
+    "relations",
 ]

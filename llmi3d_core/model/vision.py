@@ -3,10 +3,10 @@
 Low-res branch: a transformers ViT / CLIP / SigLIP vision model on the S x S image gives global
 tokens T_vit (B, N, C_lr), N = (S / patch)^2, row-major over the token grid.
 
-High-res branch: a CNN (transformers ConvNeXt or our EfficientNet-Lite0) on the H x W image gives
-F_local (B, C_hr, h, w); two 3x3 convs split it into F_spatial and F_rgb, a depth head on F_spatial
-predicts the object-level depth map, and F_spatial_local = F_spatial + F_rgb is what SECBA
-attends to.
+High-res branch: a CNN (transformers ConvNeXt or our EfficientNet-Lite0) on the letterboxed
+H x W canvas gives maps at strides 8, 16 and 32; an FPN neck merges them into one stride-8 map F
+(B, C, H / 8, W / 8). SECBA attends to F, and the dense heads of detector.py (the paper's depth
+branch grown into per-object supervision) read it.
 
 Both branches take images in [0, 1] and normalise them with their backbone's own mean and std.
 """
@@ -123,7 +123,7 @@ def _from_pretrained(model_class: Any, path: str, what: str) -> nn.Module:
         raise ConfigError(f"Could not load {what} {path!r}: {err}") from err
 
 
-def _build_convnext(config: HighResConfig, load_pretrained: bool) -> tuple[nn.Module, int]:
+def _build_convnext(config: HighResConfig, load_pretrained: bool) -> nn.Module:
     from transformers import ConvNextConfig, ConvNextModel
 
     model: Any
@@ -139,98 +139,149 @@ def _build_convnext(config: HighResConfig, load_pretrained: bool) -> tuple[nn.Mo
                 num_stages=len(config.depths),
             )
         )
-    return _ConvNextFeatures(model), int(model.config.hidden_sizes[-1])
+    return _ConvNextFeatures(model)
 
 
 class _ConvNextFeatures(nn.Module):
-    """transformers ConvNextModel -> its last stage map (B, C, H / 32, W / 32)."""
+    """transformers ConvNextModel -> its stage outputs at strides 4, 8, 16, 32 (as many as it has).
+
+    Attributes:
+        channels, strides: of each returned map, finest first.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        sizes = list(model.config.hidden_sizes)  # type: ignore[union-attr]
+        self.channels = sizes
+        self.strides = [4 * 2**i for i in range(len(sizes))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, C, h, w)."""
-        return self.model(pixel_values=self.normalize(x)).last_hidden_state  # type: ignore[no-any-return]
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> [(B, C_i, H / s_i, W / s_i)], finest first."""
+        out = self.model(pixel_values=self.normalize(x), output_hidden_states=True)
+        return list(out.hidden_states[1:])  # [0] is the stem output, before stage 1
 
 
-def _build_efficientnet(config: HighResConfig, load_pretrained: bool) -> tuple[nn.Module, int]:
+def _build_efficientnet(config: HighResConfig, load_pretrained: bool) -> nn.Module:
     from llmi3d_core.model.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 
     model = EfficientNetLite0()
     if config.pretrained and load_pretrained:
         load_imagenet_weights(model)
-    return _EfficientNetFeatures(model), EfficientNetLite0.out_channels
+    return _EfficientNetFeatures(model)
 
 
 class _EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite0 with its (x - 0.5) / 0.5 input normalisation."""
+    """EfficientNet-Lite0 with its (x - 0.5) / 0.5 input normalisation, at strides 8, 16, 32."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
         self.normalize = Normalize(HALF, HALF)
+        self.channels = list(model.tap_channels)
+        self.strides = list(model.tap_strides)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 320, h, w)."""
-        return self.model(self.normalize(x))  # type: ignore[no-any-return]
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> [(B, 40, H/8, W/8), (B, 112, H/16, ..), (B, 320, H/32, ..)]."""
+        return self.model.forward_taps(self.normalize(x))  # type: ignore[no-any-return]
 
 
-# kind -> builder(config, load_pretrained) -> (feature extractor, output channels)
-HIGH_RES_BACKBONES: dict[str, Callable[[HighResConfig, bool], tuple[nn.Module, int]]] = {
+# kind -> builder(config, load_pretrained) -> multi-scale feature extractor with `channels` and
+# `strides` attributes (finest first)
+HIGH_RES_BACKBONES: dict[str, Callable[[HighResConfig, bool], nn.Module]] = {
     "convnext": _build_convnext,
     "efficientnet_lite0": _build_efficientnet,
 }
 
+NECK_STRIDES = (8, 16, 32)
 
-def _conv3x3(channels: int) -> nn.Conv2d:
-    return nn.Conv2d(channels, channels, 3, padding=1)
+
+class FeaturePyramid(nn.Module):
+    """FPN neck (Lin et al. 2017): the stride 8/16/32 maps merged top-down into one stride-8 map.
+
+    Each level gets a 1x1 lateral conv to `channels`; coarser levels are upsampled and added to
+    finer ones; a 3x3 conv smooths the result. Levels the backbone lacks are skipped, and a
+    backbone whose finest map is coarser than 8 gives a map at that stride.
+    """
+
+    def __init__(self, in_channels: list[int], in_strides: list[int], channels: int) -> None:
+        super().__init__()
+        picked = [i for i, s in enumerate(in_strides) if s in NECK_STRIDES]
+        if not picked:  # a tiny backbone: use its two coarsest maps
+            picked = list(range(len(in_strides)))[-2:]
+        self.picked = picked
+        self.stride = in_strides[picked[0]]
+        self.lateral = nn.ModuleList(nn.Conv2d(in_channels[i], channels, 1) for i in picked)
+        self.smooth = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone maps (finest first) -> F (B, channels, H / stride, W / stride)."""
+        maps = [conv(features[i]) for conv, i in zip(self.lateral, self.picked, strict=True)]
+        merged = maps[-1]
+        for finer in reversed(maps[:-1]):
+            merged = finer + F.interpolate(merged, size=finer.shape[-2:], mode="nearest")
+        return self.smooth(merged)  # type: ignore[no-any-return]
+
+
+COLOUR_CHANNELS = 12  # mean RGB of the 2 x 2 sub-cells of each stride-8 cell
+
+
+def colour_map(image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 12, H / 8, W / 8): the mean colour of each 4 x 4 block.
+
+    ImageNet features are trained to be fairly colour-blind, and captions name colours ("the red
+    chair"): the heads also see the pixels' colours, at twice the map's resolution.
+    """
+    return F.pixel_unshuffle(F.avg_pool2d(image, 4), 2)
 
 
 class HighResBranch(nn.Module):
-    """CNN branch: (B, 3, H, W) -> F_spatial_local (B, C_hr, h, w) and a depth map (B, 1, h, w).
+    """CNN + FPN: (B, 3, H, W) canvas in [0, 1] -> F (B, C, H / 8, W / 8) for SECBA and the heads.
 
-    The depth map is in units of depth_scale virtual-depth units (softplus, so it stays positive);
-    with `depth_branch=False` (ablation) there is no Conv_spatial and no depth map.
+    `backbone_features` and `neck` are separate so that training can cache the output of a frozen
+    backbone once per image and run only the neck and the heads on it; the backbone output ends
+    with the colour map (`colour_map`), which the neck adds to F through a 1 x 1 conv.
     """
 
-    def __init__(
-        self, config: HighResConfig, depth_scale: float, load_pretrained: bool = True
-    ) -> None:
+    def __init__(self, config: HighResConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         check_choice(config.kind, HIGH_RES_BACKBONES, "high_res.kind")
-        self.backbone, channels = HIGH_RES_BACKBONES[config.kind](config, load_pretrained)
+        self.backbone = HIGH_RES_BACKBONES[config.kind](config, load_pretrained)
         self.backbone.requires_grad_(config.trainable)
-        self.out_channels = channels
-        self.depth_scale = depth_scale
-        self.conv_rgb = _conv3x3(channels)
-        self.depth_branch = config.depth_branch
+        self.trainable = config.trainable
+        self.neck = FeaturePyramid(
+            list(self.backbone.channels), list(self.backbone.strides), config.neck_channels
+        )
+        self.colour = nn.Conv2d(COLOUR_CHANNELS, config.neck_channels, 1)
+        self.out_channels = config.neck_channels
+        self.stride = self.neck.stride
         self.freeze_bn = config.freeze_bn
-        if config.depth_branch:
-            self.conv_spatial = _conv3x3(channels)
-            self.depth_head = nn.Sequential(
-                _conv3x3(channels), nn.GELU(), nn.Conv2d(channels, 1, 1)
-            )
 
     def train(self, mode: bool = True) -> HighResBranch:
-        """Set train/eval mode; with freeze_bn the backbone's BatchNorm layers stay in eval."""
+        """Set train/eval mode; a frozen backbone (or freeze_bn) keeps its BatchNorm in eval."""
         super().train(mode)
-        if self.freeze_bn:
+        if self.freeze_bn or not self.trainable:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
 
-    def forward(self, image_hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return F_spatial_local (B, C_hr, h, w) and the depth map (B, 1, h, w) or None.
+    def backbone_features(self, image_hr: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> the backbone's maps, finest first, then the colour map."""
+        return [*self.backbone(image_hr), colour_map(image_hr)]
 
-        The depth map is the object-level depth in virtual-depth units (not divided by scale).
-        """
-        f_local = self.backbone(image_hr)  # (B, C, h, w)
-        f_rgb = self.conv_rgb(f_local)
-        if not self.depth_branch:
-            return f_rgb, None
-        f_spatial = self.conv_spatial(f_local)
-        depth = F.softplus(self.depth_head(f_spatial)) * self.depth_scale  # (B, 1, h, w)
-        return f_spatial + f_rgb, depth
+    def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """`backbone_features` output -> F (B, C, H / stride, W / stride)."""
+        *maps, colours = features
+        hr_map = self.neck(maps)
+        return (
+            hr_map
+            + self.colour(  # type: ignore[no-any-return]
+                F.interpolate(colours, size=hr_map.shape[-2:], mode="area")
+            )
+        )
+
+    def forward(self, image_hr: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> F (B, C, H / stride, W / stride)."""
+        return self.fuse(self.backbone_features(image_hr))

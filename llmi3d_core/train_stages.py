@@ -1,0 +1,527 @@
+"""What each stage of a training run trains, on which data, and how it is validated.
+
+A run is one or more stages (TrainConfig.stages, STAGE_KINDS); each is a `StageTask`:
+
+    detector  every object of every training image supervises the HR neck, the dense heads and
+              the object-token projector (model.detector_losses); no language. With a frozen
+              backbone its maps are computed once per image (BatchNorm folded, ~2x faster on a
+              CPU) and kept in memory as float16.
+    pointer   the pointer (and its residual) learns which candidate a query means. Everything
+              before it is frozen, so each query's LLM states and each image's candidates are
+              computed once, with the inference code path (KV cache of the image prefix, one
+              pass over the query); training then touches only small tensors. This is what makes
+              the pretrained LLM usable on a CPU: one LLM pass per query instead of one forward
+              and backward per query and epoch.
+    joint     the whole teacher-forced model (model.forward): LoRA, projectors, pointer or MLP
+              heads, and the image side, for GPUs and for the tiny test model.
+
+The model config gets the data's vocabulary first (`model_config_for_data`): the categories of
+the training split that are not held out (the category head) and the colour words; and the model
+gets the per-category size priors of the training split (`size_priors`), which checkpoints keep.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmi3d_core.data.dataset import GroundingDataset, ImageDataset, collate_grounding
+from llmi3d_core.data.format import Dataset, read_dataset, select_queries
+from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
+from llmi3d_core.model.config import ModelConfig, config_from_dict
+from llmi3d_core.model.llmi3d import Candidates, QueryStates
+from llmi3d_core.model.losses import box_iou_2d, box_losses, box_targets, weighted_total
+from llmi3d_core.model.pointer import pointer_loss
+from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
+
+Batch = dict[str, Any]
+IMAGE_KEYS = ("image_hr", "image_lr")
+
+
+# --------------------------------------------------------------------------------------------
+# Data-derived model settings
+# --------------------------------------------------------------------------------------------
+
+
+def training_objects(dataset: Dataset, split: str) -> list[Any]:
+    """The objects of the images a split's queries ask about, held-out categories excluded."""
+    novel = set(dataset.info.novel_categories)
+    images = {q.image_id for q in select_queries(dataset, split)}
+    return [
+        obj
+        for record in dataset.images
+        if record.image_id in images
+        for obj in record.objects
+        if obj.category_name not in novel
+    ]
+
+
+def model_config_for_data(config: TrainConfig, dataset: Dataset) -> ModelConfig:
+    """The run's model config with the training data's categories and colours filled in.
+
+    A config that names them already keeps its own lists (a fine-tuning run on new data must
+    keep the checkpoint's heads).
+    """
+    model = resolve_model_config(config.model)
+    data = model.to_dict()
+    objects = training_objects(dataset, config.data.train_split)
+    if not data["detector"]["categories"]:
+        data["detector"]["categories"] = sorted({o.category_name for o in objects})
+    if not data["detector"]["colors"]:
+        colors = {str(o.attributes["color"]) for o in objects if o.attributes.get("color")}
+        data["detector"]["colors"] = sorted(colors)
+    return config_from_dict(data)
+
+
+def size_priors(dataset: Dataset, split: str, categories: Sequence[str]) -> torch.Tensor:
+    """(C + 1, 3) mean log (L, W, H) of each category's training objects, then of all of them.
+
+    A category without training objects gets the global row.
+    """
+    objects = training_objects(dataset, split)
+    if not objects:
+        return torch.zeros(len(categories) + 1, 3)
+    logs: dict[str, list[np.ndarray]] = {}
+    for obj in objects:
+        logs.setdefault(obj.category_name, []).append(np.log(np.maximum(obj.dims_lwh, 1e-3)))
+    overall = np.mean(np.concatenate([np.stack(v) for v in logs.values()]), axis=0)
+    rows = [np.mean(logs[c], axis=0) if c in logs else overall for c in categories]
+    return torch.tensor(np.stack([*rows, overall]), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+class StageTask:
+    """The contract of a stage (module docstring); subclasses fill in the data and the loss."""
+
+    kind = ""
+
+    def __init__(self, config: TrainConfig, stage: StageConfig, dataset: Dataset) -> None:
+        self.config = config
+        self.stage = stage
+        self.dataset = dataset
+
+    def select_trainable(self, model: Any) -> None:
+        """Freeze what this stage does not train (the model is rebuilt for every stage)."""
+
+    def datasets(self, model: Any) -> tuple[Any, Any | None]:
+        """Training and validation datasets (the model may be used to cache features)."""
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[Batch]) -> Batch:
+        """Items -> a batch."""
+        return collate_grounding(items)
+
+    def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms and "total" of a batch."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
+        """Validation metrics ("val/loss" at least) over the loader, gathered across processes."""
+        sums: dict[str, float] = {}
+        count = 0
+        was_training = model.training
+        model.eval()
+        for cpu_batch in loader:
+            batch = to_device(cpu_batch, accelerator.device)
+            size = batch_size(batch)
+            for name, value in self.batch_metrics(model, batch).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * size
+            count += size
+        model.train(was_training)
+        names = sorted(sums)
+        totals = torch.tensor(
+            [count, *(sums[n] for n in names)], dtype=torch.float64, device=accelerator.device
+        )
+        totals = accelerator.reduce(totals, reduction="sum")
+        n = max(float(totals[0]), 1.0)
+        metrics = {
+            f"val/{k}": float(v) / n for k, v in zip(names, totals[1:].tolist(), strict=True)
+        }
+        metrics["val/count"] = n
+        return metrics
+
+    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-batch means of the validation metrics (loss terms by default)."""
+        return {("loss" if k == "total" else k): v for k, v in self.losses(model, batch).items()}
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move the tensors of a batch (and of lists of tensors) to `device`."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            return [v.to(device) for v in value]
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+def batch_size(batch: Batch) -> int:
+    """Samples in a batch (the length of its first tensor)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return 0
+
+
+def box_ious(boxes: dict[str, torch.Tensor], center: torch.Tensor, dims: torch.Tensor,
+             R: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Exact 3D IoU (B,) of decoded boxes with ground truth (float64 numpy under the hood)."""
+    pred = box3d_corners(
+        boxes["center"].detach().double().cpu(),
+        boxes["dims"].detach().double().cpu().clamp(min=1e-4),
+        boxes["R"].detach().double().cpu(),
+        validate=False,
+    )
+    gt = box3d_corners(center.double().cpu(), dims.double().cpu(), R.double().cpu())
+    ious = np.nan_to_num(np.asarray(box3d_iou_batch(pred.numpy(), gt.numpy(), validate=False)))
+    return torch.as_tensor(ious, dtype=torch.float64)
+
+
+def _limit(dataset: Any, count: int) -> Any:
+    if count and len(dataset) > count:
+        return torch.utils.data.Subset(dataset, range(count))
+    return dataset
+
+
+class JointTask(StageTask):
+    """Everything trainable, through the teacher-forced model (model.forward)."""
+
+    kind = "joint"
+
+    def datasets(self, model: Any) -> tuple[Any, Any | None]:
+        """The stage's training and validation data (see the class docstring)."""
+        from llmi3d_core.train import CachedItems
+
+        data = self.config.data
+        kwargs: dict[str, Any] = {"query_types": data.query_types, "dataset": self.dataset}
+        train: Any = GroundingDataset(
+            data.root, data.train_split, model.config, augment=data.augment, **kwargs
+        )
+        val: Any = GroundingDataset(data.root, data.val_split, model.config, **kwargs)
+        if len(val) == 0:
+            return train, None
+        val = _limit(val, data.val_queries)
+        if data.cache_items and data.num_workers == 0:
+            val = CachedItems(val)
+            if not data.augment:
+                train = CachedItems(train)
+        return train, val
+
+    def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms and "total" of a batch."""
+        return model(batch).losses  # type: ignore[no-any-return]
+
+    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Validation metrics of a batch."""
+        output = model(batch)
+        metrics = {("loss" if k == "total" else k): v for k, v in output.losses.items()}
+        if output.boxes:
+            ious = box_ious(output.boxes, batch["center_cam"], batch["dims_lwh"], batch["R_cam"])
+            metrics["acc@0.25"] = (ious > 0.25).double().mean()
+            metrics["mean_iou"] = ious.mean()
+        if output.chosen_box2d is not None:
+            hit = box_iou_2d(output.chosen_box2d.float(), batch["box2d"].float()) > 0.5
+            metrics["grounding_acc"] = hit.double().mean()
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Detector stage
+# --------------------------------------------------------------------------------------------
+
+
+class FrozenBackbone:
+    """A frozen HR backbone for caching: BatchNorm folded, channels-last, float16 outputs."""
+
+    def __init__(self, model: Any) -> None:
+        backbone = copy.deepcopy(model.high_res.backbone).float().eval()
+        inner = getattr(backbone, "model", None)
+        if hasattr(inner, "fuse_batchnorm"):
+            inner.fuse_batchnorm()  # type: ignore[union-attr]
+        self.backbone = backbone.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> HighResBranch.backbone_features, as float16."""
+        from llmi3d_core.model.vision import colour_map
+
+        maps = self.backbone(images.float().contiguous(memory_format=torch.channels_last))
+        return [m.half().contiguous() for m in [*maps, colour_map(images.float())]]
+
+
+def cache_backbone(model: Any, items: Sequence[Batch], desc: str, progress: bool) -> None:
+    """Add each item's backbone maps ("backbone": list of (C, h, w) float16), dropping image_hr."""
+    backbone = FrozenBackbone(model)
+    chunk = 16
+    for start in tqdm(range(0, len(items), chunk), desc=desc, unit="batch", disable=not progress):
+        part = items[start : start + chunk]
+        maps = backbone(torch.stack([item["image_hr"] for item in part]))
+        for index, item in enumerate(part):
+            item["backbone"] = [m[index].clone() for m in maps]
+            for key in IMAGE_KEYS:
+                item.pop(key, None)
+
+
+class DetectorTask(StageTask):
+    """The dense heads on every object of every training image (module docstring)."""
+
+    kind = "detector"
+
+    def select_trainable(self, model: Any) -> None:
+        """Train only the stage's own modules (see the module docstring)."""
+        trained = ("high_res.neck.", "high_res.colour.", "dense_heads.", "object_projector.")
+        if model.config.high_res.trainable:
+            trained += ("high_res.backbone.",)
+        for name, param in model.named_parameters():
+            if not name.startswith(trained):
+                param.requires_grad_(False)
+
+    @property
+    def cached(self) -> bool:
+        """True when the backbone maps are cached."""
+        return not self.config.data.augment
+
+    def _images(self, model: Any, split: str, augment: bool) -> Any:
+        return ImageDataset(
+            self.config.data.root, split, model.config, augment=augment, dataset=self.dataset
+        )
+
+    def datasets(self, model: Any) -> tuple[Any, Any | None]:
+        """The stage's training and validation data (see the class docstring)."""
+        data = self.config.data
+        train: Any = self._images(model, data.train_split, data.augment)
+        val: Any = self._images(model, data.val_split, False)
+        val = _limit(val, data.val_queries)
+        if not model.config.high_res.trainable and self.cached:
+            progress = self.config.progress
+            train = [train[i] for i in range(len(train))]
+            val = [val[i] for i in range(len(val))]
+            cache_backbone(model, train, "caching backbone (train)", progress)
+            cache_backbone(model, val, "caching backbone (val)", progress)
+        return train, (val if val else None)
+
+    def collate(self, items: Sequence[Batch]) -> Batch:
+        """Items -> a batch."""
+        if "backbone" not in items[0]:
+            return collate_grounding(items)
+        rest = collate_grounding([{k: v for k, v in i.items() if k != "backbone"} for i in items])
+        levels = len(items[0]["backbone"])
+        rest["backbone"] = [torch.stack([i["backbone"][level] for i in items]) for level in
+                            range(levels)]  # fmt: skip
+        return rest
+
+    def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms and "total" of a batch."""
+        backbone = batch.get("backbone")
+        features = model.image_side(
+            batch.get("image_hr"), batch["K"], batch["image_size"],
+            None if backbone is None else [b.float() for b in backbone],
+        )  # fmt: skip
+        losses: dict[str, torch.Tensor] = model.detector_losses(batch, features)
+        losses["total"] = weighted_total(losses, model.config)
+        return losses
+
+
+# --------------------------------------------------------------------------------------------
+# Pointer stage
+# --------------------------------------------------------------------------------------------
+
+CANDIDATE_KEYS = ("features", "geometry", "objectness", "valid", "cells")
+
+
+class PointerTask(StageTask):
+    """The pointer on cached LLM states and candidates (module docstring).
+
+    An item holds the query's F_3D and word states, its image's candidates (with the target's
+    own cell in the last slot of a training query whose target the detector missed), which of
+    them are the target, the candidates' physical outputs (for the residual and validation) and
+    the target box.
+    """
+
+    kind = "pointer"
+
+    def select_trainable(self, model: Any) -> None:
+        """Train only the stage's own modules (see the module docstring)."""
+        for name, param in model.named_parameters():
+            if not name.startswith("pointer."):
+                param.requires_grad_(False)
+
+    def datasets(self, model: Any) -> tuple[Any, Any | None]:
+        """The stage's training and validation data (see the class docstring)."""
+        data = self.config.data
+        kwargs: dict[str, Any] = {"query_types": data.query_types, "dataset": self.dataset}
+        train = GroundingDataset(data.root, data.train_split, model.config, **kwargs)
+        val = GroundingDataset(data.root, data.val_split, model.config, **kwargs)
+        progress = self.config.progress
+        indices = range(len(train))
+        if self.stage.max_images:
+            images = list(dict.fromkeys(q.image_id for q in train.queries))[: self.stage.max_images]
+            keep = set(images)
+            indices = [i for i, q in enumerate(train.queries) if q.image_id in keep]  # type: ignore[assignment]
+        train_items = self.cache(model, train, indices, True, "LLM states (train)", progress)
+        count = min(len(val), data.val_queries or len(val))
+        val_items = self.cache(model, val, range(count), False, "LLM states (val)", progress)
+        return train_items, (val_items or None)
+
+    @torch.no_grad()
+    def cache(  # noqa: PLR0917 (one call site, every argument named there)
+        self, model: Any, queries: GroundingDataset, indices: Sequence[int], inject: bool,
+        desc: str,
+        progress: bool,
+    ) -> list[Batch]:  # fmt: skip
+        """One cached item per query; images are encoded once for all their queries."""
+        was_training = model.training
+        model.eval()
+        backbone = FrozenBackbone(model) if not model.config.high_res.trainable else None
+        by_image: dict[str, list[int]] = {}
+        for index in indices:
+            by_image.setdefault(queries.queries[index].image_id, []).append(index)
+        items: list[Batch] = []
+        with tqdm(total=len(indices), desc=desc, unit="query", disable=not progress) as bar:
+            for group in by_image.values():
+                raw = [queries[i] for i in group]
+                first = collate_grounding(raw[:1])
+                maps = (
+                    None if backbone is None else [m.float() for m in backbone(first["image_hr"])]
+                )
+                features = model.encode_image(
+                    first["image_lr"], first["image_hr"], first["K"], first["image_size"], maps
+                )
+                context = model.prepare_context(features, 0)
+                for item in raw:
+                    items.append(self._item(model, context, features, item, inject))
+                    bar.update(1)
+        model.train(was_training)
+        return items
+
+    def _item(
+        self, model: Any, context: Any, features: Any, item: Batch, inject: bool
+    ) -> Batch:  # fmt: skip
+        """The cached tensors of one query."""
+        states: QueryStates = model.teacher_forced_states(context, item)
+        batch = collate_grounding([item])
+        candidates: Candidates = features.candidates
+        is_target = batch["assign"].gather(1, candidates.cells) == batch["target_index"][:, None]
+        if inject and not bool(is_target.any()):
+            candidates, is_target = model.with_target_cell(batch, features)
+        out: Batch = {
+            "f3d": states.f3d[0].float(),
+            "words": states.words[0].half(),
+            "box_prompt": item["box_prompt"],
+            "point_prompt": item["point_prompt"],
+            "is_target": is_target[0],
+            "K": item["K"],
+            "image_size": item["image_size"],
+        }
+        for key in CANDIDATE_KEYS:
+            out[f"cand_{key}"] = getattr(candidates, key)[0]
+        for key, value in candidates.outputs.items():
+            out[f"out_{key}"] = value[0].float()
+        for key in ("center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints",
+                    "center_cam", "R_cam"):  # fmt: skip
+            out[key] = item[key]
+        return out
+
+    def collate(self, items: Sequence[Batch]) -> Batch:
+        """Items -> a batch."""
+        longest = max(int(i["words"].shape[0]) for i in items)
+        words = torch.zeros(len(items), longest, items[0]["words"].shape[1])
+        mask = torch.zeros(len(items), longest, dtype=torch.bool)
+        for row, item in enumerate(items):
+            n = int(item["words"].shape[0])
+            words[row, :n] = item["words"].float()
+            mask[row, :n] = True
+        batch = collate_grounding([{k: v for k, v in i.items() if k != "words"} for i in items])
+        batch["words"], batch["word_mask"] = words, mask
+        return batch
+
+    def _forward(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Candidates]:
+        outputs = {k[4:]: v for k, v in batch.items() if k.startswith("out_")}
+        candidates = Candidates(
+            cells=batch["cand_cells"],
+            outputs=outputs,
+            boxes={},
+            features=batch["cand_features"],
+            geometry=batch["cand_geometry"],
+            objectness=batch["cand_objectness"],
+            valid=batch["cand_valid"],
+        )
+        states = QueryStates(f3d=batch["f3d"], words=batch["words"], word_mask=batch["word_mask"])
+        logits, residual = model.point(
+            states, candidates, batch["box_prompt"], batch["point_prompt"]
+        )
+        return logits, residual, candidates
+
+    def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms and "total" of a batch."""
+        logits, residual, candidates = self._forward(model, batch)
+        is_target = batch["is_target"]
+        losses = {"pointer": pointer_loss(logits, is_target)}
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        slot = is_target.float().argmax(dim=-1)
+        at_target = model.corrected(
+            {k: v[rows, slot] for k, v in candidates.outputs.items()}, residual[rows, slot]
+        )
+        terms = box_losses(at_target, box_targets(batch, model.config), model.config)
+        losses["residual"] = terms.get("depth", terms["dims"] * 0) + terms["dims"]
+        losses["total"] = weighted_total(losses, model.config)
+        return losses
+
+    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Validation metrics of a batch."""
+        from llmi3d_core.model.decode import decode_boxes
+
+        metrics = super().batch_metrics(model, batch)
+        logits, residual, candidates = self._forward(model, batch)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        choice = logits.argmax(dim=-1)
+        chosen = model.corrected(
+            {k: v[rows, choice] for k, v in candidates.outputs.items()}, residual[rows, choice]
+        )
+        boxes = decode_boxes(chosen, batch["K"].float(), batch["image_size"].float(), model.config)
+        ious = box_ious(boxes, batch["center_cam"], batch["dims_lwh"], batch["R_cam"])
+        metrics["acc@0.25"] = (ious > 0.25).double().mean()
+        metrics["mean_iou"] = ious.mean()
+        hit = box_iou_2d(chosen["box2d"].float(), batch["box2d"].float()) > 0.5
+        metrics["grounding_acc"] = hit.double().mean()
+        return metrics
+
+
+TASKS: dict[str, type[StageTask]] = {
+    "joint": JointTask,
+    "detector": DetectorTask,
+    "pointer": PointerTask,
+}
+
+
+def make_task(config: TrainConfig, stage: StageConfig, dataset: Dataset | None = None) -> StageTask:
+    """The task of a stage."""
+    return TASKS[stage.kind](config, stage, dataset or read_dataset(config.data.root))
+
+
+__all__ = [
+    "TASKS",
+    "DetectorTask",
+    "FrozenBackbone",
+    "JointTask",
+    "PointerTask",
+    "StageTask",
+    "box_ious",
+    "make_task",
+    "model_config_for_data",
+    "size_priors",
+    "to_device",
+]
