@@ -63,9 +63,13 @@ def block(benchmarks: str, repo: Path = REPO, indent: str = "  ") -> str:
                          "main comparison table")  # fmt: skip
     row = _table_row(lines, main, "LLMI3D")
     recipe = row["recipe (+ changes)"].split(" ")[0]
-    recipe_steps = yaml.safe_load((repo / "config" / "train" / f"{recipe}.yaml").read_text())[
-        "max_steps"
-    ]
+    data = yaml.safe_load((repo / "config" / "train" / f"{recipe}.yaml").read_text())
+    stages = data.get("stages") or []
+    recipe_steps = (
+        " + ".join(f"{s['max_steps']} ({s['kind']})" for s in stages)
+        if stages
+        else str(data["max_steps"])
+    )
     steps, batch = (part.strip() for part in row["steps x batch"].split("x"))
     text = (
         f"Measured in [BENCHMARKS.md, section {SECTION.split('.', maxsplit=1)[0]}]"

@@ -72,6 +72,7 @@ __all__ = [
     "write_gallery",
 ]
 
+DEFAULT_CHECKPOINT = "default"  # --checkpoint default: the embedded default model
 IOU_DESCRIPTIONS = {
     "exact": "exact oriented 3D IoU (as Omni3D's box3d_overlap)",
     "mono3dvg": "Mono3DVG's axis-aligned, yaw-blind 3D IoU (only to compare with its tables)",
@@ -702,12 +703,23 @@ def run_evaluation(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llmi3d eval`."""
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", type=Path, help="checkpoint directory (e.g. runs/x/best)")
+    what.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint directory (e.g. runs/x/best), or 'default': the embedded default model "
+        "(trained and cached on first use, as the demo does)",
+    )
     what.add_argument(
         "--baseline",
         help="evaluate a non-learned baseline instead: mean-box or backproject",
     )
-    parser.add_argument("--data", type=Path, required=True, help="dataset directory")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset directory; with --checkpoint default it may be left out: synthetic scenes "
+        "of a seed the default recipe never trained on (made and cached on first use)",
+    )
     parser.add_argument(
         "--split", default="test", help="split spec: test, val, test:novel, test@target, ..."
     )
@@ -787,6 +799,14 @@ def run(args: argparse.Namespace) -> int:
     from llmi3d_core.data.format import read_dataset, select_queries
 
     set_threads(args.threads)
+    if args.checkpoint is not None and str(args.checkpoint) == DEFAULT_CHECKPOINT:
+        from llmi3d_core.default_model import default_test_data, ensure_default_model
+
+        args.checkpoint = ensure_default_model()
+        if args.data is None:
+            args.data = default_test_data(progress=not args.no_progress)
+    if args.data is None:
+        raise InvalidInputError("--data DIR is required (only --checkpoint default has one)")
     dataset = read_dataset(args.data)
     predict: Callable[[Dataset, list[QueryRecord]], list[QueryResult]]
     if args.baseline is not None:

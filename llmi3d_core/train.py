@@ -619,7 +619,9 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
             _clean_stale(stage_dir)
         done = (stage_dir / DONE_FILE).exists() and (stage_dir / "best").exists()
         if not done:
-            stage_resuming = (stage_dir / "latest").exists() and (resuming or index > 1)
+            # a staged run links out_dir/latest only when it ends: its stages' own `latest`
+            # (only ever written by this run: a new or overwritten run starts empty) says it
+            stage_resuming = (stage_dir / "latest").exists() and (resuming or bool(config.stages))
             task = make_task(config, stage, dataset)
             best = _train_stage(
                 _stage_config(config, stage), stage_dir, stage_resuming, init, task, model_config,

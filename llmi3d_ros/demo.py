@@ -37,7 +37,6 @@ from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
-from llmi3d_core.paths import cache_dir, config_path
 from llmi3d_core.visualize import draw_box3d
 from llmi3d_ros.bringup import (
     BringupOptions,
@@ -73,30 +72,11 @@ def ensure_model(args: argparse.Namespace) -> str:
         return str(args.checkpoint)
     if args.preset:
         return ""
-    from llmi3d_core.train import ensure_trained
+    from llmi3d_core.default_model import default_model_dir, ensure_default_model
 
-    recipe = config_path("train", "smol_synth.yaml")
-    model_dir = args.model_dir or default_model_dir(recipe)
+    model_dir = args.model_dir or default_model_dir()
     print(f"[demo] default model: {model_dir} (trained on first run, then reused)")
-    return str(ensure_trained(recipe, model_dir))
-
-
-def default_model_dir(recipe: Path) -> Path:
-    """Cache directory of the default model, named by a hash of the resolved recipe.
-
-    A release that changes the recipe or the model's defaults gets a fresh directory (and a
-    new training run) instead of refusing to resume a run of a different config.
-    """
-    import dataclasses
-    import hashlib
-    import json
-
-    from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config
-
-    config = load_train_config(recipe)
-    model = dataclasses.asdict(resolve_model_config(config.model))
-    resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
-    return cache_dir(f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}")
+    return str(ensure_default_model(model_dir))
 
 
 def new_run_dir(parent: Path) -> Path:

@@ -73,6 +73,9 @@ class SynthConfig:
         indoor_objects: (min, max) objects attempted in a room.
         street_objects: (min, max) objects attempted in a street.
         novel_fraction: share of categories held out of training (open-vocabulary split).
+        novel_seed: the seed that draws the held-out categories; None = `seed`. A test set made
+            with a new seed for a model trained on another set keeps that set's held-out
+            categories by naming its seed here.
         split_fractions: (train, val, test) shares of images.
         min_visible_px: objects with fewer visible pixels are removed from the scene.
         min_visibility: objects less visible than this are removed from the scene.
@@ -86,6 +89,7 @@ class SynthConfig:
     indoor_objects: tuple[int, int] = (3, 8)
     street_objects: tuple[int, int] = (4, 12)
     novel_fraction: float = 0.2
+    novel_seed: int | None = None
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_visible_px: int = 24
     min_visibility: float = 0.05
@@ -403,6 +407,8 @@ def dataset_info(config: SynthConfig, novel: list[str]) -> DatasetInfo:
     for name in _LATER_QUERY_COUNTS:
         if not config_dict["queries"][name]:
             del config_dict["queries"][name]
+    if config_dict["novel_seed"] is None:  # likewise
+        del config_dict["novel_seed"]
     generator: dict[str, Any] = {
         "program": "llmi3d data synth",
         "version": GENERATOR_VERSION,
@@ -441,7 +447,8 @@ def generate_dataset(
     """
     from tqdm import tqdm
 
-    novel = novel_categories(config.seed, config.novel_fraction)
+    novel_seed = config.seed if config.novel_seed is None else config.novel_seed
+    novel = novel_categories(novel_seed, config.novel_fraction)
     novel_set = frozenset(novel)
     info = dataset_info(config, novel)
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
@@ -473,6 +480,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--novel-fraction", type=float, default=defaults.novel_fraction)
     parser.add_argument(
+        "--novel-seed",
+        type=int,
+        default=None,
+        help="seed of the held-out categories (default: --seed); give a training set's seed to "
+        "make a test set with new images but the same held-out categories",
+    )
+    parser.add_argument(
         "--negatives-per-image",
         type=int,
         default=defaults.queries.negatives_per_image,
@@ -497,6 +511,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         camera_groups=tuple(g.strip() for g in args.camera_groups.split(",") if g.strip()),
         novel_fraction=args.novel_fraction,
+        novel_seed=args.novel_seed,
         image_suffix=".jpg" if args.jpg else ".png",
         queries=QueryConfig(
             negatives_per_image=args.negatives_per_image,

@@ -47,7 +47,7 @@ from torch import nn
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import text3d
 from llmi3d_core.model.config import ModelConfig, check_choice
-from llmi3d_core.model.decode import decode_boxes
+from llmi3d_core.model.decode import ROTATIONS, decode_boxes
 from llmi3d_core.model.detector import (
     CellGrid,
     DenseHeads,
@@ -253,9 +253,16 @@ class LLMI3D(nn.Module):
     def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         check_choice(config.heads.readout, READOUTS, "heads.readout")
+        check_choice(config.heads.rotation, ROTATIONS, "heads.rotation")  # the dense heads' too
         if config.heads.readout == "text" and config.heads.pointer:
             raise ConfigError("heads.readout 'text' (Text3D) needs heads.pointer: false")
         self.config = config
+        # the dense heads always give (u, v) and depth: their candidates decode as "uv_depth"
+        self._dense_config = (
+            config
+            if config.heads.location == "uv_depth"
+            else config.replace(**{"heads.location": "uv_depth"})
+        )
         # the LLM first: it is the part most likely to fail (a missing path), and the slowest
         self.llm = LanguageModel(config.llm)
         self.low_res = LowResBranch(config.low_res, load_pretrained)
@@ -374,7 +381,7 @@ class LLMI3D(nn.Module):
         outputs = cell_outputs(raw, cells, grid, self.log_priors, self.config)
         flat = _flatten({k: v.float() for k, v in outputs.items()})
         boxes = decode_boxes(
-            flat, _repeat(K.float(), N), _repeat(image_size.float(), N), self.config
+            flat, _repeat(K.float(), N), _repeat(image_size.float(), N), self._dense_config
         )
         boxes = {k: v.reshape(B, N, *v.shape[1:]) for k, v in boxes.items()}
         parts = [feature_at, fourier_encoding(outputs["center_uv"].float()).to(feature_at)]
@@ -683,7 +690,9 @@ class LLMI3D(nn.Module):
                 result, losses = self._mlp_forward(batch, features, states, with_targets)
         if with_targets:
             if features.dense is not None and "heatmap" in batch:
-                losses.update(self.detector_losses(batch, features))
+                for name, value in self.detector_losses(batch, features).items():
+                    # the MLP read-out's box terms share names with the dense ones: add both
+                    losses[name] = losses[name] + value if name in losses else value
             losses["text"] = self._text_loss(hidden, start, tails, middles)
             losses["total"] = weighted_total(losses, self.config)
             result.losses = losses

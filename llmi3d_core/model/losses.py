@@ -4,10 +4,11 @@ Box outputs (physical units, heads.py / detector.cell_outputs) against their tar
 over the supervised boxes:
 
     center_uv  L1 of the projected centre, in units of 8 canvas px
-    depth      Laplacian negative log-likelihood of log-depth: |log d - log d*| e^-s + s, with s
-               the predicted log scale (MonoFlex), for the depth output and for the height
-               depth of the keypoints (computed with the predicted h and H, so both heads learn
-               from it; rotation and centre row from the targets)
+    depth      L1 of log-depth plus the Laplacian negative log-likelihood of its predicted log
+               scale s (`laplacian_nll`: the scale learns the expected error, MonoFlex-style),
+               for the depth output and for the height depth of the keypoints (computed with
+               the predicted h and H, so both heads learn from it; rotation and centre row
+               from the targets)
     dims       L1 of log (L, W, H)
     rotation   L1 of the 6D vector, the smaller of the two for the box and the same box turned
                by 180 degrees about its vertical axis (identical boxes must not be punished)
@@ -41,9 +42,17 @@ _FLIP_6D = (-1.0, 1.0, -1.0, -1.0, 1.0, -1.0)
 def laplacian_nll(
     pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor
 ) -> torch.Tensor:
-    """Mean of |pred - target| exp(-s) + s, with s = log_scale clamped to a sane range."""
+    """L1 of pred and the Laplacian negative log-likelihood of its scale, kept apart.
+
+    Returns the mean of |e| + (|e|' exp(-s) + s), e = pred - target, ' = no gradient, s the log
+    scale (clamped to a sane range). The second term is minimised by exp(s) = E|e|, so the scale
+    head learns the expected error; the first trains the prediction with a plain L1. In the joint
+    form |e| exp(-s) + s the prediction's gradient grows as exp(-s) while the model grows
+    confident, and crowds out every other head that shares its features.
+    """
     s = log_scale.float().clamp(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
-    return ((pred.float() - target.float()).abs() * torch.exp(-s) + s).mean()
+    error = (pred.float() - target.float()).abs()
+    return (error + error.detach() * torch.exp(-s) + s).mean()
 
 
 def symmetric_rotation_l1(pred6d: torch.Tensor, target6d: torch.Tensor) -> torch.Tensor:

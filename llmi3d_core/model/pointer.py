@@ -211,7 +211,7 @@ class CandidatePointer(nn.Module):
         prompt = prompt_features(
             geometry[..., 4:8], inputs.box_prompt.to(dtype), inputs.point_prompt.to(dtype)
         )
-        logits = logits + self.prompt(prompt).squeeze(-1)
+        logits = logits + self.prompt(prompt.to(dtype)).squeeze(-1)  # its flags are float32
         logits = logits.masked_fill(~inputs.valid, float("-inf"))
         pair = torch.cat([cands, query[:, None, :].expand_as(cands)], dim=-1)
         return logits, self.residual(pair)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import linprog
@@ -121,6 +121,111 @@ def test_validate_false_skips_checks_without_breaking_autograd():
     zv = g.real_to_virtual_depth(z, 721.5, 1242.0, validate=False)
     zv.sum().backward()
     assert z.grad is not None and zv.item() < 0
+
+
+# ---------------------------------------------------------- keypoint height depth and fusion
+
+
+def test_keypoint_height_depth_is_eq19_for_an_upright_box_on_the_axis():
+    K = intrinsics(fx=700.0, fy=710.0, cx=320.0, cy=240.0)
+    z = g.keypoint_height_depth(71.0, 1.5, 240.0, np.eye(3), K)
+    assert isinstance(z, float) and z == pytest.approx(710.0 * 1.5 / 71.0) == pytest.approx(15.0)
+    # and the centre segment of that box (15 m away) projects to exactly those 71 px
+    top, bottom = g.centre_segment(np.array([0.0, 0.0, 15.0]), np.array([1.0, 0.5, 1.5]), np.eye(3))
+    np.testing.assert_allclose(top, [0.0, -0.75, 15.0])
+    assert g.project(bottom, K)[1] - g.project(top, K)[1] == pytest.approx(71.0)
+
+
+def test_keypoint_height_depth_pitched_hand_values():
+    """A box pitched about x, off the axis, computed from the formula in the docstring."""
+    # R[:, 1] = d = (0, 0.8, 0.6); centre Z = 10 m, y_n = 0.1 (v = 240 + 500 * 0.1); H = 2, a = 1
+    R = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    K = intrinsics(fx=500.0, fy=500.0, cx=320.0, cy=240.0)
+    top, bottom = g.centre_segment(np.array([0.0, 1.0, 10.0]), np.array([1.0, 1.0, 2.0]), R)
+    np.testing.assert_allclose(top, [0.0, 0.2, 9.4])
+    np.testing.assert_allclose(bottom, [0.0, 1.8, 10.6])
+    # k = d_y - y_n d_z = 0.74;  Delta = h / f_y = 2 a Z k / (Z^2 - a^2 d_z^2) = 14.8 / 99.64
+    h = g.project(bottom, K)[1] - g.project(top, K)[1]
+    assert h == pytest.approx(500.0 * 14.8 / 99.64, rel=1e-12)
+    # Z = a (k + sqrt(k^2 + Delta^2 d_z^2)) / Delta
+    delta = 14.8 / 99.64
+    by_hand = (0.74 + math.sqrt(0.74**2 + delta**2 * 0.36)) / delta
+    assert by_hand == pytest.approx(10.0, rel=1e-12)
+    assert g.keypoint_height_depth(h, 2.0, 290.0, R, K) == pytest.approx(10.0, rel=1e-12)
+    assert g.height_depth(2.0, h, 500.0) == pytest.approx(13.465, abs=1e-3)  # eq. 19: 35 % off
+
+
+@SETTINGS
+@given(q=quat, x=st.floats(-6, 6), y=st.floats(-3, 3), z=st.floats(6, 80), H=st.floats(0.2, 4))
+def test_keypoint_height_depth_recovers_the_depth_of_any_box(q, x, y, z, H):
+    R = rotation(q)
+    K = intrinsics()
+    center = np.array([x, y, z])
+    top, bottom = g.centre_segment(center, np.array([1.0, 1.0, H]), R)
+    h = abs(g.project(bottom, K)[1] - g.project(top, K)[1])
+    assume(h > 0.5)  # a segment seen nearly end-on has no usable height
+    v = g.project(center, K)[1]
+    assert g.keypoint_height_depth(h, H, v, R, K) == pytest.approx(z, rel=1e-6)
+
+
+def test_keypoint_height_depth_numpy_and_torch_agree():
+    rng = np.random.default_rng(0)
+    R = np.stack([rotation(q) for q in rng.normal(size=(16, 4))])
+    h, H = rng.uniform(5, 200, 16), rng.uniform(0.3, 3, 16)
+    v, K = rng.uniform(0, 480, 16), intrinsics()
+    expected = g.keypoint_height_depth(h, H, v, R, K)
+    assert isinstance(expected, np.ndarray) and expected.shape == (16,)
+    got = g.keypoint_height_depth(
+        torch.from_numpy(h), torch.from_numpy(H), torch.from_numpy(v), torch.from_numpy(R),
+        torch.from_numpy(K).expand(16, 3, 3),
+    )  # fmt: skip
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"h": 0.0}, r"h must be > 0 \(projected height of the centre segment"),
+        ({"h": -3.0}, r"h must be > 0"),
+        ({"H": 0.0}, r"H must be > 0 \(metric object height"),
+        ({"v": float("nan")}, r"v must be finite"),
+        ({"R": np.eye(2)}, r"R must have shape \(\.\.\., 3, 3\)"),
+        ({"K": intrinsics(fy=-1.0)}, r"\(f_y\) must be > 0 \(focal length"),
+    ],
+)
+def test_keypoint_height_depth_errors(kwargs, match):
+    args = {"h": 50.0, "H": 1.5, "v": 240.0, "R": np.eye(3), "K": intrinsics(), **kwargs}
+    with pytest.raises(InvalidInputError, match=match):
+        g.keypoint_height_depth(**args)
+
+
+def test_fuse_log_depths_hand_values():
+    log_z = np.log([10.0, 40.0])
+    # equal scales: the mean of the logs, i.e. the geometric mean of the depths
+    assert math.exp(g.fuse_log_depths(log_z, np.array([0.3, 0.3]))) == pytest.approx(20.0)
+    # one scale going to +infinity (log scale 50): the other estimate alone
+    assert math.exp(g.fuse_log_depths(log_z, np.array([0.0, 50.0]))) == pytest.approx(10.0)
+    assert math.exp(g.fuse_log_depths(log_z, np.array([50.0, 0.0]))) == pytest.approx(40.0)
+    assert math.exp(g.fuse_log_depths(log_z, np.array([-50.0, 50.0]))) == pytest.approx(10.0)
+    # scales b = 1 and 3: weights 1/b normalised, 3/4 and 1/4
+    fused = g.fuse_log_depths(log_z, np.log([1.0, 3.0]))
+    assert fused == pytest.approx(0.75 * math.log(10.0) + 0.25 * math.log(40.0))
+    # huge equal scales do not overflow
+    assert math.exp(g.fuse_log_depths(log_z, np.array([1e3, 1e3]))) == pytest.approx(20.0)
+
+
+def test_fuse_log_depths_numpy_and_torch_agree_and_broadcast():
+    rng = np.random.default_rng(1)
+    log_z, log_scale = rng.normal(2, 1, (5, 2)), rng.normal(0, 2, (5, 2))
+    expected = g.fuse_log_depths(log_z, log_scale)
+    assert expected.shape == (5,)
+    got = g.fuse_log_depths(torch.from_numpy(log_z), torch.from_numpy(log_scale))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    shared = g.fuse_log_depths(torch.from_numpy(log_z), torch.tensor([0.0, 50.0]).double())
+    np.testing.assert_allclose(shared.numpy(), log_z[:, 0], rtol=1e-12)
+    with pytest.raises(InvalidInputError, match=r"log_z must be finite"):
+        g.fuse_log_depths(np.array([1.0, np.nan]), np.zeros(2))
 
 
 # ----------------------------------------------------------------------------- projection

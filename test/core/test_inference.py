@@ -58,7 +58,7 @@ def test_predict_returns_one_prediction_with_contract_fields(predictor, image):
 
 def test_repeated_query_on_the_same_image_skips_the_image_encoder(predictor, image):
     low_calls = _count_calls(predictor.model.low_res)
-    high_calls = _count_calls(predictor.model.high_res)
+    high_calls = _count_calls(predictor.model.dense_heads)  # the HR branch's last module
     predictor.predict(image, K_VGA, "find the lamp")
     assert not predictor.last_cache_hit and low_calls == [1] and high_calls == [1]
     predictor.predict(image, K_VGA, "find the chair")
@@ -139,9 +139,51 @@ def test_bfloat16_on_cpu(image):
 
 def test_nan_model_output_raises(predictor, image):
     with torch.no_grad():
-        predictor.model.heads.mlps["dims"][2].bias.fill_(float("nan"))
-    with pytest.raises(ModelOutputError, match="model output 'dims' is not finite"):
+        predictor.model.dense_heads.outputs["dims"].bias.fill_(float("nan"))
+    with pytest.raises(ModelOutputError, match=r"decoded \w+ is not finite: \[\[nan"):
         predictor.predict(image, K_VGA, "find the lamp")
+
+
+def test_nan_mlp_output_raises(image):
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny").replace(**{"heads.pointer": False}))
+    predictor = Predictor(model, answer_policy="ground")
+    with torch.no_grad():
+        predictor.model.heads.mlps["dims"][2].bias.fill_(float("nan"))
+    with pytest.raises(ModelOutputError, match=r"decoded \w+ is not finite"):
+        predictor.predict(image, K_VGA, "find the lamp")
+
+
+def test_max_results_ranks_the_detected_objects(predictor, image):
+    predictions = predictor.predict(image, K_VGA, "find the lamp", max_results=3)
+    assert len(predictions) == 3
+    scores = [p.score for p in predictions]
+    assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-6
+    [best] = predictor.predict(image, K_VGA, "find the lamp")
+    np.testing.assert_array_equal(predictions[0].center, best.center)
+    everything = predictor.predict(image, K_VGA, "find the lamp", max_results=100)
+    assert len(everything) == predictor.config.detector.max_objects
+
+
+@pytest.mark.parametrize("size", [(375, 1242), (480, 640), (900, 1600), (300, 200)])
+def test_2d_outputs_are_pixels_of_the_input_image(predictor, size):
+    """The letterbox is undone: each box's projected centre is the 3D centre seen with K."""
+    height, width = size
+    image = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    K = np.array([[0.8 * width, 0, width / 2 - 3], [0, 0.8 * width, height / 2 + 2], [0, 0, 1]])
+    for pred in predictor.predict(image, K, "find the car", max_results=4):
+        projected = K @ pred.center
+        np.testing.assert_allclose(projected[:2] / projected[2], pred.center_uv, atol=1e-3)
+        assert pred.box2d[0] < pred.box2d[2] and pred.box2d[1] < pred.box2d[3]
+
+
+def test_category_head_names_the_object(image):
+    torch.manual_seed(0)
+    config = get_preset("tiny").replace(**{"detector.categories": ["chair", "lamp", "car"]})
+    predictor = Predictor(LLMI3D(config), answer_policy="ground")
+    for pred in predictor.predict(image, K_VGA, "find the thing", max_results=8):
+        assert pred.category in config.detector.categories
+        assert pred.label == pred.category  # no answer: the detector's category names it
 
 
 @pytest.mark.parametrize(

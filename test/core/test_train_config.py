@@ -119,6 +119,24 @@ def test_shipped_configs_load(path):
         resolve_model_config(config.model)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_stages_suit_their_model(path):
+    """A recipe's stages can train its model (checked without building the model).
+
+    The pointer stage trains the candidate pointer alone, so it needs heads.pointer; Text3D
+    (heads.readout: text) has no pointer (LLMI3D refuses text with heads.pointer).
+    """
+    config = load_train_config(path)
+    if config.method != "model":
+        return
+    model = resolve_model_config(config.model)
+    kinds = [stage.kind for stage in config.stages]
+    if "pointer" in kinds:
+        assert model.heads.pointer, f"{path.name}: a pointer stage, but heads.pointer is false"
+    if model.heads.readout == "text":
+        assert not model.heads.pointer, f"{path.name}: Text3D needs heads.pointer: false"
+
+
 def test_get_lr_schedule():
     """Warm-up rises to lr, cosine decays to min_lr at decay_steps, then stays there."""
     optim = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=4, schedule="cosine")

@@ -1,71 +1,79 @@
-"""Fixtures of the model tests: tiny configs and collated batches of the dataset contract.
+"""Fixtures of the model tests: tiny configs and collated batches of a small synthetic dataset.
 
-`make_batch` builds the same keys and shapes as llmi3d_core.data.dataset.collate_grounding, with
-geometrically consistent targets (made with llmi3d_core.geometry) for boxes in front of a
-640 x 480 camera.
+Batches are not built by hand: a small IG3D-Synth set (8 images, VGA and KITTI-like cameras, all
+query types) is generated once per session, and `make_batch` turns some of its queries into a
+batch through llmi3d_core.data.dataset.GroundingDataset and collate_grounding, for the canvas,
+categories and colours of the config it is given. The targets are therefore the dataset's
+(letterboxed canvas, dense heatmap, cell assignment, per-object arrays).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import torch
 
-from llmi3d_core import geometry
+from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
+from llmi3d_core.data.format import Dataset, read_dataset
+from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.model import LLMI3D, ModelConfig, get_preset
 
-IMAGE_W, IMAGE_H = 640.0, 480.0
+MODEL_SYNTH = SynthConfig(num_images=8, seed=0, camera_groups=("vga_normal", "kitti_like"))
+# the query keys that carry the target (removing them gives an inference batch)
+TARGET_KEYS = (
+    "center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints", "center_cam",
+    "R_cam", "target_index",
+)  # fmt: skip
 
 
 def build_batch(
+    dataset: Dataset,
     config: ModelConfig,
     size: int = 2,
     seed: int = 0,
-    query_types: tuple[str, ...] = ("caption", "question"),
+    query_types: Sequence[str] = ("caption", "question"),
+    split: str = "train",
 ) -> dict[str, Any]:
-    """A collated batch of `size` samples for `config`'s input sizes."""
-    gen = torch.Generator().manual_seed(seed)
-    side = config.low_res.image_size
-    height, width = config.high_res.image_size
-    K = torch.tensor([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]]).expand(size, 3, 3).clone()
+    """A collated batch of `size` queries of `dataset` for `config`.
 
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.empty(size).uniform_(low, high, generator=gen)
+    Sample i is a query of type query_types[i % len(query_types)], drawn with `seed` (distinct
+    queries while the type has enough of them).
+    """
+    queries = GroundingDataset(dataset.root, split, config, dataset=dataset)
+    rng = random.Random(seed)
+    pools = {}
+    for kind in sorted(set(query_types)):
+        pool = [i for i, q in enumerate(queries.queries) if q.type == kind]
+        assert pool, f"the test dataset's {split} split has no {kind} query"
+        rng.shuffle(pool)
+        pools[kind] = pool
+    picked = []
+    for i in range(size):
+        pool = pools[query_types[i % len(query_types)]]
+        picked.append(pool[(i // len(query_types)) % len(pool)])
+    return collate_grounding([queries[i] for i in picked])
 
-    center = torch.stack([uniform(-1, 1), uniform(-0.5, 0.5), uniform(2, 8)], dim=1)
-    uv = geometry.project(center, K)
-    yaw = torch.stack([torch.zeros(size), uniform(-3, 3), torch.zeros(size)], dim=1)
-    R = geometry.euler_to_matrix(yaw)
-    R_allo = geometry.egocentric_to_allocentric(R, uv[:, 0], uv[:, 1], K)
-    zv = geometry.real_to_virtual_depth(center[:, 2], K[:, 0, 0], torch.full((size,), IMAGE_W))
-    scale = torch.tensor([IMAGE_W, IMAGE_H, IMAGE_W, IMAGE_H])
-    box = torch.stack([uv[:, 0] - 40, uv[:, 1] - 30, uv[:, 0] + 40, uv[:, 1] + 30], 1) / scale
-    depth_map = torch.zeros(size, 1, height // 8, width // 8)
-    depth_map[:, :, 2:5, 3:7] = zv.view(size, 1, 1, 1)
-    return {
-        "image_hr": torch.rand(size, 3, height, width, generator=gen),
-        "image_lr": torch.rand(size, 3, side, side, generator=gen),
-        "K": K,
-        "image_size": torch.tensor([[IMAGE_W, IMAGE_H]] * size),
-        "query": [f"find the lamp number {i}" for i in range(size)],
-        "answer": ["lamp"] * size,
-        "query_type": [query_types[i % len(query_types)] for i in range(size)],
-        "query_id": [str(i) for i in range(size)],
-        "novel_category": [False] * size,
-        "camera_group": ["test"] * size,
-        "box_prompt": torch.full((size, 4), float("nan")),
-        "point_prompt": torch.full((size, 2), float("nan")),
-        "center_uv": uv / torch.tensor([IMAGE_W, IMAGE_H]),
-        "virtual_depth": zv[:, None],
-        "dims_lwh": torch.tensor([[1.0, 0.5, 0.8]] * size),
-        "rot6d_allo": geometry.matrix_to_rotation_6d(R_allo),
-        "box2d": box,
-        "depth_map": depth_map,
-        "center_cam": center,
-        "R_cam": R,
-    }
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The session's small synthetic dataset (generated once, ~0.5 s)."""
+    root = tmp_path_factory.mktemp("model_synth") / "synth"
+    generate_dataset(MODEL_SYNTH, root, progress=False)
+    return read_dataset(root)
+
+
+@pytest.fixture(scope="session")
+def data_config(synth_dataset: Dataset) -> ModelConfig:
+    """The tiny preset with the dataset's training categories and colours (as `llmi3d train`)."""
+    from llmi3d_core.train_config import DataConfig, TrainConfig
+    from llmi3d_core.train_stages import model_config_for_data
+
+    config = TrainConfig(data=DataConfig(root=str(synth_dataset.root)))
+    return model_config_for_data(config, synth_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -81,10 +89,20 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def make_batch() -> Callable[..., dict[str, Any]]:
-    """The `build_batch` function."""
-    return build_batch
+@pytest.fixture(scope="session")
+def make_batch(synth_dataset: Dataset) -> Callable[..., dict[str, Any]]:
+    """`build_batch` on the session's dataset: make_batch(config, size=2, seed=0, ...)."""
+    return functools.partial(build_batch, synth_dataset)
+
+
+@pytest.fixture(scope="session")
+def without_targets() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Drop a batch's target keys: what `forward` sees at inference."""
+
+    def strip(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+
+    return strip
 
 
 @pytest.fixture

@@ -8,7 +8,12 @@ import torch
 from llmi3d_core import geometry
 from llmi3d_core.errors import ConfigError, ModelOutputError
 from llmi3d_core.model import text3d
+from llmi3d_core.model.detector import values_at
+from llmi3d_core.model.losses import laplacian_nll
 from llmi3d_core.model.secba import build_fusion, windows_to_grid
+
+# the loss terms of the dense heads (detector.py) for a config without categories or colours
+DETECTOR_TERMS = {"heatmap", "center_uv", "depth", "dims", "rotation", "box2d", "keypoints"}
 
 
 def _outputs(model, batch):
@@ -16,80 +21,162 @@ def _outputs(model, batch):
         return model.eval()(batch)
 
 
-def test_default_combines_virtual_and_height_depth(make_model, make_batch):
+def _features(model, batch):
+    """Image features (candidates included) of a batch's images, in eval mode."""
+    with torch.no_grad():
+        return model.eval().encode_image(
+            batch["image_lr"], batch["image_hr"], batch["K"], batch["image_size"]
+        )
+
+
+def _flat_candidates(model, batch):
+    """The candidates' physical outputs, boxes, K and canvas size, flattened to (B * K, ...)."""
+    candidates = _features(model, batch).candidates
+    B, N = candidates.cells.shape
+    outputs = {k: v.reshape(B * N, -1).double() for k, v in candidates.outputs.items()}
+    boxes = {k: v.reshape(B * N, *v.shape[2:]).double() for k, v in candidates.boxes.items()}
+    K = batch["K"].double().repeat_interleave(N, dim=0)
+    size = batch["image_size"].double().repeat_interleave(N, dim=0)
+    return outputs, boxes, K, size
+
+
+def _capture_heads(model):
+    """Collect the physical outputs of the MLP heads (pointer-less read-out) on every call."""
+    captured = []
+    model.heads.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    return captured
+
+
+def test_default_fuses_virtual_and_keypoint_height_depth_by_uncertainty(make_model, make_batch):
     model = make_model()
-    out = _outputs(model, make_batch(model.config))
-    boxes, outputs = out.boxes, out.outputs
-    size, K = torch.tensor([640.0, 480.0]), make_batch(model.config)["K"]
-    z1 = outputs["depth"][:, 0] * (K[:, 0, 0] / 512.0) * (448.0 / size[0])
-    h_px = (outputs["box2d"][:, 3] - outputs["box2d"][:, 1]) * size[1]
-    z2 = K[:, 1, 1] * outputs["dims"][:, 2] / h_px
-    assert torch.allclose(boxes["z_head"], z1, rtol=1e-5)
-    assert torch.allclose(boxes["z_height"], z2, rtol=1e-5)
-    assert torch.allclose(boxes["z"], (z1 + z2) / 2, rtol=1e-5)
-    assert torch.allclose(boxes["center"][:, 2], boxes["z"], rtol=1e-5)
+    batch = make_batch(model.config)
+    out, boxes, K, size = _flat_candidates(model, batch)
+    z1 = out["depth"][:, 0] * (K[:, 0, 0] / 512.0) * (448.0 / size[:, 0])  # eq. 17 inverted
+    uv = out["center_uv"] * size
+    h_px = (out["keypoints"][:, 1] - out["keypoints"][:, 0]) * size[:, 1]
+    z2 = geometry.keypoint_height_depth(h_px, out["dims"][:, 2], uv[:, 1], boxes["R"], K)
+    w1, w2 = torch.exp(-out["depth_log_scale"][:, 0]), torch.exp(-out["height_log_scale"][:, 0])
+    z = torch.exp((w1 * z1.log() + w2 * z2.log()) / (w1 + w2))
+    torch.testing.assert_close(boxes["z_head"], z1, rtol=1e-4, atol=0)
+    torch.testing.assert_close(boxes["z_height"], z2, rtol=1e-4, atol=0)
+    torch.testing.assert_close(boxes["z"], z, rtol=1e-4, atol=0)
+    torch.testing.assert_close(boxes["center"][:, 2], boxes["z"], rtol=1e-5, atol=0)
+    back = geometry.backproject(uv[:, 0], uv[:, 1], z, K)
+    torch.testing.assert_close(boxes["center"], back, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_box_is_the_pointed_candidate(make_model, make_batch, without_targets):
+    """At initialisation (zero residual) the box is the chosen candidate's, decoded as above."""
+    model = make_model()
+    batch = without_targets(make_batch(model.config, size=3))
+    out = _outputs(model, batch)
+    candidates = _features(model, batch).candidates
+    choice = out.pointer_logits.argmax(dim=-1)
+    rows = torch.arange(3)
+    for name in ("center", "dims", "R", "z"):
+        torch.testing.assert_close(out.boxes[name], candidates.boxes[name][rows, choice])
+    torch.testing.assert_close(out.chosen_box2d, candidates.outputs["box2d"][rows, choice])
+
+
+def test_paper_eq20_uses_the_tight_box_and_the_plain_mean(make_model, make_batch):
+    model = make_model(**{"heads.height_extent": "tight_box", "heads.depth_fusion": "mean"})
+    out, boxes, K, size = _flat_candidates(model, make_batch(model.config))
+    h_box = ((out["box2d"][:, 3] - out["box2d"][:, 1]) * size[:, 1]).clamp(min=1.0)
+    z2 = K[:, 1, 1] * out["dims"][:, 2] / h_box  # eq. 19
+    torch.testing.assert_close(boxes["z_height"], z2, rtol=1e-4, atol=0)
+    torch.testing.assert_close(boxes["z"], (boxes["z_head"] + z2) / 2, rtol=1e-4, atol=0)
 
 
 def test_no_height_depth_uses_the_head_depth_alone(make_model, make_batch):
     model = make_model(**{"heads.use_height_depth": False})
-    boxes = _outputs(model, make_batch(model.config)).boxes
+    batch = make_batch(model.config)
+    _, boxes, _, _ = _flat_candidates(model, batch)
     assert "z_height" not in boxes
     assert torch.equal(boxes["z"], boxes["z_head"])
+    out = _outputs(model, batch).boxes
+    assert "z_height" not in out and torch.equal(out["z"], out["z_head"])
 
 
-def test_no_virtual_depth_reads_metric_depth(make_model, make_batch):
+def test_no_virtual_depth_reads_and_learns_metric_depth(make_model, make_batch):
     model = make_model(**{"heads.use_virtual_depth": False, "heads.use_height_depth": False})
     batch = make_batch(model.config)
-    out = _outputs(model, batch)
-    assert torch.allclose(out.boxes["z"], out.outputs["depth"][:, 0])
-    model.train()
-    losses = model(batch).losses
-    expected = (out.outputs["depth"] - batch["center_cam"][:, 2:]).abs().mean() / 10.0
-    assert losses["depth"].item() == pytest.approx(expected.item(), rel=1e-4)
+    out, boxes, _, _ = _flat_candidates(model, batch)
+    torch.testing.assert_close(boxes["z"], out["depth"][:, 0].clamp(min=1e-2), rtol=1e-5, atol=0)
+    # the dense depth loss compares log depth with log Z (metres), not the virtual depth
+    with torch.no_grad():
+        features = model.image_side(batch["image_hr"], batch["K"], batch["image_size"])
+        losses = model.detector_losses(batch, features)
+    rows, cells = torch.nonzero(batch["assign"] >= 0, as_tuple=True)
+    objects = batch["assign"][rows, cells]
+    raw_depth = values_at(features.dense["depth"], rows, cells)[:, 0]
+    depth = raw_depth.clamp(max=8.0).exp() * model.config.heads.depth_scale
+    log_scale = values_at(features.dense["depth_log_scale"], rows, cells)[:, 0]
+    Z = batch["obj_center_cam"][rows, objects, 2]
+    expected = laplacian_nll(depth.log(), Z.log(), log_scale)
+    assert losses["depth"].item() == pytest.approx(expected.item(), rel=1e-5)
+    virtual = laplacian_nll(depth.log(), batch["obj_virtual_depth"][rows, objects].log(), log_scale)
+    assert losses["depth"].item() != pytest.approx(virtual.item(), rel=1e-3)
 
 
 def test_xyz_regression_has_no_uv_or_depth_head(make_model, make_batch):
-    model = make_model(**{"heads.location": "xyz"})
+    model = make_model(**{"heads.location": "xyz", "heads.pointer": False})
+    assert set(model.heads.mlps) == {
+        "xyz", "rot6d", "dims", "box2d", "keypoints", "height_log_scale", "score_logit"
+    }  # fmt: skip
+    captured = _capture_heads(model)
     batch = make_batch(model.config)
     out = _outputs(model, batch)
-    assert set(out.outputs) == {"xyz", "rot6d", "dims", "box2d", "score_logit"}
-    assert torch.equal(out.boxes["center"], out.outputs["xyz"])
-    uv = geometry.project(out.outputs["xyz"], batch["K"])
-    assert torch.allclose(out.boxes["center_uv_px"], uv)
+    xyz = captured[-1]["xyz"]
+    assert torch.equal(out.boxes["center"], xyz)
+    torch.testing.assert_close(out.boxes["center_uv_px"], geometry.project(xyz, batch["K"]))
+    with pytest.raises(ConfigError, match=r"heads.location 'xyz' needs heads.pointer: false"):
+        make_model(**{"heads.location": "xyz"})
 
 
 def test_euler_rotation_head_and_target(make_model, make_batch):
     model = make_model(**{"heads.rotation": "euler"})
+    assert model.dense_heads.widths["euler"] == 3 and "rot6d" not in model.dense_heads.widths
     batch = make_batch(model.config)
-    out = _outputs(model, batch)
-    assert out.outputs["euler"].shape == (2, 3) and "rot6d" not in out.outputs
-    uv = out.boxes["center_uv_px"]
-    R_allo = geometry.euler_to_matrix(out.outputs["euler"])
-    expected = geometry.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], batch["K"])
-    assert torch.allclose(out.boxes["R"], expected, atol=1e-6)
+    out, boxes, K, _ = _flat_candidates(model, batch)
+    assert out["euler"].shape[1] == 3 and "rot6d" not in out
+    uv = boxes["center_uv_px"]
+    R_allo = geometry.euler_to_matrix(out["euler"])
+    expected = geometry.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K)
+    torch.testing.assert_close(boxes["R"], expected, rtol=1e-5, atol=1e-5)
     assert "rotation" in model.train()(batch).losses
 
 
 def test_no_hr_branch_feeds_only_vit_tokens(make_model, make_batch):
-    model = make_model(**{"high_res.enabled": False})
-    assert model.high_res is None and model.fusion is None
+    with pytest.raises(ConfigError, match=r"heads.pointer needs the HR branch"):
+        make_model(**{"high_res.enabled": False})
+    model = make_model(**{"high_res.enabled": False, "heads.pointer": False})
+    assert model.high_res is None and model.fusion is None and model.dense_heads is None
     batch = make_batch(model.config)
     out = model(batch)
-    assert out.depth_map is None and "depth_map" not in out.losses
-    features = model.encode_image(batch["image_lr"], batch["image_hr"])
+    assert out.pointer_logits is None and "heatmap" not in out.losses
+    # the box terms are the MLP heads' own (there are no dense heads to share them with)
+    assert set(out.losses) == (DETECTOR_TERMS - {"heatmap"}) | {"score", "text", "total"}
+    args = (batch["K"], batch["image_size"])
+    features = model.encode_image(batch["image_lr"], batch["image_hr"], *args)
+    assert features.dense is None and features.candidates is None
     assert features.tokens.shape[1] == model.config.low_res.grid**2
-    batch["image_hr"] = torch.zeros_like(batch["image_hr"])
-    assert torch.equal(
-        model.encode_image(batch["image_lr"], batch["image_hr"]).tokens, features.tokens
-    )
+    blank = torch.zeros_like(batch["image_hr"])
+    assert torch.equal(model.encode_image(batch["image_lr"], blank, *args).tokens, features.tokens)
 
 
-def test_no_depth_branch_has_no_depth_map(make_model, make_batch):
+def test_no_depth_branch_has_no_depth_output(make_model, make_batch):
     model = make_model(**{"high_res.depth_branch": False})
-    assert not hasattr(model.high_res, "conv_spatial")
-    assert not hasattr(model.high_res, "depth_head")
-    out = model(make_batch(model.config))
-    assert out.depth_map is None and "depth_map" not in out.losses
+    assert not {"depth", "depth_log_scale"} & set(model.dense_heads.outputs)
+    assert "height_log_scale" in model.dense_heads.outputs
+    batch = make_batch(model.config)
+    out, boxes, _, _ = _flat_candidates(model, batch)
+    assert "depth" not in out and "z_head" not in boxes
+    assert torch.equal(boxes["z"], boxes["z_height"])
+    result = model.train()(batch)
+    assert "z_head" not in result.boxes
+    assert torch.isfinite(result.losses["depth"])  # the height depth is still trained
+    with pytest.raises(ConfigError, match=r"leaves no depth estimate"):
+        make_model(**{"high_res.depth_branch": False, "heads.use_height_depth": False})
 
 
 @pytest.mark.parametrize(
@@ -104,9 +191,18 @@ def test_no_depth_branch_has_no_depth_map(make_model, make_batch):
 def test_fusion_variants_token_counts(make_model, make_batch, kind, multiplier):
     model = make_model(**{"fusion.kind": kind})
     batch = make_batch(model.config)
-    tokens = model.encode_image(batch["image_lr"], batch["image_hr"]).tokens
-    assert tokens.shape[1] == multiplier * model.config.low_res.grid**2
-    assert "total" in model(batch).losses
+    tokens = _features(model, batch).tokens
+    objects = model.config.detector.max_objects  # the candidates follow the global tokens
+    assert tokens.shape[1] == multiplier * model.config.low_res.grid**2 + objects
+    assert "total" in model.train()(batch).losses
+
+
+def test_object_tokens_can_be_left_out(make_model, make_batch):
+    model = make_model(**{"detector.object_tokens": False})
+    assert model.object_projector is None
+    batch = make_batch(model.config)
+    assert _features(model, batch).tokens.shape[1] == model.config.low_res.grid**2
+    assert "pointer" in model.train()(batch).losses  # the pointer still chooses among them
 
 
 @pytest.mark.parametrize(
@@ -142,14 +238,16 @@ def test_secba_position_encoding_tells_tokens_apart(tiny_config):
 
 def test_no_pointer_ablation_is_the_plain_readout(make_model, make_batch):
     model = make_model(**{"heads.pointer": False})
-    assert model.pointer is None
+    assert model.pointer is None and model.heads is not None
     out = model(make_batch(model.config))
-    assert out.pointer_logits is None and "pointer" not in out.losses
+    assert out.pointer_logits is None and not {"pointer", "residual"} & set(out.losses)
+    assert "score" in out.losses
     pointed = make_model()
-    out = pointed(make_batch(pointed.config))
-    grid = pointed.config.low_res.grid
-    assert out.pointer_logits is not None and out.pointer_logits.shape[1] == grid**2
-    assert torch.isfinite(out.losses["pointer"])
+    assert pointed.heads is None and pointed.pointer is not None
+    batch = make_batch(pointed.config, size=3)
+    out = pointed(batch)
+    assert out.pointer_logits.shape == (3, pointed.config.detector.max_objects)
+    assert torch.isfinite(out.losses["pointer"]) and "score" not in out.losses
 
 
 def test_windows_to_grid_layout():
@@ -163,28 +261,36 @@ def test_windows_to_grid_layout():
 @pytest.mark.parametrize(
     ("readout", "uses_query"), [("query", True), ("pos_token", False), ("text_feature", False)]
 )
-def test_readouts_use_the_3d_query_only_when_named(make_model, make_batch, readout, uses_query):
-    model = make_model(**{"heads.readout": readout})
+@pytest.mark.parametrize("pointer", [True, False])
+def test_readouts_use_the_3d_query_only_when_named(
+    make_model, make_batch, readout, uses_query, pointer
+):
+    model = make_model(**{"heads.readout": readout, "heads.pointer": pointer})
     model(make_batch(model.config)).losses["total"].backward()
     grad = model.query_embedding.grad
     assert (grad is not None and bool(grad.abs().sum() > 0)) == uses_query
 
 
-def test_pos_token_and_text_feature_read_different_positions(make_model, make_batch):
-    outs = {}
+def test_pos_token_and_text_feature_read_different_positions(
+    make_model, make_batch, without_targets
+):
+    logits = {}
     for readout in ("pos_token", "text_feature"):
         model = make_model(seed=3, **{"heads.readout": readout})
-        outs[readout] = _outputs(model, make_batch(model.config)).outputs["center_uv"]
-    assert not torch.allclose(outs["pos_token"], outs["text_feature"])
+        batch = without_targets(make_batch(model.config))
+        logits[readout] = _outputs(model, batch).pointer_logits
+    assert not torch.allclose(logits["pos_token"], logits["text_feature"])
 
 
 def test_text3d_has_no_heads_and_supervises_numbers(make_model, make_batch):
-    model = make_model(**{"heads.readout": "text"})
-    assert model.heads is None
+    with pytest.raises(ConfigError, match=r"heads.readout 'text' \(Text3D\) needs heads.pointer"):
+        make_model(**{"heads.readout": "text"})
+    model = make_model(**{"heads.readout": "text", "heads.pointer": False})
+    assert model.heads is None and model.pointer is None
     batch = make_batch(model.config)
     out = model(batch)
-    assert out.outputs == {} and out.boxes == {}
-    assert set(out.losses) == {"text", "depth_map", "total"}
+    assert out.boxes == {} and out.pointer_logits is None
+    assert set(out.losses) == DETECTOR_TERMS | {"text", "total"}  # no box head on F_3D
     numbers = model._text3d_ids(batch, 0)
     assert len(numbers) > 30 and numbers[-1] == model.llm.eos_token_id
 
@@ -197,33 +303,37 @@ def test_text3d_format_parse_round_trip(tiny_config):
         "rot6d": torch.tensor([1.0, 0, 0, 0, 1, 0]),
         "dims": torch.tensor([1.0, 0.5, 2.0]),
         "box2d": torch.tensor([0.1, 0.2, 0.3, 0.4]),
+        "keypoints": torch.tensor([0.15, 0.35]),
     }
     text = text3d.format_numbers(values, config)
     assert text.startswith("0.500 0.250 12.35 1.000")
+    assert text.endswith("0.150 0.350")
     parsed = text3d.parse_numbers(text, config)
+    assert set(parsed) == set(values)
     for name, value in values.items():
         assert torch.allclose(parsed[name][0], value, atol=5e-3), name
 
 
 def test_text3d_unparsable_output_raises(tiny_config):
-    with pytest.raises(ModelOutputError, match=r"holds 2 numbers, expected 16"):
+    with pytest.raises(ModelOutputError, match=r"holds 2 numbers, expected 18"):
         text3d.parse_numbers("lamp 1.0 2.0", tiny_config.heads)
 
 
 def test_text3d_inference_reports_unparsable_text(make_model, make_batch):
-    model = make_model(**{"heads.readout": "text", "llm.max_text_tokens": 4}).eval()
+    overrides = {"heads.readout": "text", "heads.pointer": False, "llm.max_text_tokens": 4}
+    model = make_model(**overrides).eval()
     batch = make_batch(model.config, size=1)
-    context = model.prepare_context(model.encode_image(batch["image_lr"], batch["image_hr"]))
+    context = model.prepare_context(_features(model, batch))
     with pytest.raises(ModelOutputError, match=r"Text3D output holds"):
         model.locate(context, "find the lamp", policy="ground")
     assert context.cache.get_seq_length() == context.prefix_length
 
 
+@pytest.mark.parametrize("pointer", [True, False])
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
         ("heads.readout", "magic", "unknown heads.readout 'magic'; available: pos_token, query"),
-        ("heads.location", "polar", "unknown heads.location 'polar'"),
         ("heads.rotation", "quat", "unknown heads.rotation 'quat'"),
         ("fusion.kind", "sum", "unknown fusion.kind 'sum'"),
         ("high_res.kind", "resnet", "unknown high_res.kind 'resnet'"),
@@ -231,6 +341,13 @@ def test_text3d_inference_reports_unparsable_text(make_model, make_batch):
         ("llm.kind", "gpt", "unknown llm.kind 'gpt'"),
     ],
 )
-def test_unknown_variant_names_are_rejected(make_model, key, value, message):
+def test_unknown_variant_names_are_rejected(make_model, key, value, message, pointer):
     with pytest.raises(ConfigError, match=message):
-        make_model(**{key: value})
+        make_model(**{key: value, "heads.pointer": pointer})
+
+
+def test_unknown_location_is_rejected(make_model):
+    with pytest.raises(ConfigError, match=r"unknown heads\.location 'polar'"):
+        make_model(**{"heads.location": "polar", "heads.pointer": False})
+    with pytest.raises(ConfigError, match=r"heads\.location"):  # the pointer reads uv + depth
+        make_model(**{"heads.location": "polar"})

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmi3d_core.errors import CheckpointError
+from llmi3d_core.errors import CheckpointError, ConfigError
 from llmi3d_core.inference import Predictor
 from llmi3d_core.model import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from llmi3d_core.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -32,12 +32,27 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     assert any("lora_" in k for k in stored)
     # the tiny LLM is randomly initialised, so its base weights are stored too
     assert any(k.startswith("llm.model.") and "lora_" not in k for k in stored)
-    for prefix in ("low_res.", "high_res.", "fusion.", "projector.", "heads."):
+    prefixes = (
+        "low_res.", "high_res.neck.", "high_res.colour.", "high_res.backbone.", "dense_heads.",
+        "fusion.", "projector.", "object_projector.", "pointer.",
+    )  # fmt: skip
+    for prefix in prefixes:
         assert any(k.startswith(prefix) for k in stored), prefix
-    for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight"):
+    for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors"):
         assert key in stored
     config, extra = read_checkpoint_meta(tmp_path / "ckpt")
     assert config == model.config and extra == {"step": 2}
+
+
+def test_size_priors_are_kept(make_model, tmp_path):
+    """The per-category size priors (set from the training data) travel with the checkpoint."""
+    model = make_model(**{"detector.categories": ["chair", "lamp"]})
+    priors = torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.5], [0.0, 0.1, 0.2]])
+    model.set_size_priors(priors)
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt").log_priors, priors)
+    with pytest.raises(ConfigError, match=r"size priors must be \(3, 3\)"):
+        model.set_size_priors(torch.zeros(2, 3))
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)

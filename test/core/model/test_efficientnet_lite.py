@@ -54,14 +54,19 @@ def test_batchnorm_statistics_stay_frozen_in_training():
     from llmi3d_core.model.config import HighResConfig
     from llmi3d_core.model.vision import HighResBranch
 
-    branch = HighResBranch(HighResConfig(kind="efficientnet_lite0", pretrained=True), 10.0)
+    branch = HighResBranch(HighResConfig(kind="efficientnet_lite0", pretrained=True))
     branch.train()
     before = branch.backbone.model._bn0.running_mean.clone()
-    features, depth = branch(torch.rand(2, 3, 64, 96))
-    (features.mean() + depth.mean()).backward()
+    features = branch(torch.rand(2, 3, 64, 96))
+    assert features.shape == (2, branch.out_channels, 8, 12) and branch.stride == 8
+    features.mean().backward()
     assert torch.equal(branch.backbone.model._bn0.running_mean, before)
     assert branch.backbone.model._bn0.weight.grad is not None  # affine parameters still train
-    assert branch.conv_rgb.training
-    free = HighResBranch(HighResConfig(kind="efficientnet_lite0", freeze_bn=False), 10.0).train()
+    assert branch.neck.training and branch.colour.training
+    free = HighResBranch(HighResConfig(kind="efficientnet_lite0", freeze_bn=False)).train()
     free(torch.rand(2, 3, 64, 96))
     assert not torch.equal(free.backbone.model._bn0.running_mean, torch.zeros(32))
+    frozen = HighResBranch(HighResConfig(kind="efficientnet_lite0", trainable=False)).train()
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    assert all(p.requires_grad for p in frozen.neck.parameters())  # the FPN still trains
+    assert not frozen.backbone.model._bn0.training

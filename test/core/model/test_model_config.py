@@ -32,8 +32,8 @@ def test_dict_round_trip_for_every_preset():
 
 
 def test_lists_become_tuples_and_ints_floats():
-    config = config_from_dict({"high_res": {"image_size": [32, 48]}, "heads": {"depth_scale": 5}})
-    assert config.high_res.image_size == (32, 48)
+    config = config_from_dict({"high_res": {"image_size": [32, 64]}, "heads": {"depth_scale": 5}})
+    assert config.high_res.image_size == (32, 64)
     assert isinstance(config.heads.depth_scale, float)
 
 
@@ -48,6 +48,17 @@ def test_lists_become_tuples_and_ints_floats():
         ({"heads": 3}, "heads: expected a mapping"),
         ({"low_res": {"image_size": 100, "patch_size": 16}}, "not a multiple of"),
         ({"high_res": {"depths": [1]}}, "must have the same length"),
+        ({"high_res": {"image_size": [32, 48]}}, r"\(32, 48\) must be multiples of 32"),
+        ({"detector": {"max_objects": 0}}, "detector.max_objects must be >= 1, got 0"),
+        ({"detector": {"nms_kernel": 2}}, "detector.nms_kernel must be odd and >= 1, got 2"),
+        ({"heads": {"height_extent": "box"}}, "heads.height_extent 'box' is unknown; allowed"),
+        ({"heads": {"depth_fusion": "max"}}, "heads.depth_fusion 'max' is unknown; allowed"),
+        ({"heads": {"location": "xyz"}}, "heads.location 'xyz' needs heads.pointer: false"),
+        ({"high_res": {"enabled": False}}, "heads.pointer needs the HR branch"),
+        (
+            {"high_res": {"depth_branch": False}, "heads": {"use_height_depth": False}},
+            "leaves no depth estimate",
+        ),
     ],
 )
 def test_bad_config_data_is_rejected(data, message):

@@ -90,10 +90,13 @@ def test_local_models_build_train_and_reload(local_models, make_batch, tmp_path)
     model.eval()
     reloaded = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
-        expected = model(batch).outputs
-        actual = reloaded(batch).outputs
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name])
+        expected = model(batch)
+        actual = reloaded(batch)
+    torch.testing.assert_close(actual.pointer_logits, expected.pointer_logits)
+    for name in expected.boxes:
+        torch.testing.assert_close(actual.boxes[name], expected.boxes[name])
+    for name in expected.losses:
+        torch.testing.assert_close(actual.losses[name], expected.losses[name])
 
 
 def test_missing_local_model_is_a_config_error(local_models, tmp_path):

@@ -1,0 +1,86 @@
+"""The embedded default model and its held-out test set, both made on first use and cached.
+
+    checkpoint = ensure_default_model()      # trains config/train/smol_synth.yaml once
+    test_root = default_test_data()          # synthetic scenes from a seed the recipe never used
+
+The demo, `llmi3d eval --checkpoint default` and the benchmarks share these, so that they serve
+and measure the same model. Everything lives under the user cache (paths.cache_dir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from llmi3d_core.paths import cache_dir, config_path
+
+DEFAULT_RECIPE = ("train", "smol_synth.yaml")
+# The test scenes: a seed no recipe trains on, with the recipe's held-out categories.
+TEST_SEED = 9001
+TEST_IMAGES = 200
+
+
+def default_recipe() -> Path:
+    """The default model's training config (installed with the package)."""
+    return config_path(*DEFAULT_RECIPE)
+
+
+def default_model_dir(recipe: Path | None = None) -> Path:
+    """Cache directory of the default model, named by a hash of the resolved recipe.
+
+    A release that changes the recipe or the model's defaults gets a fresh directory (and a
+    new training run) instead of refusing to resume a run of a different config.
+    """
+    from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config
+
+    config = load_train_config(recipe or default_recipe())
+    model = dataclasses.asdict(resolve_model_config(config.model))
+    resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
+    return cache_dir(f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}")
+
+
+def ensure_default_model(model_dir: Path | None = None) -> Path:
+    """The default model's best checkpoint, training it first when it is not cached yet."""
+    from llmi3d_core.train import ensure_trained
+
+    recipe = default_recipe()
+    return ensure_trained(recipe, model_dir or default_model_dir(recipe))
+
+
+def default_test_data(num_images: int = TEST_IMAGES, progress: bool = True) -> Path:
+    """A synthetic test set for the default model: new images, the recipe's held-out categories.
+
+    Its images come from TEST_SEED, which no recipe trains on; its held-out (novel) categories
+    are those of the default recipe's training set, so "novel" means the same in both. Every
+    image is in its "test" split.
+    """
+    from llmi3d_core.data.synth import SynthConfig, generate_dataset
+    from llmi3d_core.train_config import load_train_config
+
+    config = load_train_config(default_recipe())
+    train_seed = config.data.synth.seed if config.data.synth is not None else 0
+    out = cache_dir("synthetic_eval", f"seed{TEST_SEED}_novel{train_seed}_n{num_images}")
+    if not (out / "dataset.json").is_file():
+        synth = SynthConfig(
+            num_images=num_images,
+            seed=TEST_SEED,
+            novel_seed=train_seed,
+            split_fractions=(0.0, 0.0, 1.0),
+        )
+        generate_dataset(
+            synth, out, overwrite=True, workers=min(2, os.cpu_count() or 1), progress=progress
+        )
+    return out
+
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "TEST_SEED",
+    "default_model_dir",
+    "default_recipe",
+    "default_test_data",
+    "ensure_default_model",
+]
