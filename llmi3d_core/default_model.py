@@ -57,18 +57,20 @@ def default_test_data(num_images: int = TEST_IMAGES, progress: bool = True) -> P
     are those of the default recipe's training set, so "novel" means the same in both. Every
     image is in its "test" split.
     """
+    from llmi3d_core.data.queries import QueryConfig
     from llmi3d_core.data.synth import SynthConfig, generate_dataset
     from llmi3d_core.train_config import load_train_config
 
     config = load_train_config(default_recipe())
     train_seed = config.data.synth.seed if config.data.synth is not None else 0
-    out = cache_dir("synthetic_eval", f"seed{TEST_SEED}_novel{train_seed}_n{num_images}")
+    out = cache_dir("synthetic_eval", f"v2_seed{TEST_SEED}_novel{train_seed}_n{num_images}")
     if not (out / "dataset.json").is_file():
         synth = SynthConfig(
             num_images=num_images,
             seed=TEST_SEED,
             novel_seed=train_seed,
             split_fractions=(0.0, 0.0, 1.0),
+            queries=QueryConfig(negatives_per_image=1, multi_target_per_image=1),
         )
         generate_dataset(
             synth, out, overwrite=True, workers=min(2, os.cpu_count() or 1), progress=progress

@@ -72,6 +72,7 @@ __all__ = [
     "write_gallery",
 ]
 
+MAX_RESULTS = 10  # answers kept per query ("all the chairs" needs several)
 DEFAULT_CHECKPOINT = "default"  # --checkpoint default: the embedded default model
 IOU_DESCRIPTIONS = {
     "exact": "exact oriented 3D IoU (as Omni3D's box3d_overlap)",
@@ -265,14 +266,18 @@ def predict_with_model(
     queries: Sequence[QueryRecord],
     *,
     progress: bool = True,
+    max_results: int = MAX_RESULTS,
+    min_score: float | None = None,
 ) -> list[QueryResult]:
     """Run a `Predictor` on every query, the queries of one image in one batch (one encoding).
 
     Every prediction the predictor returns for a query is kept, in its order (best first); an
     empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
-    node would.
+    node would. `min_score` None takes the node's default (inference.DEFAULT_MIN_SCORE).
     """
     from tqdm import tqdm
+
+    from llmi3d_core.inference import DEFAULT_MIN_SCORE
 
     by_image: dict[str, list[QueryRecord]] = {}
     for query in queries:
@@ -288,6 +293,8 @@ def predict_with_model(
                 [q.text for q in group],
                 [q.box_prompt for q in group],
                 [q.point_prompt for q in group],
+                max_results=max_results,
+                min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
             )
             for query, listed in zip(group, predictions, strict=True):
                 answers = [_answer(p, record.K, record.width, record.height) for p in listed]
@@ -734,6 +741,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     parser.add_argument("--gallery", type=int, default=12, help="gallery PNGs to draw (0: none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries (0: all)")
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="answers scoring below it are left out (an empty answer is 'not here'); default: "
+        "the node's min_score default",
+    )
+    parser.add_argument(
+        "--max-results", type=int, default=MAX_RESULTS, help="answers kept per query"
+    )
     parser.add_argument("--fit-split", default="train", help="split a --baseline is fitted on")
     parser.add_argument(
         "--baseline-depth",
@@ -823,7 +840,13 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or args.checkpoint / "eval" / _safe(args.split)
     else:
         predictor = load_predictor(args.checkpoint, args.device, args.dtype)
-        predict = partial(predict_with_model, predictor, progress=not args.no_progress)
+        predict = partial(
+            predict_with_model,
+            predictor,
+            progress=not args.no_progress,
+            max_results=args.max_results,
+            min_score=args.min_score,
+        )
         name = args.checkpoint.resolve().name
         source = {"name": f"LLMI3D {name}", "checkpoint": str(args.checkpoint)}
         out = args.out or args.checkpoint / "eval" / _safe(args.split)

@@ -86,6 +86,94 @@ class Prediction:
     category: str = ""
 
 
+# the node's min_score default (config/params.yaml) and `llmi3d eval`'s: a calibrated probability,
+# so 0.35 keeps a box that is the target about a third of the time or more
+DEFAULT_MIN_SCORE = 0.35
+DUPLICATE_IOU = 0.5  # a box whose 3D IoU with a better one exceeds this is the same object
+
+
+@dataclass
+class Answer:
+    """The answer to one query.
+
+    Attributes:
+        query: the query text.
+        predictions: the boxes scoring at least `min_score`, best first, at most max_results,
+            each object once (3D non-maximum suppression); empty means "not here".
+        best: the best-scoring box even when it is below min_score (None: no candidate at all).
+        nothing_score: the model's probability that nothing in the image matches.
+        min_score: the threshold used.
+    """
+
+    query: str
+    predictions: list[Prediction]
+    best: Prediction | None
+    nothing_score: float
+    min_score: float
+
+    @classmethod
+    def select(
+        cls,
+        query: str,
+        ranked: list[Prediction],
+        located: Any,
+        *,
+        max_results: int,
+        min_score: float,
+    ) -> Answer:
+        """Threshold, deduplicate and cut ranked predictions (best first)."""
+        kept = suppress_duplicates([p for p in ranked if p.score >= min_score])[:max_results]
+        return cls(
+            query=query,
+            predictions=kept,
+            best=ranked[0] if ranked else None,
+            nothing_score=float(getattr(located, "nothing_score", 0.0)),
+            min_score=min_score,
+        )
+
+    @property
+    def message(self) -> str:
+        """What a person is told: what was found, or why nothing was."""
+        if self.predictions:
+            labels = ", ".join(f"{p.label} ({p.score:.2f})" for p in self.predictions)
+            return f"found {len(self.predictions)}: {labels}"
+        if self.best is None:
+            return "nothing matching was found in this frame (no object detected)"
+        return (
+            f"nothing matching was found in this frame (best candidate {self.best.label!r}, "
+            f"score {self.best.score:.2f} < min_score {self.min_score:.2f})"
+        )
+
+
+def suppress_duplicates(predictions: list[Prediction]) -> list[Prediction]:
+    """Greedy 3D non-maximum suppression of predictions sorted best first.
+
+    Neighbouring heatmap peaks can describe one object twice; the weaker copy is dropped when
+    its exact 3D IoU with a kept box exceeds DUPLICATE_IOU.
+    """
+    if len(predictions) < 2:
+        return list(predictions)
+    from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
+
+    corners = box3d_corners(
+        np.stack([p.center for p in predictions]),
+        np.maximum(np.stack([p.dims for p in predictions]), 1e-3),
+        np.stack([p.rotation for p in predictions]),
+        validate=False,
+    )
+    n = len(predictions)
+    rows, cols = np.triu_indices(n, k=1)
+    ious = np.zeros((n, n))
+    ious[rows, cols] = np.nan_to_num(
+        np.asarray(box3d_iou_batch(corners[rows], corners[cols], validate=False))
+    )
+    kept: list[int] = []
+    for index in range(n):
+        if all(ious[k, index] <= DUPLICATE_IOU for k in kept):
+            kept.append(index)
+    return [predictions[k] for k in kept]
+
+
 def object_phrase(query: str) -> str:
     """Object phrase of a plain grounding query: "Find the red lamp." -> "red lamp"."""
     text = _COMMAND_WORDS.sub("", query.strip()).strip(" ?.!,;:")
@@ -257,6 +345,8 @@ class Predictor:
         cache_size: images whose features are kept (LRU).
         answer_policy: "auto" (the LLM decides whether a query needs an answer first, as
             trained), "ground" (never generate: one pass per query) or "answer" (always).
+            None: "auto" for a model trained to answer (config.answer_types not empty), else
+            "ground" (a model that never learned when to answer would ramble).
         merge_lora: fold the LoRA adapter into the LLM weights (~18% faster per LLM step on a
             CPU); the Predictor then owns the model: do not train it further (or call
             `model.llm.unmerge_lora()` first). Checkpoints are saved unmerged either way.
@@ -269,11 +359,13 @@ class Predictor:
         dtype: str | torch.dtype | None = None,
         *,
         cache_size: int = 4,
-        answer_policy: str = "auto",
+        answer_policy: str | None = None,
         merge_lora: bool = True,
     ) -> None:
         from llmi3d_core.model.llmi3d import ANSWER_POLICIES
 
+        if answer_policy is None:
+            answer_policy = "auto" if model.config.answer_types else "ground"
         if answer_policy not in ANSWER_POLICIES:
             raise ConfigError(
                 f"unknown answer_policy {answer_policy!r}; available: {', '.join(ANSWER_POLICIES)}"
@@ -350,6 +442,7 @@ class Predictor:
         box2d: Any = None,
         point2d: Any = None,
         max_results: int = 1,
+        min_score: float = 0.0,
     ) -> list[Prediction]:
         """Find the object described by `query` in one image.
 
@@ -361,15 +454,20 @@ class Predictor:
             point2d: optional (2,) point prompt u, v in pixels.
             max_results: most predictions to return, best first (the pointer ranks every object
                 the detector found; the MLP read-out gives one box).
+            min_score: leave out predictions scoring below it (0: every one; an empty list is
+                the answer "not here", see `answer`).
 
         Returns:
-            At most `max_results` predictions, best first.
+            At most `max_results` predictions, best first, duplicates of one object removed.
 
         Raises:
             InvalidInputError: bad image, K, query, prompt or max_results.
             ModelOutputError: the model produced NaN/inf or an unparsable answer.
         """
-        return self.predict_batch([image_rgb], [K], [query], [box2d], [point2d], max_results)[0]
+        answers = self.answer_batch(
+            [image_rgb], [K], [query], [box2d], [point2d], max_results, min_score
+        )
+        return answers[0].predictions
 
     def predict_batch(  # noqa: PLR0917 (mirrors predict)
         self,
@@ -379,8 +477,25 @@ class Predictor:
         box2ds: Sequence[Any] | None = None,
         point2ds: Sequence[Any] | None = None,
         max_results: int = 1,
+        min_score: float = 0.0,
     ) -> list[list[Prediction]]:
-        """Batched `predict`: item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]).
+        """Batched `predict`: item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i])."""
+        answers = self.answer_batch(images, Ks, queries, box2ds, point2ds, max_results, min_score)
+        return [answer.predictions for answer in answers]
+
+    def answer_batch(  # noqa: PLR0917 (mirrors predict)
+        self,
+        images: Sequence[np.ndarray],
+        Ks: Sequence[Any],
+        queries: Sequence[str],
+        box2ds: Sequence[Any] | None = None,
+        point2ds: Sequence[Any] | None = None,
+        max_results: int = 1,
+        min_score: float = 0.0,
+    ) -> list[Answer]:
+        """Answer queries: their predictions and, for "not here", the best candidate turned down.
+
+        Item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]).
 
         New images are encoded together in one vision pass; identical images (same bytes and K)
         are encoded once. Each query then runs on its image's cached LLM prefix.
@@ -392,6 +507,8 @@ class Predictor:
         start = time.perf_counter()
         if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
             raise InvalidInputError(f"max_results must be an integer >= 1, got {max_results!r}")
+        if not (isinstance(min_score, int | float) and 0.0 <= float(min_score) <= 1.0):
+            raise InvalidInputError(f"min_score must be a number in [0, 1], got {min_score!r}")
         items = self._validate(images, Ks, queries, box2ds, point2ds)
         timings = dict.fromkeys(("preprocess", "encode_image", "prefill", "llm", "decode"), 0.0)
         timings["validate"] = time.perf_counter() - start
@@ -410,7 +527,13 @@ class Predictor:
                 )
                 timings["llm"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                results.append(self._to_predictions(located, item, max_results))
+                ranked = self._to_predictions(located, item)
+                results.append(
+                    Answer.select(
+                        item.query, ranked, located, max_results=max_results,
+                        min_score=float(min_score),
+                    )
+                )  # fmt: skip
                 timings["decode"] += time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         self.last_timings = timings
@@ -500,8 +623,8 @@ class Predictor:
         timings["prefill"] = time.perf_counter() - tick
         return contexts
 
-    def _to_predictions(self, located: Any, item: _Item, max_results: int) -> list[Prediction]:
-        """The located boxes (best first) as Predictions in the input image; reject NaN/inf."""
+    def _to_predictions(self, located: Any, item: _Item) -> list[Prediction]:
+        """Every located box (best first) as a Prediction in the input image; reject NaN/inf."""
         boxes = {k: v.detach().cpu().double().numpy() for k, v in located.boxes.items()}
         scores = located.scores.detach().cpu().double().numpy()
         for name in ("center", "R", "dims", "box2d_px", "center_uv_px"):
@@ -514,7 +637,7 @@ class Predictor:
         answer = located.answer if located.answered else ""
         categories = self.model.category_names(located.categories)
         predictions = []
-        for index in range(min(max_results, len(scores))):
+        for index in range(len(scores)):
             category = categories[index]
             predictions.append(
                 Prediction(

@@ -23,6 +23,8 @@ gets the per-category size priors of the training split (`size_priors`), which c
 from __future__ import annotations
 
 import copy
+import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +37,8 @@ from llmi3d_core.data.format import Dataset, read_dataset, select_queries
 from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
 from llmi3d_core.model.config import ModelConfig, config_from_dict
 from llmi3d_core.model.llmi3d import Candidates, QueryStates
-from llmi3d_core.model.losses import box_iou_2d, box_losses, box_targets, weighted_total
-from llmi3d_core.model.pointer import pointer_loss
+from llmi3d_core.model.losses import box_iou_2d, weighted_total
+from llmi3d_core.model.pointer import fit_calibration, pointer_loss
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
 
 Batch = dict[str, Any]
@@ -128,6 +130,7 @@ class StageTask:
     def evaluate(self, model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
         """Validation metrics ("val/loss" at least) over the loader, gathered across processes."""
         sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
         count = 0
         was_training = model.training
         model.eval()
@@ -135,23 +138,26 @@ class StageTask:
             batch = to_device(cpu_batch, accelerator.device)
             size = batch_size(batch)
             for name, value in self.batch_metrics(model, batch).items():
-                sums[name] = sums.get(name, 0.0) + float(value) * size
+                total, n = value if isinstance(value, tuple) else (float(value) * size, size)
+                sums[name] = sums.get(name, 0.0) + float(total)
+                counts[name] = counts.get(name, 0.0) + float(n)
             count += size
         model.train(was_training)
         names = sorted(sums)
-        totals = torch.tensor(
-            [count, *(sums[n] for n in names)], dtype=torch.float64, device=accelerator.device
-        )
-        totals = accelerator.reduce(totals, reduction="sum")
-        n = max(float(totals[0]), 1.0)
+        values = [count, *(sums[n] for n in names), *(counts[n] for n in names)]
+        totals = accelerator.reduce(
+            torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum"
+        ).tolist()
+        k = len(names)
         metrics = {
-            f"val/{k}": float(v) / n for k, v in zip(names, totals[1:].tolist(), strict=True)
+            f"val/{name}": totals[1 + i] / totals[1 + k + i] if totals[1 + k + i] else math.nan
+            for i, name in enumerate(names)
         }
-        metrics["val/count"] = n
+        metrics["val/count"] = float(totals[0])
         return metrics
 
-    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        """Per-batch means of the validation metrics (loss terms by default)."""
+    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, Any]:
+        """Validation metrics of a batch: a mean over its samples, or a (sum, count) pair."""
         return {("loss" if k == "total" else k): v for k, v in self.losses(model, batch).items()}
 
 
@@ -262,6 +268,19 @@ class FrozenBackbone:
         return [m.half().contiguous() for m in [*maps, colour_map(images.float())]]
 
 
+def load_items(dataset: Any, desc: str, progress: bool) -> list[Batch]:
+    """Every item of a (deterministic) dataset, in order, read by two processes, with progress.
+
+    Reading and letterboxing a picture and building its targets costs ~40 ms: worth a second
+    core for the thousands of images of a detector stage.
+    """
+    workers = min(2, os.cpu_count() or 1) if len(dataset) > 64 else 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers
+    )
+    return list(tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress))
+
+
 def cache_backbone(model: Any, items: Sequence[Batch], desc: str, progress: bool) -> None:
     """Add each item's backbone maps ("backbone": list of (C, h, w) float16), dropping image_hr."""
     backbone = FrozenBackbone(model)
@@ -307,8 +326,8 @@ class DetectorTask(StageTask):
         val = _limit(val, data.val_queries)
         if not model.config.high_res.trainable and self.cached:
             progress = self.config.progress
-            train = [train[i] for i in range(len(train))]
-            val = [val[i] for i in range(len(val))]
+            train = load_items(train, "preparing images (train)", progress)
+            val = load_items(val, "preparing images (val)", progress)
             cache_backbone(model, train, "caching backbone (train)", progress)
             cache_backbone(model, val, "caching backbone (val)", progress)
         return train, (val if val else None)
@@ -340,6 +359,7 @@ class DetectorTask(StageTask):
 # --------------------------------------------------------------------------------------------
 
 CANDIDATE_KEYS = ("features", "geometry", "objectness", "valid", "cells")
+QUERY_CHUNK = 8  # queries of one image run through the LLM together
 
 
 class PointerTask(StageTask):
@@ -401,21 +421,23 @@ class PointerTask(StageTask):
                     first["image_lr"], first["image_hr"], first["K"], first["image_size"], maps
                 )
                 context = model.prepare_context(features, 0)
-                for item in raw:
-                    items.append(self._item(model, context, features, item, inject))
-                    bar.update(1)
+                for start in range(0, len(raw), QUERY_CHUNK):
+                    chunk = raw[start : start + QUERY_CHUNK]
+                    states = model.teacher_forced_states(context, chunk)
+                    for item, state in zip(chunk, states, strict=True):
+                        items.append(self._item(model, state, features, item, inject))
+                    bar.update(len(chunk))
         model.train(was_training)
         return items
 
     def _item(
-        self, model: Any, context: Any, features: Any, item: Batch, inject: bool
+        self, model: Any, states: QueryStates, features: Any, item: Batch, inject: bool
     ) -> Batch:  # fmt: skip
         """The cached tensors of one query."""
-        states: QueryStates = model.teacher_forced_states(context, item)
         batch = collate_grounding([item])
         candidates: Candidates = features.candidates
-        is_target = batch["assign"].gather(1, candidates.cells) == batch["target_index"][:, None]
-        if inject and not bool(is_target.any()):
+        is_target = model.target_slots(batch, candidates.cells)
+        if inject:
             candidates, is_target = model.with_target_cell(batch, features)
         out: Batch = {
             "f3d": states.f3d[0].float(),
@@ -423,6 +445,11 @@ class PointerTask(StageTask):
             "box_prompt": item["box_prompt"],
             "point_prompt": item["point_prompt"],
             "is_target": is_target[0],
+            "target_mask": item["target_mask"],
+            "num_targets": item["target_mask"].sum(),
+            "query_type": item["query_type"],
+            "query_category": item["query_category"],
+            "query_color": item["query_color"],
             "K": item["K"],
             "image_size": item["image_size"],
         }
@@ -448,7 +475,7 @@ class PointerTask(StageTask):
         batch["words"], batch["word_mask"] = words, mask
         return batch
 
-    def _forward(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Candidates]:
+    def _forward(self, model: Any, batch: Batch) -> tuple[Any, Candidates]:
         outputs = {k[4:]: v for k, v in batch.items() if k.startswith("out_")}
         candidates = Candidates(
             cells=batch["cand_cells"],
@@ -460,43 +487,79 @@ class PointerTask(StageTask):
             valid=batch["cand_valid"],
         )
         states = QueryStates(f3d=batch["f3d"], words=batch["words"], word_mask=batch["word_mask"])
-        logits, residual = model.point(
-            states, candidates, batch["box_prompt"], batch["point_prompt"]
-        )
-        return logits, residual, candidates
+        pointed = model.point(states, candidates, batch["box_prompt"], batch["point_prompt"])
+        return pointed, candidates
 
     def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss terms and "total" of a batch."""
-        logits, residual, candidates = self._forward(model, batch)
+        pointed, candidates = self._forward(model, batch)
+        logits, residual = pointed.logits, pointed.residual
         is_target = batch["is_target"]
-        losses = {"pointer": pointer_loss(logits, is_target)}
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        slot = is_target.float().argmax(dim=-1)
-        at_target = model.corrected(
-            {k: v[rows, slot] for k, v in candidates.outputs.items()}, residual[rows, slot]
-        )
-        terms = box_losses(at_target, box_targets(batch, model.config), model.config)
-        losses["residual"] = terms.get("depth", terms["dims"] * 0) + terms["dims"]
+        losses = {
+            "pointer": pointer_loss(logits, is_target, candidates.valid),
+            "residual": model.residual_loss(batch, candidates, residual, is_target),
+            **model.text_losses(pointed, batch),
+        }
         losses["total"] = weighted_total(losses, model.config)
         return losses
 
-    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        """Validation metrics of a batch."""
+    @torch.no_grad()
+    def evaluate(self, model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
+        """Validation metrics; first fits the score calibration on these queries (pointer.py).
+
+        The calibration (temperature, bias) is a buffer of the model, so the checkpoint saved
+        after this validation carries it.
+        """
+        logits, targets = [], []
+        for cpu_batch in loader:
+            batch = to_device(cpu_batch, accelerator.device)
+            batch_logits = self._forward(model, batch)[0].logits
+            is_target = batch["is_target"]
+            logits.append(batch_logits)
+            targets.append(torch.cat([is_target, ~is_target.any(-1, keepdim=True)], dim=1))
+        raw = accelerator.unwrap_model(model)
+        if logits:
+            temperature, bias = fit_calibration(torch.cat(logits), torch.cat(targets))
+            raw.score_calibration.copy_(torch.tensor([temperature, bias]))
+        metrics = super().evaluate(model, loader, accelerator)
+        metrics["val/temperature"] = float(raw.score_calibration[0])
+        metrics["val/score_bias"] = float(raw.score_calibration[1])
+        return metrics
+
+    def batch_metrics(self, model: Any, batch: Batch) -> dict[str, Any]:
+        """Validation metrics of a batch (see `StageTask.batch_metrics`).
+
+        acc@0.25, mean_iou and grounding_acc (and per query type) over single-target queries,
+        with the best candidate; not_here over negative queries (no candidate scores >= 0.5).
+        """
         from llmi3d_core.model.decode import decode_boxes
 
         metrics = super().batch_metrics(model, batch)
-        logits, residual, candidates = self._forward(model, batch)
+        pointed, candidates = self._forward(model, batch)
+        logits, residual = pointed.logits, pointed.residual
+        K = candidates.cells.shape[1]
         rows = torch.arange(logits.shape[0], device=logits.device)
-        choice = logits.argmax(dim=-1)
+        choice = logits[:, :K].argmax(dim=-1)
         chosen = model.corrected(
             {k: v[rows, choice] for k, v in candidates.outputs.items()}, residual[rows, choice]
         )
         boxes = decode_boxes(chosen, batch["K"].float(), batch["image_size"].float(), model.config)
         ious = box_ious(boxes, batch["center_cam"], batch["dims_lwh"], batch["R_cam"])
-        metrics["acc@0.25"] = (ious > 0.25).double().mean()
-        metrics["mean_iou"] = ious.mean()
+        ious = ious.to(logits.device)
+        single = batch["num_targets"] == 1
+        n_single = int(single.sum())
         hit = box_iou_2d(chosen["box2d"].float(), batch["box2d"].float()) > 0.5
-        metrics["grounding_acc"] = hit.double().mean()
+        metrics["acc@0.25"] = (float((ious > 0.25)[single].sum()), n_single)
+        metrics["mean_iou"] = (float(ious[single].sum()), n_single)
+        metrics["grounding_acc"] = (float(hit[single].sum()), n_single)
+        for kind in ("caption", "question", "box_prompt", "point_prompt"):
+            of_kind = torch.tensor([t == kind for t in batch["query_type"]], device=hit.device)
+            mask = single & of_kind
+            metrics[f"grounding/{kind}"] = (float(hit[mask].sum()), int(mask.sum()))
+        negative = batch["num_targets"] == 0
+        if bool(negative.any()):
+            best = model.scores(logits[:, :K]).max(dim=-1).values
+            metrics["not_here"] = (float((best < 0.5)[negative].sum()), int(negative.sum()))
         return metrics
 
 

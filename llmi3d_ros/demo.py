@@ -51,6 +51,8 @@ from llmi3d_ros.dds_env import startup_lines
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
 QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
+NOT_FOUND = "not found"  # the node answered "not here" (success, no box)
+ANSWERED = ("ok", NOT_FOUND)  # Outcome.message of a query the node answered
 
 
 @dataclass
@@ -235,7 +237,7 @@ def report(
     if response is None:
         print(f"  -> no answer within {args.query_timeout_s:.0f} s")
         return Outcome(image.image_id, query.type, query.text, "", None, latency_s, "timeout")
-    if not response.success or not response.detections.detections:
+    if not response.success:
         print(f"  -> failed: {response.message}")
         return Outcome(
             image.image_id, query.type, query.text, "", None, latency_s, response.message
@@ -246,14 +248,18 @@ def report(
         for det in truth.detections:
             if det.id == query.target_object_id:
                 truth_box = Box3D(*detection_to_box(det))
+    if not response.detections.detections:
+        return report_not_found(
+            client, executor, response,
+            latency_s=latency_s, image=image, query=query, truth_box=truth_box, args=args,
+        )  # fmt: skip
     center, dims, R = detection_to_box(response.detections.detections[0])
     predicted = Box3D(center, dims, R)
     iou = None
     if truth_box is not None:
         iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
     spin_until(executor, lambda: stamp_to_ns(response.detections.header.stamp) in client.debug, 2.0)
-    index = len(list(args.run_dir.glob("*.png"))) if args.run_dir.is_dir() else 0
-    picture = args.run_dir / f"{index:02d}_{image.image_id}_{query.type}.png"
+    picture = args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}.png"
     saved = save_picture(client, response, truth_box, image.K, picture)
     score = response.detections.detections[0].results[0].hypothesis.score
     print(f"  -> answer: {response.answer!r} (expected {query.answer!r}), score {score:.2f}, "
@@ -268,6 +274,40 @@ def report(
     return Outcome(image.image_id, query.type, query.text, response.answer, iou, latency_s, "ok")
 
 
+def report_not_found(
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    response: Query.Response,
+    *,
+    latency_s: float,
+    image: ImageRecord,
+    query: QueryRecord,
+    truth_box: Box3D | None,
+    args: argparse.Namespace,
+) -> Outcome:
+    """The node answered "not here" (success, no box): a miss when the target is in the scene.
+
+    The demo's queries all have a target, so its IoU counts as 0; the picture shows the debug
+    image (no box) with the ground truth.
+    """
+    stamp = stamp_to_ns(response.detections.header.stamp)
+    spin_until(executor, lambda: stamp in client.debug, 2.0)
+    picture = args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}.png"
+    saved = save_picture(client, response, truth_box, image.K, picture)
+    print(f"  -> {response.answer} (expected {query.answer!r}): {response.message}, "
+          f"{latency_s:.2f} s")  # fmt: skip
+    if saved:
+        print(f"     picture: {picture}")
+    iou = 0.0 if truth_box is not None else None
+    return Outcome(
+        image.image_id, query.type, query.text, response.answer, iou, latency_s, NOT_FOUND
+    )
+
+
+def _picture_index(run_dir: Path) -> int:
+    return len(list(run_dir.glob("*.png"))) if run_dir.is_dir() else 0
+
+
 def summary(outcomes: list[Outcome]) -> str:
     """A markdown table of the outcomes and the headline numbers."""
     lines = ["| scene | type | query | answer | 3D IoU | latency |", "|---|---|---|---|---|---|"]
@@ -278,7 +318,7 @@ def summary(outcomes: list[Outcome]) -> str:
             f"| {o.latency_s:.2f} s |"
         )
     ious = [o.iou for o in outcomes if o.iou is not None]
-    answered = sum(o.message == "ok" for o in outcomes)
+    answered = sum(o.message in ANSWERED for o in outcomes)
     lines.append("")
     lines.append(f"answered {answered}/{len(outcomes)} queries")
     if ious:
@@ -316,7 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; exit status 0 when every query was answered.
+    """Run the demo; exit status 0 when every query was answered ("not here" included).
 
     SIGINT, SIGTERM and SIGHUP stop the node processes (llmi3d_bringup's `stop`) and end the
     demo by the same signal, whatever it was doing (training on first run included).
@@ -362,7 +402,7 @@ def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]])
         rclpy.try_shutdown()
     print("\n" + summary(outcomes))
     print(f"\n[demo] debug pictures of this run in {args.run_dir.resolve()}")
-    return 0 if outcomes and all(o.message == "ok" for o in outcomes) else 1
+    return 0 if outcomes and all(o.message in ANSWERED for o in outcomes) else 1
 
 
 if __name__ == "__main__":

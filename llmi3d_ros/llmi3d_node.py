@@ -8,13 +8,22 @@ Lifecycle (each transition undoes the previous one's work):
   cleanup    -> destroys publishers and the service, frees the model.
 With `autostart` (default true) `main` configures and activates at start-up.
 
-Concurrency: one MultiThreadedExecutor with three callback groups.
+Answers: each query (service or standing) returns the candidates scoring at least `min_score`
+(a calibrated probability), best first, each object once, at most `max_results` (the request's,
+or the parameter when it asks for 0). None reaching min_score is the answer "not here": the service
+succeeds with no detections and a message naming the best candidate turned down; the topics get
+an empty Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without
+boxes, so no stale box stays on screen. Both parameters may change at run time (SetParameters).
+
+Concurrency: one MultiThreadedExecutor with four callback groups.
   sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
             cheap, they only store the newest message.
-  inference (mutually exclusive): the ~/query service and the standing-query timer; the model runs
-            here, one call at a time, while the sensor group keeps receiving frames and the default
-            group keeps serving lifecycle and parameter requests.
+  service   (mutually exclusive): the ~/query service.
+  standing  (mutually exclusive): the standing-query timer.
   default:  lifecycle services, parameter services and the no-input watchdog.
+The model runs one call at a time (the Predictor holds a lock). Service calls come first: the
+standing query skips its turn while a call waits, since rclpy hands ready timers out before
+services and a standing query answered twice a second would otherwise starve ~/query.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from visualization_msgs.msg import MarkerArray
 
 from llmi3d_core.errors import Llmi3dError
 from llmi3d_core.geometry import box3d_corners
-from llmi3d_core.inference import Prediction, Predictor
+from llmi3d_core.inference import Answer, Predictor, object_phrase
 from llmi3d_core.visualize import draw_boxes
 from llmi3d_ros.conversions import (
     camera_info_to_k,
@@ -54,7 +63,14 @@ from llmi3d_ros.conversions import (
 )
 from llmi3d_ros.frame_pairing import StampPairer
 from llmi3d_ros.markers import prediction_markers
-from llmi3d_ros.params import NodeParams, declare_params, read_params, validate
+from llmi3d_ros.params import (
+    NODE_PARAM_NAMES,
+    RECONFIGURE_ONLY,
+    NodeParams,
+    declare_params,
+    read_params,
+    validate,
+)
 
 NODE_NAME = "llmi3d_node"
 ASPECT_TOLERANCE = 0.01
@@ -65,11 +81,14 @@ class QueryRejectedError(Llmi3dError):
 
 
 @dataclass(frozen=True)
-class Answer:
-    """What one query produced, ready to publish."""
+class FrameAnswer:
+    """What one query produced on one frame, ready to publish.
+
+    `answer.predictions` is empty when nothing matching was found ("not here").
+    """
 
     header: Header
-    predictions: list[Prediction]
+    answer: Answer
     rgb: np.ndarray
     K: np.ndarray
     timings_s: dict[str, float]
@@ -98,17 +117,32 @@ class Llmi3dNode(LifecycleNode):
         self._query_service: Any = None
         super().__init__(NODE_NAME, **kwargs)
         self._sensor_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._standing_group = MutuallyExclusiveCallbackGroup()
+        self._calls_waiting = 0  # service calls in progress; the standing query yields to them
+        self._calls_lock = threading.Lock()
         declare_params(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        # rclpy has already checked the descriptors' ranges (min_score outside [0, 1] is refused
+        # with "Parameter min_score out of range ..." before this runs)
         for parameter in parameters:
             reason = validate(parameter.name, parameter.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+        for parameter in parameters:
+            if parameter.name in NODE_PARAM_NAMES:
+                old = self.get_parameter(parameter.name).value
+                if old != parameter.value:
+                    later = ""
+                    if parameter.name in RECONFIGURE_ONLY:
+                        later = " (applied on the next configure/activate)"
+                    self.get_logger().info(
+                        f"parameter {parameter.name}: {old!r} -> {parameter.value!r}{later}"
+                    )
         return SetParametersResult(successful=True)
 
     @property
@@ -156,10 +190,12 @@ class Llmi3dNode(LifecycleNode):
             "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "diagnostics", 10),
         }
         self._query_service = self.create_service(
-            Query, "~/query", self._on_query, callback_group=self._inference_group
+            Query, "~/query", self._on_query, callback_group=self._service_group
         )
         self.get_logger().info(
-            f"configured: model from {source} on {params.device}/{params.dtype} in {load_s:.1f} s"
+            f"configured: model from {source} on {params.device}/{params.dtype} in {load_s:.1f} s; "
+            f"answering with min_score={params.min_score}, max_results={params.max_results} "
+            "(both may change at run time)"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -189,7 +225,7 @@ class Llmi3dNode(LifecycleNode):
                 )
             )  # fmt: skip
         self._input_timers = [
-            self.create_timer(0.05, self._on_standing_timer, callback_group=self._inference_group),
+            self.create_timer(0.05, self._on_standing_timer, callback_group=self._standing_group),
             self.create_timer(1.0, self._on_watchdog),
         ]
         self._activated_s = time.monotonic()
@@ -291,8 +327,17 @@ class Llmi3dNode(LifecycleNode):
 
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
         """Service callback: answer on the newest frame; never raises."""
+        with self._calls_lock:
+            self._calls_waiting += 1
         try:
-            answer = self._answer(
+            return self._handle_query(request, response)
+        finally:
+            with self._calls_lock:
+                self._calls_waiting -= 1
+
+    def _handle_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        try:
+            result = self._answer(
                 request.query,
                 list(request.box_prompt),
                 list(request.point_prompt),
@@ -308,24 +353,25 @@ class Llmi3dNode(LifecycleNode):
             response.message = f"internal error while answering: {type(err).__name__}: {err}"
             self.get_logger().error(f"{response.message}\n{traceback.format_exc()}")
             return response
-        self._publish(answer)
-        response.success = True
-        response.detections = predictions_to_detections(answer.predictions, answer.header)
-        best = answer.predictions[0] if answer.predictions else None
-        response.answer = (best.answer or best.label) if best else ""
-        response.message = (
-            f"found {len(answer.predictions)} object(s)" if answer.predictions
-            else "no object above score_threshold"
-        )  # fmt: skip
+        self._publish(result)
+        answer = result.answer
+        response.success = True  # "not here" is an answer too: success with no detections
+        response.detections = predictions_to_detections(answer.predictions, result.header)
+        if answer.predictions:
+            best = answer.predictions[0]
+            response.answer = best.answer or best.label
+        else:
+            response.answer = f"no {object_phrase(request.query)!r} found"
+        response.message = answer.message
         self.get_logger().info(
-            f"query {request.query[:80]!r} -> {response.answer!r} "
-            f"({_format_timings(answer.timings_s)})"
+            f"query {request.query[:80]!r} -> {response.answer!r}: {answer.message[:160]} "
+            f"({_format_timings(result.timings_s)})"
         )
         return response
 
     def _on_standing_timer(self) -> None:
         """Answer the standing query on a new frame, at most standing_query_max_rate_hz."""
-        if not self._standing_query or self._pairer is None:
+        if not self._standing_query or self._pairer is None or self._calls_waiting:
             return
         latest = self._pairer.latest
         if latest is None or latest.sequence == self._standing_answered_seq:
@@ -337,19 +383,23 @@ class Llmi3dNode(LifecycleNode):
         self._standing_last_s = now
         self._standing_answered_seq = latest.sequence
         try:
-            answer = self._answer(self._standing_query, [], [], 0)
+            result = self._answer(self._standing_query, [], [], 0)
         except Exception as err:
             self.get_logger().warning(
                 f"standing query {self._standing_query[:80]!r} failed: {err}",
                 throttle_duration_sec=5.0,
             )
+            # no answer on this frame: take the previous answer's boxes off the screen
+            self._outputs["markers"].publish(prediction_markers([], latest.image.header))
             return
-        self._publish(answer)
+        self._publish(result)
 
     def _answer(
         self, query: str, box_prompt: list[float], point_prompt: list[float], max_results: int
-    ) -> Answer:
+    ) -> FrameAnswer:
         """Check the request and the inputs, run the model on the newest frame.
+
+        `max_results` 0 takes the max_results parameter; min_score is the parameter's value now.
 
         Raises:
             QueryRejectedError: the node is not active, no frame yet, or a malformed request.
@@ -392,17 +442,18 @@ class Llmi3dNode(LifecycleNode):
         K = self._intrinsics_for(info, rgb.shape[1], rgb.shape[0])
         timings["decode_s"] = time.perf_counter() - start
 
-        predictions = self._predictor.predict(
-            rgb,
-            K,
-            text,
-            box2d=np.asarray(box_prompt, dtype=np.float64) if box_prompt else None,
-            point2d=np.asarray(point_prompt, dtype=np.float64) if point_prompt else None,
+        [answer] = self._predictor.answer_batch(
+            [rgb],
+            [K],
+            [text],
+            [np.asarray(box_prompt, dtype=np.float64) if box_prompt else None],
+            [np.asarray(point_prompt, dtype=np.float64) if point_prompt else None],
             max_results=max_results or params.max_results,
+            # rclpy accepts values within a relative 1e-6 of the range's ends; the core does not
+            min_score=min(max(params.min_score, 0.0), 1.0),
         )
         timings.update(self._predictor.last_timings)
-        kept = [p for p in predictions if p.score >= params.score_threshold]
-        return Answer(header=image_msg.header, predictions=kept, rgb=rgb, K=K, timings_s=timings)
+        return FrameAnswer(header=image_msg.header, answer=answer, rgb=rgb, K=K, timings_s=timings)
 
     def _why_no_frame(self, params: NodeParams, has_info: bool) -> str:
         image_topic = self.resolve_topic_name(params.image_topic)
@@ -442,33 +493,36 @@ class Llmi3dNode(LifecycleNode):
 
     # ------------------------------------------------------------------ outputs
 
-    def _publish(self, answer: Answer) -> None:
+    def _publish(self, result: FrameAnswer) -> None:
+        """Publish one answer; with no predictions ("not here") every output is cleared."""
         params = self.params
         start = time.perf_counter()
         pubs = self._outputs
-        pubs["detections"].publish(predictions_to_detections(answer.predictions, answer.header))
+        predictions = result.answer.predictions
+        pubs["detections"].publish(predictions_to_detections(predictions, result.header))
+        # DELETEALL first, so an empty answer removes the previous answer's boxes
         pubs["markers"].publish(
-            prediction_markers(answer.predictions, answer.header, params.marker_lifetime_s)
+            prediction_markers(predictions, result.header, params.marker_lifetime_s)
         )
         if params.publish_debug_image:
             boxes = [
                 (box3d_corners(p.center, p.dims, p.rotation), f"{p.label} {p.score:.2f}")
-                for p in answer.predictions
+                for p in predictions
             ]
-            debug = draw_boxes(answer.rgb, boxes, answer.K)
-            pubs["debug_image"].publish(rgb_to_image(debug, answer.header))
-        answer.timings_s["publish_s"] = time.perf_counter() - start
-        pubs["diagnostics"].publish(self._diagnostics(answer))
+            debug = draw_boxes(result.rgb, boxes, result.K)
+            pubs["debug_image"].publish(rgb_to_image(debug, result.header))
+        result.timings_s["publish_s"] = time.perf_counter() - start
+        pubs["diagnostics"].publish(self._diagnostics(result))
 
-    def _diagnostics(self, answer: Answer) -> DiagnosticArray:
+    def _diagnostics(self, result: FrameAnswer) -> DiagnosticArray:
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK,
             name=f"{self.get_name()}: inference",
-            message=f"{len(answer.predictions)} detection(s)",
+            message=f"{len(result.answer.predictions)} detection(s)",
             hardware_id=self.params.device,
         )
         status.values = [
-            KeyValue(key=k, value=f"{v * 1e3:.1f} ms") for k, v in answer.timings_s.items()
+            KeyValue(key=k, value=f"{v * 1e3:.1f} ms") for k, v in result.timings_s.items()
         ]
         # Input health: images received since activate and the newest one's stamp; with the
         # publisher's count this gives dropped frames (benchmarks/bench_soak.py).

@@ -1,7 +1,8 @@
 """The node's parameters: one table with defaults, descriptions and allowed values.
 
 `NodeParams` holds the defaults in one place; config/params.yaml repeats them for users to edit (a
-test keeps the two equal). The node declares every field as a ROS parameter with a
+test keeps the two equal). min_score's default comes from llmi3d_core.inference.DEFAULT_MIN_SCORE,
+which `llmi3d eval` uses too. The node declares every field as a ROS parameter with a
 ParameterDescriptor, validates changes with `validate`, and reads them back with `read_params`.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from llmi3d_core.inference import DEFAULT_MIN_SCORE
 
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}
@@ -60,11 +63,18 @@ class NodeParams:
         0.05, "largest image/CameraInfo stamp difference paired", float_range=(0.0, 10.0)
     )
     # answering (may change while running)
-    score_threshold: float = _param(
-        0.0, "detections below this score are dropped", float_range=(0.0, 1.0)
+    # One home for the number: llmi3d_core.inference (`llmi3d eval` uses the same default).
+    min_score: float = _param(
+        DEFAULT_MIN_SCORE,
+        "smallest score (a calibrated probability) a detection needs; when no candidate reaches "
+        "it the answer is 'not here': success, no detections, and a message naming the best one",
+        float_range=(0.0, 1.0),
     )
     max_results: int = _param(
-        1, "detections per query when the request asks for 0", int_range=(1, 100)
+        1,
+        "most detections per answer when the request asks for 0 (e.g. 'all the chairs'), best "
+        "first, each scoring at least min_score",
+        int_range=(1, 100),
     )
     max_query_chars: int = _param(
         2000, "longest query accepted, in characters", int_range=(1, 100000)
@@ -91,6 +101,8 @@ class NodeParams:
             reliability=RELIABILITY[self.qos_reliability],
         )
 
+
+NODE_PARAM_NAMES = frozenset(f.name for f in fields(NodeParams))
 
 # Parameters read only at configure/activate: changing them needs a lifecycle transition.
 RECONFIGURE_ONLY = frozenset(

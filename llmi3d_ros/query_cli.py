@@ -8,12 +8,14 @@
 One call of the node's ~/query service (llmi3d_msgs/srv/Query, fields documented in
 msg/llmi3d_msgs/srv/Query.srv), as `ros2 service call /llmi3d_node/query llmi3d_msgs/srv/Query
 "{query: 'the lamp'}"` would make. It prints the answer, each box (centre, size, yaw, score) and
-the frame; --json prints the same as one JSON object. Run it in the node's ROS domain with the
-same DDS settings: after `scripts/run.sh demo` or `scripts/run.sh bringup` in another shell, run
-`eval "$(scripts/run.sh env)"` here first.
+the frame; when nothing matching was found, the node's message instead of boxes (it names the
+best candidate and the min_score it missed). --json prints the same as one JSON object. Run it in
+the node's ROS domain with the same DDS settings: after `scripts/run.sh demo` or
+`scripts/run.sh bringup` in another shell, run `eval "$(scripts/run.sh env)"` here first.
 
-Exit status: 0 answered; 1 the node could not answer (its message is printed); 2 bad arguments
-or no ROS 2 here; 3 no node offered the service, or it did not answer, within --timeout.
+Exit status: 0 answered ("not here" included); 1 the node could not answer (its message is
+printed); 2 bad arguments or no ROS 2 here; 3 no node offered the service, or it did not answer,
+within --timeout.
 
 llmi3d_core/cli.py registers this module by name only and imports it when `llmi3d query` runs:
 llmi3d_core never imports ROS. This module imports no torch either, so it starts in about a second.
@@ -136,8 +138,12 @@ def format_answer(result: dict) -> str:
     """The human-readable output: answer, frame, then one block per box."""
     stamp = result["stamp"]
     count = len(result["detections"])
+    if count:
+        first = f"answer: {result['answer']!r} ({result['message']})"
+    else:  # "not here": the node's message says so and names the best candidate turned down
+        first = f"{result['answer'] or 'no box'}: {result['message']}"
     lines = [
-        f"answer: {result['answer']!r} ({result['message']})",
+        first,
         f"frame: {result['frame_id'] or '(empty frame_id)'}, image stamp "
         f"{stamp['sec']}.{stamp['nanosec']:09d} s; boxes in its optical frame "
         "(x right, y down, z forward), metres",
@@ -152,8 +158,6 @@ def format_answer(result: dict) -> str:
             f"  size (L, H, W)    {sx:8.3f} {sy:8.3f} {sz:8.3f} m  (bbox.size x, y, z)",
             f"  yaw               {det['yaw_deg']:8.1f} deg (about the camera's y axis)",
         ]
-    if not count:
-        lines.append("no box")
     lines.append(f"round trip {result['round_trip_s']:.2f} s via {result['service']}")
     return "\n".join(lines)
 

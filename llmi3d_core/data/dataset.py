@@ -17,9 +17,11 @@ in canvas pixels; K is the canvas intrinsics and image_size the canvas (W, H). I
                              center_cam, dims_lwh, rot6d_allo, R_cam, category, color (indices
                              into the config's lists, -1 unknown)
 
-Query items add the query (text, type, answer, prompts normalised to the canvas), the index
-`target_index` of its target in obj_*, and that target's own fields without the obj_ prefix
-(center_uv, virtual_depth, dims_lwh, rot6d_allo, box2d, keypoints, center_cam, R_cam).
+Query items add the query (text, type, answer, prompts normalised to the canvas), its targets
+in obj_* (`target_mask`, M bools: none for a negative query, several for "all the chairs"), the
+first one's index `target_index` (-1 for a negative), and the first target's own fields without
+the obj_ prefix (center_uv, virtual_depth, dims_lwh, rot6d_allo, box2d, keypoints, center_cam,
+R_cam; those of object 0, unused, for a negative).
 
 Targets of the paper's heads, for an object with projected centre (u, v) in the canvas:
 
@@ -398,6 +400,32 @@ class GroundingDataset(_Base):
         mirror, brightness = self._draws()
         return self.get(index, mirror=mirror, brightness=brightness)
 
+    def named_attributes(
+        self, query: QueryRecord, text: str, targets: list[ObjectRecord]
+    ) -> dict[str, torch.Tensor]:
+        """The category and colour the query's words name, as class indices (pointer.py).
+
+        query_category: the answer's category for captions and questions (the last index,
+        "any", for prompts, which name none, and for categories outside the head).
+        query_color: the first target's colour when its word is in the text, for a negative the
+        first colour word of the text; else "any".
+        """
+        categories = list(self.config.detector.categories)
+        colors = list(self.config.detector.colors)
+        category = len(categories)
+        if query.type in ("caption", "question") and query.answer in categories:
+            category = categories.index(query.answer)
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        color = len(colors)
+        if targets:
+            own = str(targets[0].attributes.get("color", ""))
+            if own in colors and own in words:
+                color = colors.index(own)
+        else:
+            named = [c for c in colors if c in words]
+            color = colors.index(named[0]) if named else len(colors)
+        return {"query_category": torch.tensor(category), "query_color": torch.tensor(color)}
+
     def get(self, index: int, *, mirror: bool = False, brightness: float = 1.0) -> dict[str, Any]:
         """Build item `index`, optionally mirrored left-right and with a brightness factor."""
         query = self.queries[index]
@@ -412,12 +440,16 @@ class GroundingDataset(_Base):
             box = None if box is None else _mirror_box(box, width)
             point = None if point is None else np.array([width - 1 - point[0], point[1]])
         canvas = lb.canvas_size
-        target = [o.object_id for o in objects].index(query.target_object_id)
-        if target >= MAX_OBJECTS:
+        ids = [o.object_id for o in objects]
+        targets = [ids.index(object_id) for object_id in query.target_object_ids]
+        if any(t >= MAX_OBJECTS for t in targets):
             raise DataFormatError(
-                f"query {query.query_id}: its target is object {target} of image "
+                f"query {query.query_id}: a target is object {max(targets)} of image "
                 f"{record.image_id}; at most {MAX_OBJECTS} objects an image are supported"
             )
+        target_mask = torch.zeros(MAX_OBJECTS, dtype=torch.bool)
+        target_mask[targets] = True
+        target = targets[0] if targets else 0
         nan4, nan2 = np.full(4, np.nan), np.full(2, np.nan)
         item.update(
             query=text,
@@ -428,7 +460,9 @@ class GroundingDataset(_Base):
             camera_group=query.camera_group,
             box_prompt=_f32(nan4 if box is None else lb.boxes_to_canvas(box) / np.tile(canvas, 2)),
             point_prompt=_f32(nan2 if point is None else lb.points_to_canvas(point) / canvas),
-            target_index=torch.tensor(target),
+            target_index=torch.tensor(target if targets else -1),
+            target_mask=target_mask,
+            **self.named_attributes(query, text, [objects[t] for t in targets]),
         )
         for key in (
             "center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints",

@@ -313,6 +313,8 @@ class LossConfig:
     category: float = 0.5
     color: float = 0.5
     align: float = 0.5
+    text_category: float = 0.5
+    text_color: float = 0.5
 
 
 @dataclass

@@ -61,12 +61,14 @@ SEMANTIC_OUTPUTS = ("heatmap", "category", "color")
 
 
 def _tower(channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1),
-        nn.GELU(),
-        nn.Conv2d(channels, channels, 3, padding=1),
-        nn.GELU(),
-    )
+    import os
+
+    n = int(os.environ.get("TOWER", "2"))
+    layers = []
+    for i in range(n):
+        d = 1 + (i % 2) if os.environ.get("DIL") else 1
+        layers += [nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.GELU()]
+    return nn.Sequential(*layers)
 
 
 class DenseHeads(nn.Module):

@@ -69,6 +69,7 @@ from llmi3d_core.model.losses import (
 from llmi3d_core.model.pointer import (
     CandidatePointer,
     PointerInputs,
+    PointerOutput,
     candidate_geometry,
     pointer_loss,
 )
@@ -178,8 +179,11 @@ class Located:
 
     Attributes:
         boxes: decoded boxes {center (n, 3), R, dims, box2d_px, center_uv_px (canvas px), z}.
-        scores: (n,) confidence: pointer probability x objectness (MLP read-out: its score head).
+        scores: (n,) probability that each box is what the query asks for (pointer.py), or the
+            MLP read-out's score head.
         categories: (n,) index of the predicted category of each box (-1 when unknown).
+        nothing_score: probability that nothing in the image matches (the pointer's "no object"
+            candidate; 0 for the MLP read-out).
         answer: the generated answer phrase ('' when none).
         answered: whether an answer was generated.
     """
@@ -189,6 +193,7 @@ class Located:
     categories: torch.Tensor
     answer: str
     answered: bool
+    nothing_score: float = 0.0
 
 
 @dataclass
@@ -249,6 +254,7 @@ class LLMI3D(nn.Module):
     """The LLMI3D model; see the module docstring for the sequence layout."""
 
     log_priors: torch.Tensor
+    score_calibration: torch.Tensor
 
     def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -302,11 +308,15 @@ class LLMI3D(nn.Module):
                     self.candidate_width,
                     config.heads.pointer_dim,
                     config.heads.pointer_layers,
+                    categories=categories,
+                    colors=len(config.detector.colors),
                 )
             else:
                 self.heads = Heads(hidden, config.heads)
         priors = torch.tensor([DEFAULT_LOG_PRIOR] * (categories + 1), dtype=torch.float32)
         self.register_buffer("log_priors", priors)
+        # temperature and bias of the pointer's scores, fitted on validation queries (pointer.py)
+        self.register_buffer("score_calibration", torch.tensor([1.0, 0.0]))
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
         self._word_targets: torch.Tensor | None = None
 
@@ -330,6 +340,11 @@ class LLMI3D(nn.Module):
                 f"got {tuple(log_priors.shape)}"
             )
         self.log_priors.copy_(log_priors.to(self.log_priors))
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of pointer logits: sigmoid(logit / T + b)."""
+        temperature, bias = self.score_calibration.float()
+        return torch.sigmoid(logits.float() / temperature + bias)
 
     def category_names(self, indices: torch.Tensor) -> list[str]:
         """Category indices -> names ('' for -1)."""
@@ -642,9 +657,10 @@ class LLMI3D(nn.Module):
     def point(
         self, states: QueryStates, candidates: Candidates, box_prompt: torch.Tensor,
         point_prompt: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Pointer logits (B, K) and residuals (B, K, 4) for queries and their candidates."""
+    ) -> PointerOutput:  # fmt: skip
+        """The pointer's scores (B, K + 1) and residuals (B, K, 4) of queries' candidates."""
         assert self.pointer is not None
+        outputs = candidates.outputs
         inputs = PointerInputs(
             f3d=states.f3d,
             words=states.words,
@@ -655,8 +671,25 @@ class LLMI3D(nn.Module):
             valid=candidates.valid,
             box_prompt=box_prompt.to(self.device, torch.float32),
             point_prompt=point_prompt.to(self.device, torch.float32),
+            category_probs=outputs["category"].float().softmax(-1)
+            if "category" in outputs
+            else None,
+            color_probs=outputs["color"].float().softmax(-1) if "color" in outputs else None,
         )
         return self.pointer(inputs)  # type: ignore[no-any-return]
+
+    def text_losses(self, pointed: PointerOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the category and colour the query names (pointer.py), if present."""
+        losses: dict[str, torch.Tensor] = {}
+        for name, logits in (
+            ("text_category", pointed.category_logits),
+            ("text_color", pointed.color_logits),
+        ):
+            key = "query_" + name.split("_")[1]
+            if logits is not None and key in batch:
+                target = batch[key].to(self.device)
+                losses[name] = nn.functional.cross_entropy(logits.float(), target)
+        return losses
 
     @staticmethod
     def corrected(
@@ -707,12 +740,12 @@ class LLMI3D(nn.Module):
         candidates = features.candidates
         losses: dict[str, torch.Tensor] = {}
         is_target = None
-        if with_targets:  # teacher forcing: the target's own cell is always a candidate
+        if with_targets:  # teacher forcing: the targets' own cells are always candidates
             candidates, is_target = self.with_target_cell(batch, features)
-        logits, residual = self.point(
-            states, candidates, batch["box_prompt"], batch["point_prompt"]
-        )
-        choice = logits.argmax(dim=-1)  # (B,)
+        pointed = self.point(states, candidates, batch["box_prompt"], batch["point_prompt"])
+        logits, residual = pointed.logits, pointed.residual
+        K = candidates.cells.shape[1]
+        choice = logits[:, :K].argmax(dim=-1)  # (B,), the best object (not "no object")
         rows = torch.arange(logits.shape[0], device=self.device)
         chosen = self.corrected(
             {k: v[rows, choice] for k, v in candidates.outputs.items()}, residual[rows, choice]
@@ -722,47 +755,79 @@ class LLMI3D(nn.Module):
             self.config,
         )  # fmt: skip
         if with_targets and is_target is not None:
-            losses["pointer"] = pointer_loss(logits, is_target)
-            target_slot = is_target.float().argmax(dim=-1)
-            at_target = self.corrected(
-                {k: v[rows, target_slot] for k, v in candidates.outputs.items()},
-                residual[rows, target_slot],
-            )
-            terms = box_losses(at_target, box_targets(batch, self.config), self.config)
-            losses["residual"] = terms.get("depth", 0.0) + terms["dims"]  # type: ignore[operator]
+            losses["pointer"] = pointer_loss(logits, is_target, candidates.valid)
+            losses["residual"] = self.residual_loss(batch, candidates, residual, is_target)
+            losses.update(self.text_losses(pointed, batch))
         return (
             ModelOutput(boxes=boxes, pointer_logits=logits, chosen_box2d=chosen["box2d"]),
             losses,
         )
 
+    def residual_loss(
+        self, batch: dict[str, Any], candidates: Candidates, residual: torch.Tensor,
+        is_target: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """Depth and size loss of the corrected outputs at the first target's slot.
+
+        Queries without a target (negatives) and multi-target queries (whose fields describe
+        only their first target) add nothing.
+        """
+        single = is_target.any(dim=-1) & (batch["target_mask"].to(self.device).sum(-1) == 1)
+        if not bool(single.any()):
+            return residual.sum() * 0.0
+        rows = torch.nonzero(single, as_tuple=True)[0]
+        slot = is_target[rows].float().argmax(dim=-1)
+        at_target = self.corrected(
+            {k: v[rows, slot] for k, v in candidates.outputs.items()}, residual[rows, slot]
+        )
+        targets = {k: v[rows] for k, v in box_targets(batch, self.config).items()}
+        terms = box_losses(at_target, targets, self.config)
+        return terms.get("depth", terms["dims"] * 0.0) + terms["dims"]
+
+    def target_slots(self, batch: dict[str, Any], cells: torch.Tensor) -> torch.Tensor:
+        """(B, K) bool: candidate cells the dense targets assign to one of the query's targets."""
+        assign = batch["assign"].to(self.device)  # (B, h*w)
+        owner = assign.gather(1, cells)  # (B, K), -1: no object
+        targets = batch["target_mask"].to(self.device)  # (B, M)
+        return targets.gather(1, owner.clamp(min=0)) & (owner >= 0)
+
     def with_target_cell(
         self, batch: dict[str, Any], features: ImageFeatures
     ) -> tuple[Candidates, torch.Tensor]:
-        """Candidates whose last slot is replaced by the target's centre cell when it is missing.
+        """Candidates where every target the detector missed replaces one of the last slots.
 
-        Returns the candidates and is_target (B, K): the slots whose cell belongs to the target
-        (the target's centre cell, or a neighbour the dense targets assign to it).
+        Returns the candidates and is_target (B, K): the slots whose cell belongs to a target
+        (its centre cell, or a neighbour the dense targets assign to it). Teacher forcing: the
+        pointer always learns with its targets on offer.
         """
         assert features.candidates is not None and features.dense is not None
         assert features.hr_map is not None
         cands = features.candidates
-        assign = batch["assign"].to(self.device)  # (B, h*w)
-        target = batch["target_index"].to(self.device)  # (B,)
+        is_target = self.target_slots(batch, cands.cells)
+        assign = batch["assign"].to(self.device)
         owner = assign.gather(1, cands.cells)  # (B, K)
-        is_target = owner == target[:, None]
+        targets = batch["target_mask"].to(self.device)  # (B, M)
+        M = targets.shape[1]
+        found = torch.zeros_like(targets)
+        found.scatter_(1, owner.clamp(min=0), owner >= 0)
+        missing = targets & ~found  # (B, M)
+        if not bool(missing.any()):
+            return cands, is_target
         grid = self._grid(features.hr_map, features.image_size)
-        centre_px = batch["center_uv"].to(self.device, torch.float32) * features.image_size
-        true_cell = grid.cell_of(centre_px)  # (B,)
-        missing = ~is_target.any(dim=-1)
-        if bool(missing.any()):
-            cells = cands.cells.clone()
-            cells[missing, -1] = true_cell[missing]
-            cands = self.candidates(features.hr_map, features.dense, features.K,
-                                    features.image_size, cells)  # fmt: skip
-            owner = assign.gather(1, cells)
-            is_target = owner == target[:, None]
-            is_target[missing, -1] = True
-        return cands, is_target
+        centres = batch["obj_center_uv"].to(self.device, torch.float32)  # (B, M, 2)
+        object_cells = grid.cell_of(centres * features.image_size[:, None, :])  # (B, M)
+        cells = cands.cells.clone()
+        injected = torch.zeros_like(is_target)
+        K = cells.shape[1]
+        for row, column in zip(*torch.nonzero(missing, as_tuple=True), strict=True):
+            slot = K - 1 - int(injected[row].sum())
+            if slot < 0 or int(column) >= M:
+                continue
+            cells[row, slot] = object_cells[row, column]
+            injected[row, slot] = True
+        cands = self.candidates(features.hr_map, features.dense, features.K,
+                                features.image_size, cells)  # fmt: skip
+        return cands, self.target_slots(batch, cells) | injected
 
     def _mlp_forward(
         self, batch: dict[str, Any], features: ImageFeatures, states: QueryStates,
@@ -773,12 +838,24 @@ class LLMI3D(nn.Module):
         outputs = {k: v.float() for k, v in outputs.items()}
         boxes = decode_boxes(outputs, features.K, features.image_size, self.config)
         losses: dict[str, torch.Tensor] = {}
-        if with_targets:
-            targets = box_targets(batch, self.config)
-            losses.update(box_losses(outputs, targets, self.config))
+        single = batch["target_mask"].to(self.device).sum(-1) == 1 if with_targets else None
+        if single is not None and bool(single.any()):
+            # the paper's read-out regresses one box: single-target queries teach it, and its
+            # score learns that a query without a single target has no good box
+            rows = torch.nonzero(single, as_tuple=True)[0]
+            targets = {k: v[rows] for k, v in box_targets(batch, self.config).items()}
+            losses.update(
+                box_losses({k: v[rows] for k, v in outputs.items()}, targets, self.config)
+            )
             gt_z = batch["center_cam"][:, 2].to(self.device, torch.float32)
-            quality = quality_target(
-                outputs["box2d"], targets["box2d"].to(self.device), boxes["z"], gt_z
+            quality = (
+                quality_target(
+                    outputs["box2d"],
+                    batch["box2d"].to(self.device, torch.float32),
+                    boxes["z"],
+                    gt_z,
+                )
+                * single.float()
             )
             losses["score"] = score_loss(outputs["score_logit"], quality)
         return ModelOutput(boxes=boxes, chosen_box2d=outputs["box2d"]), losses
@@ -837,25 +914,56 @@ class LLMI3D(nn.Module):
         return embeds
 
     @torch.no_grad()
-    def teacher_forced_states(self, context: ImageContext, item: dict[str, Any]) -> QueryStates:
-        """The states of one dataset query (item of data/dataset.py) in the training layout.
+    def teacher_forced_states(
+        self, context: ImageContext, items: Sequence[dict[str, Any]]
+    ) -> list[QueryStates]:
+        """The states of dataset queries of one image (data/dataset.py items), training layout.
 
         Like `forward` (the answer phrase of config.answer_types fed, not generated), but from
-        the image's KV cache: what the pointer stage caches. The cache is restored afterwards.
+        the image's KV cache, all queries in one batched pass (the cache is repeated for them and
+        restored afterwards): what the pointer stage caches.
         """
-        query = format_query(item["query"], item["box_prompt"], item["point_prompt"])
-        middle = self.llm.tokenize(self.llm.template.render_middle(query))
-        answer = self._answer_ids(item["query_type"], item.get("answer", ""))
-        try:
-            hidden = self._step(context, self._tail_embeds([*middle, *answer, self.llm.pos_id]))
-        finally:
-            _rewind(context.cache, context.prefix_length)
-        offset = self.readout.offset or -1
-        return QueryStates(
-            f3d=hidden[:, offset],
-            words=hidden[:, : len(middle)],
-            word_mask=torch.ones(1, len(middle), dtype=torch.bool, device=self.device),
+        tails, middles = self._tails(
+            {
+                "query": [i["query"] for i in items],
+                "box_prompt": [i["box_prompt"] for i in items],
+                "point_prompt": [i["point_prompt"] for i in items],
+                "query_type": [i["query_type"] for i in items],
+                "answer": [i.get("answer", "") for i in items],
+            },
+            with_text3d=False,
         )
+        n = len(items)
+        extra = 1 if self.readout.append_query else 0
+        lengths = [len(t) + extra for t in tails]
+        longest = max(lengths)
+        ids = torch.zeros(n, longest, dtype=torch.long, device=self.device)
+        for row, tail in enumerate(tails):
+            ids[row, : len(tail)] = torch.tensor(tail, device=self.device)
+        embeds = self.llm.embed(ids)  # (n, T, H)
+        if extra:
+            rows = torch.arange(n, device=self.device)
+            last = torch.tensor([length - 1 for length in lengths], device=self.device)
+            embeds = embeds.index_put((rows, last), self.query_embedding.expand(n, -1))
+        positions = torch.arange(context.prefix_length + longest, device=self.device)
+        limit = torch.tensor([context.prefix_length + length for length in lengths])
+        mask = (positions[None, :] < limit.to(self.device)[:, None]).long()
+        cache = context.cache
+        cache.batch_repeat_interleave(n)
+        try:
+            hidden, _ = self.llm.hidden_states(embeds, attention_mask=mask, cache=cache)
+        finally:
+            cache.batch_select_indices(torch.tensor([0], device=self.device))
+            _rewind(cache, context.prefix_length)
+        offset = self.readout.offset or -1
+        return [
+            QueryStates(
+                f3d=hidden[row : row + 1, lengths[row] + offset],
+                words=hidden[row : row + 1, : middles[row]],
+                word_mask=torch.ones(1, middles[row], dtype=torch.bool, device=self.device),
+            )
+            for row in range(n)
+        ]
 
     @torch.no_grad()
     def query_states(
@@ -940,8 +1048,8 @@ class LLMI3D(nn.Module):
             nan2 = torch.full((1, 2), float("nan"), device=self.device)
             box = nan4 if box_prompt is None else box_prompt.reshape(1, 4).to(self.device)
             point = nan2 if point_prompt is None else point_prompt.reshape(1, 2).to(self.device)
-            logits, residual = self.point(states, features.candidates, box, point)
-            return self._ranked(features, logits[0], residual[0], answer, answered)
+            pointed = self.point(states, features.candidates, box, point)
+            return self._ranked(features, pointed.logits[0], pointed.residual[0], answer, answered)
         finally:
             _rewind(context.cache, context.prefix_length)
 
@@ -964,12 +1072,11 @@ class LLMI3D(nn.Module):
         self, features: ImageFeatures, logits: torch.Tensor, residual: torch.Tensor, answer: str,
         answered: bool,
     ) -> Located:  # fmt: skip
-        """Located of every valid candidate, sorted by score = pointer probability x objectness."""
+        """Located of every valid candidate, best first, scored by the calibrated pointer."""
         cands = features.candidates
         assert cands is not None
-        probs = logits.float().softmax(dim=-1)  # (K,)
-        objectness = cands.objectness[0].float().sigmoid()
-        scores = probs * objectness
+        probabilities = self.scores(logits)  # (K + 1,)
+        scores, nothing = probabilities[:-1], float(probabilities[-1])
         order = torch.argsort(scores, descending=True)
         order = order[cands.valid[0, order]]
         outputs = self.corrected(
@@ -986,7 +1093,7 @@ class LLMI3D(nn.Module):
         )  # fmt: skip
         return Located(
             boxes=boxes, scores=scores[order], categories=categories, answer=answer,
-            answered=answered,
+            answered=answered, nothing_score=nothing,
         )  # fmt: skip
 
     def _text3d_outputs(

@@ -14,6 +14,21 @@ probabilities. The pointer:
         c_i += FFN(c_i)
     logit_i = (W_q F_3D) . (W_k c_i) / sqrt(d) + w * objectness_i + prompt_i
 
+What the query asks for is also read off its words directly: two linear heads on the pooled
+word states predict the category and the colour the query names (each with an extra "any" class:
+a box prompt names no category, most captions no colour), trained on the dataset's answers
+(`query_category`, `query_color`). Their agreement with each candidate's predicted category and
+colour, log sum_c q_c p_ic (+ the "any" mass), adds to the candidate's logit. This factorised
+match is what a few thousand training queries can learn; the relation layers add what it cannot
+say (left of, nearest, between).
+
+A learned "no object" candidate joins the K (a token of its own that takes part in the relation
+layers, so it can stand for "nothing here matches"); its logit comes last. Every logit is a
+probability of its own (sigmoid, trained with binary cross-entropy): a query may have no target
+("the fire extinguisher" in a room without one), one, or several ("all the chairs"). The
+probabilities are calibrated afterwards by a temperature and a bias fitted on validation queries
+(`fit_calibration`, stored in the model as `score_calibration`).
+
 r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
 extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"
 or "between" be decided by comparing objects. prompt_i scores the candidate against a box or
@@ -63,6 +78,25 @@ class PointerInputs:
     valid: torch.Tensor
     box_prompt: torch.Tensor
     point_prompt: torch.Tensor
+    category_probs: torch.Tensor | None = None
+    color_probs: torch.Tensor | None = None
+
+
+@dataclass
+class PointerOutput:
+    """The pointer's scores.
+
+    Attributes:
+        logits: (B, K + 1) the K candidates (-inf where invalid), then "no object".
+        residual: (B, K, RESIDUAL_WIDTH) corrections of each candidate's log depth and log size.
+        category_logits: (B, C + 1) the category the query names (last: "any"), or None.
+        color_logits: (B, N + 1) the colour it names (last: "any"), or None.
+    """
+
+    logits: torch.Tensor
+    residual: torch.Tensor
+    category_logits: torch.Tensor | None = None
+    color_logits: torch.Tensor | None = None
 
 
 def candidate_geometry(
@@ -169,7 +203,15 @@ class RelationLayer(nn.Module):
 class CandidatePointer(nn.Module):
     """Scores K candidate objects for one query (module docstring)."""
 
-    def __init__(self, hidden: int, candidate_width: int, dim: int, layers: int) -> None:
+    def __init__(  # noqa: PLR0917 (sizes of its parts)
+        self,
+        hidden: int,
+        candidate_width: int,
+        dim: int,
+        layers: int,
+        categories: int = 0,
+        colors: int = 0,
+    ) -> None:
         super().__init__()
         heads = 4 if dim % 4 == 0 else 1
         self.encode = nn.Sequential(
@@ -181,6 +223,8 @@ class CandidatePointer(nn.Module):
         self.query = nn.Linear(hidden, dim)
         self.key = nn.Linear(dim, dim)
         self.objectness_weight = nn.Parameter(torch.tensor(1.0))
+        self.null = nn.Parameter(0.02 * torch.randn(dim))
+        self.null_bias = nn.Parameter(torch.tensor(-2.0))
         self.prompt = nn.Sequential(nn.Linear(PROMPT_WIDTH, 32), nn.GELU(), nn.Linear(32, 1))
         self.residual = nn.Sequential(
             nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, RESIDUAL_WIDTH)
@@ -189,47 +233,92 @@ class CandidatePointer(nn.Module):
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+        self.pool = nn.Linear(2 * dim, dim)
+        self.text_category = nn.Linear(dim, categories + 1) if categories else None
+        self.text_color = nn.Linear(dim, colors + 1) if colors else None
+        self.match_weight = nn.Parameter(torch.ones(2))
 
-    def forward(self, inputs: PointerInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score the candidates.
-
-        Returns:
-            logits (B, K) (-inf for invalid candidates) and the residual (B, K, RESIDUAL_WIDTH)
-            that corrects each candidate's log depth and log (L, W, H).
-        """
+    def forward(self, inputs: PointerInputs) -> PointerOutput:
+        """Score the candidates and "no object" (see PointerOutput)."""
         dtype = self.query.weight.dtype
+        B, K = inputs.valid.shape
         geometry = inputs.geometry.to(dtype)
         cands = self.encode(torch.cat([inputs.features.to(dtype), geometry], dim=-1))
+        cands = torch.cat([cands, self.null.to(dtype).expand(B, 1, -1)], dim=1)  # (B, K+1, d)
+        valid = torch.cat([inputs.valid, inputs.valid.new_ones(B, 1)], dim=1)
         words = self.words(inputs.words.to(dtype))
-        rel = relations(geometry)
+        rel = nn.functional.pad(relations(geometry), (0, 0, 0, 1, 0, 1))  # null: no geometry
         for layer in self.layers:
-            cands = layer(cands, rel, inputs.valid, words, inputs.word_mask)
+            cands = layer(cands, rel, valid, words, inputs.word_mask)
         cands = self.norm(cands)
         query = self.query(inputs.f3d.to(dtype))  # (B, d)
         logits = torch.einsum("bd,bkd->bk", query, self.key(cands)) / math.sqrt(query.shape[-1])
-        logits = logits + self.objectness_weight * inputs.objectness.to(dtype)
         prompt = prompt_features(
             geometry[..., 4:8], inputs.box_prompt.to(dtype), inputs.point_prompt.to(dtype)
         )
-        logits = logits + self.prompt(prompt.to(dtype)).squeeze(-1)  # its flags are float32
-        logits = logits.masked_fill(~inputs.valid, float("-inf"))
-        pair = torch.cat([cands, query[:, None, :].expand_as(cands)], dim=-1)
-        return logits, self.residual(pair)
+        bias = self.objectness_weight * inputs.objectness.to(dtype)
+        bias = bias + self.prompt(prompt.to(dtype)).squeeze(-1)  # its flags are float32
+        mask = inputs.word_mask.to(dtype).unsqueeze(-1)
+        pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, d)
+        pooled = self.pool(torch.cat([pooled, query], dim=-1))
+        named: list[torch.Tensor | None] = []
+        for index, (head, probs) in enumerate(
+            ((self.text_category, inputs.category_probs), (self.text_color, inputs.color_probs))
+        ):
+            text_logits = None if head is None else head(pooled)  # (B, C + 1), last: "any"
+            named.append(text_logits)
+            if text_logits is not None and probs is not None:
+                wanted = text_logits.softmax(dim=-1)
+                agree = torch.einsum("bc,bkc->bk", wanted[:, :-1], probs.to(dtype))
+                bias = (
+                    bias + self.match_weight[index] * (agree + wanted[:, -1:]).clamp(min=1e-4).log()
+                )
+        category_logits, color_logits = named
+        logits = logits + torch.cat([bias, self.null_bias.to(dtype).expand(B, 1)], dim=1)
+        logits = logits.masked_fill(~valid, float("-inf"))
+        pair = torch.cat([cands[:, :K], query[:, None, :].expand(B, K, -1)], dim=-1)
+        return PointerOutput(logits, self.residual(pair), category_logits, color_logits)
 
 
-def pointer_loss(logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy towards the target candidate(s): -log sum of p over them, mean over queries.
+def pointer_loss(
+    logits: torch.Tensor, is_target: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy of every candidate and of "no object", summed per query, averaged.
 
     Args:
-        logits: (B, K) pointer logits.
-        is_target: (B, K) bool; a query without a target among its candidates is skipped.
+        logits: (B, K + 1) pointer logits (candidates, then "no object").
+        is_target: (B, K) bool; "no object" is the target of a query with none among them.
+        valid: (B, K) bool, the real candidates (None: all).
     """
-    has = is_target.any(dim=-1)
-    if not bool(has.any()):
-        return logits.sum() * 0.0
-    logits = logits[has].float()
-    on_target = logits.masked_fill(~is_target[has], float("-inf")).logsumexp(dim=-1)
-    return (logits.logsumexp(dim=-1) - on_target).mean()
+    B, K = is_target.shape
+    targets = torch.cat([is_target, ~is_target.any(dim=-1, keepdim=True)], dim=1).float()
+    mask = torch.ones_like(targets, dtype=torch.bool)
+    if valid is not None:
+        mask[:, :K] = valid
+    logits = logits.float().masked_fill(~mask, 0.0)
+    terms = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (terms * mask).sum() / max(B, 1)
+
+
+def fit_calibration(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Temperature T and bias b minimising the BCE of sigmoid(logit / T + b) (Platt scaling).
+
+    A grid search (deterministic, a few ms for thousands of logits): T in [0.25, 4], b in
+    [-3, 3]. Returns (1, 0) without data.
+    """
+    logits, targets = logits.double().reshape(-1), targets.double().reshape(-1)
+    keep = torch.isfinite(logits)
+    logits, targets = logits[keep], targets[keep]
+    if logits.numel() == 0:
+        return 1.0, 0.0
+    temperatures = torch.logspace(-0.6, 0.6, 25, dtype=torch.float64)
+    biases = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)
+    z = logits[None, None, :] / temperatures[:, None, None] + biases[None, :, None]
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        z, targets.expand_as(z), reduction="none"
+    ).mean(-1)
+    t, b = divmod(int(loss.argmin()), len(biases))
+    return float(temperatures[t]), float(biases[b])
 
 
 __all__ = [
@@ -237,7 +326,9 @@ __all__ = [
     "RESIDUAL_WIDTH",
     "CandidatePointer",
     "PointerInputs",
+    "PointerOutput",
     "candidate_geometry",
+    "fit_calibration",
     "pointer_loss",
     "prompt_features",
     "relations",

@@ -1,10 +1,20 @@
-"""llmi3d_node end to end: the real node (tiny preset) in its own process, a real client here."""
+"""llmi3d_node end to end: the real node (tiny preset) in its own process, a real client here.
+
+The tiny preset is untrained: its scores are low (about 0.1) and arbitrary. The node runs here with
+min_score 0.0, so every query finds its candidates and the plumbing can be checked; tests of "not
+here" and "all of them" set min_score through SetParameters and check the mechanics only. Whether
+a trained model says "not here" when, and only when, the object is absent is measured by the
+evaluation (`llmi3d eval`, report.json's not_here_rate), not here.
+"""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +24,11 @@ from conftest import spin_until, stop_process
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from llmi3d_msgs.srv import Query
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
@@ -30,10 +43,15 @@ RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def node_command(*params: str, namespace: str = "/") -> list[str]:
-    """Command line of llmi3d_node with the tiny model and reliable inputs (deterministic)."""
+    """Command line of llmi3d_node with the tiny model and reliable inputs (deterministic).
+
+    min_score 0.0: the untrained tiny model scores about 0.1, below the default (0.35), and the
+    plumbing tests need boxes.
+    """
     args = [str(Path(sys.executable).with_name("llmi3d_node")), "--ros-args"]
     args += ["-r", f"__ns:={namespace}"]
-    for param in ("preset:=tiny", "qos_reliability:=reliable", "num_threads:=1", *params):
+    defaults = ("preset:=tiny", "qos_reliability:=reliable", "num_threads:=1", "min_score:=0.0")
+    for param in (*defaults, *params):
         args += ["-p", param]
     return args
 
@@ -50,6 +68,8 @@ class Harness:
         self.standing_pub = node.create_publisher(String, "standing_query", 10)
         self.client = node.create_client(Query, "llmi3d_node/query")
         self.lifecycle = node.create_client(ChangeState, "llmi3d_node/change_state")
+        self.set_parameters = node.create_client(SetParameters, "llmi3d_node/set_parameters")
+        self.get_parameters = node.create_client(GetParameters, "llmi3d_node/get_parameters")
         self.detections: list[Detection3DArray] = []
         self.markers: list[MarkerArray] = []
         self.debug: list[Image] = []
@@ -97,6 +117,21 @@ class Harness:
         assert spin_until(self.executor, future.done, timeout_s), f"no answer to {text[:40]!r}"
         return future.result()
 
+    def set_param(self, name: str, value: object) -> SetParametersResult:
+        """Set one parameter of the running node, as `ros2 param set` does (SetParameters)."""
+        request = SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]
+        )
+        future = self.set_parameters.call_async(request)
+        assert spin_until(self.executor, future.done, 10.0), f"no answer to setting {name}"
+        return future.result().results[0]
+
+    def get_param(self, name: str) -> object:
+        """The running node's value of one parameter (GetParameters)."""
+        future = self.get_parameters.call_async(GetParameters.Request(names=[name]))
+        assert spin_until(self.executor, future.done, 10.0), f"no answer to getting {name}"
+        return parameter_value_to_python(future.result().values[0])
+
     def change_state(self, transition_id: int) -> bool:
         future = self.lifecycle.call_async(
             ChangeState.Request(transition=Transition(id=transition_id))
@@ -105,16 +140,31 @@ class Harness:
         return bool(future.result().success)
 
 
-@pytest.fixture(scope="module")
-def node_process(ros_context: None) -> Iterator[object]:
-    """One llmi3d_node process (tiny preset) shared by the tests of this module."""
-    import subprocess
+def start_node(log: Path, *params: str, namespace: str = "/") -> subprocess.Popen[str]:
+    """Start llmi3d_node (`node_command`) with its output going to the file `log`.
 
-    proc = subprocess.Popen(
-        node_command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    A file, not a pipe: a pipe is read only when the node stops, and once its 64 KiB are full the
+    node blocks in its next log call (test_08 alone logs 220 queries).
+    """
+    with log.open("w") as out:
+        return subprocess.Popen(
+            node_command(*params, namespace=namespace), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_node(proc: subprocess.Popen[str], log: Path) -> str:
+    """Stop a node started by `start_node`; return its output."""
+    stop_process(proc)
+    return log.read_text()
+
+
+@pytest.fixture(scope="module")
+def node_process(ros_context: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One llmi3d_node process (tiny preset) shared by the tests of this module."""
+    log = tmp_path_factory.mktemp("node") / "llmi3d_node.log"
+    proc = start_node(log)
     yield proc
-    output = stop_process(proc)
+    output = stop_node(proc, log)
     assert "Traceback" not in output, output
 
 
@@ -293,8 +343,6 @@ def test_08_many_queries_memory_is_flat(harness: Harness, node_process) -> None:
 
 def test_09_model_nan_output_is_reported(ros_context: None, tmp_path: Path) -> None:
     """A model emitting NaN gives success=false with a clear message, and the node keeps serving."""
-    import subprocess
-
     import torch
 
     from llmi3d_core.model.checkpoint import save_checkpoint
@@ -308,12 +356,8 @@ def test_09_model_nan_output_is_reported(ros_context: None, tmp_path: Path) -> N
                 parameter.fill_(float("nan"))
     save_checkpoint(model, tmp_path / "nan_ckpt")
 
-    proc = subprocess.Popen(
-        node_command(f"checkpoint:={tmp_path / 'nan_ckpt'}", namespace="/nan"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "llmi3d_node.log"
+    proc = start_node(log, f"checkpoint:={tmp_path / 'nan_ckpt'}", namespace="/nan")
     node = Node(f"nan_client_{time.monotonic_ns()}", namespace="/nan")
     h = Harness(node)
     try:
@@ -327,5 +371,188 @@ def test_09_model_nan_output_is_reported(ros_context: None, tmp_path: Path) -> N
     finally:
         h.executor.shutdown()
         node.destroy_node()
-        output = stop_process(proc)
+        output = stop_node(proc, log)
     assert "Traceback" not in output, output
+
+
+# ---------------------------------------------------------------- "not here" and "all of them"
+# Issue 14. The tiny model's scores are arbitrary, so these tests drive min_score through
+# SetParameters and check the mechanics; the semantic "not here" of a trained model is measured by
+# the evaluation (report.json not_here_rate), not here.
+
+
+@contextmanager
+def min_score_set(harness: Harness, value: float) -> Iterator[None]:
+    """Set min_score on the running node for a block, then put back the module's 0.0."""
+    result = harness.set_param("min_score", value)
+    assert result.successful, result.reason
+    try:
+        yield
+    finally:
+        assert harness.set_param("min_score", 0.0).successful
+
+
+def _scores(response: Query.Response) -> list[float]:
+    return [d.results[0].hypothesis.score for d in response.detections.detections]
+
+
+def _stamped(messages: list, stamp_ns: int, header_of) -> list:
+    return [
+        m for m in messages if (h := header_of(m)) is not None and stamp_to_ns(h.stamp) == stamp_ns
+    ]
+
+
+def _markers_header(msg: MarkerArray) -> Header | None:
+    return msg.markers[0].header if msg.markers else None
+
+
+def test_10_nothing_found_is_an_answer_naming_the_best_candidate(harness: Harness) -> None:
+    """min_score 1.0 (set through SetParameters): success, no boxes, "nothing matching was found".
+
+    The answer names the query's object phrase and the message the best candidate turned down.
+    Mechanics only: with min_score 1.0 no candidate of any model passes; whether a trained model
+    says "not here" exactly when the object is absent is measured by the evaluation (report.json
+    not_here_rate), not here.
+    """
+    header = harness.publish_frame(frame_id="front_camera_optical")
+    with min_score_set(harness, 1.0):
+        response = harness.query("find the fire extinguisher", max_results=5)
+    assert response.success, response.message
+    assert len(response.detections.detections) == 0
+    assert response.detections.header.frame_id == "front_camera_optical"
+    assert stamp_to_ns(response.detections.header.stamp) == stamp_to_ns(header.stamp)
+    assert response.answer == "no 'fire extinguisher' found"
+    assert re.fullmatch(
+        r"nothing matching was found in this frame \(best candidate '[^']+', "
+        r"score [01]\.\d\d < min_score 1\.00\)",
+        response.message,
+    ), response.message
+
+
+def test_11_all_the_chairs_returns_every_candidate_best_first(harness: Harness) -> None:
+    """min_score 0.0, "all the chairs", max_results=5: several boxes, best first, each scored.
+
+    As many as the model's candidates allow (what max_results=100 returns), at most 5; a request
+    with max_results 0 takes the node's max_results parameter. Which boxes are chairs is for a
+    trained model and the evaluation to say, not this test.
+    """
+    harness.publish_frame()
+    candidates = harness.query("all the chairs", max_results=100)
+    assert candidates.success, candidates.message
+    response = harness.query("all the chairs", max_results=5)
+    assert response.success, response.message
+    detections = response.detections.detections
+    assert len(detections) == min(5, len(candidates.detections.detections))
+    assert len(detections) >= 2, "the tiny model ranks every object its detector found"
+    scores = _scores(response)
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert [d.id for d in detections] == [str(rank) for rank in range(len(detections))]
+    assert all(d.results[0].hypothesis.class_id for d in detections)
+    assert response.answer
+    assert response.message.startswith(f"found {len(detections)}: ")
+
+    assert len(harness.query("all the chairs").detections.detections) == 1  # parameter: 1
+    assert harness.set_param("max_results", 3).successful
+    try:
+        assert len(harness.query("all the chairs").detections.detections) == min(3, len(scores))
+    finally:
+        assert harness.set_param("max_results", 1).successful
+
+
+def test_12_min_score_changes_the_answer_at_run_time_and_is_validated(harness: Harness) -> None:
+    """Same frame, same query: min_score 0.0 -> boxes, the 2nd best score -> the top ones,
+    1.0 -> none. 1.5 and -0.1 are refused with a reason and the old value stays.
+
+    Mechanics only (the tiny model's scores are arbitrary); the semantic "not here" of a trained
+    model is measured by the evaluation (report.json not_here_rate), not here.
+    """
+    harness.publish_frame()
+    everything = harness.query("the lamp", max_results=5)
+    scores = _scores(everything)
+    assert len(scores) >= 2, everything.message
+    threshold = scores[1]
+    with min_score_set(harness, threshold):
+        assert harness.get_param("min_score") == threshold
+        assert _scores(harness.query("the lamp", max_results=5)) == [
+            score for score in scores if score >= threshold
+        ]
+    with min_score_set(harness, 1.0):
+        nothing = harness.query("the lamp", max_results=5)
+        assert nothing.success and len(nothing.detections.detections) == 0
+        assert nothing.message.startswith("nothing matching was found")
+        for bad in (1.5, -0.1):
+            result = harness.set_param("min_score", bad)
+            assert not result.successful
+            assert "min_score" in result.reason and "out of range" in result.reason, result.reason
+            assert harness.get_param("min_score") == 1.0
+        result = harness.set_param("min_score", "high")
+        assert not result.successful and result.reason
+        assert harness.get_param("min_score") == 1.0
+        assert len(harness.query("the lamp", max_results=5).detections.detections) == 0
+    assert _scores(harness.query("the lamp", max_results=5)) == scores
+
+
+def test_13_standing_query_clears_its_boxes_when_nothing_is_found(harness: Harness) -> None:
+    """A standing query whose answer becomes "not here" leaves nothing stale on screen.
+
+    It publishes an empty Detection3DArray with the image's header, a MarkerArray holding only
+    DELETEALL, and the debug image without boxes (the published picture, unchanged). min_score
+    1.0 makes "not here" certain; for a trained model, see the evaluation's not_here_rate.
+    """
+    harness.standing_pub.publish(String(data="the sofa"))
+    spin_until(harness.executor, lambda: False, 0.3)
+    try:
+        stamp = stamp_to_ns(harness.publish_frame().stamp)
+        assert spin_until(
+            harness.executor,
+            lambda: (
+                _stamped(harness.detections, stamp, lambda m: m.header)
+                and _stamped(harness.markers, stamp, _markers_header)
+            ),
+            10.0,
+        )
+        [found] = _stamped(harness.detections, stamp, lambda m: m.header)
+        assert len(found.detections) >= 1
+        [boxes] = _stamped(harness.markers, stamp, _markers_header)
+        assert Marker.LINE_LIST in [m.type for m in boxes.markers]
+
+        with min_score_set(harness, 1.0):
+            rgb = np.random.default_rng(7).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+            header = harness.publish_frame(rgb_to_image(rgb, Header()), frame_id="cam_opt")
+            stamp = stamp_to_ns(header.stamp)
+            published = (
+                lambda: _stamped(harness.detections, stamp, lambda m: m.header),
+                lambda: _stamped(harness.markers, stamp, _markers_header),
+                lambda: _stamped(harness.debug, stamp, lambda m: m.header),
+            )
+            assert spin_until(harness.executor, lambda: all(p() for p in published), 10.0)
+        [empty], [cleared], [debug] = (p() for p in published)
+        assert len(empty.detections) == 0 and empty.header.frame_id == "cam_opt"
+        assert [m.action for m in cleared.markers] == [Marker.DELETEALL]
+        assert bytes(debug.data) == rgb.tobytes()  # no box drawn
+    finally:
+        harness.standing_pub.publish(String(data=""))
+        spin_until(harness.executor, lambda: False, 0.3)
+
+
+def test_14_standing_query_failure_clears_its_boxes(harness: Harness) -> None:
+    """A frame the standing query cannot be answered on (bad encoding) clears the markers."""
+    harness.standing_pub.publish(String(data="the sofa"))
+    spin_until(harness.executor, lambda: False, 0.3)
+    try:
+        stamp = stamp_to_ns(harness.publish_frame().stamp)
+        assert spin_until(
+            harness.executor, lambda: _stamped(harness.markers, stamp, _markers_header), 10.0
+        )
+        image, info = _wrong_encoding()
+        stamp = stamp_to_ns(harness.publish_frame(image, info).stamp)
+        assert spin_until(
+            harness.executor, lambda: _stamped(harness.markers, stamp, _markers_header), 10.0
+        )
+        [cleared] = _stamped(harness.markers, stamp, _markers_header)
+        assert [m.action for m in cleared.markers] == [Marker.DELETEALL]
+        assert not _stamped(harness.detections, stamp, lambda m: m.header)
+    finally:
+        harness.standing_pub.publish(String(data=""))
+        spin_until(harness.executor, lambda: False, 0.3)

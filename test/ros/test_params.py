@@ -7,7 +7,8 @@ from dataclasses import fields
 import yaml
 from conftest import HERE
 
-from llmi3d_ros.params import NodeParams, validate
+from llmi3d_core.inference import DEFAULT_MIN_SCORE
+from llmi3d_ros.params import NodeParams, descriptor, validate
 
 
 def test_params_yaml_matches_node_defaults() -> None:
@@ -25,3 +26,11 @@ def test_validate_names_the_parameter_and_the_choices() -> None:
     assert "qos_reliability" in reason and "best_effort" in reason
     assert validate("qos_reliability", "reliable") is None
     assert validate("use_sim_time", True) is None
+
+
+def test_min_score_default_is_the_core_default_and_ranged() -> None:
+    """min_score's default has one home (llmi3d_core.inference); its descriptor allows [0, 1]."""
+    assert NodeParams().min_score == DEFAULT_MIN_SCORE
+    assert not hasattr(NodeParams(), "score_threshold")
+    [allowed] = descriptor("min_score").floating_point_range
+    assert (allowed.from_value, allowed.to_value) == (0.0, 1.0)

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import stop_process
 from rclpy.node import Node
 
 # The node command and the test-side harness of the node tests.
-from test_node import Harness, node_command
+from test_node import Harness, start_node, stop_node
 
 from llmi3d_core.cli import build_parser
 from llmi3d_ros.query_cli import yaw_deg
@@ -34,12 +33,10 @@ def llmi3d(*args: str, timeout_s: float = 90.0) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def harness(ros_context: None) -> Iterator[Harness]:
+def harness(ros_context: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     """llmi3d_node (tiny) in NAMESPACE, and a harness that has published one frame to it."""
-    proc = subprocess.Popen(
-        node_command(namespace=NAMESPACE), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("node") / "llmi3d_node.log"
+    proc = start_node(log, namespace=NAMESPACE)
     node = Node(f"query_cli_test_{time.monotonic_ns()}", namespace=NAMESPACE)
     h = Harness(node)
     try:
@@ -49,7 +46,7 @@ def harness(ros_context: None) -> Iterator[Harness]:
     finally:
         h.executor.shutdown()
         node.destroy_node()
-        output = stop_process(proc)
+        output = stop_node(proc, log)
     assert "Traceback" not in output, output
 
 
@@ -103,6 +100,26 @@ def test_query_the_node_refuses_says_why(harness: Harness) -> None:
         "llmi3d query: the node could not answer: box_prompt [10.0, 10.0, 900.0, 50.0] lies "
         "outside the image (width 160, height 120 px)"
     ) in result.stderr
+
+
+def test_query_nothing_found_prints_the_message(harness: Harness) -> None:
+    """A "not here" answer (min_score 1.0, set on the running node): exit 0 and the message.
+
+    Mechanics only; whether a trained model says "not here" when it should is measured by the
+    evaluation (report.json not_here_rate), not here.
+    """
+    assert harness.set_param("min_score", 1.0).successful
+    try:
+        result = llmi3d("query", "find the fire extinguisher", "--node", NODE, "--timeout", "30")
+    finally:
+        assert harness.set_param("min_score", 0.0).successful
+    assert result.returncode == 0, result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(
+        "no 'fire extinguisher' found: nothing matching was found in this frame (best candidate '"
+    ), first
+    assert "< min_score 1.00)" in first
+    assert not any(line.startswith("box ") for line in rest), result.stdout
 
 
 def test_query_without_a_node_fails_clearly_within_the_timeout(harness: Harness) -> None:
