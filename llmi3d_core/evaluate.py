@@ -303,6 +303,68 @@ def predict_with_model(
     return [results[q.query_id] for q in queries]
 
 
+def predict_at_true_cells(
+    predictor: Any,
+    dataset: Dataset,
+    queries: Sequence[QueryRecord],
+    *,
+    progress: bool = True,
+) -> list[QueryResult]:
+    """The upper bound of pointing: the dense heads read at each target's own cell.
+
+    Every single-target query is answered by the heads at the cell holding its target's
+    projected centre, with score 1: what a perfect pointer would reach with this detector. The
+    gap to `predict_with_model` is the cost of pointing at the wrong object. Negative and
+    multi-target queries get no answer.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from llmi3d_core.geometry import project
+    from llmi3d_core.model.decode import decode_boxes
+    from llmi3d_core.model.inputs import prepare_inputs
+
+    model = predictor.model
+    by_image: dict[str, list[QueryRecord]] = {}
+    for query in queries:
+        by_image.setdefault(query.image_id, []).append(query)
+    results: dict[str, QueryResult] = {}
+    with (
+        tqdm(total=len(queries), disable=not progress, desc="eval (true cells)") as bar,
+        torch.no_grad(),
+    ):
+        for image_id, group in by_image.items():
+            record = dataset.image(image_id)
+            inputs = prepare_inputs(load_rgb(dataset.image_path(image_id)), record.K, model.config)
+            K = torch.as_tensor(inputs.K, dtype=torch.float32, device=model.device)[None]
+            size = torch.as_tensor(inputs.letterbox.canvas_size, dtype=torch.float32)[None]
+            features = model.image_side(inputs.image_hr[None], K, size)
+            grid = model._grid(features.hr_map, features.image_size)
+            for query in group:
+                answers = []
+                if len(query.target_object_ids) == 1:
+                    target = dataset.targets(query)[0]
+                    centre = project(target.center_cam, inputs.K)
+                    cell = grid.cell_of(torch.as_tensor(centre, dtype=torch.float32)[None, None])
+                    cands = model.candidates(
+                        features.hr_map, features.dense, features.K, features.image_size, cell
+                    )
+                    outputs = {k: v[:, 0].float() for k, v in cands.outputs.items()}
+                    boxes = decode_boxes(outputs, features.K, features.image_size, model.config)
+                    box = Box3D(
+                        boxes["center"][0].double().cpu().numpy(),
+                        np.maximum(boxes["dims"][0].double().cpu().numpy(), MIN_DIM_M),
+                        boxes["R"][0].double().cpu().numpy(),
+                    )
+                    box2d = inputs.letterbox.boxes_to_image(
+                        boxes["box2d_px"][0].double().cpu().numpy()
+                    )
+                    answers.append(Answer(box, box2d, 1.0, target.category_name, ""))
+                results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
+                bar.update(1)
+    return [results[q.query_id] for q in queries]
+
+
 # --------------------------------------------------------------------------------------------
 # Metrics per subset, table
 # --------------------------------------------------------------------------------------------
@@ -751,6 +813,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-results", type=int, default=MAX_RESULTS, help="answers kept per query"
     )
+    parser.add_argument(
+        "--true-cells",
+        action="store_true",
+        help="upper bound of pointing: read the heads at each target's own cell instead of "
+        "where the model points (single-target queries only)",
+    )
     parser.add_argument("--fit-split", default="train", help="split a --baseline is fitted on")
     parser.add_argument(
         "--baseline-depth",
@@ -847,8 +915,12 @@ def run(args: argparse.Namespace) -> int:
             max_results=args.max_results,
             min_score=args.min_score,
         )
+        if args.true_cells:
+            predict = partial(predict_at_true_cells, predictor, progress=not args.no_progress)
         name = args.checkpoint.resolve().name
         source = {"name": f"LLMI3D {name}", "checkpoint": str(args.checkpoint)}
+        if args.true_cells:
+            source["name"] += " (heads at the true cell)"
         out = args.out or args.checkpoint / "eval" / _safe(args.split)
     report = run_evaluation(
         dataset,

@@ -341,6 +341,25 @@ class LLMI3D(nn.Module):
             )
         self.log_priors.copy_(log_priors.to(self.log_priors))
 
+    def set_decoding(self, **heads: Any) -> None:
+        """Change how outputs are decoded (an inference-time ablation), e.g. eq. 20 as written.
+
+        Only the decoding switches of HeadConfig (use_height_depth, height_extent,
+        depth_fusion) may change after training.
+
+        Raises:
+            ConfigError: for another key.
+        """
+        allowed = {"use_height_depth", "height_extent", "depth_fusion"}
+        unknown = sorted(set(heads) - allowed)
+        if unknown:
+            raise ConfigError(f"set_decoding: {unknown} cannot change after training; "
+                              f"allowed: {sorted(allowed)}")  # fmt: skip
+        self.config = self.config.replace(**{f"heads.{k}": v for k, v in heads.items()})
+        self._dense_config = self._dense_config.replace(
+            **{f"heads.{k}": v for k, v in heads.items()}
+        )
+
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of pointer logits: sigmoid(logit / T + b)."""
         temperature, bias = self.score_calibration.float()
