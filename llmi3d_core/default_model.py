@@ -21,6 +21,9 @@ DEFAULT_RECIPE = ("train", "smol_synth.yaml")
 # The test scenes: a seed no recipe trains on, with the recipe's held-out categories.
 TEST_SEED = 9001
 TEST_IMAGES = 200
+# Bumped when the model's code changes what a checkpoint holds (new modules, new buffers), so
+# that a cached default model of an older release is retrained instead of failing to load.
+MODEL_REVISION = 3
 
 
 def default_recipe() -> Path:
@@ -38,7 +41,9 @@ def default_model_dir(recipe: Path | None = None) -> Path:
 
     config = load_train_config(recipe or default_recipe())
     model = dataclasses.asdict(resolve_model_config(config.model))
-    resolved = json.dumps([config_to_dict(config), model], sort_keys=True, default=str)
+    resolved = json.dumps(
+        [config_to_dict(config), model, MODEL_REVISION], sort_keys=True, default=str
+    )
     return cache_dir(f"default_model-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}")
 
 

@@ -275,10 +275,21 @@ def load_items(dataset: Any, desc: str, progress: bool) -> list[Batch]:
     core for the thousands of images of a detector stage.
     """
     workers = min(2, os.cpu_count() or 1) if len(dataset) > 64 else 0
+    # items cross from the workers as numpy (pickled by value): torch tensors would travel as
+    # shared-memory file descriptors, and thousands kept alive exhaust them
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_numpy
     )
-    return list(tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress))
+    items = tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress)
+    return [_as_torch(item) for item in items]
+
+
+def _as_numpy(item: Batch) -> Batch:
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+
+
+def _as_torch(item: Batch) -> Batch:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
 
 
 def cache_backbone(model: Any, items: Sequence[Batch], desc: str, progress: bool) -> None:
@@ -301,7 +312,13 @@ class DetectorTask(StageTask):
 
     def select_trainable(self, model: Any) -> None:
         """Train only the stage's own modules (see the module docstring)."""
-        trained = ("high_res.neck.", "high_res.colour.", "dense_heads.", "object_projector.")
+        trained = (
+            "high_res.neck.",
+            "high_res.colour.",
+            "high_res.rays.",
+            "dense_heads.",
+            "object_projector.",
+        )
         if model.config.high_res.trainable:
             trained += ("high_res.backbone.",)
         for name, param in model.named_parameters():

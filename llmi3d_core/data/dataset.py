@@ -422,7 +422,7 @@ class GroundingDataset(_Base):
             if own in colors and own in words:
                 color = colors.index(own)
         else:
-            named = [c for c in colors if c in words]
+            named = [w for w in re.findall(r"[a-z]+", text.lower()) if w in colors]  # text order
             color = colors.index(named[0]) if named else len(colors)
         return {"query_category": torch.tensor(category), "query_color": torch.tensor(color)}
 

@@ -458,7 +458,9 @@ class LLMI3D(nn.Module):
         if backbone is None:
             assert image_hr is not None
             backbone = self.high_res.backbone_features(image_hr.to(self.device, vision_dtype))
+        K = K.to(self.device, torch.float32)
         hr_map = self.high_res.fuse([b.to(self.device, vision_dtype) for b in backbone])
+        hr_map = self.high_res.with_rays(hr_map, K)
         return ImageFeatures(
             tokens=hr_map.new_zeros(hr_map.shape[0], 0, self.llm.hidden_size),
             dense=self.dense_heads(hr_map),
@@ -827,8 +829,9 @@ class LLMI3D(nn.Module):
         owner = assign.gather(1, cands.cells)  # (B, K)
         targets = batch["target_mask"].to(self.device)  # (B, M)
         M = targets.shape[1]
-        found = torch.zeros_like(targets)
-        found.scatter_(1, owner.clamp(min=0), owner >= 0)
+        # (B, M): object m owns a candidate (a scatter of owner >= 0 would let the -1 slots,
+        # clamped to object 0, overwrite object 0's True: duplicate indices, last write wins)
+        found = (owner[:, None, :] == torch.arange(M, device=owner.device)[None, :, None]).any(-1)
         missing = targets & ~found  # (B, M)
         if not bool(missing.any()):
             return cands, is_target

@@ -38,10 +38,35 @@ def fourier_encoding(uv: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+RAY_CHANNELS = 4
+
+
+def ray_map(K: torch.Tensor, height: int, width: int, stride: float) -> torch.Tensor:
+    """Viewing rays of the cells of an (height, width) map: (B, 4, height, width).
+
+    Channels x_n, y_n (the normalised ray K^-1 [u, v, 1] of each cell centre) and their squares.
+    A CNN is blind to where a cell is and to the camera; with these, the heads can read depth
+    from the ground plane ("lower in the image and below the horizon is nearer") for any focal
+    length, as the virtual camera does for apparent size.
+    """
+    K = K.float()
+    v, u = torch.meshgrid(
+        (torch.arange(height, dtype=torch.float32, device=K.device) + 0.5) * stride,
+        (torch.arange(width, dtype=torch.float32, device=K.device) + 0.5) * stride,
+        indexing="ij",
+    )
+    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
+    cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
+    x_n, y_n = (u[None] - cx) / fx, (v[None] - cy) / fy  # (B, h, w)
+    return torch.stack([x_n, y_n, x_n * x_n, y_n * y_n], dim=1)
+
+
 __all__ = [
     "FOURIER_FREQUENCIES",
     "FOURIER_WIDTH",
+    "RAY_CHANNELS",
     "cell_centres",
     "fourier_encoding",
     "map_centres",
+    "ray_map",
 ]

@@ -23,6 +23,7 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import HighResConfig, LowResConfig, check_choice
+from llmi3d_core.model.positions import RAY_CHANNELS, ray_map
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -254,6 +255,7 @@ class HighResBranch(nn.Module):
             list(self.backbone.channels), list(self.backbone.strides), config.neck_channels
         )
         self.colour = nn.Conv2d(COLOUR_CHANNELS, config.neck_channels, 1)
+        self.rays = nn.Conv2d(RAY_CHANNELS, config.neck_channels, 1)
         self.out_channels = config.neck_channels
         self.stride = self.neck.stride
         self.freeze_bn = config.freeze_bn
@@ -282,6 +284,12 @@ class HighResBranch(nn.Module):
             )
         )
 
-    def forward(self, image_hr: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> F (B, C, H / stride, W / stride)."""
-        return self.fuse(self.backbone_features(image_hr))
+    def with_rays(self, hr_map: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """F plus a 1 x 1 conv of the cells' viewing rays (positions.ray_map) for canvas K."""
+        h, w = hr_map.shape[-2:]
+        rays = ray_map(K, h, w, float(self.stride)).to(hr_map)
+        return hr_map + self.rays(rays)  # type: ignore[no-any-return]
+
+    def forward(self, image_hr: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] and canvas K (B, 3, 3) -> F (B, C, H / stride, W / stride)."""
+        return self.with_rays(self.fuse(self.backbone_features(image_hr)), K)
