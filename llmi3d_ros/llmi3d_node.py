@@ -74,6 +74,8 @@ from llmi3d_ros.params import (
 
 NODE_NAME = "llmi3d_node"
 ASPECT_TOLERANCE = 0.01
+# The start of a query's message before the node's first frame (the demo waits on it).
+NO_IMAGE_YET = "no image received yet"
 
 
 class QueryRejectedError(Llmi3dError):
@@ -316,7 +318,7 @@ class Llmi3dNode(LifecycleNode):
         if now - last < params.no_input_warning_s:
             return
         topic = self.resolve_topic_name(params.image_topic)
-        what = "no image received yet" if self._last_image_s is None else "no new image"
+        what = NO_IMAGE_YET if self._last_image_s is None else "no new image"
         self.get_logger().warning(
             f"{what} on {topic} for {now - last:.0f} s (check the remapping and that the "
             f"publisher's QoS is compatible with reliability={params.qos_reliability})",
@@ -459,7 +461,7 @@ class Llmi3dNode(LifecycleNode):
         image_topic = self.resolve_topic_name(params.image_topic)
         info_topic = self.resolve_topic_name(params.camera_info_topic)
         if self._last_image_s is None:
-            return f"no image received yet on {image_topic}"
+            return f"{NO_IMAGE_YET} on {image_topic}"
         if not has_info:
             return f"no CameraInfo received yet on {info_topic}"
         return (
