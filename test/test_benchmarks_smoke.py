@@ -1,15 +1,19 @@
 """benchmarks/run_benchmarks.py --size smoke: every section runs and lands in the markdown.
 
 The smoke size uses the tiny preset and a handful of samples and steps, so this catches
-breakage of the benchmark pipeline (training/eval APIs, recipes, the node, the markdown), not
-performance. The script is run as a subprocess, exactly as a user runs it, in this test
-session's own ROS domain with DDS on loopback (test/conftest.py sets the environment).
+breakage of the benchmark pipeline (training/eval APIs, staged recipes, the node, the markdown),
+not performance. The script is run as a subprocess, exactly as a user runs it, in this test
+session's own ROS domain with DDS on loopback and its own user cache (test/conftest.py sets the
+environment; the held-out test set of the default-model table is made there). At this size the
+tiny `llmi3d` ladder row stands in for the default model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +26,14 @@ SECTIONS = (
     "## Machine",
     "## Sizes",
     "## 1. Accuracy on IG3D-Synth",
-    "### Main comparison",
+    "### Default model on its held-out test set",
+    "### Decoding ablations of the default model",
     "### Ablation ladders",
     "## 2. Latency",
     "## 3. Training throughput",
     "## 4. Peak memory of the node",
 )
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +92,133 @@ def test_machine_and_provenance(smoke_markdown: str) -> None:
 
 
 def test_section_contents(smoke_markdown: str) -> None:
-    """Each section has its figures: verdicts, ratios, samples/s, RSS."""
-    assert "paper: the 3D Query beats Text3D" in smoke_markdown
+    """Each section has its figures: the default table, verdicts, ratios, samples/s, RSS."""
+    for row in (
+        "| LLMI3D (default) |",
+        "| heads at the true cell (upper bound of pointing) |",
+        "| mean box |",
+        "| back-projection of the true 2D box |",
+    ):
+        assert re.search(re.escape(row) + r"( [\d.-]+ \|){5}", smoke_markdown), row
+    assert re.search(r"\| captions \(n=\d+\) \| LLMI3D \(default\) \|", smoke_markdown)
+    assert re.search(r"\| eq\. 20 as written: tight 2D box height \+ mean of the depths \| [\d.]+",
+                     smoke_markdown)  # fmt: skip
+    assert "| no height depth (virtual depth only) |" in smoke_markdown
+    assert "**Stand-in at size `smoke`**" in smoke_markdown
+    assert "paper: LLMI3D beats 2D grounding + back-projection" in smoke_markdown
     assert re.search(r"\*\*(agrees|disagrees|tie)\*\*", smoke_markdown)
     assert "Table XIII: rotation representation" in smoke_markdown
+    assert re.search(r"\| tiny_synth \| detector 2 x [1-4] \+ joint 2 x [1-4] \|", smoke_markdown)
+    assert "not trained at size `smoke` (this size's time budget" in smoke_markdown
     assert re.search(r"\| repeated, same frame \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", smoke_markdown)
     assert re.search(r"Repeated / first: \*\*[\d.]+\*\*", smoke_markdown)
+    assert re.search(r"\| first query on a new frame <= 593 ms \| [\d.]+ ms \|", smoke_markdown)
     assert re.search(r"\| first \| [\d.]+ \| [\d.]+ \| [+-]\d+% \|", smoke_markdown)
-    assert re.search(r"\| tiny_synth \| tiny \| \d+ x \d+ \| .* \| [\d.]+ \|", smoke_markdown)
+    for stage in ("detector", "joint"):
+        pattern = rf"\| tiny_synth \| {stage} \| tiny \| \d+( \(\d+\))? x \d+ \| .* \| [\d.]+ \|"
+        assert re.search(pattern, smoke_markdown), stage
     assert re.search(r"\| \d+ \| \d+ \| (\d+|n/a) \| \d+ \| \d+ \|", smoke_markdown)
+
+
+def test_stage_budgets_of_the_size(smoke_dir: Path) -> None:
+    """Each ladder model trained the size's steps per stage, batches within the smoke data."""
+    from run_benchmarks import SIZES
+
+    size = SIZES["smoke"]
+    payload = json.loads((smoke_dir / "results.json").read_text(encoding="utf-8"))
+    rows = payload["results"]["accuracy"]["rows"]
+    trained = [r for r in rows.values() if r.get("method") == "model"]
+    assert {r["variant"] for r in trained} == {"llmi3d", "euler"}
+    for row in trained:
+        assert [s["kind"] for s in row["stages"]] == ["detector", "joint"]
+        for stage in row["stages"]:
+            assert stage["max_steps"] == size.ablation_stage_steps[stage["kind"]]
+            assert 1 <= stage["batch_size"] <= size.stage_batch[stage["kind"]]
+
+
+def test_readme_paragraph_from_the_new_layout(smoke_markdown: str) -> None:
+    """readme_accuracy reads this layout; it refuses a stand-in unless told (tests only)."""
+    from readme_accuracy import BEGIN, END, block
+
+    with pytest.raises(ValueError, match="stand-in"):
+        block(smoke_markdown)
+    text = block(smoke_markdown, allow_standin=True)
+    assert text.startswith(BEGIN) and text.endswith(END)
+    flat = " ".join(line.strip() for line in text.splitlines())
+    assert re.search(r"\*\*Acc@0\.25 [\d.]+ %\*\* and grounding [\d.]+ %", flat)
+    assert re.search(r"\d+ queries on 6 synthetic images", flat)
+    assert re.search(r"its heads reach Acc@0\.25 [\d.]+ % \(the upper bound of pointing", flat)
+
+
+def test_the_cached_default_model_is_reused(
+    smoke_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """size.default_model "cached": the demo's finished run is evaluated as it is, not retrained.
+
+    The cache (a user cache of this test's own) holds a finished run of the default recipe
+    whose checkpoint is the smoke run's tiny model: `ensure_default_model` must return it at
+    once, and the table must say it was reused and when and how long it trained.
+    """
+    import dataclasses
+
+    import torch
+    import yaml
+    from bench_accuracy import measure_default, render_accuracy
+    from readme_accuracy import block
+    from run_benchmarks import SIZES
+
+    from llmi3d_core.default_model import default_model_dir, default_recipe
+    from llmi3d_core.train_config import config_to_dict, load_train_config
+
+    monkeypatch.setenv("LLMI3D_CACHE_DIR", str(tmp_path / "cache"))
+    run = default_model_dir()
+    shutil.copytree(smoke_dir / "work" / "accuracy" / "runs" / "tiny_llmi3d", run, symlinks=True)
+    config = load_train_config(
+        default_recipe(), [f"out_dir={run}", f"data.root={run / 'data' / 'smol_synth'}"]
+    )  # what ensure_trained resumes: the same config, so it finds the run finished
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    (run / "done.json").touch()  # the run ended after it started
+
+    size = dataclasses.replace(
+        SIZES["smoke"], default_model="cached", default_eval_images=2, decoding_images=1
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the benchmark does: more threads only wait on a busy CPU
+    try:
+        default = measure_default(size, ladder_row=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert default["model"]["source"] == "cached"
+    assert default["model"]["train_s"] is None and default["model"]["first_run"]["seconds"] >= 0
+    assert default["rows"]["default/llmi3d"]["subsets"]["all"]["count"] > 0
+
+    payload = json.loads((smoke_dir / "results.json").read_text(encoding="utf-8"))
+    result = payload["results"]["accuracy"]
+    result["rows"].update(default.pop("rows"))
+    result["default"] = default
+    markdown = "\n".join(render_accuracy(result, size))
+    assert "reused from the demo's cache" in markdown
+    header = "Generated by `python benchmarks/run_benchmarks.py` on 2026-12-01 00:00 UTC; x. "
+    flat = " ".join(block(header + "Size `reduced`.\n" + markdown).split())
+    assert "recipe `smol_synth`, stages detector 600 x 32 + pointer 400 x 32 steps x batch" in flat
+    assert re.search(r"Training it on the demo's first run took [\d.]+ min there\.", flat)
+
+
+def test_every_size_builds_its_configs(tmp_path: Path) -> None:
+    """Each size's ladder configs (all variants, its family, planned stages) are valid."""
+    from bench_accuracy import VARIANTS, build_config
+    from run_benchmarks import SIZES
+
+    for size in SIZES.values():
+        for variant in VARIANTS.values():
+            config = build_config(size, size.ablation_family, variant, tmp_path)
+            if config.method != "model":
+                continue
+            assert config.stages, (size.name, variant.key)
+            for stage in config.stages:
+                wanted = size.ablation_stage_steps.get(stage.kind)
+                assert wanted is None or stage.max_steps == wanted
+                assert stage.batch_size >= 1
 
 
 def test_rerender_from_json_is_identical(smoke_dir: Path, tmp_path: Path) -> None:

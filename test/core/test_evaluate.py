@@ -2,7 +2,8 @@
 
 The predictor here is a test double of the `Predictor.predict_batch` interface (lists of
 `inference.Prediction`, possibly empty), answering from the ground truth with a fixed pattern of
-mistakes, so that every metric has a value known in advance. The real model is tested elsewhere.
+mistakes, so that every metric has a value known in advance. The real model is tested elsewhere
+(its `predict_at_true_cells` upper bound too, on the tiny preset).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from llmi3d_core.data.queries import QueryConfig
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.evaluate import (
+    MAX_RESULTS,
     evaluate_results,
     first_ious,
     markdown_table,
+    predict_at_true_cells,
     predict_with_baseline,
     predict_with_model,
     projected_box2d,
@@ -29,7 +32,7 @@ from llmi3d_core.evaluate import (
     run_evaluation,
 )
 from llmi3d_core.geometry import Box3D, project
-from llmi3d_core.inference import Prediction
+from llmi3d_core.inference import DEFAULT_MIN_SCORE, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,7 @@ class ScriptedPredictor:
 
     def __init__(self, dataset, queries) -> None:
         self.by_key = {}
+        self.calls: list[tuple[int, float]] = []  # (max_results, min_score) of each call
         self.rank = {"single": 0, "negative": 0, "multi": 0}
         self.dataset = dataset
         for query in queries:
@@ -79,8 +83,12 @@ class ScriptedPredictor:
         as_tuple = lambda a: None if a is None else tuple(np.round(a, 4))  # noqa: E731
         return (np.asarray(K).tobytes(), text, as_tuple(box), as_tuple(point))
 
-    def predict_batch(self, images, Ks, texts, box2ds=None, point2ds=None):
+    def predict_batch(
+        self, images, Ks, texts, box2ds=None, point2ds=None, max_results=1, min_score=0.0
+    ):
+        """The scripted answers; max_results and min_score are recorded, not applied."""
         assert len(images) == len(Ks) == len(texts) == len(box2ds) == len(point2ds)
+        self.calls.append((max_results, min_score))
         out = []
         for K, text, box, point in zip(Ks, texts, box2ds, point2ds, strict=True):
             query = self.by_key[self._key(K, text, box, point)]
@@ -114,6 +122,9 @@ def test_report_has_the_new_keys_and_expected_values(mixed, tmp_path):
     report = run_evaluation(mixed, "test", predict, out, gallery=8, source={"name": "scripted"})
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["subsets"] == json.loads(json.dumps(report["subsets"]))
+    # one call per image, with the node's defaults: several answers, the default threshold
+    assert len(predictor.calls) == len({q.image_id for q in queries})
+    assert set(predictor.calls) == {(MAX_RESULTS, DEFAULT_MIN_SCORE)}
 
     # the order in which the double saw the queries: image by image, as predict_with_model asks
     by_image: dict[str, list] = {}
@@ -185,6 +196,43 @@ def test_report_has_the_new_keys_and_expected_values(mixed, tmp_path):
     assert all(x["iou"] == pytest.approx(1.0, abs=1e-5) for x in full)
     gallery = sorted((out / "gallery").glob("*.png"))
     assert len(gallery) == 8
+
+
+def test_predict_with_model_passes_max_results_and_min_score(mixed):
+    queries = select_queries(mixed, "test")[:6]
+    predictor = ScriptedPredictor(mixed, queries)
+    predict_with_model(predictor, mixed, queries, progress=False, max_results=3, min_score=0.5)
+    assert predictor.calls and set(predictor.calls) == {(3, 0.5)}
+
+
+def test_predict_at_true_cells_answers_single_target_queries_only(mixed):
+    """The pointing upper bound: the heads at each single-target query's own cell, score 1."""
+    import torch
+
+    from llmi3d_core.inference import Predictor
+    from llmi3d_core.model import LLMI3D, get_preset
+
+    torch.manual_seed(0)
+    predictor = Predictor(LLMI3D(get_preset("tiny")), answer_policy="ground")
+    queries = select_queries(mixed, "test")
+    single, negative, multi = _kinds(queries)
+    results = predict_at_true_cells(predictor, mixed, queries, progress=False)
+    assert [r.query.query_id for r in results] == [q.query_id for q in queries]
+    by_id = {r.query.query_id: r for r in results}
+    for query in single:
+        [answer] = by_id[query.query_id].answers
+        target = mixed.targets(query)[0]
+        assert answer.score == 1.0 and answer.label == target.category_name
+        assert np.all(np.isfinite(answer.box.center)) and np.all(answer.box.dims_lwh > 0)
+        assert answer.box2d[0] < answer.box2d[2] and answer.box2d[1] < answer.box2d[3]
+    for query in [*negative, *multi]:
+        assert by_id[query.query_id].answers == []
+    # the heads read at different cells give different boxes
+    centres = {tuple(np.round(by_id[q.query_id].answers[0].box.center, 6)) for q in single}
+    assert len(centres) > 1
+    metrics = evaluate_results(results, mixed)["subsets"]["all"]
+    assert metrics["empty_count"] == 0 and metrics["single_count"] == len(single)
+    assert metrics["not_here_rate"] == 1.0 and metrics["multi_predictions"] == 0
 
 
 def test_baselines_answer_every_kind_with_one_box(mixed):

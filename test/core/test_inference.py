@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
-from llmi3d_core.inference import Prediction, Predictor, object_phrase
+from llmi3d_core.inference import (
+    DEFAULT_MIN_SCORE,
+    Answer,
+    Prediction,
+    Predictor,
+    object_phrase,
+    suppress_duplicates,
+)
 from llmi3d_core.model import LLMI3D, get_preset
 
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
@@ -158,11 +165,16 @@ def test_max_results_ranks_the_detected_objects(predictor, image):
     predictions = predictor.predict(image, K_VGA, "find the lamp", max_results=3)
     assert len(predictions) == 3
     scores = [p.score for p in predictions]
-    assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-6
+    # best first; each a probability of its own (they need not sum to 1)
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     [best] = predictor.predict(image, K_VGA, "find the lamp")
     np.testing.assert_array_equal(predictions[0].center, best.center)
     everything = predictor.predict(image, K_VGA, "find the lamp", max_results=100)
-    assert len(everything) == predictor.config.detector.max_objects
+    # every detected object once: duplicates of one object are suppressed
+    assert 3 <= len(everything) <= predictor.config.detector.max_objects
+    assert len(suppress_duplicates(everything)) == len(everything)
+    for first, again in zip(predictions, everything, strict=False):
+        np.testing.assert_array_equal(first.center, again.center)
 
 
 @pytest.mark.parametrize("size", [(375, 1242), (480, 640), (900, 1600), (300, 200)])
@@ -217,6 +229,9 @@ def test_category_head_names_the_object(image):
         ({"point2d": [-5, 10]}, "point_prompt [-5.0, 10.0] lies outside the image"),
         ({"max_results": 0}, "max_results must be an integer >= 1, got 0"),
         ({"max_results": 1.5}, "max_results must be an integer >= 1, got 1.5"),
+        ({"min_score": 1.5}, "min_score must be a number in [0, 1], got 1.5"),
+        ({"min_score": -0.1}, "min_score must be a number in [0, 1], got -0.1"),
+        ({"min_score": "high"}, "min_score must be a number in [0, 1], got 'high'"),
     ],
 )
 def test_bad_input_raises_invalid_input(predictor, kwargs, message):
@@ -283,3 +298,108 @@ def test_from_preset_and_config_file(tmp_path, image):
 )
 def test_object_phrase(query, phrase):
     assert object_phrase(query) == phrase
+
+
+# ------------------------------------------------------------------------------------------
+# answers: thresholds, duplicates, messages
+# ------------------------------------------------------------------------------------------
+
+
+def _box(label: str, score: float, center=(0.0, 0.0, 5.0), dims=(1.0, 1.0, 1.0)) -> Prediction:
+    """An upright box (camera frame) with a score."""
+    center = np.asarray(center, dtype=float)
+    return Prediction(
+        label=label,
+        answer="",
+        center=center,
+        dims=np.asarray(dims, dtype=float),
+        rotation=np.eye(3),
+        score=score,
+        box2d=np.array([10.0, 10.0, 20.0, 20.0]),
+        center_uv=np.array([15.0, 15.0]),
+    )
+
+
+class _Located:
+    nothing_score = 0.125
+
+
+def test_suppress_duplicates_keeps_one_box_per_object():
+    lamp = _box("lamp", 0.9)
+    copy = _box("lamp", 0.8)  # the same box again (a neighbouring heatmap peak)
+    assert suppress_duplicates([lamp, copy]) == [lamp]
+    near = _box("lamp", 0.7, center=(0.1, 0.0, 5.0))  # 3D IoU 0.82 > DUPLICATE_IOU
+    far = _box("chair", 0.6, center=(2.0, 0.0, 5.0))  # no overlap
+    half = _box("chair", 0.5, center=(0.7, 0.0, 5.0))  # 3D IoU 0.18: another object
+    assert suppress_duplicates([lamp, near, far, half]) == [lamp, far, half]
+    assert suppress_duplicates([lamp, far]) == [lamp, far]  # two distinct boxes: both
+    assert suppress_duplicates([far, lamp]) == [far, lamp]  # the order is kept
+    # a duplicate of a dropped box is judged against the kept ones only
+    assert suppress_duplicates([lamp, copy, near]) == [lamp]
+    assert suppress_duplicates([]) == [] and suppress_duplicates([copy]) == [copy]
+
+
+def test_answer_select_thresholds_deduplicates_and_cuts():
+    ranked = [
+        _box("lamp", 0.9),
+        _box("lamp", 0.85),  # a copy of the first
+        _box("chair", 0.5, center=(2.0, 0.0, 5.0)),
+        _box("table", 0.4, center=(-2.0, 0.0, 5.0)),
+        _box("cup", 0.2, center=(0.0, 2.0, 5.0)),
+    ]
+    answer = Answer.select("find it", ranked, _Located(), max_results=10, min_score=0.35)
+    assert [p.label for p in answer.predictions] == ["lamp", "chair", "table"]
+    assert answer.best is ranked[0] and answer.query == "find it"
+    assert answer.nothing_score == 0.125 and answer.min_score == 0.35
+    assert answer.message == "found 3: lamp (0.90), chair (0.50), table (0.40)"
+    # max_results cuts after the duplicate is gone
+    two = Answer.select("find it", ranked, _Located(), max_results=2, min_score=0.35)
+    assert [p.score for p in two.predictions] == [0.9, 0.5]
+    everything = Answer.select("find it", ranked, None, max_results=10, min_score=0.0)
+    assert len(everything.predictions) == 4 and everything.nothing_score == 0.0
+
+
+def test_answer_not_here_keeps_the_best_candidate_and_says_why():
+    ranked = [_box("lamp", 0.3), _box("chair", 0.1, center=(2.0, 0.0, 5.0))]
+    answer = Answer.select("the lamp", ranked, _Located(), max_results=1, min_score=0.35)
+    assert answer.predictions == [] and answer.best is ranked[0]
+    assert answer.message == (
+        "nothing matching was found in this frame (best candidate 'lamp', score 0.30 < "
+        "min_score 0.35)"
+    )
+    nothing = Answer.select("the lamp", [], _Located(), max_results=1, min_score=0.35)
+    assert nothing.best is None and nothing.predictions == []
+    assert nothing.message == "nothing matching was found in this frame (no object detected)"
+    # a score equal to min_score is kept
+    kept = Answer.select("the lamp", ranked, None, max_results=1, min_score=0.3)
+    assert kept.predictions == [ranked[0]]
+
+
+def test_answer_batch_applies_min_score_and_reports_nothing(predictor, image):
+    [low] = predictor.answer_batch([image], [K_VGA], ["find the lamp"], max_results=3)
+    [high] = predictor.answer_batch([image], [K_VGA], ["find the lamp"], min_score=1.0)
+    assert len(low.predictions) == 3 and low.best is not None
+    assert 0.0 <= low.nothing_score <= 1.0 and low.message.startswith("found 3: ")
+    assert high.predictions == [] and high.best is not None  # nothing scores 1.0
+    np.testing.assert_array_equal(high.best.center, low.predictions[0].center)
+    assert high.nothing_score == pytest.approx(low.nothing_score)
+    assert "nothing matching was found" in high.message and "< min_score 1.00" in high.message
+    # predict and predict_batch return the answers' predictions
+    assert predictor.predict(image, K_VGA, "find the lamp", min_score=1.0) == []
+    batch = predictor.predict_batch([image], [K_VGA], ["find the lamp"], max_results=3)
+    assert [p.score for p in batch[0]] == [p.score for p in low.predictions]
+    kept = [p for p in low.predictions if p.score >= low.predictions[1].score]
+    middle = predictor.predict(
+        image, K_VGA, "find the lamp", max_results=3, min_score=low.predictions[1].score
+    )
+    assert [p.score for p in middle] == [p.score for p in kept]
+    assert 0.0 < DEFAULT_MIN_SCORE < 1.0
+
+
+@pytest.mark.parametrize(("answer_types", "policy"), [((), "ground"), (("question",), "auto")])
+def test_default_answer_policy_follows_the_training(answer_types, policy):
+    """A model never trained to answer grounds every query; one trained to answer decides."""
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny").replace(answer_types=answer_types))
+    assert Predictor(model).answer_policy == policy
+    assert Predictor(model, answer_policy="answer").answer_policy == "answer"

@@ -19,8 +19,10 @@ from llmi3d_core.data.dataset import (
     load_rgb,
     mirror_text,
 )
-from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.format import QueryRecord, read_dataset
+from llmi3d_core.data.queries import QueryConfig
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import (
     allocentric_to_egocentric,
@@ -85,11 +87,12 @@ def test_item_keys_shapes_and_types(root):
         assert isinstance(item[key], torch.Tensor) and item[key].dtype == torch.float32, key
         assert tuple(item[key].shape) == shape, key
     integers = {"assign": (h * w,), "obj_category": (MAX_OBJECTS,), "obj_color": (MAX_OBJECTS,),
-                "target_index": ()}  # fmt: skip
+                "target_index": (), "query_category": (), "query_color": ()}  # fmt: skip
     for key, shape in integers.items():
         assert item[key].dtype == torch.int64 and tuple(item[key].shape) == shape, key
-    for key in ("heat_ignore", "obj_valid"):
+    for key in ("heat_ignore", "obj_valid", "target_mask"):
         assert item[key].dtype == torch.bool, key
+    assert item["target_mask"].shape == (MAX_OBJECTS,)
     for key in ("query", "answer", "query_type", "query_id", "camera_group"):
         assert isinstance(item[key], str), key
     assert isinstance(item["novel_category"], bool)
@@ -99,6 +102,106 @@ def test_item_keys_shapes_and_types(root):
     assert batch["image_hr"].shape == (2, 3, *HR)
     assert batch["query"] == [ds[0]["query"], ds[1]["query"]]
     assert batch["novel_category"] == [ds[0]["novel_category"], ds[1]["novel_category"]]
+
+
+@pytest.fixture(scope="module")
+def mixed_root(tmp_path_factory) -> Path:
+    """Images with a negative and a multi-target query each (QueryConfig counts of 1)."""
+    config = SynthConfig(
+        num_images=8,
+        seed=6,
+        camera_groups=("vga_normal",),
+        split_fractions=(1.0, 0.0, 0.0),
+        queries=QueryConfig(negatives_per_image=1, multi_target_per_image=1),
+    )
+    return generate_dataset(config, tmp_path_factory.mktemp("mixed") / "ds", progress=False)
+
+
+# a config that names every category and colour of the generator, as `llmi3d train` fills in
+NAMED = CONFIG.replace(
+    **{
+        "detector.categories": sorted(c.name for c in CATEGORIES),
+        "detector.colors": sorted(COLORS),
+    }
+)
+
+
+def test_target_mask_and_index_of_negative_and_multi_target_queries(mixed_root):
+    ds = GroundingDataset(mixed_root, "train", CONFIG)
+    data = read_dataset(mixed_root)
+    kinds = {"negative": 0, "multi": 0, "single": 0}
+    for index, query in enumerate(ds.queries):
+        item = ds[index]
+        ids = [o.object_id for o in data.image(query.image_id).objects]
+        expected = [ids.index(i) for i in query.target_object_ids]
+        assert torch.nonzero(item["target_mask"])[:, 0].tolist() == sorted(expected)
+        assert int(item["target_index"]) == (expected[0] if expected else -1)
+        assert bool(item["obj_valid"][item["target_mask"]].all())  # targets are real objects
+        if query.is_negative:
+            kinds["negative"] += 1
+            # the target fields are object 0's, unused (a placeholder of the right shape)
+            assert torch.equal(item["center_cam"], item["obj_center_cam"][0])
+        elif query.is_multi_target:
+            kinds["multi"] += 1
+            assert len(expected) >= 2
+            # the per-object arrays hold every target; the target fields are the first one's
+            for slot, obj in zip(expected, data.targets(query), strict=True):
+                np.testing.assert_allclose(
+                    item["obj_center_cam"][slot].numpy(), obj.center_cam, rtol=1e-5
+                )
+            assert torch.equal(item["center_cam"], item["obj_center_cam"][expected[0]])
+        else:
+            kinds["single"] += 1
+    assert kinds["negative"] >= 4 and kinds["multi"] >= 2 and kinds["single"] >= 8, kinds
+    batch = collate_grounding([ds[i] for i in range(4)])
+    assert batch["target_mask"].shape == (4, MAX_OBJECTS) and batch["target_index"].shape == (4,)
+
+
+def _named(query: QueryRecord, text: str, targets, categories, colors) -> tuple[int, int]:
+    """The category and colour a query names, by the rules of GroundingDataset.named_attributes."""
+    category = len(categories)
+    if query.type in ("caption", "question") and query.answer in categories:
+        category = categories.index(query.answer)
+    words = text.lower().replace("?", " ").replace(".", " ").replace(",", " ").split()
+    color = len(colors)
+    if targets:
+        own = targets[0].attributes.get("color", "")
+        if own in words:
+            color = colors.index(own)
+    else:
+        named = [w for w in words if w in colors]
+        color = colors.index(named[0]) if named else len(colors)
+    return category, color
+
+
+def test_query_category_and_color(mixed_root):
+    ds = GroundingDataset(mixed_root, "train", NAMED)
+    data = read_dataset(mixed_root)
+    categories, colors = list(NAMED.detector.categories), list(NAMED.detector.colors)
+    any_category, any_color = len(categories), len(colors)
+    seen = set()
+    for index, query in enumerate(ds.queries):
+        item = ds[index]
+        got = (int(item["query_category"]), int(item["query_color"]))
+        expected = _named(query, item["query"], data.targets(query), categories, colors)
+        assert got == expected, (query.text, query.type, got, expected)
+        if query.type in ("box_prompt", "point_prompt"):
+            assert got[0] == any_category  # a prompt names no category
+        else:
+            assert categories[got[0]] == query.answer  # negatives: the category asked for
+        seen.add(("category" if got[0] < any_category else "any", query.is_negative))
+        seen.add(("color" if got[1] < any_color else "no color", query.is_negative))
+    # the set exercises named and unnamed colours, of positive and negative queries
+    assert {("color", False), ("no color", False), ("color", True), ("no color", True)} <= seen
+    # hand values: a negative names its first colour word
+    query = QueryRecord("q", "i", "train", "caption", "the red chair", "chair")
+    chair, red = categories.index("chair"), colors.index("red")
+    # (text order, not the list's: "blue" sorts first but names the anchor)
+    out = ds.named_attributes(query, "the red chair left of the blue table", [])
+    assert (int(out["query_category"]), int(out["query_color"])) == (chair, red)
+    # without the category and colour heads (the tiny preset) every query names "any"
+    plain = GroundingDataset(mixed_root, "train", CONFIG)[0]
+    assert (int(plain["query_category"]), int(plain["query_color"])) == (0, 0)
 
 
 def _check_targets(item, config: ModelConfig) -> None:
@@ -134,6 +237,7 @@ def test_targets_decode_to_the_ground_truth(root):
         assert item["answer"] == target.category_name
         # the target's own fields are its row of the per-object arrays
         t = int(item["target_index"])
+        assert torch.nonzero(item["target_mask"])[:, 0].tolist() == [t]
         assert torch.equal(item["center_cam"], item["obj_center_cam"][t])
         assert float(item["virtual_depth"][0]) == float(item["obj_virtual_depth"][t])
 

@@ -4,7 +4,8 @@ Batches are not built by hand: a small IG3D-Synth set (8 images, VGA and KITTI-l
 query types) is generated once per session, and `make_batch` turns some of its queries into a
 batch through llmi3d_core.data.dataset.GroundingDataset and collate_grounding, for the canvas,
 categories and colours of the config it is given. The targets are therefore the dataset's
-(letterboxed canvas, dense heatmap, cell assignment, per-object arrays).
+(letterboxed canvas, dense heatmap, cell assignment, per-object arrays). A second small set
+(MIXED_SYNTH) adds a negative and a multi-target query an image, for `make_mixed_batch`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,24 @@ import pytest
 import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
-from llmi3d_core.data.format import Dataset, read_dataset
+from llmi3d_core.data.format import Dataset, QueryRecord, read_dataset
+from llmi3d_core.data.queries import QueryConfig
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.model import LLMI3D, ModelConfig, get_preset
 
 MODEL_SYNTH = SynthConfig(num_images=8, seed=0, camera_groups=("vga_normal", "kitti_like"))
+# with a negative and a multi-target query an image ("not here", "all the chairs")
+MIXED_SYNTH = SynthConfig(
+    num_images=4,
+    seed=3,
+    camera_groups=("vga_normal",),
+    split_fractions=(1.0, 0.0, 0.0),
+    queries=QueryConfig(negatives_per_image=1, multi_target_per_image=1),
+)
 # the query keys that carry the target (removing them gives an inference batch)
 TARGET_KEYS = (
     "center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints", "center_cam",
-    "R_cam", "target_index",
+    "R_cam", "target_index", "target_mask",
 )  # fmt: skip
 
 
@@ -64,6 +74,52 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     root = tmp_path_factory.mktemp("model_synth") / "synth"
     generate_dataset(MODEL_SYNTH, root, progress=False)
     return read_dataset(root)
+
+
+@pytest.fixture(scope="session")
+def mixed_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A small synthetic dataset with negative and multi-target queries (MIXED_SYNTH)."""
+    root = tmp_path_factory.mktemp("model_mixed") / "synth"
+    generate_dataset(MIXED_SYNTH, root, progress=False)
+    return read_dataset(root)
+
+
+# the kinds of query `make_mixed_batch` picks, by their number of targets
+QUERY_KINDS: dict[str, Callable[[QueryRecord], bool]] = {
+    "single": lambda q: len(q.target_object_ids) == 1,
+    "multi": lambda q: q.is_multi_target,
+    "negative": lambda q: q.is_negative,
+}
+
+
+def build_mixed_batch(
+    dataset: Dataset,
+    config: ModelConfig,
+    kinds: Sequence[str] = ("single", "multi", "negative"),
+    accept: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """A collated batch of one training query per entry of `kinds` (QUERY_KINDS), in order.
+
+    Each is the first query of its kind (whose item `accept` takes, when given) not yet picked.
+    """
+    queries = GroundingDataset(dataset.root, "train", config, dataset=dataset)
+    picked: list[int] = []
+    for kind in kinds:
+        for index, query in enumerate(queries.queries):
+            if index in picked or not QUERY_KINDS[kind](query):
+                continue
+            if accept is None or accept(queries.get(index)):
+                picked.append(index)
+                break
+        else:
+            raise AssertionError(f"the mixed test dataset has no (further) {kind} query")
+    return collate_grounding([queries.get(i) for i in picked])
+
+
+@pytest.fixture(scope="session")
+def make_mixed_batch(mixed_dataset: Dataset) -> Callable[..., dict[str, Any]]:
+    """`build_mixed_batch` on the mixed dataset: make_mixed_batch(config, kinds, accept)."""
+    return functools.partial(build_mixed_batch, mixed_dataset)
 
 
 @pytest.fixture(scope="session")

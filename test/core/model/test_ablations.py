@@ -71,7 +71,7 @@ def test_forward_box_is_the_pointed_candidate(make_model, make_batch, without_ta
     batch = without_targets(make_batch(model.config, size=3))
     out = _outputs(model, batch)
     candidates = _features(model, batch).candidates
-    choice = out.pointer_logits.argmax(dim=-1)
+    choice = out.pointer_logits[:, :-1].argmax(dim=-1)  # the best object, not "no object"
     rows = torch.arange(3)
     for name in ("center", "dims", "R", "z"):
         torch.testing.assert_close(out.boxes[name], candidates.boxes[name][rows, choice])
@@ -95,6 +95,56 @@ def test_no_height_depth_uses_the_head_depth_alone(make_model, make_batch):
     assert torch.equal(boxes["z"], boxes["z_head"])
     out = _outputs(model, batch).boxes
     assert "z_height" not in out and torch.equal(out["z"], out["z_head"])
+
+
+def test_set_decoding_switches_the_depth_at_inference(make_model, make_batch):
+    """One model (as trained), three decodings of z: fused (default), eq. 20 as written, virtual
+    depth alone; each equals a model built with those switches. The weights stay."""
+    batch = make_batch(make_model().config)
+    model = make_model()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    decodings = {
+        "fused": {"use_height_depth": True, "height_extent": "keypoints",
+                  "depth_fusion": "uncertainty"},
+        "eq. 20": {"height_extent": "tight_box", "depth_fusion": "mean"},
+        "virtual alone": {"use_height_depth": False},
+    }  # fmt: skip
+    z = {}
+    for name, switches in decodings.items():
+        model.set_decoding(**switches)
+        assert all(getattr(model.config.heads, k) == v for k, v in switches.items())
+        out, boxes, K, size = _flat_candidates(model, batch)
+        built = make_model(**{f"heads.{k}": v for k, v in switches.items()})
+        _, expected, _, _ = _flat_candidates(built, batch)
+        torch.testing.assert_close(boxes["z"], expected["z"], rtol=1e-5, atol=0)
+        # the query's box (forward: the pointed candidate, zero residual) decodes the same way
+        pointed = _outputs(model, batch)
+        choice = pointed.pointer_logits[:, :-1].argmax(dim=-1)
+        at_choice = boxes["z"].view(len(choice), -1)[torch.arange(len(choice)), choice]
+        torch.testing.assert_close(pointed.boxes["z"], at_choice.float(), rtol=1e-5, atol=0)
+        z[name] = boxes
+        model.set_decoding(**decodings["fused"])  # back to the default between switches
+    assert torch.equal(z["virtual alone"]["z"], z["virtual alone"]["z_head"])
+    h_box = ((out["box2d"][:, 3] - out["box2d"][:, 1]) * size[:, 1]).clamp(min=1.0)
+    z2 = K[:, 1, 1] * out["dims"][:, 2] / h_box  # eq. 19 with the tight box
+    torch.testing.assert_close(
+        z["eq. 20"]["z"], (z["eq. 20"]["z_head"] + z2) / 2, rtol=1e-4, atol=0
+    )
+    assert not torch.allclose(z["fused"]["z"], z["eq. 20"]["z"])
+    assert not torch.allclose(z["fused"]["z"], z["virtual alone"]["z"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_set_decoding_refuses_what_training_fixed(make_model):
+    model = make_model()
+    with pytest.raises(ConfigError, match=r"set_decoding: \['pointer'\] cannot change after"):
+        model.set_decoding(pointer=False)
+    with pytest.raises(ConfigError, match=r"\['readout', 'use_virtual_depth'\].*allowed: \["):
+        model.set_decoding(use_virtual_depth=False, readout="pos_token", depth_fusion="mean")
+    assert model.config.heads.depth_fusion == "uncertainty"  # nothing changed
+    with pytest.raises(ConfigError, match=r"heads.depth_fusion 'max' is unknown"):
+        model.set_decoding(depth_fusion="max")
 
 
 def test_no_virtual_depth_reads_and_learns_metric_depth(make_model, make_batch):
@@ -246,7 +296,7 @@ def test_no_pointer_ablation_is_the_plain_readout(make_model, make_batch):
     assert pointed.heads is None and pointed.pointer is not None
     batch = make_batch(pointed.config, size=3)
     out = pointed(batch)
-    assert out.pointer_logits.shape == (3, pointed.config.detector.max_objects)
+    assert out.pointer_logits.shape == (3, pointed.config.detector.max_objects + 1)
     assert torch.isfinite(out.losses["pointer"]) and "score" not in out.losses
 
 

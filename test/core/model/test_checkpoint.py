@@ -34,11 +34,12 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     assert any(k.startswith("llm.model.") and "lora_" not in k for k in stored)
     prefixes = (
         "low_res.", "high_res.neck.", "high_res.colour.", "high_res.backbone.", "dense_heads.",
-        "fusion.", "projector.", "object_projector.", "pointer.",
+        "fusion.", "projector.", "object_projector.", "pointer.", "high_res.rays.",
     )  # fmt: skip
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in stored), prefix
-    for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors"):
+    for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors",
+                "score_calibration"):  # fmt: skip
         assert key in stored
     config, extra = read_checkpoint_meta(tmp_path / "ckpt")
     assert config == model.config and extra == {"step": 2}
@@ -53,6 +54,17 @@ def test_size_priors_are_kept(make_model, tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "ckpt").log_priors, priors)
     with pytest.raises(ConfigError, match=r"size priors must be \(3, 3\)"):
         model.set_size_priors(torch.zeros(2, 3))
+
+
+def test_score_calibration_is_kept(make_model, tmp_path):
+    """The pointer's calibration (fitted on validation queries) travels with the checkpoint."""
+    model = make_model()
+    model.score_calibration.copy_(torch.tensor([1.7, -0.4]))
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(loaded.score_calibration, torch.tensor([1.7, -0.4]))
+    logits = torch.tensor([-1.0, 0.5, 2.0])
+    torch.testing.assert_close(loaded.scores(logits), model.scores(logits))
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)

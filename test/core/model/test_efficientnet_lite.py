@@ -57,14 +57,16 @@ def test_batchnorm_statistics_stay_frozen_in_training():
     branch = HighResBranch(HighResConfig(kind="efficientnet_lite0", pretrained=True))
     branch.train()
     before = branch.backbone.model._bn0.running_mean.clone()
-    features = branch(torch.rand(2, 3, 64, 96))
+    K = torch.tensor([[80.0, 0.0, 48.0], [0.0, 80.0, 32.0], [0.0, 0.0, 1.0]]).expand(2, 3, 3)
+    features = branch(torch.rand(2, 3, 64, 96), K)
     assert features.shape == (2, branch.out_channels, 8, 12) and branch.stride == 8
     features.mean().backward()
     assert torch.equal(branch.backbone.model._bn0.running_mean, before)
     assert branch.backbone.model._bn0.weight.grad is not None  # affine parameters still train
     assert branch.neck.training and branch.colour.training
+    assert branch.rays.weight.grad is not None  # the viewing rays' 1 x 1 conv trains too
     free = HighResBranch(HighResConfig(kind="efficientnet_lite0", freeze_bn=False)).train()
-    free(torch.rand(2, 3, 64, 96))
+    free(torch.rand(2, 3, 64, 96), K)
     assert not torch.equal(free.backbone.model._bn0.running_mean, torch.zeros(32))
     frozen = HighResBranch(HighResConfig(kind="efficientnet_lite0", trainable=False)).train()
     assert not any(p.requires_grad for p in frozen.backbone.parameters())

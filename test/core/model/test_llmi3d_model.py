@@ -7,8 +7,10 @@ import time
 import pytest
 import torch
 
+from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import LLMI3D, format_query
+from llmi3d_core.model.llmi3d import _rewind
 
 BOX_TERMS = {"center_uv", "depth", "dims", "rotation", "box2d", "keypoints"}
 
@@ -26,7 +28,8 @@ def test_forward_shapes_and_losses(make_model, make_batch):
     assert out.boxes["dims"].shape == (3, 3)
     assert out.boxes["box2d_px"].shape == (3, 4)
     assert out.boxes["center_uv_px"].shape == (3, 2)
-    assert out.pointer_logits.shape == (3, model.config.detector.max_objects)
+    # every candidate, then "no object"
+    assert out.pointer_logits.shape == (3, model.config.detector.max_objects + 1)
     assert out.chosen_box2d.shape == (3, 4)
     # the dense heads on every object, the pointer on the queried one, and the answer text
     expected = {"heatmap", *BOX_TERMS, "pointer", "residual", "text"}
@@ -57,7 +60,7 @@ def test_forward_without_targets_has_no_losses(make_model, make_batch, without_t
     out = model(without_targets(make_batch(model.config)))
     assert out.losses == {}
     assert out.boxes["center"].shape == (2, 3)
-    assert out.pointer_logits.shape == (2, model.config.detector.max_objects)
+    assert out.pointer_logits.shape == (2, model.config.detector.max_objects + 1)
 
 
 def test_rotation_is_a_rotation_and_box_is_ordered(make_model, make_batch):
@@ -105,6 +108,7 @@ def test_gradients_reach_trainable_parts_only(make_model, make_batch):
         "high_res backbone": [n for n in params if n.startswith("high_res.backbone.")],
         "fpn neck": [n for n in params if n.startswith("high_res.neck.")],
         "colour map": [n for n in params if n.startswith("high_res.colour.")],
+        "viewing rays": [n for n in params if n.startswith("high_res.rays.")],
         "dense heads": [n for n in params if n.startswith("dense_heads.")],
         "fusion": [n for n in params if n.startswith("fusion.")],
         "projector": [n for n in params if n.startswith("projector.")],
@@ -144,11 +148,12 @@ def test_answer_tokens_are_supervised_only_for_answer_types(make_model, make_bat
     assert model(batch).losses["text"].item() != pytest.approx(loss_without)
 
 
-def _expected_ranking(logits: torch.Tensor, objectness: torch.Tensor):
-    """Scores (pointer probability x objectness) and their order, best first."""
-    scores = logits.softmax(dim=-1) * objectness.sigmoid()
+def _expected_ranking(model, logits: torch.Tensor):
+    """Scores (calibrated sigmoids of the candidates' logits), their order, "no object"'s."""
+    probabilities = model.scores(logits)
+    scores = probabilities[:-1]
     order = torch.argsort(scores, descending=True)
-    return scores[order], order
+    return scores[order], order, float(probabilities[-1])
 
 
 @pytest.mark.parametrize("readout", ["query", "pos_token", "text_feature"])
@@ -167,12 +172,13 @@ def test_ground_policy_matches_teacher_forced_forward(
             text = format_query(batch["query"][i], batch["box_prompt"][i], batch["point_prompt"][i])
             located = model.locate(context, text, policy="ground")
             assert not located.answered and located.answer == ""
-            scores, order = _expected_ranking(
-                forward.pointer_logits[i], features.candidates.objectness[i]
-            )
+            scores, order, nothing = _expected_ranking(model, forward.pointer_logits[i])
             torch.testing.assert_close(located.scores, scores, rtol=1e-4, atol=1e-6)
-            # the forward pass's box (the pointer's argmax) is among the ranked ones
-            slot = int((order == forward.pointer_logits[i].argmax()).nonzero()[0, 0])
+            assert located.nothing_score == pytest.approx(nothing, rel=1e-4, abs=1e-6)
+            # the forward pass's box (the pointer's argmax over the objects) is the first
+            choice = forward.pointer_logits[i, :-1].argmax()
+            slot = int((order == choice).nonzero()[0, 0])
+            assert slot == 0
             for name in ("center", "dims", "R"):
                 torch.testing.assert_close(
                     located.boxes[name][slot], forward.boxes[name][i], rtol=1e-4, atol=1e-5
@@ -187,9 +193,34 @@ def test_locate_ranks_every_candidate(make_model, make_batch):
     count = model.config.detector.max_objects
     assert located.scores.shape == (count,) and located.categories.shape == (count,)
     assert bool((located.scores[:-1] >= located.scores[1:]).all())  # best first
-    assert bool((located.scores >= 0).all() and located.scores.sum() <= 1 + 1e-6)
+    # each score a probability of its own (a query may have several targets, or none)
+    assert bool((located.scores >= 0).all() and (located.scores <= 1).all())
+    assert 0.0 < located.nothing_score < 1.0
     assert located.boxes["center"].shape == (count, 3)
     assert bool((located.categories == -1).all())  # the tiny preset has no category head
+
+
+def test_scores_apply_the_fitted_calibration(make_model, make_batch):
+    """score = sigmoid(logit / T + b) with (T, b) the buffer score_calibration (saved with it)."""
+    model = make_model().eval()
+    assert model.score_calibration.tolist() == [1.0, 0.0]
+    assert "score_calibration" in model.state_dict()
+    logits = torch.tensor([-2.0, 0.0, 3.0, float("-inf")])
+    assert model.scores(logits).tolist() == pytest.approx(torch.sigmoid(logits).tolist(), abs=1e-7)
+    model.score_calibration.copy_(torch.tensor([2.0, -1.0]))
+    assert model.scores(logits).tolist() == pytest.approx(
+        [torch.sigmoid(torch.tensor(x / 2.0 - 1.0)).item() for x in (-2.0, 0.0, 3.0)] + [0.0]
+    )
+    # locate ranks by the calibrated scores: the same order, other values
+    context = model.prepare_context(_features(model, make_batch(model.config, size=1)))
+    calibrated = model.locate(context, "find the lamp", policy="ground")
+    model.score_calibration.copy_(torch.tensor([1.0, 0.0]))
+    plain = model.locate(context, "find the lamp", policy="ground")
+    torch.testing.assert_close(calibrated.boxes["center"], plain.boxes["center"])
+    raw = torch.logit(plain.scores.double())
+    torch.testing.assert_close(
+        calibrated.scores.double(), torch.sigmoid(raw / 2.0 - 1.0), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_locate_restores_the_image_cache(make_model, make_batch):
@@ -268,5 +299,198 @@ def test_with_target_cell_always_offers_the_target(make_model, make_batch):
     hit = owner == batch["target_index"][:, None]
     missing = ~hit.any(dim=-1)
     assert torch.equal(is_target[~missing], hit[~missing])
+    assert torch.equal(is_target, model.target_slots(batch, candidates.cells) | is_target)
     if bool(missing.any()):  # injected into the last slot: the target's centre cell
         assert bool(is_target[missing, -1].all())
+
+
+def _object_cells(model, batch, features):
+    """(B, M) the cell holding each object's projected centre."""
+    grid = model._grid(features.hr_map, features.image_size)
+    return grid.cell_of(batch["obj_center_uv"] * features.image_size[:, None, :])
+
+
+def _with_cells(model, features, cells):
+    """The features with the candidates at `cells` (B, K) instead of the detector's peaks."""
+    features.candidates = model.candidates(
+        features.hr_map, features.dense, features.K, features.image_size, cells
+    )
+    return features
+
+
+def _background_cells(batch, count):
+    """(B, count) cells that belong to no object."""
+    rows = [torch.nonzero(assign < 0)[:count, 0] for assign in batch["assign"]]
+    assert all(len(r) == count for r in rows)
+    return torch.stack(rows)
+
+
+def test_with_target_cell_injects_every_missed_target(make_model, make_mixed_batch):
+    """A multi-target query whose targets the detector all missed gets each of them, in the
+    last slots; a negative query gets nothing; is_target marks exactly the injected slots."""
+    model = make_model().eval()
+    batch = make_mixed_batch(model.config, ("multi", "negative"))
+    targets = batch["target_mask"]
+    count = int(targets[0].sum())
+    assert count >= 2 and not bool(targets[1].any())
+    K = model.config.detector.max_objects
+    with torch.no_grad():
+        features = _with_cells(model, _features(model, batch), _background_cells(batch, K))
+        before = features.candidates.cells.clone()
+        assert not bool(model.target_slots(batch, before).any())  # every target missed
+        candidates, is_target = model.with_target_cell(batch, features)
+    cells = candidates.cells
+    expected = _object_cells(model, batch, features)[0, torch.nonzero(targets[0])[:, 0]]
+    assert sorted(cells[0, K - count :].tolist()) == sorted(expected.tolist())
+    assert torch.equal(cells[0, : K - count], before[0, : K - count])  # the rest kept
+    assert is_target[0].tolist() == [False] * (K - count) + [True] * count
+    assert torch.equal(cells[1], before[1]) and not bool(is_target[1].any())
+    # the injected slots are real candidates: their heads read at the targets' cells
+    assert bool(candidates.valid.all())
+    owners = batch["assign"][0, cells[0, K - count :]]
+    assert set(owners.tolist()) <= set(torch.nonzero(targets[0])[:, 0].tolist())
+
+
+def test_with_target_cell_injects_only_the_missed_targets(make_model, make_mixed_batch):
+    """Of a multi-target query whose first target is found, only the others are injected;
+    a found target 0 followed by empty candidates stays found (no duplicate injection)."""
+    model = make_model().eval()
+    batch = make_mixed_batch(
+        model.config, ("multi", "single"), accept=lambda item: int(item["target_index"]) == 0
+    )
+    K = model.config.detector.max_objects
+    with torch.no_grad():
+        features = _features(model, batch)
+        centres = _object_cells(model, batch, features)
+        cells = _background_cells(batch, K)
+        first = batch["target_index"]  # (B,): 0 for the single-target query
+        cells[:, 0] = centres[torch.arange(2), first]
+        assert torch.equal(batch["assign"].gather(1, cells[:, :1])[:, 0], first)
+        features = _with_cells(model, features, cells)
+        candidates, is_target = model.with_target_cell(batch, features)
+    others = torch.nonzero(batch["target_mask"][0])[1:, 0]
+    count = len(others)
+    assert sorted(candidates.cells[0, K - count :].tolist()) == sorted(centres[0, others].tolist())
+    assert is_target[0].tolist() == [True] + [False] * (K - 1 - count) + [True] * count
+    # the single-target query's target is on offer: nothing changes
+    assert torch.equal(candidates.cells[1], cells[1])
+    assert is_target[1].tolist() == [True] + [False] * (K - 1)
+
+
+def test_target_slots_marks_the_cells_of_any_target(make_model, make_mixed_batch):
+    model = make_model().eval()
+    batch = make_mixed_batch(model.config, ("single", "multi", "negative"))
+    cells = torch.arange(batch["assign"].shape[1]).expand(3, -1)  # every cell of the map
+    slots = model.target_slots(batch, cells)
+    owner = batch["assign"]
+    for row in range(3):
+        targets = torch.nonzero(batch["target_mask"][row])[:, 0]
+        assert torch.equal(slots[row], torch.isin(owner[row], targets) & (owner[row] >= 0))
+    assert bool(slots[0].any()) and bool(slots[1].any()) and not bool(slots[2].any())
+
+
+def test_forward_losses_of_negative_and_multi_target_queries(make_model, make_mixed_batch):
+    """The pointer learns every kind; the residual only from single-target queries."""
+    model = make_model()
+    out = model(make_mixed_batch(model.config, ("single", "multi", "negative")))
+    assert torch.isfinite(out.losses["pointer"]) and torch.isfinite(out.losses["residual"])
+    only_others = model(make_mixed_batch(model.config, ("multi", "negative")))
+    assert only_others.losses["residual"].item() == 0.0
+    assert only_others.losses["pointer"].item() > 0.0
+    only_others.losses["total"].backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if n.startswith("pointer."))
+
+
+def test_mlp_readout_learns_from_single_target_queries_only(make_model, make_mixed_batch):
+    """The paper's read-out regresses one box: without a single-target query in the batch it
+    has no box and no score term (the dense heads still learn every object)."""
+    model = make_model(**{"heads.pointer": False})
+    mixed = model(make_mixed_batch(model.config, ("single", "multi", "negative"))).losses
+    assert "score" in mixed and all(torch.isfinite(v) for v in mixed.values())
+    others = model(make_mixed_batch(model.config, ("multi", "negative"))).losses
+    assert "score" not in others and {"heatmap", "depth", "dims"} <= set(others)
+    assert all(torch.isfinite(v) for v in others.values())
+
+
+def test_dense_heads_see_the_camera(make_model, make_batch):
+    """The viewing rays (positions.ray_map) enter the HR map: another K, other dense outputs."""
+    model = make_model().eval()
+    batch = make_batch(model.config, size=1)
+    with torch.no_grad():
+        one = model.image_side(batch["image_hr"], batch["K"], batch["image_size"])
+        K = batch["K"].clone()
+        K[:, 0, 0] *= 1.5
+        other = model.image_side(batch["image_hr"], K, batch["image_size"])
+    assert not torch.allclose(one.dense["heatmap"], other.dense["heatmap"])
+
+
+def _image_items(dataset, config, count: int = 5):
+    """Up to `count` dataset items (query dicts) of the image with the most training queries."""
+    queries = GroundingDataset(dataset.root, "train", config, dataset=dataset)
+    by_image: dict[str, list[int]] = {}
+    for index, query in enumerate(queries.queries):
+        by_image.setdefault(query.image_id, []).append(index)
+    indices = max(by_image.values(), key=len)[:count]
+    return [queries.get(i) for i in indices]
+
+
+def _cache_tensors(cache):
+    return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
+
+def _prepared(model, item):
+    batch = collate_grounding([item])
+    features = model.encode_image(
+        batch["image_lr"], batch["image_hr"], batch["K"], batch["image_size"]
+    )
+    return model.prepare_context(features)
+
+
+@pytest.mark.parametrize("readout", ["query", "pos_token", "text_feature"])
+def test_batched_teacher_forced_states_equal_one_by_one_and_inference(
+    make_model, synth_dataset, readout
+):
+    """The pointer stage's batched LLM pass gives each query the states it would get alone,
+    the states of the inference path ("ground": no answer fed), and leaves the cache as it was.
+    """
+    model = make_model(**{"heads.readout": readout, "answer_types": ()}).eval()
+    items = _image_items(synth_dataset, model.config)
+    assert len(items) >= 3 and len({len(i["query"]) for i in items}) > 1  # padding is exercised
+    context = _prepared(model, items[0])
+    cache_before = _cache_tensors(context.cache)
+    batched = model.teacher_forced_states(context, items)
+    assert len(batched) == len(items)
+    after = _cache_tensors(context.cache)
+    assert context.cache.get_seq_length() == context.prefix_length
+    for (k0, v0), (k1, v1) in zip(cache_before, after, strict=True):
+        assert k1.shape[0] == 1 and torch.equal(k0, k1) and torch.equal(v0, v1)
+    for item, states in zip(items, batched, strict=True):
+        [alone] = model.teacher_forced_states(context, [item])
+        text = format_query(item["query"], item["box_prompt"], item["point_prompt"])
+        inferred, _, _, answered = model.query_states(context, text, policy="ground")
+        _rewind(context.cache, context.prefix_length)
+        assert not answered and inferred is not None
+        for other in (alone, inferred):
+            assert other.words.shape == states.words.shape
+            assert states.f3d.shape == (1, model.llm.hidden_size)
+            torch.testing.assert_close(states.f3d, other.f3d, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(states.words, other.words, rtol=1e-4, atol=1e-5)
+            assert bool(states.word_mask.all())
+    # the image's cache still answers as before
+    again = model.teacher_forced_states(context, items)
+    for first, second in zip(batched, again, strict=True):
+        torch.testing.assert_close(first.f3d, second.f3d)
+
+
+def test_teacher_forced_states_feed_the_answers_of_answer_types(make_model, synth_dataset):
+    """With answer phrases (questions, prompts) the tails differ in length: batched = alone."""
+    model = make_model().eval()
+    assert "question" in model.config.answer_types
+    items = _image_items(synth_dataset, model.config, count=8)
+    assert {i["query_type"] for i in items} & set(model.config.answer_types)
+    context = _prepared(model, items[0])
+    batched = model.teacher_forced_states(context, items)
+    for item, states in zip(items, batched, strict=True):
+        [alone] = model.teacher_forced_states(context, [item])
+        torch.testing.assert_close(states.f3d, alone.f3d, rtol=1e-4, atol=1e-5)
+    assert context.cache.get_seq_length() == context.prefix_length

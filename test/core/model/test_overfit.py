@@ -114,7 +114,9 @@ def test_pointer_stage_picks_the_target_of_the_training_queries(detector, handfu
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"pointer"}
     items, _ = task.datasets(model)
     batch = task.collate(items)
-    first, last = _fit(task, model, batch, steps=80, lr=3e-3)
+    # 160 steps: the per-candidate BCE (and the query's category / colour heads) settle more
+    # slowly than the former softmax did in 80
+    first, last = _fit(task, model, batch, steps=160, lr=3e-3)
     assert last["pointer"] < 0.05 * first["pointer"], (first, last)
     # inference path (no teacher forcing): the detector's own candidates, the LLM run from the
     # image's KV cache, the best-ranked box

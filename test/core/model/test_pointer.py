@@ -1,4 +1,4 @@
-"""The candidate pointer (pointer.py), image positions (positions.py) and the MLP heads' anchors."""
+"""The candidate pointer (pointer.py), image positions and rays (positions.py), the MLP heads."""
 
 from __future__ import annotations
 
@@ -14,12 +14,21 @@ from llmi3d_core.model.pointer import (
     RESIDUAL_WIDTH,
     CandidatePointer,
     PointerInputs,
+    PointerOutput,
     candidate_geometry,
+    fit_calibration,
     pointer_loss,
     prompt_features,
     relations,
 )
-from llmi3d_core.model.positions import FOURIER_WIDTH, cell_centres, fourier_encoding, map_centres
+from llmi3d_core.model.positions import (
+    FOURIER_WIDTH,
+    RAY_CHANNELS,
+    cell_centres,
+    fourier_encoding,
+    map_centres,
+    ray_map,
+)
 
 NAN4, NAN2 = torch.full((1, 4), float("nan")), torch.full((1, 2), float("nan"))
 
@@ -42,24 +51,113 @@ def test_fourier_encoding_hand_values():
     assert code[0].tolist() == pytest.approx(expected_u + expected_v, abs=1e-6)
 
 
+def test_ray_map_hand_values():
+    """Each cell's normalised viewing ray K^-1 [u, v, 1] at its centre, and the squares."""
+    # a 4 x 6 map of stride 8 (a 32 x 48 canvas); the principal point at cell (row 1, col 2)'s
+    # centre (20, 12) px for the first camera, at the canvas corner for the second
+    K = torch.tensor(
+        [[[100.0, 0.0, 20.0], [0.0, 50.0, 12.0], [0.0, 0.0, 1.0]],
+         [[200.0, 0.0, 0.0], [0.0, 200.0, 0.0], [0.0, 0.0, 1.0]]]
+    )  # fmt: skip
+    rays = ray_map(K, 4, 6, 8.0)
+    assert rays.shape == (2, RAY_CHANNELS, 4, 6)
+    assert rays[0, :, 1, 2].tolist() == pytest.approx([0.0] * 4, abs=1e-7)  # the optical axis
+    # cell (0, 0) has its centre at (4, 4) px
+    x, y = (4 - 20) / 100, (4 - 12) / 50
+    assert rays[0, :, 0, 0].tolist() == pytest.approx([x, y, x * x, y * y])
+    # the last cell (3, 5) at (44, 28) px; right and down are positive
+    x, y = (44 - 20) / 100, (28 - 12) / 50
+    assert rays[0, :, 3, 5].tolist() == pytest.approx([x, y, x * x, y * y])
+    assert rays[1, :2, 3, 5].tolist() == pytest.approx([44 / 200, 28 / 200])
+    # x_n depends on the column alone, y_n on the row alone
+    assert torch.equal(rays[0, 0, 0], rays[0, 0, 3])
+    assert torch.equal(rays[0, 1, :, 0], rays[0, 1, :, 5])
+
+
+def _bce(logit: float, target: bool) -> float:
+    """Binary cross-entropy of one logit, by hand: softplus(-x) for a target, softplus(x) else."""
+    return math.log1p(math.exp(-logit if target else logit))
+
+
 def test_pointer_loss_hand_values():
+    """Per-candidate BCE plus "no object" (the last logit), summed per query, mean over queries."""
     target = torch.tensor([[False, True, False, False]])
-    assert pointer_loss(torch.zeros(1, 4), target).item() == pytest.approx(math.log(4))
-    # all mass on the target: ~0; all mass elsewhere: large
-    assert pointer_loss(torch.tensor([[0.0, 50.0, 0.0, 0.0]]), target).item() < 1e-6
-    assert pointer_loss(torch.tensor([[0.0, 0.0, 50.0, 0.0]]), target).item() > 40
-    # two slots of the target (its centre cell and a neighbour): -log(2/4)
-    both = torch.tensor([[True, True, False, False]])
-    assert pointer_loss(torch.zeros(1, 4), both).item() == pytest.approx(math.log(2))
-    # a query without its target among the candidates is skipped; none at all gives 0
-    rows = torch.tensor([[False, True, False, False], [False, False, False, False]])
-    assert pointer_loss(torch.zeros(2, 4), rows).item() == pytest.approx(math.log(4))
-    logits = torch.zeros(1, 4, requires_grad=True)
-    empty = pointer_loss(logits, torch.zeros(1, 4, dtype=torch.bool))
-    assert empty.item() == 0.0 and empty.requires_grad
-    # invalid candidates (-inf) take no probability mass
-    masked = torch.tensor([[0.0, 0.0, float("-inf"), float("-inf")]])
-    assert pointer_loss(masked, target).item() == pytest.approx(math.log(2))
+    # every logit 0: five terms of log 2 (four candidates and "no object")
+    assert pointer_loss(torch.zeros(1, 5), target).item() == pytest.approx(5 * math.log(2))
+    logits = torch.tensor([[1.0, 2.0, -1.0, 0.5, -3.0]])
+    expected = sum(_bce(x, t) for x, t in zip(logits[0].tolist(), [0, 1, 0, 0, 0], strict=True))
+    assert pointer_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # all mass on the target and none on "no object": ~0; on another candidate: large
+    assert pointer_loss(torch.tensor([[-50.0, 50.0, -50.0, -50.0, -50.0]]), target).item() < 1e-6
+    assert pointer_loss(torch.tensor([[-50.0, -50.0, 50.0, -50.0, -50.0]]), target).item() > 99
+
+
+def test_pointer_loss_of_a_negative_query_targets_the_null_slot():
+    none = torch.zeros(1, 4, dtype=torch.bool)
+    # "no object" is the one target: its logit alone is pushed up
+    assert pointer_loss(torch.tensor([[-50.0] * 4 + [50.0]]), none).item() < 1e-6
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 2.0]])
+    assert pointer_loss(logits, none).item() == pytest.approx(4 * math.log(2) + _bce(2.0, True))
+    # the gradient lowers every candidate and raises "no object"
+    logits = torch.zeros(1, 5, requires_grad=True)
+    pointer_loss(logits, none).backward()
+    assert logits.grad is not None
+    assert logits.grad[0].tolist() == pytest.approx([0.5, 0.5, 0.5, 0.5, -0.5])
+
+
+def test_pointer_loss_of_several_targets_and_of_a_batch():
+    both = torch.tensor([[True, False, True, False]])  # "all the chairs": two of them
+    logits = torch.tensor([[50.0, -50.0, 50.0, -50.0, -50.0]])
+    assert pointer_loss(logits, both).item() < 1e-6  # every target high, "no object" low
+    one_missed = torch.tensor([[50.0, -50.0, -2.0, -50.0, -50.0]])
+    assert pointer_loss(one_missed, both).item() == pytest.approx(_bce(-2.0, True), rel=1e-4)
+    # the mean over queries: a batch of the two costs half their sum
+    rows = torch.cat([both, torch.zeros(1, 4, dtype=torch.bool)])
+    pair = torch.cat([one_missed, torch.zeros(1, 5)])
+    expected = (_bce(-2.0, True) + 5 * math.log(2)) / 2
+    assert pointer_loss(pair, rows).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_pointer_loss_ignores_invalid_slots():
+    target = torch.tensor([[True, False, False, False]])
+    valid = torch.tensor([[True, True, False, False]])
+    # invalid candidates carry -inf (CandidatePointer's padding): no term, no NaN
+    logits = torch.tensor([[0.0, 0.0, float("-inf"), float("-inf"), 0.0]], requires_grad=True)
+    loss = pointer_loss(logits, target, valid)
+    assert loss.item() == pytest.approx(3 * math.log(2))
+    loss.backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+    assert logits.grad[0, 2:4].tolist() == [0.0, 0.0]
+    # whatever an invalid slot holds, it changes nothing
+    other = torch.tensor([[0.0, 0.0, 7.0, -7.0, 0.0]])
+    assert pointer_loss(other, target, valid).item() == pytest.approx(3 * math.log(2))
+    # a negative query whose only candidates are invalid still learns "no object"
+    none, invalid = torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 4, dtype=torch.bool)
+    assert pointer_loss(torch.zeros(1, 5), none, invalid).item() == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize(("temperature", "bias"), [(10**0.3, 0.5), (10**-0.3, -1.0)])
+def test_fit_calibration_recovers_a_known_temperature_and_bias(temperature, bias):
+    """Logits of a calibrated model, scaled: logit = (z - b) T, so sigmoid(logit / T + b) is
+    the true probability sigmoid(z); the fit finds (T, b) back (both lie on its grid)."""
+    generator = torch.Generator().manual_seed(0)
+    z = 2.0 * torch.randn(20000, generator=generator)
+    targets = torch.rand(20000, generator=generator) < torch.sigmoid(z)
+    logits = (z - bias) * temperature
+    fitted = fit_calibration(logits, targets)
+    assert fitted == pytest.approx((temperature, bias), rel=0.05, abs=0.05)
+    # in the pointer's layout (B, K + 1), with -inf for invalid candidates (left out)
+    padded = torch.cat([logits.view(-1, 4), torch.full((5000, 1), float("-inf"))], dim=1)
+    flags = torch.cat([targets.view(-1, 4), torch.zeros(5000, 1, dtype=torch.bool)], dim=1)
+    assert fit_calibration(padded, flags) == pytest.approx(fitted)
+    # already calibrated logits: the identity
+    assert fit_calibration(z, targets) == pytest.approx((1.0, 0.0), abs=0.1)
+
+
+def test_fit_calibration_without_data_is_the_identity():
+    assert fit_calibration(torch.empty(0), torch.empty(0)) == (1.0, 0.0)
+    only_invalid = torch.full((2, 3), float("-inf"))
+    assert fit_calibration(only_invalid, torch.zeros(2, 3)) == (1.0, 0.0)
 
 
 def test_candidate_geometry_and_relations_hand_values():
@@ -118,16 +216,22 @@ def test_candidate_pointer_outputs_masks_and_gradients():
     inputs = _inputs()
     torch.manual_seed(1)
     pointer = CandidatePointer(hidden=16, candidate_width=12, dim=8, layers=2)
-    logits, residual = pointer(inputs)
-    assert logits.shape == (2, 5) and residual.shape == (2, 5, RESIDUAL_WIDTH)
-    assert bool(torch.isinf(logits[1, -2:]).all()) and bool(torch.isfinite(logits[0]).all())
+    out = pointer(inputs)
+    assert isinstance(out, PointerOutput)
+    logits, residual = out.logits, out.residual
+    # five candidates, then "no object" (always valid)
+    assert logits.shape == (2, 6) and residual.shape == (2, 5, RESIDUAL_WIDTH)
+    assert bool(torch.isinf(logits[1, 3:5]).all()) and bool(torch.isfinite(logits[0]).all())
+    assert bool(torch.isfinite(logits[:, -1]).all())
     assert bool((residual == 0).all())  # the residual starts at zero: the dense heads' box
-    loss = pointer_loss(logits, torch.eye(5, dtype=torch.bool)[[0, 2]])
+    assert out.category_logits is None and out.color_logits is None  # no category / colour
+    loss = pointer_loss(logits, torch.eye(5, dtype=torch.bool)[[0, 2]], inputs.valid)
     loss.backward()
     assert inputs.f3d.grad is not None and bool(inputs.f3d.grad.abs().sum() > 0)
     assert inputs.words.grad is not None and bool(inputs.words.grad[0].abs().sum() > 0)
     # padding words are not attended to
     assert bool((inputs.words.grad[1, 1:] == 0).all())
+    assert pointer.null.grad is not None and pointer.null_bias.grad is not None
 
 
 def test_candidate_pointer_scores_do_not_depend_on_padding_or_order():
@@ -135,10 +239,10 @@ def test_candidate_pointer_scores_do_not_depend_on_padding_or_order():
     torch.manual_seed(1)
     pointer = CandidatePointer(hidden=16, candidate_width=12, dim=8, layers=1).eval()
     with torch.no_grad():
-        logits, _ = pointer(inputs)
+        logits = pointer(inputs).logits
         changed = PointerInputs(**{**vars(inputs), "words": inputs.words.clone()})
         changed.words[1, 1:] += 100.0  # padding of query 1
-        assert torch.allclose(pointer(changed)[0], logits, atol=1e-5)
+        assert torch.allclose(pointer(changed).logits, logits, atol=1e-5)
         perm = torch.tensor([4, 2, 0, 1, 3])
         shuffled = PointerInputs(
             **{
@@ -149,7 +253,9 @@ def test_candidate_pointer_scores_do_not_depend_on_padding_or_order():
                 "valid": inputs.valid[:, perm],
             }
         )
-        assert torch.allclose(pointer(shuffled)[0][0], logits[0, perm], atol=1e-5)
+        moved = pointer(shuffled).logits
+        assert torch.allclose(moved[0, :5], logits[0, perm], atol=1e-5)
+        assert torch.allclose(moved[:, -1], logits[:, -1], atol=1e-5)  # "no object" stays last
 
 
 def test_point_prompt_raises_the_candidate_under_it():
@@ -176,9 +282,53 @@ def test_point_prompt_raises_the_candidate_under_it():
         point_prompt=torch.tensor([[0.8, 0.9]]),
     )  # fmt: skip
     with torch.no_grad():
-        logits, _ = pointer(inputs)
+        logits = pointer(inputs).logits
     inside = 5.0 * torch.nn.functional.gelu(torch.tensor(1.0)).item()
-    assert logits[0].tolist() == pytest.approx([0.0, inside], abs=1e-5)
+    # "no object": its learned bias alone (initial -2) when the query is zero
+    assert logits[0].tolist() == pytest.approx([0.0, inside, -2.0], abs=1e-5)
+
+
+def _match_only_pointer(category_bias: list[float]) -> CandidatePointer:
+    """A pointer whose logits are only the named-category match (text_category's bias)."""
+    torch.manual_seed(0)
+    pointer = CandidatePointer(hidden=4, candidate_width=2, dim=4, layers=0, categories=3, colors=2)
+    with torch.no_grad():
+        for module in (pointer.query, pointer.prompt[2]):
+            module.weight.zero_()
+            module.bias.zero_()
+        pointer.objectness_weight.zero_()
+        assert pointer.text_category is not None
+        pointer.text_category.weight.zero_()
+        pointer.text_category.bias.copy_(torch.tensor(category_bias))
+    return pointer.eval()
+
+
+@pytest.mark.parametrize(
+    ("category_bias", "favoured"),
+    [([20.0, 0.0, 0.0, 0.0], 0), ([0.0, 0.0, 20.0, 0.0], 2), ([0.0, 0.0, 0.0, 20.0], None)],
+)
+def test_named_category_raises_the_candidates_of_that_category(category_bias, favoured):
+    """log sum_c q_c p_ic: the query naming category c lifts candidates predicted as c; "any"
+    (the last class: a prompt names no category) lifts none."""
+    pointer = _match_only_pointer(category_bias)
+    inputs = PointerInputs(
+        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
+        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, 3, 2),
+        geometry=torch.zeros(1, 3, GEOMETRY_WIDTH), objectness=torch.zeros(1, 3),
+        valid=torch.ones(1, 3, dtype=torch.bool), box_prompt=NAN4, point_prompt=NAN2,
+        category_probs=torch.eye(3)[None],  # candidate i is surely category i
+    )  # fmt: skip
+    with torch.no_grad():
+        out = pointer(inputs)
+    assert out.category_logits is not None and out.category_logits.shape == (1, 4)
+    assert out.color_logits is not None and out.color_logits.shape == (1, 3)
+    logits = out.logits[0, :3]
+    if favoured is None:
+        assert logits.tolist() == pytest.approx([0.0] * 3, abs=1e-5)
+    else:
+        others = [i for i in range(3) if i != favoured]
+        assert logits[favoured].item() == pytest.approx(0.0, abs=1e-5)
+        assert bool((logits[others] < -8.0).all())  # log(1e-4) at the floor
 
 
 def _zero_last_layers(heads: Heads) -> None:

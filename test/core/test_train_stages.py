@@ -1,0 +1,83 @@
+"""Helpers of the training stages (train_stages.py) that the staged runs of test_train.py use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
+from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.model import get_preset
+from llmi3d_core.train_stages import load_items
+
+CONFIG = get_preset("tiny")
+
+
+class Numbered(torch.utils.data.Dataset):
+    """Deterministic items of every kind of value a dataset item holds."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        generator = torch.Generator().manual_seed(index)
+        return {
+            "image": torch.rand(3, 4, 5, generator=generator),
+            "half": torch.rand(2, 2, generator=generator).half(),
+            "index": torch.tensor(index),
+            "mask": torch.arange(6) % (index % 3 + 1) == 0,
+            "text": f"query {index}",
+            "novel": index % 2 == 0,
+        }
+
+
+def assert_same_items(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Equal keys, and equal values of equal types (tensors of equal dtype, shape and values,
+    NaN equal to NaN)."""
+    assert len(got) == len(expected)
+    for index, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a.keys() == b.keys(), index
+        for key, value in b.items():
+            if isinstance(value, torch.Tensor):
+                assert isinstance(a[key], torch.Tensor), (index, key)
+                assert a[key].dtype == value.dtype and a[key].shape == value.shape, (index, key)
+                floating = value.is_floating_point()
+                nan = value.isnan() if floating else torch.zeros_like(value, dtype=torch.bool)
+                assert torch.equal(a[key].isnan() if floating else nan, nan), (index, key)
+                assert torch.equal(a[key][~nan], value[~nan]), (index, key)
+            else:
+                assert type(a[key]) is type(value) and a[key] == value, (index, key)
+
+
+@pytest.mark.parametrize("count", [5, 70])  # in-process, then two worker processes (> 64)
+def test_load_items_equals_a_plain_loop(count):
+    dataset = Numbered(count)
+    assert_same_items(
+        load_items(dataset, "test", progress=False), [dataset[i] for i in range(count)]
+    )
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages") / "synth"
+    config = SynthConfig(num_images=12, seed=1, split_fractions=(1.0, 0.0, 0.0))
+    return generate_dataset(config, root, progress=False)
+
+
+def test_load_items_of_real_datasets(synth_root):
+    """Dataset items cross from the worker processes unchanged (numpy there and back)."""
+    queries = GroundingDataset(synth_root, "train", CONFIG)
+    assert len(queries) > 64  # read by two processes
+    expected = [queries[i] for i in range(len(queries))]
+    assert_same_items(load_items(queries, "queries", progress=False), expected)
+    images = ImageDataset(synth_root, "train", CONFIG)
+    got = load_items(images, "images", progress=False)
+    assert_same_items(got, [images[i] for i in range(len(images))])
+    assert all(isinstance(item["image_hr"], torch.Tensor) for item in got)
+    assert not any(isinstance(v, np.ndarray) for item in got for v in item.values())
