@@ -9,16 +9,20 @@ public call (`Predictor.predict`, or the service round trip), medians over runs;
 draws a fresh random 640 x 480 frame, and the order of the compared variants alternates between
 runs (ABBA) so that a slow spell of the shared machine hits both.
 
-Decoding. Both models are the same preset built from the same seed; only `heads.readout`
-differs ("query": one LLM pass after <pos>, MLP heads read F_3D; "text": the box is generated
-as text numbers after <pos>, Text3D). An untrained Text3D model writes arbitrary tokens, so its
+Decoding. Both models are the same preset built from the same seed; only the read-out differs
+("query": the preset as it is, one LLM pass after <pos>, the pointer chooses among the
+detector's candidates and their dense heads give the box; "text": `heads.readout=text` and
+`heads.pointer=false` as in config/train/baseline_text3d.yaml, the box is generated as text
+numbers after <pos>, Text3D). An untrained Text3D model writes arbitrary tokens, so its
 generation limit (`llm.max_text_tokens`) is set to the token count of a formatted box (the
 length a trained model writes before EOS); its parse error is expected and ignored. Queries use
 answer_policy="ground" (no answer phrase), as a trained model does for grounding queries.
 
 Node. The query-readout model is saved as a checkpoint; llmi3d_node loads it in its own process
 and the bare Predictor in this process holds the same weights, both with the default
-answer_policy="auto", so they do the same work (the table says whether their answers matched).
+answer_policy and the node's default min_score (config/params.yaml), so they do the same work
+(the table says whether their answers matched: the service's answer text, which the bare
+Predictor's predictions give the node's way).
 The node round trip covers the service call from a real rclpy client, Image decoding, the
 Predictor, and publishing detections, markers and the debug image before the response returns.
 """
@@ -43,6 +47,9 @@ for _path in (HERE.parent, HERE):  # run from a checkout, uninstalled; bench_nod
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+# Text3D as config/train/baseline_text3d.yaml builds it: the box as text, so no pointer (the
+# pointer chooses among the detector's objects and needs the 3D Query's read-out)
+TEXT3D_HEADS = {"heads": {"readout": "text", "pointer": False}}
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 FIRST_QUERY = "find the lamp on the desk"
 REPEATED_QUERY = "find the red chair"
@@ -55,7 +62,9 @@ TYPICAL_BOX = {
     "euler": [0.01, 1.2, 0.0],
     "dims": [1.2, 0.45, 0.8],
     "box2d": [0.21, 0.3, 0.65, 0.72],
+    "keypoints": [0.351, 0.684],
 }
+TYPICAL_VALUE = 0.512  # a field TYPICAL_BOX does not know: this value, of the field's width
 
 
 def build_model(preset: str, seed: int, overrides: dict[str, Any] | None = None) -> Any:
@@ -80,7 +89,10 @@ def text3d_token_count(model: Any) -> int:
     from llmi3d_core.model import text3d
 
     fields = text3d.text_fields(model.config.heads)
-    values = {name: torch.tensor(TYPICAL_BOX[name]) for name in fields}
+    values = {
+        name: torch.tensor(TYPICAL_BOX.get(name, [TYPICAL_VALUE] * width))
+        for name, width in fields.items()
+    }
     return len(model.llm.tokenize(text3d.format_numbers(values, model.config.heads))) + 1
 
 
@@ -111,7 +123,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     query_model = build_model(preset, seed)
     load_query = time.perf_counter() - start
     start = time.perf_counter()
-    text_model = build_model(preset, seed, {"heads": {"readout": "text"}})
+    text_model = build_model(preset, seed, TEXT3D_HEADS)
     load_text = time.perf_counter() - start
     probe_tokens = text3d_token_count(text_model)
     text_model.config.llm.max_text_tokens = probe_tokens  # read at each generation
@@ -156,6 +168,15 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     }
 
 
+def node_answer_text(predictions: list[Any], query: str) -> str:
+    """The service's `answer` for these predictions (llmi3d_node: label, or "no 'x' found")."""
+    from llmi3d_core.inference import object_phrase
+
+    if predictions:
+        return str(predictions[0].answer or predictions[0].label)
+    return f"no {object_phrase(query)!r} found"
+
+
 def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
     preset: str, runs: int, workdir: Path, threads: int = 0, seed: int = 0, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -169,7 +190,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
     """
     from bench_node import RELIABLE_INPUT, NodeClient, running_node
 
-    from llmi3d_core.inference import Predictor
+    from llmi3d_core.inference import DEFAULT_MIN_SCORE, Predictor
     from llmi3d_core.model.checkpoint import save_checkpoint
 
     model = build_model(preset, seed)
@@ -201,9 +222,9 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
                             answers[name].append(response.answer)
                         else:
                             start = time.perf_counter()
-                            [pred] = bare.predict(image, client.K, text)
+                            found = bare.predict(image, client.K, text, min_score=DEFAULT_MIN_SCORE)
                             seconds = time.perf_counter() - start
-                            answers[name].append(pred.answer or pred.label)
+                            answers[name].append(node_answer_text(found, text))
                         row[name][kind] = seconds
                     order.reverse()
                 sample_answers = sample_answers or answers["node"]
