@@ -464,6 +464,10 @@ def _pct(value: float | int | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _degrees(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _metres(value: float | int | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -478,9 +482,9 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
     multi = any(m.get("multi_count") for m in subsets.values())
     header = (
         "| subset | n | Acc@0.25 | Acc@0.5 | mIoU | grounding | depth err (m) | L err (m) "
-        "| W err (m) | H err (m) |"
+        "| W err (m) | H err (m) | rot err (deg) |"
     )
-    columns = 10
+    columns = 11
     if negatives:
         header += " not here |"
         columns += 1
@@ -496,7 +500,8 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
             f"| {name} | {int(m['count'])} | {_pct(m['acc@0.25'])} | {_pct(m['acc@0.5'])} "
             f"| {_pct(m['mean_iou'])} | {_pct(m.get('grounding_acc'))} "
             f"| {_metres(m['depth_mae'])} | {_metres(m['length_mae'])} "
-            f"| {_metres(m['width_mae'])} | {_metres(m['height_mae'])} |"
+            f"| {_metres(m['width_mae'])} | {_metres(m['height_mae'])} "
+            f"| {_degrees(m.get('rotation_err_deg'))} |"
         )
         if negatives:
             row += f" {_pct(m.get('not_here_rate'))} |"

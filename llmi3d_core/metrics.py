@@ -78,6 +78,7 @@ ACC_THRESHOLDS = (0.25, 0.5)
 GROUNDING_IOU_2D = 0.5  # 2D IoU above which the chosen object is the target
 MULTI_IOU_3D = 0.25  # 3D IoU above which a multi-target prediction hits a target
 ECE_BINS = 10
+ERROR_KEYS = ("depth_mae", "length_mae", "width_mae", "height_mae", "rotation_err_deg")
 
 
 def _stack(boxes: Sequence[Box3D], name: str) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -91,6 +92,21 @@ def _stack(boxes: Sequence[Box3D], name: str) -> tuple[FloatArray, FloatArray, F
     dims = np.stack([box.dims_lwh for box in boxes]).astype(np.float64)
     rotations = np.stack([box.R for box in boxes]).astype(np.float64)
     return centers, dims, rotations
+
+
+# The rotation that turns a box 180 degrees about its own vertical (local y, height) axis: the
+# turned box has the same corners, so a rotation error must not count the turn.
+_HALF_TURN = np.diag([-1.0, 1.0, -1.0])
+
+
+def rotation_errors_deg(pred_R: FloatArray, gt_R: FloatArray) -> FloatArray:
+    """Geodesic angle (N,) in degrees between rotations (N, 3, 3), up to the box's half turn."""
+    errors = []
+    for twin in (np.eye(3), _HALF_TURN):
+        relative = np.einsum("nji,njk->nik", pred_R, gt_R @ twin)  # pred^T @ gt
+        cosine = (np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0
+        errors.append(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+    return np.minimum(*errors)  # type: ignore[no-any-return]
 
 
 def _exact_ious(pred: Sequence[Box3D], gt: Sequence[Box3D]) -> FloatArray:
@@ -176,15 +192,16 @@ def grounding_metrics(
 
     Returns:
         ``{"acc@0.25", "acc@0.5", "mean_iou"}`` as fractions in [0, 1],
-        ``{"depth_mae", "length_mae", "width_mae", "height_mae"}`` in metres and ``"count"``
-        (the number of queries, an int).
+        ``{"depth_mae", "length_mae", "width_mae", "height_mae"}`` in metres,
+        ``"rotation_err_deg"`` (mean geodesic angle, a box and its 180-degree turn about its
+        vertical axis being the same box) and ``"count"`` (the number of queries, an int).
 
     Raises:
         InvalidInputError: different lengths, no boxes, a non-Box3D item or an unknown variant.
     """
     ious = box_ious(pred_boxes, gt_boxes, iou=iou)
-    pc, pd, _ = _stack(pred_boxes, "pred_boxes")
-    gc, gd, _ = _stack(gt_boxes, "gt_boxes")
+    pc, pd, pr = _stack(pred_boxes, "pred_boxes")
+    gc, gd, gr = _stack(gt_boxes, "gt_boxes")
     size_err = np.abs(pd - gd).mean(axis=0)  # (3,) L, W, H
     metrics: dict[str, float] = {f"acc@{k}": accuracy_at(ious, k) for k in ACC_THRESHOLDS}
     metrics.update(
@@ -193,6 +210,7 @@ def grounding_metrics(
         length_mae=float(size_err[0]),
         width_mae=float(size_err[1]),
         height_mae=float(size_err[2]),
+        rotation_err_deg=float(rotation_errors_deg(pr, gr).mean()),
         count=len(ious),
     )
     return metrics
@@ -384,7 +402,7 @@ def query_metrics(
         answered with nothing), ``negative_count``, ``multi_count``, ``multi_targets``,
         ``multi_predictions``, ``predictions`` (all returned predictions).
         Single-target: ``acc@0.25``, ``acc@0.5``, ``mean_iou``, ``grounding_acc``,
-        ``depth_mae``, ``length_mae``, ``width_mae``, ``height_mae``.
+        ``depth_mae``, ``length_mae``, ``width_mae``, ``height_mae``, ``rotation_err_deg``.
         Negative: ``not_here_rate``. Multi-target: ``multi_precision@0.25``,
         ``multi_recall@0.25``, ``multi_precision_2d@0.5``, ``multi_recall_2d@0.5``.
         All: ``ece``. Fractions in [0, 1], errors in metres, None where undefined.
@@ -420,10 +438,10 @@ def query_metrics(
     out["grounding_acc"] = float(grounded.mean()) if single else None
     if answered:
         errors = grounding_metrics([p.box for p, _ in answered], [t.box for _, t in answered])
-        for name in ("depth_mae", "length_mae", "width_mae", "height_mae"):
+        for name in ERROR_KEYS:
             out[name] = errors[name]
     else:
-        out |= dict.fromkeys(("depth_mae", "length_mae", "width_mae", "height_mae"))
+        out |= dict.fromkeys(ERROR_KEYS)
     out["single_count"] = len(single)
     out["empty_count"] = len(single) - len(answered)
 

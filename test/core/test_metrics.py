@@ -19,6 +19,7 @@ from llmi3d_core.metrics import (
     greedy_match,
     grounding_metrics,
     query_metrics,
+    rotation_errors_deg,
 )
 
 
@@ -52,8 +53,17 @@ def test_grounding_metrics_hand_values(pairs):
     assert m["height_mae"] == pytest.approx(1.0 / 3)
     assert set(m) == {
         "acc@0.25", "acc@0.5", "mean_iou", "depth_mae", "length_mae", "width_mae",
-        "height_mae", "count",
+        "height_mae", "rotation_err_deg", "count",
     }  # fmt: skip
+
+
+def test_rotation_error_forgives_the_half_turn_about_the_vertical_axis():
+    """A box turned 180 degrees about its height axis is the same box: 0 degrees, not 180."""
+    turn = Rotation.from_rotvec([[0.0, np.pi, 0.0], [0.0, np.pi / 2, 0.0], [0.3, 0.0, 0.0]])
+    turn = turn.as_matrix()
+    gt = np.repeat(np.eye(3)[None], 3, axis=0)
+    np.testing.assert_allclose(rotation_errors_deg(turn, gt), [0.0, 90.0, np.degrees(0.3)],
+                               atol=1e-6)  # fmt: skip
 
 
 def test_accuracy_threshold_is_strict():
