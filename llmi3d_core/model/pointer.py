@@ -32,8 +32,8 @@ probabilities are calibrated afterwards by a temperature and a bias fitted on va
 r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
 extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"
 or "between" be decided by comparing objects. prompt_i scores the candidate against a box or
-point prompt geometrically (IoU, inside, distance), the way SAM encodes prompts; the LLM still
-reads the prompt as text too.
+point prompt geometrically (IoU, inside, distance), the way SAM encodes prompts, starting from a
+fixed prior (`PROMPT_PRIOR`) that training refines; the LLM still reads the prompt as text too.
 
 The chosen candidate's box is read from the dense heads at its cell; a small residual from F_3D
 (zero at initialisation) corrects its log depth and log size.
@@ -51,6 +51,12 @@ GEOMETRY_WIDTH = 8  # u, v, log z, log volume, box x1, y1, x2, y2 (see `candidat
 RELATION_WIDTH = GEOMETRY_WIDTH + 1  # differences + horizontal overlap
 PROMPT_WIDTH = 10
 RESIDUAL_WIDTH = 4  # log depth, log (L, W, H)
+# The starting weights of the prompt term over `prompt_features`: a box prompt means the
+# candidate it overlaps, centred on it; a point prompt the candidate it falls in, nearest its
+# centre. Learned from there (the MLP next to it starts at zero). Measured: trained from a random
+# start, a few thousand queries left the term nearly flat (0.2 logits between IoU 1 and 0) and
+# box prompts found their object no more often than captions.
+PROMPT_PRIOR = (8.0, -1.5, -1.5, 0.0, 2.0, -1.5, -1.5, 0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -226,6 +232,12 @@ class CandidatePointer(nn.Module):
         self.null = nn.Parameter(0.02 * torch.randn(dim))
         self.null_bias = nn.Parameter(torch.tensor(-2.0))
         self.prompt = nn.Sequential(nn.Linear(PROMPT_WIDTH, 32), nn.GELU(), nn.Linear(32, 1))
+        nn.init.zeros_(self.prompt[-1].weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.prompt[-1].bias)  # type: ignore[arg-type]
+        self.prompt_prior = nn.Linear(PROMPT_WIDTH, 1)
+        with torch.no_grad():
+            self.prompt_prior.weight.copy_(torch.tensor([PROMPT_PRIOR]))
+            self.prompt_prior.bias.zero_()
         self.residual = nn.Sequential(
             nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, RESIDUAL_WIDTH)
         )
@@ -257,7 +269,8 @@ class CandidatePointer(nn.Module):
             geometry[..., 4:8], inputs.box_prompt.to(dtype), inputs.point_prompt.to(dtype)
         )
         bias = self.objectness_weight * inputs.objectness.to(dtype)
-        bias = bias + self.prompt(prompt.to(dtype)).squeeze(-1)  # its flags are float32
+        prompt = prompt.to(dtype)  # its flags are float32
+        bias = bias + (self.prompt_prior(prompt) + self.prompt(prompt)).squeeze(-1)
         mask = inputs.word_mask.to(dtype).unsqueeze(-1)
         pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, d)
         pooled = self.pool(torch.cat([pooled, query], dim=-1))
