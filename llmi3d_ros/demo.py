@@ -161,7 +161,7 @@ def spin_until(
     return bool(done())
 
 
-FIRST_FRAME_WAIT_S = 30.0
+FIRST_FRAME_WAIT_S = 60.0
 
 
 def ask(
@@ -174,16 +174,30 @@ def ask(
     if query.point_prompt is not None:
         request.point_prompt = [float(v) for v in query.point_prompt]
     start_s = time.monotonic()
+    future = client.client.call_async(request)
+    if not spin_until(executor, future.done, timeout_s):
+        return None, time.monotonic() - start_s
+    return future.result(), time.monotonic() - start_s
+
+
+def wait_for_first_frame(
+    client: DemoClient, executor: SingleThreadedExecutor, timeout_s: float
+) -> None:
+    """Ask a warm-up query until the node has a frame (and its model has answered once).
+
+    On a loaded CPU the node's first frames can queue behind its start; a scene asked about
+    before that would be answered on a later scene.
+    """
+    deadline = time.monotonic() + timeout_s
     while True:
-        future = client.client.call_async(request)
-        if not spin_until(executor, future.done, timeout_s):
-            return None, time.monotonic() - start_s
+        future = client.client.call_async(Query.Request(query="warm-up", max_results=1))
+        if not spin_until(executor, future.done, max(deadline - time.monotonic(), 0.1)):
+            raise TimeoutError(f"llmi3d_node did not answer a warm-up query within {timeout_s} s")
         response = future.result()
-        # A node that is still busy with its start (the first frames queue behind model warm-up
-        # on a loaded CPU) answers "no image received yet": ask again while the wait is short.
-        first_frame_pending = not response.success and response.message.startswith(NO_IMAGE_YET)
-        if not first_frame_pending or time.monotonic() - start_s > FIRST_FRAME_WAIT_S:
-            return response, time.monotonic() - start_s
+        if response.success or not response.message.startswith(NO_IMAGE_YET):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"llmi3d_node: {response.message} within {timeout_s:.0f} s")
         spin_until(executor, lambda: False, 0.5)
 
 
@@ -219,10 +233,18 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
     # The service exists from `configure`; the image subscription only from `activate`.
     if not spin_until(executor, lambda: client.count_subscribers("/image_raw") > 0, 60.0):
         raise TimeoutError("llmi3d_node did not subscribe to /image_raw (is it active?)")
-    spin_until(executor, lambda: False, 1.0)  # let the first frames arrive
+    wait_for_first_frame(client, executor, FIRST_FRAME_WAIT_S)
+    spin_until(executor, lambda: bool(client.truth), 10.0)
+    # the scene on show now may be near the end of its hold: start with the next one
+    current = client.truth[max(client.truth)] if client.truth else None
     done_images: set[str] = set()
+    if current is not None and current.detections:
+        shown = image_of_object.get(current.detections[0].id)
+        if shown is not None and len(dataset.images) > args.images:
+            done_images.add(shown.image_id)
+    wanted = args.images + len(done_images)
     deadline = time.monotonic() + args.run_timeout_s
-    while len(done_images) < args.images and time.monotonic() < deadline:
+    while len(done_images) < wanted and time.monotonic() < deadline:
         if not spin_until(executor, lambda: bool(client.truth), 10.0):
             raise TimeoutError("no ground truth from llmi3d_synthetic_camera within 10 s")
         latest = client.truth[max(client.truth)]
