@@ -377,7 +377,7 @@ def queries_of_images(queries: list[Any], count: int) -> list[Any]:
 
 
 def predict_model_robust(
-    predictor: Any, fallback: Any, dataset: Any, queries: list[Any]
+    predictor: Any, fallback: Any, dataset: Any, queries: list[Any], min_score: float = 0.0
 ) -> tuple[list[Any], int]:
     """`predict_with_model`; where an image's output is unusable, query by query with `fallback`.
 
@@ -386,6 +386,11 @@ def predict_model_robust(
     (InvalidInputError from Box3D: e.g. a Text3D rotation of six zeros gives a singular matrix).
     The queries of one image go together (one encoding); only an image that fails is redone one
     query at a time, where the Predictor's feature cache spares the encoding.
+
+    `min_score` 0 (default): every query gets the model's best box, as the baselines always
+    answer one; the ladder recipes train no pointer stage, so their scores are not calibrated
+    and the node's threshold would turn down answers of some rows (the paper's MLP read-out
+    scores nothing) and not others.
 
     Returns:
         (results in query order, number of queries answered by the fallback)
@@ -400,12 +405,16 @@ def predict_model_robust(
     failed = 0
     for group in by_image.values():
         try:
-            answered = predict_with_model(predictor, dataset, group, progress=False)
+            answered = predict_with_model(
+                predictor, dataset, group, progress=False, min_score=min_score
+            )
         except (ModelOutputError, InvalidInputError):
             answered = []
             for query in group:
                 try:
-                    answered += predict_with_model(predictor, dataset, [query], progress=False)
+                    answered += predict_with_model(
+                        predictor, dataset, [query], progress=False, min_score=min_score
+                    )
                 except (ModelOutputError, InvalidInputError):
                     failed += 1
                     answered += predict_with_baseline(fallback, dataset, [query])
@@ -1147,8 +1156,11 @@ def render_accuracy(result: dict[str, Any], size: Any) -> list[str]:
         f"({TRAIN_SPLIT}), {q[VAL_SPLIT]} validation ({VAL_SPLIT}; "
         f"{min(size.val_queries, q[VAL_SPLIT])} used to pick `best`), {q[TEST_SPLIT]} test "
         f"queries, of which **{data['eval_queries']}** (spread evenly over the split) are "
-        f"evaluated for every row. Training sees only the source cameras ({seen or 'none'}); the "
-        f"unseen cameras are {unseen or 'none'}. Novel categories (never training targets): "
+        f"evaluated for every row, each answered with the model's best box (min_score 0, as "
+        "the baselines always answer one: the ladder recipes train no pointer stage, so their "
+        "scores are not calibrated). Training sees only the source cameras "
+        f"({seen or 'none'}); the unseen cameras are {unseen or 'none'}. Novel categories "
+        "(never training targets): "
         f"{', '.join(data['novel_categories']) or 'none'}. Training seed {size.seed}. Stage "
         "budgets of this size (steps x batch per stage; a batch is capped by the stage's "
         "training samples) are in each row.",

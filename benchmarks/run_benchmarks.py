@@ -184,7 +184,7 @@ SIZES: dict[str, BenchSize] = {
         "about 15 min more); the default model on all 200 held-out images (decoding "
         "ablations on 60 of them); of the ablation ladders, the rows that bear on the issues "
         "(height depth, rotation, the pointer, the floors) on the tiny preset with the "
-        "tiny_synth recipe's stage budgets (each trained row costs ~6 min; `--size full` "
+        "tiny_synth recipe's stage budgets (each trained row costs ~2 min here; `--size full` "
         "trains them all)",
         threads=1,
         latency_preset="smol",
