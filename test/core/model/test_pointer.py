@@ -258,52 +258,48 @@ def test_candidate_pointer_scores_do_not_depend_on_padding_or_order():
         assert torch.allclose(moved[:, -1], logits[:, -1], atol=1e-5)  # "no object" stays last
 
 
+def _prompt_only(
+    boxes: list[list[float]], box_prompt: torch.Tensor, point_prompt: torch.Tensor
+) -> torch.Tensor:
+    """Logits (K + 1,) of a fresh pointer whose query and objectness terms are zeroed."""
+    torch.manual_seed(0)
+    pointer = CandidatePointer(hidden=4, candidate_width=2, dim=4, layers=0).eval()
+    with torch.no_grad():
+        pointer.query.weight.zero_()
+        pointer.query.bias.zero_()
+        pointer.objectness_weight.zero_()
+    K = len(boxes)
+    inputs = PointerInputs(
+        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
+        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, K, 2),
+        geometry=torch.cat([torch.zeros(1, K, 4), torch.tensor([boxes])], dim=-1),
+        objectness=torch.zeros(1, K), valid=torch.ones(1, K, dtype=torch.bool),
+        box_prompt=box_prompt, point_prompt=point_prompt,
+    )  # fmt: skip
+    with torch.no_grad():
+        return pointer(inputs).logits[0]
+
+
 def test_point_prompt_raises_the_candidate_under_it():
     """A fresh pointer's prompt term (its prior, zero query) prefers the box the point falls in.
 
     Hand values from PROMPT_PRIOR: inside +2, each |offset from the box centre| in box sizes
     -1.5. Point (0.8, 0.9); boxes of size 0.5 centred at (0.25, 0.25) and (0.75, 0.75).
     """
-    torch.manual_seed(0)
-    pointer = CandidatePointer(hidden=4, candidate_width=2, dim=4, layers=0).eval()
-    with torch.no_grad():
-        pointer.query.weight.zero_()
-        pointer.query.bias.zero_()
-        pointer.objectness_weight.zero_()
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
-    inputs = PointerInputs(
-        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
-        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, 2, 2),
-        geometry=torch.cat([torch.zeros(1, 2, 4), boxes], dim=-1), objectness=torch.zeros(1, 2),
-        valid=torch.ones(1, 2, dtype=torch.bool), box_prompt=NAN4,
-        point_prompt=torch.tensor([[0.8, 0.9]]),
-    )  # fmt: skip
-    with torch.no_grad():
-        logits = pointer(inputs).logits
+    boxes = [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]
+    logits = _prompt_only(boxes, NAN4, torch.tensor([[0.8, 0.9]]))
     outside = -1.5 * ((0.8 - 0.25) / 0.5 + (0.9 - 0.25) / 0.5)
     inside = 2.0 - 1.5 * ((0.8 - 0.75) / 0.5 + (0.9 - 0.75) / 0.5)
     # "no object": its learned bias alone (initial -2) when the query is zero
-    assert logits[0].tolist() == pytest.approx([outside, inside, -2.0], abs=1e-5)
+    assert logits.tolist() == pytest.approx([outside, inside, -2.0], abs=1e-5)
 
 
 def test_box_prompt_prior_picks_the_overlapping_candidate():
     """A fresh pointer's prompt term prefers the candidate a box prompt covers."""
-    torch.manual_seed(0)
-    pointer = CandidatePointer(hidden=4, candidate_width=2, dim=4, layers=0).eval()
-    with torch.no_grad():
-        pointer.query.weight.zero_()
-        pointer.query.bias.zero_()
-        pointer.objectness_weight.zero_()
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.4, 0.4]]])
-    inputs = PointerInputs(
-        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
-        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, 3, 2),
-        geometry=torch.cat([torch.zeros(1, 3, 4), boxes], dim=-1), objectness=torch.zeros(1, 3),
-        valid=torch.ones(1, 3, dtype=torch.bool), box_prompt=torch.tensor([[0.0, 0.0, 0.45, 0.5]]),
-        point_prompt=torch.full((1, 2), float("nan")),
-    )  # fmt: skip
-    with torch.no_grad():
-        logits = pointer(inputs).logits[0]
+    boxes = [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.4, 0.4]]
+    logits = _prompt_only(
+        boxes, torch.tensor([[0.0, 0.0, 0.45, 0.5]]), torch.full((1, 2), float("nan"))
+    )
     assert int(logits[:3].argmax()) == 0 and logits[0] - logits[2] > 1.0, logits
 
 
