@@ -22,6 +22,8 @@ from rclpy.publisher import Publisher
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
+from llmi3d_ros.spinning import run_until_shutdown
+
 
 def message_class(msgtype: str) -> Any:
     """Import the rclpy class of a type name like 'sensor_msgs/msg/Image'.
@@ -113,9 +115,9 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = BagReplayNode()
-        node.run()
+        run_until_shutdown(node.run)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass  # stopped while the node was being built
     except ValueError as err:
         print(f"llmi3d_bag_replay: error: {err}")
     finally:

@@ -71,6 +71,7 @@ from llmi3d_ros.params import (
     read_params,
     validate,
 )
+from llmi3d_ros.spinning import run_until_shutdown
 
 NODE_NAME = "llmi3d_node"
 ASPECT_TOLERANCE = 0.01
@@ -563,9 +564,9 @@ def main(args: list[str] | None = None) -> None:
                     "autostart: configure failed (see above); the node stays unconfigured and "
                     "can be configured again through its lifecycle services"
                 )
-        executor.spin()
+        run_until_shutdown(executor.spin)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass  # stopped during autostart
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -29,6 +29,7 @@ from vision_msgs.msg import Detection3DArray
 from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
 from llmi3d_core.paths import cache_dir
 from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
+from llmi3d_ros.spinning import run_until_shutdown
 
 
 def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
@@ -119,9 +120,9 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = SyntheticCameraNode()
-        rclpy.spin(node)
+        run_until_shutdown(lambda: rclpy.spin(node))
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass  # stopped while the node was being built
     finally:
         if node is not None:
             node.destroy_node()
