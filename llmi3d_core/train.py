@@ -78,6 +78,7 @@ from llmi3d_core.train_config import (
     config_diff,
     config_to_dict,
     load_train_config,
+    resolve_synth_config,
 )
 
 __all__ = [
@@ -198,25 +199,6 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 # --------------------------------------------------------------------------------------------
 
 
-def _dataclass_from_plain(cls: Any, data: dict[str, Any]) -> Any:
-    """Build dataclass `cls` from YAML data (lists -> tuples, nested dataclasses)."""
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, raw in data.items():
-        if key not in hints:
-            raise ConfigError(
-                f"Unknown config key: data.synth.options.{key}; allowed: {', '.join(hints)}"
-            )
-        default = getattr(cls(), key)
-        value = raw
-        if dataclasses.is_dataclass(default) and isinstance(raw, dict):
-            value = _dataclass_from_plain(type(default), raw)
-        elif isinstance(raw, list):
-            value = tuple(raw)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def prepare_data(config: TrainConfig, progress: bool = True) -> Path:
     """Return the dataset directory, generating it first when absent and `data.synth` is set.
 
@@ -237,12 +219,9 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> Path:
             "has no data.synth section to generate one; run `llmi3d data synth --out "
             f"{root}` or add data.synth: {{num_images: N, seed: S}}"
         )
-    from llmi3d_core.data.synth import SynthConfig, generate_dataset
+    from llmi3d_core.data.synth import generate_dataset
 
-    spec = config.data.synth
-    synth = _dataclass_from_plain(
-        SynthConfig, {**spec.options, "num_images": spec.num_images, "seed": spec.seed}
-    )
+    synth = resolve_synth_config(config.data.synth)
     tmp = root.parent / f".tmp-{root.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)

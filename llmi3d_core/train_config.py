@@ -22,14 +22,18 @@ baseline ("mean_box", "backproject") fitted on the training split by the same co
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from llmi3d_core.config_io import apply_overrides, dataclass_from_dict, merge, parse_override
+from llmi3d_core.data.synth import SynthConfig
 from llmi3d_core.errors import ConfigError
+from llmi3d_core.model.config import ModelConfig, load_config_file
+from llmi3d_core.model.presets import get_preset
+from llmi3d_core.paths import share_dir
 
 __all__ = [
     "METHODS",
@@ -47,6 +51,7 @@ __all__ = [
     "load_train_config",
     "parse_override",
     "resolve_model_config",
+    "resolve_synth_config",
 ]
 
 # What `llmi3d train` can train; the baselines are fitted in seconds, the model by gradient steps.
@@ -315,70 +320,18 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against type hint `hint` (lists become tuples); raise ConfigError if wrong."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where}: must not be null")
-        options = [a for a in args if a is not type(None)]
-        return _coerce(value, options[0], where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return _dataclass_from_dict(hint, value, where)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)  # YAML 1.1 reads "1e-3" as a string
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    return value
-
-
-def _dataclass_from_dict(cls: Any, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys; ConfigError names the key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            dotted = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"Unknown config key: {dotted}; allowed here: {', '.join(names)}")
-    kwargs = {
-        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
-        for key, value in data.items()
-    }
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{where + ': ' if where else ''}{err}") from None
-
-
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from plain data; missing keys keep their defaults.
 
     Raises:
         ConfigError: for an unknown key, a wrong type or an invalid value.
     """
-    config: TrainConfig = _dataclass_from_dict(TrainConfig, data, "")
+    config = dataclass_from_dict(TrainConfig, data)
+    # the free-form sections are checked now too, so that a typo fails before any work
+    if config.method == "model":
+        resolve_model_config(config.model)
+    if config.data.synth is not None:
+        resolve_synth_config(config.data.synth)
     return config
 
 
@@ -412,77 +365,9 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 # YAML files and overrides
 # --------------------------------------------------------------------------------------------
 
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split one ``key=value`` override; the value is read as YAML ("1e-3" as a float too).
-
-    Raises:
-        ConfigError: when there is no '=' or the key is empty.
-    """
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=1e-3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
-    # YAML 1.1 reads "1e-3" as a string; the user meant a number.
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        value = float(value)
-    return key, value
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `override` into a copy of `base` (override wins; dicts merge)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of plain config `data` with ``key=value`` overrides applied.
-
-    Intermediate mappings are created as needed (``data.synth.seed=3`` with no synth section);
-    unknown keys are caught later by `config_from_dict`.
-
-    Raises:
-        ConfigError: for a malformed override or a path through a non-mapping value.
-    """
-    out = _merge({}, data)
-    for text in overrides:
-        dotted, value = parse_override(text)
-        *parents, leaf = dotted.split(".")
-        node = out
-        for depth, part in enumerate(parents):
-            child = node.get(part)
-            if child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parents[: depth + 1])
-                raise ConfigError(
-                    f"override {text!r}: {where} is {child!r}, not a section with keys"
-                )
-            else:
-                child = dict(child)
-            node[part] = child
-            node = child
-        node[leaf] = value
-    return out
-
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config YAML, following `base:` chains (relative to the file)."""
-    import yaml
-
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -502,7 +387,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base must be a file name, got {base!r}")
-    return _merge(_read_yaml(path.parent / base, (*seen, path)), data)
+    return merge(_read_yaml(path.parent / base, (*seen, path)), data)
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -527,8 +412,6 @@ def _find_config_file(name: str) -> Path:
     path = Path(name)
     if path.is_absolute() or path.exists():
         return path
-    from llmi3d_core.paths import share_dir
-
     try:
         shared = share_dir() / path
     except FileNotFoundError:
@@ -536,8 +419,8 @@ def _find_config_file(name: str) -> Path:
     return shared if shared.exists() else path
 
 
-def resolve_model_config(spec: dict[str, Any]) -> Any:
-    """The `model` section -> a checked llmi3d_core.model.config.ModelConfig.
+def resolve_model_config(spec: dict[str, Any]) -> ModelConfig:
+    """The `model` section -> a checked ModelConfig.
 
     ``file: PATH`` loads a model YAML (which may itself name a preset; a relative PATH that does
     not exist from the current directory is looked up in the package's share directory, so
@@ -545,20 +428,25 @@ def resolve_model_config(spec: dict[str, Any]) -> Any:
     starts from a preset, else the defaults; the remaining keys override that base.
 
     Raises:
-        ConfigError: unknown preset or key, or a wrong type (raised by the model's config).
+        ConfigError: unknown preset or key (named as ``model.<path>``), or a wrong type.
     """
-    from llmi3d_core.model.config import config_from_dict as model_from_dict
-    from llmi3d_core.model.config import load_config_file
-
     spec = dict(spec)
     file_name = spec.pop("file", None)
     preset = spec.pop("preset", None)
     if file_name is not None:
         base = load_config_file(_find_config_file(str(file_name))).to_dict()
     elif preset is not None:
-        from llmi3d_core.model.presets import get_preset
-
         base = get_preset(str(preset)).to_dict()
     else:
         base = {}
-    return model_from_dict(_merge(base, spec))
+    return dataclass_from_dict(ModelConfig, merge(base, spec), "model")
+
+
+def resolve_synth_config(spec: SynthSpec) -> SynthConfig:
+    """The `data.synth` section -> the generator's checked SynthConfig.
+
+    Raises:
+        ConfigError: an unknown or mistyped key under ``data.synth.options``.
+    """
+    options = {**spec.options, "num_images": spec.num_images, "seed": spec.seed}
+    return dataclass_from_dict(SynthConfig, options, "data.synth.options")

@@ -16,7 +16,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from llmi3d_core.inference import DEFAULT_MIN_SCORE
+from llmi3d_core.inference import DEFAULT_MIN_SCORE, MAX_QUERY_CHARS
 
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}
@@ -77,7 +77,9 @@ class NodeParams:
         int_range=(1, 100),
     )
     max_query_chars: int = _param(
-        2000, "longest query accepted, in characters", int_range=(1, 100000)
+        MAX_QUERY_CHARS,
+        "longest query accepted, in characters (at most the model's own limit)",
+        int_range=(1, MAX_QUERY_CHARS),
     )
     standing_query_max_rate_hz: float = _param(
         2.0, "most standing-query answers per second", float_range=(0.01, 100.0)

@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmi3d_core.config_io import dataclass_from_dict, merge
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.geometry import VirtualCamera
 
@@ -375,69 +374,15 @@ class ModelConfig:
         Raises:
             ConfigError: for an unknown key or a value of the wrong type.
         """
-        data = self.to_dict()
+        override: dict[str, Any] = {}
         for dotted, value in sections.items():
-            node = data
             *parents, leaf = dotted.split(".")
+            node = override
             for part in parents:
-                if part not in node or not isinstance(node[part], dict):
-                    raise ConfigError(f"Unknown config key: {dotted!r}")
-                node = node[part]
-            if leaf not in node:
-                raise ConfigError(f"Unknown config key: {dotted!r}")
+                node = node.setdefault(part, {})
             node[leaf] = list(value) if isinstance(value, tuple) else value
+        data = merge(self.to_dict(), override)
         return config_from_dict(data)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a type hint, turning lists into tuples; ConfigError if it fails."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(value, options[0], where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(
-            _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if dataclasses.is_dataclass(hint):
-        return _dataclass_from_dict(hint, value, where)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _dataclass_from_dict(cls: Any, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys (nanoGPT configurator habit)."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"Unknown config key: {prefix}{unknown[0]!r}; allowed: {', '.join(sorted(names))}"
-        )
-    kwargs = {
-        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
-        for key, value in data.items()
-    }
-    return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -446,8 +391,7 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     Raises:
         ConfigError: for an unknown key, a wrong type or an inconsistent value.
     """
-    config: ModelConfig = _dataclass_from_dict(ModelConfig, data, "")
-    return config
+    return dataclass_from_dict(ModelConfig, data)
 
 
 def load_config_file(path: str | Path) -> ModelConfig:
@@ -472,19 +416,8 @@ def load_config_file(path: str | Path) -> ModelConfig:
         return config_from_dict(data)
     from llmi3d_core.model.presets import get_preset
 
-    merged = _merge(get_preset(str(base)).to_dict(), data)
+    merged = merge(get_preset(str(base)).to_dict(), data)
     return config_from_dict(merged)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `override` into a copy of `base` (override wins)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def check_choice(value: str, registry: dict[str, Any], what: str) -> None:

@@ -1,6 +1,7 @@
 """Training config: YAML + base files + key=value overrides, unknown keys and types rejected."""
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,27 @@ def test_get_lr_schedule():
     assert {get_lr(s, constant, 10) for s in range(12)} == {0.5}
     with pytest.raises(ConfigError, match=r"min_lr <= optim\.lr"):
         OptimConfig(lr=0.1, min_lr=0.2)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1e-3", "optim.lrr; did you mean 'lr'?"),
+        ("model.heads.pointr=false", "model.heads.pointr; did you mean 'pointer'?"),
+        ("model.llm.lora_rnk=4", "model.llm.lora_rnk; did you mean 'lora_rank'?"),
+        (
+            "data.synth.options.camera_group=[vga_normal]",
+            "camera_group; did you mean 'camera_groups'",
+        ),
+        (
+            "data.synth.options.queries.captions_per_imag=2",
+            "data.synth.options.queries.captions_per_imag; did you mean 'captions_per_image'?",
+        ),
+        ("stages=[{kind: detector, max_step: 5}]", "stages[0].max_step; did you mean 'max_steps'?"),
+        ("model.heads.xyzzy=1", "model.heads.xyzzy (allowed here: depth_fusion, "),
+    ],
+)
+def test_a_typo_anywhere_fails_at_load_time_with_its_path_and_nearest_name(override, message):
+    """Every section, the free-form model and generator ones too, is checked when read."""
+    with pytest.raises(ConfigError, match="Unknown config key: .*" + re.escape(message)):
+        load_train_config(None, [override, "data.synth.num_images=4"])

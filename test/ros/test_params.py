@@ -7,7 +7,7 @@ from dataclasses import fields
 import yaml
 from conftest import HERE
 
-from llmi3d_core.inference import DEFAULT_MIN_SCORE
+from llmi3d_core.inference import DEFAULT_MIN_SCORE, MAX_QUERY_CHARS
 from llmi3d_ros.params import NodeParams, descriptor, validate
 
 
@@ -34,3 +34,10 @@ def test_min_score_default_is_the_core_default_and_ranged() -> None:
     assert not hasattr(NodeParams(), "score_threshold")
     [allowed] = descriptor("min_score").floating_point_range
     assert (allowed.from_value, allowed.to_value) == (0.0, 1.0)
+
+
+def test_max_query_chars_cannot_exceed_what_core_accepts() -> None:
+    """The node's query-length limit comes from core (rclpy refuses values outside the range)."""
+    assert NodeParams().max_query_chars == MAX_QUERY_CHARS
+    [allowed] = descriptor("max_query_chars").integer_range
+    assert (allowed.from_value, allowed.to_value) == (1, MAX_QUERY_CHARS)
