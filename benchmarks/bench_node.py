@@ -238,7 +238,7 @@ class NodeClient:
         Raises:
             RuntimeError: the node never answered about that frame, or answered with an error.
         """
-        from llmi3d_ros.conversions import stamp_to_ns
+        from llmi3d_core.messages import stamp_to_ns
 
         message = ""
         for _ in range(retries):

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from llmi3d_core.data.format import Dataset, QueryRecord
+from llmi3d_core.data.images import load_rgb
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D
 from llmi3d_core.metrics import IOU_VARIANTS, ScoredBox, box_ious, query_metrics
@@ -207,20 +208,6 @@ def projected_box2d(box: Box3D, K: np.ndarray, width: int, height: int) -> np.nd
     lo = np.clip(uv.min(axis=0), -0.5, [width - 0.5, height - 0.5])
     hi = np.clip(uv.max(axis=0), -0.5, [width - 0.5, height - 0.5])
     return np.concatenate([lo, hi])
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Read a picture as (H, W, 3) uint8 RGB.
-
-    Raises:
-        InvalidInputError: when OpenCV cannot read it.
-    """
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidInputError(f"could not read image {path}")
-    return np.ascontiguousarray(image[:, :, ::-1])
 
 
 # --------------------------------------------------------------------------------------------

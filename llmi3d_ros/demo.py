@@ -37,6 +37,7 @@ from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners, box3d_iou
+from llmi3d_core.messages import detection_box, image_to_rgb, stamp_to_ns
 from llmi3d_core.visualize import draw_box3d
 from llmi3d_ros.bringup import (
     BringupOptions,
@@ -46,7 +47,6 @@ from llmi3d_ros.bringup import (
     start,
     stop,
 )
-from llmi3d_ros.conversions import detection_to_box, image_to_rgb, stamp_to_ns
 from llmi3d_ros.dds_env import startup_lines
 from llmi3d_ros.llmi3d_node import NO_IMAGE_YET
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
@@ -79,7 +79,7 @@ def chosen_object(center: np.ndarray, truth: Detection3DArray) -> str:
     best, best_angle = "", np.inf
     ray = center / max(float(np.linalg.norm(center)), 1e-9)
     for det in truth.detections:
-        other, _, _ = detection_to_box(det)
+        other, _, _ = detection_box(det)
         cosine = float(ray @ (other / max(float(np.linalg.norm(other)), 1e-9)))
         angle = float(np.arccos(np.clip(cosine, -1.0, 1.0)))
         if angle < best_angle:
@@ -298,13 +298,13 @@ def report(
     if truth is not None:
         for det in truth.detections:
             if det.id == query.target_object_id:
-                truth_box = Box3D(*detection_to_box(det))
+                truth_box = Box3D(*detection_box(det))
     if not response.detections.detections:
         return report_not_found(
             client, executor, response,
             latency_s=latency_s, image=image, query=query, truth_box=truth_box, args=args,
         )  # fmt: skip
-    center, dims, R = detection_to_box(response.detections.detections[0])
+    center, dims, R = detection_box(response.detections.detections[0])
     predicted = Box3D(center, dims, R)
     iou = None
     if truth_box is not None:

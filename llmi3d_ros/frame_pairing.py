@@ -1,8 +1,9 @@
 """Pair images with CameraInfo by header stamp, keeping only the newest pair (a queue of one).
 
 message_filters is not installable from PyPI for ROS 2, and a robot node needs only this much of it:
-an image is paired with the CameraInfo whose stamp is nearest, if that is within `slop_ns`.
-Pure Python on integer nanoseconds, so it is tested without DDS.
+an image is paired with the CameraInfo whose stamp is nearest, if that is within `slop_ns`
+(`llmi3d_core.messages.nearest_stamp`, which the bag converter uses too). Pure Python on integer
+nanoseconds, so it is tested without DDS.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from llmi3d_core.messages import nearest_stamp
 
 ImageT = TypeVar("ImageT")
 InfoT = TypeVar("InfoT")
@@ -66,12 +69,14 @@ class StampPairer(Generic[ImageT, InfoT]):
         return self._try_pair(stamp_ns, image)
 
     def _try_pair(self, stamp_ns: int, image: ImageT) -> Pair[ImageT, InfoT] | None:
-        best = min(self._infos, key=lambda item: abs(item[0] - stamp_ns), default=None)
-        if best is None or abs(best[0] - stamp_ns) > self.slop_ns:
+        infos = sorted(self._infos, key=lambda item: item[0])  # arrival order may differ
+        index = nearest_stamp([stamp for stamp, _ in infos], stamp_ns, self.slop_ns)
+        if index is None:
             return None
         self._sequence += 1
         self._pending = None
-        self._latest = Pair(image=image, info=best[1], stamp_ns=stamp_ns, sequence=self._sequence)
+        info = infos[index][1]
+        self._latest = Pair(image=image, info=info, stamp_ns=stamp_ns, sequence=self._sequence)
         return self._latest
 
     def clear(self) -> None:

@@ -51,16 +51,15 @@ from visualization_msgs.msg import MarkerArray
 from llmi3d_core.errors import Llmi3dError
 from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.inference import Answer, Predictor, object_phrase
-from llmi3d_core.visualize import draw_boxes
-from llmi3d_ros.conversions import (
-    camera_info_to_k,
+from llmi3d_core.messages import (
+    camera_info_k,
     compressed_image_to_rgb,
     image_to_rgb,
-    predictions_to_detections,
-    rgb_to_image,
     scale_intrinsics,
     stamp_to_ns,
 )
+from llmi3d_core.visualize import draw_boxes
+from llmi3d_ros.conversions import predictions_to_detections, rgb_to_image
 from llmi3d_ros.frame_pairing import StampPairer
 from llmi3d_ros.markers import prediction_markers
 from llmi3d_ros.params import (
@@ -476,7 +475,7 @@ class Llmi3dNode(LifecycleNode):
         Raises:
             InvalidInputError: uncalibrated CameraInfo, or a size that is not a resize of it.
         """
-        K = camera_info_to_k(info)
+        K = camera_info_k(info)
         if (info.width, info.height) == (width, height):
             return K
         sx, sy = width / info.width, height / info.height
@@ -492,7 +491,7 @@ class Llmi3dNode(LifecycleNode):
                 f"image is {width}x{height} but CameraInfo is {info.width}x{info.height}; "
                 f"scaling K by {sx:.3f}"
             )
-        return scale_intrinsics(K, (info.width, info.height), (width, height))
+        return scale_intrinsics(K, width / info.width, height / info.height)
 
     # ------------------------------------------------------------------ outputs
 

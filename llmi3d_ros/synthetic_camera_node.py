@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
@@ -27,6 +26,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
+from llmi3d_core.data.images import load_rgb
 from llmi3d_core.paths import cache_dir
 from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
 from llmi3d_ros.spinning import run_until_shutdown
@@ -94,10 +94,7 @@ class SyntheticCameraNode(Node):
     def picture(self, image: ImageRecord) -> np.ndarray:
         """The image's pixels as RGB (read once, then cached)."""
         if image.image_id not in self._pictures:
-            bgr = cv2.imread(str(self.dataset.root / image.file_name), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise FileNotFoundError(f"cannot read {self.dataset.root / image.file_name}")
-            self._pictures[image.image_id] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            self._pictures[image.image_id] = load_rgb(self.dataset.root / image.file_name, image)
         return self._pictures[image.image_id]
 
     def on_timer(self) -> None:

@@ -47,8 +47,6 @@ near-identical neighbouring frames rarely straddle two splits.
 from __future__ import annotations
 
 import argparse
-import bisect
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +75,16 @@ from llmi3d_core.data.omni3d import (
     template_caption,
 )
 from llmi3d_core.errors import DataFormatError, InvalidInputError
+from llmi3d_core.messages import (
+    bbox_size_to_dims_lwh,
+    camera_info_k,
+    compressed_image_to_rgb,
+    image_to_rgb,
+    nearest_stamp,
+    quaternion_to_matrix,
+    scale_intrinsics,
+    stamp_to_ns,
+)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -170,31 +178,6 @@ class LabelFrame:
     frame_id: str
     boxes: list[LabelBox]
     where: str = ""
-
-
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(4,) quaternion (x, y, z, w) -> (3, 3) rotation matrix (normalised first).
-
-    Raises:
-        InvalidInputError: for a zero or non-finite quaternion.
-    """
-    q = np.asarray(q, dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise InvalidInputError(f"quaternion (x, y, z, w) must be non-zero and finite, got {q}")
-    x, y, z, w = q / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (sec, nanosec) -> int nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _box_from_detection(detection: Any, where: str) -> LabelBox:
@@ -351,58 +334,18 @@ def _header_stamp(msg: Any, log_time_ns: int) -> int:
     return stamp if stamp != 0 else int(log_time_ns)
 
 
-def _without_row_padding(msg: Any) -> Any:
-    """The Image with rows packed to width * pixel bytes, so that rosbags-image can view it.
-
-    rosbags-image reads `data` as a dense (height, width, channels) array and ignores `step`;
-    drivers that pad each row (to 4 or 64 bytes, say) would come out sheared. Unknown encodings
-    are passed through for message_to_cvimage to reject with its own message.
-    """
-    from rosbags.image import ImageError
-    from rosbags.image.image import to_cvtype  # rosbags-image's encoding table
-
-    try:
-        _, _, typestr, channels = to_cvtype(msg.encoding)
-    except ImageError:
-        return msg
-    height, step = int(msg.height), int(msg.step)
-    row_bytes = int(msg.width) * channels * np.dtype(typestr).itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step <= row_bytes or data.size != step * height:
-        return msg  # packed already, or inconsistent: let the converter report it
-    packed = data.reshape(height, step)[:, :row_bytes].reshape(-1)
-    return dataclasses.replace(msg, step=row_bytes, data=np.ascontiguousarray(packed))
-
-
 def decode_image_message(msg: Any, msgtype: str, where: str) -> np.ndarray:
-    """sensor_msgs Image or CompressedImage -> (H, W, 3) uint8 RGB.
+    """sensor_msgs Image or CompressedImage -> (H, W, 3) uint8 RGB (llmi3d_core.messages).
 
     Raises:
-        DataFormatError: naming `where` when the encoding or the compressed data is unusable.
+        DataFormatError: naming `where` when the encoding or the data is unusable.
     """
-    import cv2
-
-    if msgtype == "sensor_msgs/msg/CompressedImage":
-        decoded = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise DataFormatError(
-                f"{where}: cv2.imdecode cannot decode this {msg.format!r} CompressedImage"
-            )
-        return np.ascontiguousarray(decoded[:, :, ::-1])
-    from rosbags.image import ImageError, message_to_cvimage
-
     try:
-        image = message_to_cvimage(_without_row_padding(msg), "rgb8")
-    except (ImageError, ValueError, TypeError) as err:
-        raise DataFormatError(
-            f"{where}: cannot convert a {msg.encoding!r} Image to rgb8 ({err}); colour encodings "
-            "such as rgb8, bgr8, mono8, rgba8, bayer_* and yuv422 are supported"
-        ) from None
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataFormatError(
-            f"{where}: a {msg.encoding!r} Image gave {image.shape} {image.dtype}, not 8-bit RGB"
-        )
-    return np.ascontiguousarray(image)
+        if msgtype == "sensor_msgs/msg/CompressedImage":
+            return compressed_image_to_rgb(msg)
+        return image_to_rgb(msg)
+    except InvalidInputError as err:
+        raise DataFormatError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -453,29 +396,11 @@ class BagConvertConfig:
             )
 
 
-def nearest(stamps: Sequence[int], stamp: int, slop_ns: int) -> int | None:
-    """Index of the element of sorted `stamps` nearest to `stamp`, if within slop_ns, else None."""
-    pos = bisect.bisect_left(stamps, stamp)
-    candidates = [i for i in (pos - 1, pos) if 0 <= i < len(stamps)]
-    if not candidates:
-        return None
-    best = min(candidates, key=lambda i: abs(stamps[i] - stamp))
-    return best if abs(stamps[best] - stamp) <= slop_ns else None
-
-
 def split_by_time(count: int, train_frac: float, val_frac: float) -> list[str]:
     """Split labels for `count` frames in time order: consecutive train, val and test blocks."""
     n_train = round(count * train_frac)
     n_val = min(round(count * val_frac), count - n_train)
     return ["train"] * n_train + ["val"] * n_val + ["test"] * (count - n_train - n_val)
-
-
-def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """K of an image resized by (sx, sy) (pixel-corner convention, as ROS does for binning)."""
-    scaled = np.array(K, dtype=np.float64)
-    scaled[0] *= sx
-    scaled[1] *= sy
-    return scaled
 
 
 @dataclass
@@ -512,12 +437,10 @@ def _scan(reader: Any, bag: Path, config: BagConvertConfig) -> _Scan:
         stamp = _header_stamp(msg, log_time)
         where = f"{bag}: {connection.topic} @ {stamp} ns"
         if connection.msgtype == CAMERA_INFO_TYPE:
-            K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-            if K[0, 0] <= 0 or K[1, 1] <= 0:
-                raise DataFormatError(
-                    f"{where}: CameraInfo K has fx = {K[0, 0]}, fy = {K[1, 1]}; an uncalibrated "
-                    "camera cannot give metric boxes"
-                )
+            try:
+                K = camera_info_k(msg, require_size=False)
+            except InvalidInputError as err:
+                raise DataFormatError(f"{where}: {err}") from None
             scan.infos.append(CameraInfoFrame(stamp, int(msg.width), int(msg.height), K))
         elif connection.msgtype == DETECTIONS_TYPE:
             scan.labels.append(labels_from_message(msg, stamp, where))
@@ -539,7 +462,7 @@ def _select_frames(
     info_stamps = [i.stamp_ns for i in scan.infos]
     frames: dict[int, _Frame] = {}
     for labels in scan.labels:
-        index = nearest(image_stamps, labels.stamp_ns, slop_ns)
+        index = nearest_stamp(image_stamps, labels.stamp_ns, slop_ns)
         if index is None:
             summary.skip("label sets with no image within slop")
             continue
@@ -555,7 +478,7 @@ def _select_frames(
                 f"{image_frame!r}; boxes must be in the image's optical frame (no TF is "
                 "applied). Pass --assume-same-frame if they are."
             )
-        info_index = nearest(info_stamps, stamp, slop_ns)
+        info_index = nearest_stamp(info_stamps, stamp, slop_ns)
         if info_index is None:
             summary.skip("labelled images with no CameraInfo within slop")
             continue
@@ -591,7 +514,7 @@ def _objects(
     """
     objects = []
     for number, box in enumerate(frame.labels.boxes):
-        L, H, W = (float(v) for v in box.size)
+        L, W, H = (float(v) for v in bbox_size_to_dims_lwh(box.size))
         if min(L, H, W) <= 0:
             raise DataFormatError(
                 f"{frame.labels.where}: box {number} ({box.class_id!r}) has size {box.size}; "

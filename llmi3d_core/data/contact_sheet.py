@@ -16,21 +16,10 @@ import cv2
 import numpy as np
 
 from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
-from llmi3d_core.errors import DataFormatError, InvalidInputError
+from llmi3d_core.data.images import load_rgb
+from llmi3d_core.errors import InvalidInputError
 
 _STRIP_PX = 22
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Read a picture as (H, W, 3) uint8 RGB.
-
-    Raises:
-        DataFormatError: when the file is missing or not an image OpenCV can read.
-    """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataFormatError(f"{path}: missing or not a readable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def annotate(image_rgb: np.ndarray, record: ImageRecord) -> np.ndarray:

@@ -55,6 +55,7 @@ from llmi3d_core.data.format import (
     read_dataset,
     select_queries,
 )
+from llmi3d_core.data.images import load_rgb
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import (
     centre_segment,
@@ -110,23 +111,6 @@ def mirror_text(text: str) -> str:
         return other.capitalize() if word[0].isupper() else other
 
     return _LEFT_RIGHT.sub(swap, text)
-
-
-def load_rgb(path: Path, record: ImageRecord) -> np.ndarray:
-    """Read an image's picture as (H, W, 3) uint8 RGB, checking its size against the record.
-
-    Raises:
-        DataFormatError: a missing or unreadable picture, or one of the wrong size.
-    """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataFormatError(f"{path}: missing or not a readable image (image {record.image_id})")
-    if bgr.shape[:2] != (record.height, record.width):
-        raise DataFormatError(
-            f"{path}: picture is {bgr.shape[1]}x{bgr.shape[0]} but images.jsonl says "
-            f"{record.width}x{record.height} (image {record.image_id})"
-        )
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def _f32(values: Any) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Message <-> numpy conversions, checked against hand-made messages and values."""
+"""Message <-> numpy conversions (core reads, llmi3d_ros builds), on real rclpy messages."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from std_msgs.msg import Header
 
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.inference import Prediction
-from llmi3d_ros.conversions import (
-    camera_info_from_k,
-    camera_info_to_k,
+from llmi3d_core.messages import (
+    camera_info_k,
     compressed_image_to_rgb,
-    detection_to_box,
+    detection_box,
     image_to_rgb,
-    predictions_to_detections,
-    rgb_to_image,
     scale_intrinsics,
 )
+from llmi3d_ros.conversions import camera_info_from_k, predictions_to_detections, rgb_to_image
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 510.0, 240.0], [0.0, 0.0, 1.0]])
 
@@ -87,18 +85,18 @@ def test_compressed_image(rgb: np.ndarray) -> None:
 def test_camera_info_checks() -> None:
     """K comes back as calibrated; all-zero or non-positive focal lengths are refused."""
     info = camera_info_from_k(K, 640, 480, Header())
-    assert np.array_equal(camera_info_to_k(info), K)
+    assert np.array_equal(camera_info_k(info), K)
     info.k = [0.0] * 9
     with pytest.raises(InvalidInputError, match="all zeros"):
-        camera_info_to_k(info)
+        camera_info_k(info)
     info.k = [-1.0, 0, 320, 0, 500, 240, 0, 0, 1]
     with pytest.raises(InvalidInputError, match="non-positive focal length"):
-        camera_info_to_k(info)
+        camera_info_k(info)
 
 
 def test_scale_intrinsics_halves_everything() -> None:
     """Resizing 640x480 -> 320x240 halves fx, fy, cx, cy."""
-    scaled = scale_intrinsics(K, (640, 480), (320, 240))
+    scaled = scale_intrinsics(K, 320 / 640, 240 / 480)
     assert scaled[0, 0] == 250.0 and scaled[1, 1] == 255.0
     assert scaled[0, 2] == 160.0 and scaled[1, 2] == 120.0 and scaled[2, 2] == 1.0
 
@@ -121,7 +119,19 @@ def test_detections_carry_header_and_round_trip() -> None:
     assert det.results[0].hypothesis.class_id == "lamp"
     assert det.results[0].hypothesis.score == pytest.approx(0.87)
     assert (det.bbox.size.x, det.bbox.size.y, det.bbox.size.z) == pytest.approx((0.4, 1.6, 0.3))
-    center, dims, R_back = detection_to_box(det)
+    center, dims, R_back = detection_box(det)
     assert center == pytest.approx([0.5, 0.2, 3.0])
     assert dims == pytest.approx([0.4, 0.3, 1.6])
     assert np.allclose(R_back, R, atol=1e-9)
+
+
+def test_camera_encodings_beyond_rgb_become_rgb(rgb: np.ndarray) -> None:
+    """16-bit big-endian grey, Bayer and the generic 8UC1 decode to HxWx3 uint8 RGB."""
+    grey16 = (rgb[..., 0].astype(">u2") * 257).tobytes()
+    msg = Image(height=4, width=6, encoding="mono16", is_bigendian=1, step=12, data=grey16)
+    assert np.array_equal(image_to_rgb(msg), np.repeat(rgb[..., :1], 3, axis=2))
+    generic = make_image(rgb, "mono8")
+    generic.encoding = "8UC1"
+    assert np.array_equal(image_to_rgb(generic), np.repeat(rgb[..., :1], 3, axis=2))
+    bayer = Image(height=4, width=6, encoding="bayer_rggb8", step=8, data=bytes(range(32)))
+    assert image_to_rgb(bayer).shape == (4, 6, 3)  # padded rows (step 8 > width 6) are dropped

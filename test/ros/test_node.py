@@ -35,7 +35,8 @@ from std_msgs.msg import Header, String
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image, stamp_to_ns
+from llmi3d_core.messages import stamp_to_ns
+from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image
 
 K = np.array([[200.0, 0.0, 80.0], [0.0, 200.0, 60.0], [0.0, 0.0, 1.0]])
 WIDTH, HEIGHT = 160, 120

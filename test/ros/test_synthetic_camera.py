@@ -18,7 +18,7 @@ from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
-from llmi3d_ros.conversions import camera_info_to_k, detection_to_box, image_to_rgb, stamp_to_ns
+from llmi3d_core.messages import camera_info_k, detection_box, image_to_rgb, stamp_to_ns
 
 
 def test_camera_publishes_dataset_frames_with_ground_truth(
@@ -71,11 +71,11 @@ def test_camera_publishes_dataset_frames_with_ground_truth(
     assert image.header.frame_id == info.header.frame_id == "camera_optical_frame"
     record = next(im for im in dataset.images if im.objects[0].object_id == truth.detections[0].id)
     assert (image.width, image.height) == (record.width, record.height)
-    assert np.allclose(camera_info_to_k(info), record.K)
+    assert np.allclose(camera_info_k(info), record.K)
     assert image_to_rgb(image).shape == (record.height, record.width, 3)
     assert [d.id for d in truth.detections] == [o.object_id for o in record.objects]
     for detection, obj in zip(truth.detections, record.objects, strict=True):
-        center, dims_lwh, R = detection_to_box(detection)
+        center, dims_lwh, R = detection_box(detection)
         assert detection.results[0].hypothesis.class_id == obj.category_name
         assert center == pytest.approx(obj.center_cam, abs=1e-6)
         assert dims_lwh == pytest.approx(obj.dims_lwh, abs=1e-6)

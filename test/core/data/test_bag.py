@@ -14,6 +14,7 @@ from llmi3d_core.cli import main
 from llmi3d_core.data import bag as bagconv
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
+from llmi3d_core.messages import nearest_stamp, quaternion_to_matrix
 
 WIDTH, HEIGHT = 64, 48
 FX, FY, CX, CY = 60.0, 60.0, 32.0, 24.0
@@ -275,10 +276,10 @@ def test_slop_too_small_for_camera_info(tmp_path):
 def test_split_by_time_and_nearest():
     assert bagconv.split_by_time(10, 0.8, 0.1) == ["train"] * 8 + ["val"] + ["test"]
     assert bagconv.split_by_time(3, 1.0, 0.0) == ["train"] * 3
-    assert bagconv.nearest([10, 20, 30], 24, 5) == 1
-    assert bagconv.nearest([10, 20, 30], 26, 5) == 2
-    assert bagconv.nearest([10, 20, 30], 45, 5) is None
-    assert bagconv.nearest([], 45, 5) is None
+    assert nearest_stamp([10, 20, 30], 24, 5) == 1
+    assert nearest_stamp([10, 20, 30], 26, 5) == 2
+    assert nearest_stamp([10, 20, 30], 45, 5) is None
+    assert nearest_stamp([], 45, 5) is None
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -346,7 +347,7 @@ def test_config_errors():
     with pytest.raises(InvalidInputError, match=r"sum <= 1"):
         _config(train_frac=0.8, val_frac=0.5)
     with pytest.raises(InvalidInputError, match=r"quaternion"):
-        bagconv.quaternion_to_matrix(np.zeros(4))
+        quaternion_to_matrix(np.zeros(4))
 
 
 def test_cli_reports_missing_topic(tmp_path, capsys):
