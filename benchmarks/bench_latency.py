@@ -190,8 +190,9 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
     """
     from bench_node import RELIABLE_INPUT, NodeClient, running_node
 
-    from llmi3d_core.inference import DEFAULT_MIN_SCORE, Predictor
+    from llmi3d_core.inference import Predictor
     from llmi3d_core.model.checkpoint import save_checkpoint
+    from llmi3d_core.prediction import DEFAULT_MIN_SCORE
 
     model = build_model(preset, seed)
     checkpoint = save_checkpoint(model, workdir / f"checkpoint_{preset}", {"seed": seed})

@@ -56,6 +56,7 @@ from llmi3d_core.data.images import load_rgb
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D
 from llmi3d_core.metrics import IOU_VARIANTS, ScoredBox, box_ious, query_metrics
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE
 
 __all__ = [
     "IOU_DESCRIPTIONS",
@@ -233,7 +234,7 @@ def predict_with_baseline(
 
 
 def _answer(prediction: Any, K: np.ndarray, width: int, height: int) -> Answer:
-    """An Answer from an inference.Prediction (sizes clamped so that the box can be scored)."""
+    """An Answer from a prediction.Prediction (sizes clamped so that the box can be scored)."""
     box = Box3D(prediction.center, np.maximum(prediction.dims, MIN_DIM_M), prediction.rotation)
     box2d = getattr(prediction, "box2d", None)
     if box2d is None:
@@ -260,11 +261,9 @@ def predict_with_model(
 
     Every prediction the predictor returns for a query is kept, in its order (best first); an
     empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
-    node would. `min_score` None takes the node's default (inference.DEFAULT_MIN_SCORE).
+    node would. `min_score` None takes the node's default (prediction.DEFAULT_MIN_SCORE).
     """
     from tqdm import tqdm
-
-    from llmi3d_core.inference import DEFAULT_MIN_SCORE
 
     by_image: dict[str, list[QueryRecord]] = {}
     for query in queries:

@@ -16,8 +16,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from llmi3d_core.inference import Prediction
 from llmi3d_core.messages import dims_lwh_to_bbox_size, matrix_to_quaternion
+from llmi3d_core.prediction import Prediction
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:

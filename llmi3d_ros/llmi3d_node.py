@@ -50,7 +50,7 @@ from visualization_msgs.msg import MarkerArray
 
 from llmi3d_core.errors import Llmi3dError
 from llmi3d_core.geometry import box3d_corners
-from llmi3d_core.inference import Answer, Predictor, object_phrase
+from llmi3d_core.inference import Predictor, object_phrase
 from llmi3d_core.messages import (
     camera_info_k,
     compressed_image_to_rgb,
@@ -58,6 +58,7 @@ from llmi3d_core.messages import (
     scale_intrinsics,
     stamp_to_ns,
 )
+from llmi3d_core.prediction import Answer
 from llmi3d_core.visualize import draw_boxes
 from llmi3d_ros.conversions import predictions_to_detections, rgb_to_image
 from llmi3d_ros.frame_pairing import StampPairer

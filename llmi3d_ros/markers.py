@@ -17,7 +17,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from llmi3d_core.geometry import box3d_corners
-from llmi3d_core.inference import Prediction
+from llmi3d_core.prediction import Prediction
 from llmi3d_core.visualize import BOX3D_EDGES, label_color
 
 LINE_WIDTH_M = 0.02

@@ -1,7 +1,7 @@
 """The node's parameters: one table with defaults, descriptions and allowed values.
 
 `NodeParams` holds the defaults in one place; config/params.yaml repeats them for users to edit (a
-test keeps the two equal). min_score's default comes from llmi3d_core.inference.DEFAULT_MIN_SCORE,
+test keeps the two equal). min_score's default comes from llmi3d_core.prediction.DEFAULT_MIN_SCORE,
 which `llmi3d eval` uses too. The node declares every field as a ROS parameter with a
 ParameterDescriptor, validates changes with `validate`, and reads them back with `read_params`.
 """
@@ -16,7 +16,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from llmi3d_core.inference import DEFAULT_MIN_SCORE, MAX_QUERY_CHARS
+from llmi3d_core.inference import MAX_QUERY_CHARS
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE
 
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}

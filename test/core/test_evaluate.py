@@ -1,7 +1,7 @@
 """`llmi3d eval` over queries with 0, 1 or several targets and lists of predictions.
 
 The predictor here is a test double of the `Predictor.predict_batch` interface (lists of
-`inference.Prediction`, possibly empty), answering from the ground truth with a fixed pattern of
+`prediction.Prediction`, possibly empty), answering from the ground truth with a fixed pattern of
 mistakes, so that every metric has a value known in advance. The real model is tested elsewhere
 (its `predict_at_true_cells` upper bound too, on the tiny preset).
 """
@@ -32,7 +32,7 @@ from llmi3d_core.evaluate import (
     run_evaluation,
 )
 from llmi3d_core.geometry import Box3D, project
-from llmi3d_core.inference import DEFAULT_MIN_SCORE, Prediction
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE, Prediction
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
-from llmi3d_core.inference import (
-    DEFAULT_MIN_SCORE,
-    Answer,
-    Prediction,
-    Predictor,
-    object_phrase,
-    suppress_duplicates,
-)
+from llmi3d_core.inference import Predictor, object_phrase
 from llmi3d_core.model import LLMI3D, get_preset
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE, Answer, Prediction, suppress_duplicates
 
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 

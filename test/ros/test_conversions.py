@@ -9,7 +9,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from llmi3d_core.errors import InvalidInputError
-from llmi3d_core.inference import Prediction
 from llmi3d_core.messages import (
     camera_info_k,
     compressed_image_to_rgb,
@@ -17,6 +16,7 @@ from llmi3d_core.messages import (
     image_to_rgb,
     scale_intrinsics,
 )
+from llmi3d_core.prediction import Prediction
 from llmi3d_ros.conversions import camera_info_from_k, predictions_to_detections, rgb_to_image
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 510.0, 240.0], [0.0, 0.0, 1.0]])

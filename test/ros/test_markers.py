@@ -7,7 +7,7 @@ import pytest
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from llmi3d_core.inference import Prediction
+from llmi3d_core.prediction import Prediction
 from llmi3d_core.visualize import label_color
 from llmi3d_ros.markers import prediction_markers
 

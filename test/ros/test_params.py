@@ -7,7 +7,8 @@ from dataclasses import fields
 import yaml
 from conftest import HERE
 
-from llmi3d_core.inference import DEFAULT_MIN_SCORE, MAX_QUERY_CHARS
+from llmi3d_core.inference import MAX_QUERY_CHARS
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE
 from llmi3d_ros.params import NodeParams, descriptor, validate
 
 
