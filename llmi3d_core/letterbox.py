@@ -98,11 +98,13 @@ class Letterbox:
 
     def points_to_canvas(self, points: np.ndarray) -> np.ndarray:
         """(..., 2) image px -> canvas px."""
-        return np.asarray(points, dtype=np.float64) * self.scale + self.offset
+        canvas: np.ndarray = np.asarray(points, dtype=np.float64) * self.scale + self.offset
+        return canvas
 
     def points_to_image(self, points: np.ndarray) -> np.ndarray:
         """(..., 2) canvas px -> image px (the inverse of `points_to_canvas`)."""
-        return (np.asarray(points, dtype=np.float64) - self.offset) / self.scale
+        image: np.ndarray = (np.asarray(points, dtype=np.float64) - self.offset) / self.scale
+        return image
 
     def boxes_to_canvas(self, boxes: np.ndarray) -> np.ndarray:
         """(..., 4) x1, y1, x2, y2 image px -> canvas px."""
@@ -120,7 +122,8 @@ class Letterbox:
 
     def rows_to_canvas(self, rows: np.ndarray) -> np.ndarray:
         """(...) image rows v -> canvas rows."""
-        return np.asarray(rows, dtype=np.float64) * self.scale[1] + self.offset[1]
+        canvas: np.ndarray = np.asarray(rows, dtype=np.float64) * self.scale[1] + self.offset[1]
+        return canvas
 
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
         """(3, 3) K of the image -> K of the canvas (see the module docstring)."""

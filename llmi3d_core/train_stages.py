@@ -278,7 +278,11 @@ def load_items(dataset: Any, desc: str, progress: bool) -> list[Batch]:
     # items cross from the workers as numpy (pickled by value): torch tensors would travel as
     # shared-memory file descriptors, and thousands kept alive exhaust them
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_numpy
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_numpy,  # type: ignore[arg-type]  # batch_size=None: one item, not a list
     )
     items = tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress)
     return [_as_torch(item) for item in items]
@@ -312,7 +316,7 @@ class DetectorTask(StageTask):
 
     def select_trainable(self, model: Any) -> None:
         """Train only the stage's own modules (see the module docstring)."""
-        trained = (
+        trained: tuple[str, ...] = (
             "high_res.neck.",
             "high_res.colour.",
             "high_res.rays.",

@@ -572,7 +572,7 @@ class NegativeBuilder:
                         if not pairs:
                             continue
                         other, other_desc = pairs[int(self.rng.integers(len(pairs)))]
-                        group = (anchor, other)
+                        group: tuple[ObjectRecord, ...] = (anchor, other)
                         candidates = builder._candidates(desc, group)
                         verdicts = [judge.between(o, anchor, other) for o in candidates]
                         phrase = (

@@ -93,7 +93,9 @@ def _metric_depth(
             )
             depths["z"] = geometry.fuse_log_depths(log_z, scales, validate=False).exp()
     else:
-        depths["z"] = depths.get("z_head", depths.get("z_height"))
+        single = depths.get("z_head", depths.get("z_height"))
+        assert single is not None  # the config check keeps one depth estimate
+        depths["z"] = single
     return depths
 
 

@@ -84,7 +84,7 @@ class DenseHeads(nn.Module):
             {name: nn.Conv2d(channels, width, 1) for name, width in self.widths.items()}
         )
         heat = self.outputs["heatmap"]
-        assert heat.bias is not None
+        assert isinstance(heat, nn.Conv2d) and heat.bias is not None
         nn.init.constant_(heat.bias, math.log(HEATMAP_PRIOR / (1 - HEATMAP_PRIOR)))
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:

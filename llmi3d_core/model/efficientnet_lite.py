@@ -82,13 +82,16 @@ class MBConvBlock(nn.Module):
         super().__init__()
         mid = in_channels * expand_ratio
         self.has_expand = expand_ratio != 1
+        # nn.Module: folding (below) replaces each conv by its folded copy and BN by Identity
         if self.has_expand:
-            self._expand_conv = SameConv2d(in_channels, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = SameConv2d(mid, out_channels, 1, bias=False)
-        self._bn2 = _bn(out_channels)
+            self._expand_conv: nn.Module = SameConv2d(in_channels, mid, 1, bias=False)
+            self._bn0: nn.Module = _bn(mid)
+        self._depthwise_conv: nn.Module = SameConv2d(
+            mid, mid, kernel, stride=stride, groups=mid, bias=False
+        )
+        self._bn1: nn.Module = _bn(mid)
+        self._project_conv: nn.Module = SameConv2d(mid, out_channels, 1, bias=False)
+        self._bn2: nn.Module = _bn(out_channels)
         self.use_residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +119,8 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
-        self._bn0 = _bn(STEM_CHANNELS)
+        self._conv_stem: nn.Module = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0: nn.Module = _bn(STEM_CHANNELS)
         blocks = []
         in_channels = STEM_CHANNELS
         for stage in LITE0_STAGES:
@@ -155,7 +158,8 @@ class EfficientNetLite0(nn.Module):
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         def fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
-            fused = fuse_conv_bn_eval(conv.eval(), bn.eval())  # type: ignore[arg-type]
+            assert isinstance(conv, SameConv2d) and isinstance(bn, nn.BatchNorm2d)
+            fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
             fused.__class__ = SameConv2d
             return fused
 

@@ -154,14 +154,14 @@ def _load_gguf(directory: Path, file_name: str, dtype: torch.dtype) -> tuple[nn.
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=dtype)
     # transformers de-quantises every GGUF tensor on load but still marks the model quantized,
     # and then refuses save_pretrained; the weights are plain `dtype`, so drop the mark.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module's __setattr__ type
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _save_converted(model, tokenizer, converted)
     return model, tokenizer
 
 
-def _save_converted(model: nn.Module, tokenizer: Any, converted: Path) -> None:
+def _save_converted(model: Any, tokenizer: Any, converted: Path) -> None:
     """Save next to `converted`, then rename into place: readers never see half a model.
 
     A failure (read-only or full disk) only costs the next load its speed.

@@ -556,7 +556,8 @@ class LLMI3D(nn.Module):
         outputs = {k: v[:, 0] for k, v in outputs.items()}
 
         def obj(key: str) -> torch.Tensor:
-            return batch[f"obj_{key}"].to(device)[rows, objects]
+            values: torch.Tensor = batch[f"obj_{key}"].to(device)
+            return values[rows, objects]
 
         targets = {
             "center_uv": obj("center_uv"),
@@ -809,8 +810,9 @@ class LLMI3D(nn.Module):
         """(B, K) bool: candidate cells the dense targets assign to one of the query's targets."""
         assign = batch["assign"].to(self.device)  # (B, h*w)
         owner = assign.gather(1, cells)  # (B, K), -1: no object
-        targets = batch["target_mask"].to(self.device)  # (B, M)
-        return targets.gather(1, owner.clamp(min=0)) & (owner >= 0)
+        targets: torch.Tensor = batch["target_mask"].to(self.device)  # (B, M)
+        slots: torch.Tensor = targets.gather(1, owner.clamp(min=0)) & (owner >= 0)
+        return slots
 
     def with_target_cell(
         self, batch: dict[str, Any], features: ImageFeatures
@@ -827,7 +829,7 @@ class LLMI3D(nn.Module):
         is_target = self.target_slots(batch, cands.cells)
         assign = batch["assign"].to(self.device)
         owner = assign.gather(1, cands.cells)  # (B, K)
-        targets = batch["target_mask"].to(self.device)  # (B, M)
+        targets: torch.Tensor = batch["target_mask"].to(self.device)  # (B, M)
         M = targets.shape[1]
         # (B, M): object m owns a candidate (a scatter of owner >= 0 would let the -1 slots,
         # clamped to object 0, overwrite object 0's True: duplicate indices, last write wins)

@@ -204,7 +204,8 @@ class RelationLayer(nn.Module):
         cands = cands + self.out(attended)
         text, _ = self.cross(self.norm2(cands), words, words, key_padding_mask=~word_mask)
         cands = cands + text
-        return cands + self.ffn(self.norm3(cands))
+        out: torch.Tensor = cands + self.ffn(self.norm3(cands))
+        return out
 
 
 class CandidatePointer(nn.Module):

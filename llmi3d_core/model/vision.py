@@ -154,7 +154,7 @@ class _ConvNextFeatures(nn.Module):
         super().__init__()
         self.model = model
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        sizes = list(model.config.hidden_sizes)  # type: ignore[union-attr]
+        sizes = list(model.config.hidden_sizes)  # type: ignore[union-attr,arg-type]
         self.channels = sizes
         self.strides = [4 * 2**i for i in range(len(sizes))]
 
@@ -251,9 +251,9 @@ class HighResBranch(nn.Module):
         self.backbone = HIGH_RES_BACKBONES[config.kind](config, load_pretrained)
         self.backbone.requires_grad_(config.trainable)
         self.trainable = config.trainable
-        self.neck = FeaturePyramid(
-            list(self.backbone.channels), list(self.backbone.strides), config.neck_channels
-        )
+        channels: list[int] = self.backbone.channels  # type: ignore[assignment]
+        strides: list[int] = self.backbone.strides  # type: ignore[assignment]
+        self.neck = FeaturePyramid(list(channels), list(strides), config.neck_channels)
         self.colour = nn.Conv2d(COLOUR_CHANNELS, config.neck_channels, 1)
         self.rays = nn.Conv2d(RAY_CHANNELS, config.neck_channels, 1)
         self.out_channels = config.neck_channels
@@ -277,12 +277,10 @@ class HighResBranch(nn.Module):
         """`backbone_features` output -> F (B, C, H / stride, W / stride)."""
         *maps, colours = features
         hr_map = self.neck(maps)
-        return (
-            hr_map
-            + self.colour(  # type: ignore[no-any-return]
-                F.interpolate(colours, size=hr_map.shape[-2:], mode="area")
-            )
+        fused: torch.Tensor = hr_map + self.colour(
+            F.interpolate(colours, size=hr_map.shape[-2:], mode="area")
         )
+        return fused
 
     def with_rays(self, hr_map: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
         """F plus a 1 x 1 conv of the cells' viewing rays (positions.ray_map) for canvas K."""
