@@ -1,4 +1,4 @@
-"""Throughput of the exact oriented 3D IoU (llmi3d_core.geometry.box3d_iou_batch) on one core.
+"""Throughput of the exact oriented 3D IoU (llmi3d_core.iou.box3d_iou_batch) on one core.
 
     python benchmarks/bench_iou.py                # default batch sizes
     python benchmarks/bench_iou.py --batch 1 4096 --repeats 5
@@ -25,13 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from llmi3d_core.geometry import (  # noqa: E402
-    box3d_corners,
-    box3d_iou,
-    box3d_iou_batch,
-    box3d_iou_mono3dvg,
-    rotation_6d_to_matrix,
-)
+from llmi3d_core.geometry import box3d_corners  # noqa: E402
+from llmi3d_core.iou import box3d_iou, box3d_iou_batch, box3d_iou_mono3dvg  # noqa: E402
+from llmi3d_core.rotation import rotation_6d_to_matrix  # noqa: E402
 
 
 def random_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

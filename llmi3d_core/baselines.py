@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llmi3d_core import geometry
+from llmi3d_core import geometry, rotation
 from llmi3d_core.data.format import Dataset, ObjectRecord, QueryRecord
 from llmi3d_core.errors import CheckpointError, InvalidInputError
 from llmi3d_core.geometry import Box3D
@@ -108,7 +108,7 @@ def _training_targets(dataset: Dataset, queries: Sequence[QueryRecord]) -> list[
 
 def _allocentric(obj: ObjectRecord, K: np.ndarray) -> np.ndarray:
     u, v = obj.center_2D
-    out: np.ndarray = geometry.egocentric_to_allocentric(obj.R_cam, float(u), float(v), K)
+    out: np.ndarray = rotation.egocentric_to_allocentric(obj.R_cam, float(u), float(v), K)
     return out
 
 
@@ -273,7 +273,7 @@ class BackprojectBaseline:
             prior = self.categories.get(query.answer, self.fallback)
             u, v = float(image.K[0, 2]), float(image.K[1, 2])
             center = geometry.backproject(u, v, prior.depth_m, image.K)
-            R = geometry.allocentric_to_egocentric(prior.R_allo, u, v, image.K)
+            R = rotation.allocentric_to_egocentric(prior.R_allo, u, v, image.K)
             return Box3D(center, prior.dims_lwh, R), query.answer
         target = targets[0]
         prior = self.categories.get(target.category_name, self.fallback)
@@ -285,7 +285,7 @@ class BackprojectBaseline:
         else:
             z = prior.depth_m
         center = geometry.backproject(u, v, z, image.K)
-        R = geometry.allocentric_to_egocentric(prior.R_allo, u, v, image.K)
+        R = rotation.allocentric_to_egocentric(prior.R_allo, u, v, image.K)
         return Box3D(center, prior.dims_lwh, R), target.category_name
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,14 +48,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from llmi3d_core.arrays import FloatArray
 from llmi3d_core.errors import InvalidInputError
-from llmi3d_core.geometry import (
-    Box3D,
-    FloatArray,
-    box3d_corners,
-    box3d_iou_batch,
-    box3d_iou_mono3dvg,
-)
+from llmi3d_core.geometry import Box3D, box3d_corners
+from llmi3d_core.iou import box3d_iou_batch, box3d_iou_mono3dvg
 
 __all__ = [
     "ACC_THRESHOLDS",

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
+from llmi3d_core.geometry import box3d_corners
+from llmi3d_core.iou import box3d_iou_batch
 
 
 @dataclass

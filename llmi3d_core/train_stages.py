@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset, collate_grounding
 from llmi3d_core.data.format import Dataset, read_dataset, select_queries
-from llmi3d_core.geometry import box3d_corners, box3d_iou_batch
+from llmi3d_core.geometry import box3d_corners
+from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model.config import ModelConfig, config_from_dict
 from llmi3d_core.model.llmi3d import Candidates, QueryStates
 from llmi3d_core.model.losses import box_iou_2d, weighted_total

@@ -28,7 +28,7 @@ Targets of the paper's heads, for an object with projected centre (u, v) in the 
     center_uv      (u, v) / (W_c, H_c)
     virtual_depth  Z_v = (f_v / f_x') (W_c / w_v) Z      with the canvas f_x' (eq. 17)
     keypoints      rows of the projected top and bottom face centres / H_c
-    rot6d_allo     6D of the allocentric rotation         (geometry.egocentric_to_allocentric)
+    rot6d_allo     6D of the allocentric rotation         (rotation.egocentric_to_allocentric)
 
 `augment=True` mirrors the image left-right with probability 0.5 (K, boxes, rotation, prompts
 and the words "left"/"right" in the text follow) and jitters brightness by up to 15 %.
@@ -57,15 +57,10 @@ from llmi3d_core.data.format import (
 )
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.errors import DataFormatError, InvalidInputError
-from llmi3d_core.geometry import (
-    centre_segment,
-    egocentric_to_allocentric,
-    matrix_to_rotation_6d,
-    project,
-    real_to_virtual_depth,
-)
+from llmi3d_core.geometry import centre_segment, project, real_to_virtual_depth
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.inputs import prepare_inputs
+from llmi3d_core.rotation import egocentric_to_allocentric, matrix_to_rotation_6d
 
 MAX_OBJECTS = 32
 NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))

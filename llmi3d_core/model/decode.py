@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from llmi3d_core import geometry
+from llmi3d_core import geometry, rotation
 from llmi3d_core.model.config import HeadConfig, ModelConfig
 
 Outputs = dict[str, torch.Tensor]
@@ -104,7 +104,7 @@ def _locate_uv_depth(
     config: ModelConfig,
 ) -> Outputs:  # fmt: skip
     uv = outputs["center_uv"] * image_size  # (B, 2) px
-    R = geometry.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K, validate=False)
+    R = rotation.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K, validate=False)
     depths = _metric_depth(outputs, R=R, uv=uv, K=K, image_size=image_size, config=config)
     center = geometry.backproject(uv[:, 0], uv[:, 1], depths["z"], K, validate=False)
     return {"center": center, "center_uv_px": uv, "R": R, **depths}
@@ -116,7 +116,7 @@ def _locate_xyz(
 ) -> Outputs:  # fmt: skip
     center = outputs["xyz"]  # (B, 3) m
     uv = geometry.project(center, K, validate=False)  # (B, 2) px
-    R = geometry.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K, validate=False)
+    R = rotation.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K, validate=False)
     return {"center": center, "center_uv_px": uv, "R": R, "z": center[:, 2]}
 
 
@@ -129,8 +129,8 @@ LOCATIONS: dict[
 
 # rotation -> (name of the head output, allocentric matrix from it)
 ROTATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
-    "6d": ("rot6d", lambda d6: geometry.rotation_6d_to_matrix(d6, validate=False)),
-    "euler": ("euler", lambda angles: geometry.euler_to_matrix(angles, validate=False)),
+    "6d": ("rot6d", lambda d6: rotation.rotation_6d_to_matrix(d6, validate=False)),
+    "euler": ("euler", lambda angles: rotation.euler_to_matrix(angles, validate=False)),
 }
 
 

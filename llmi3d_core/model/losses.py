@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 
-from llmi3d_core import geometry
+from llmi3d_core import geometry, rotation
 from llmi3d_core.model.config import ModelConfig
 
 Batch = dict[str, Any]
@@ -129,8 +129,8 @@ def box_losses(
     if "rot6d" in outputs:
         losses["rotation"] = symmetric_rotation_l1(outputs["rot6d"].float(), t["rot6d"]).mean()
     elif "euler" in outputs:
-        target = geometry.matrix_to_euler(
-            geometry.rotation_6d_to_matrix(t["rot6d"], validate=False), validate=False
+        target = rotation.matrix_to_euler(
+            rotation.rotation_6d_to_matrix(t["rot6d"], validate=False), validate=False
         )
         losses["rotation"] = (outputs["euler"].float() - target).abs().mean()
     box_size = (t["box2d"][:, 2:] - t["box2d"][:, :2]).clamp(min=1e-3).repeat(1, 2)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from llmi3d_core import geometry
+from llmi3d_core import geometry, rotation
 from llmi3d_core.baselines import (
     BackprojectBaseline,
     MeanBoxBaseline,
@@ -40,8 +40,8 @@ def synth(tmp_path_factory):
 def test_mean_rotation_of_yaws():
     """The chordal mean of rotations about one axis is the rotation by the mean angle."""
     angles = [-0.3, 0.1, 0.5]
-    Rs = geometry.euler_to_matrix(np.array([[0.0, a, 0.0] for a in angles]))
-    expected = geometry.euler_to_matrix(np.array([0.0, 0.1, 0.0]))
+    Rs = rotation.euler_to_matrix(np.array([[0.0, a, 0.0] for a in angles]))
+    expected = rotation.euler_to_matrix(np.array([0.0, 0.1, 0.0]))
     np.testing.assert_allclose(mean_rotation(Rs), expected, atol=1e-9)
     assert np.linalg.det(mean_rotation(-np.eye(3)[None])) == pytest.approx(1.0)
 

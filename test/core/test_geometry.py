@@ -1,4 +1,4 @@
-"""Tests of llmi3d_core.geometry: hand-computed values, round trips, numpy/torch agreement, IoU."""
+"""Tests of llmi3d_core.geometry, .rotation and .iou: known values, round trips, numpy vs torch."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ from scipy.stats import qmc
 
 from llmi3d_core import geometry as g
 from llmi3d_core.errors import InvalidInputError
+from llmi3d_core.iou import box3d_iou, box3d_iou_batch, box3d_iou_mono3dvg, box3d_volume
+from llmi3d_core.rotation import (
+    allocentric_to_egocentric,
+    egocentric_to_allocentric,
+    euler_to_matrix,
+    matrix_to_euler,
+    matrix_to_rotation_6d,
+    ray_rotation,
+    rotation_6d_to_matrix,
+)
 
 KITTI_K = np.array([[721.5, 0.0, 609.6], [0.0, 721.5, 172.9], [0.0, 0.0, 1.0]])
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -298,17 +308,17 @@ def test_projection_errors(call, match):
 
 
 def test_rotation_6d_hand_values():
-    R = g.rotation_6d_to_matrix(np.array([2.0, 0.0, 0.0, 1.0, 3.0, 0.0]))
+    R = rotation_6d_to_matrix(np.array([2.0, 0.0, 0.0, 1.0, 3.0, 0.0]))
     np.testing.assert_allclose(R, np.eye(3), atol=1e-15)
     R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    np.testing.assert_array_equal(g.matrix_to_rotation_6d(R), [0, -1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(matrix_to_rotation_6d(R), [0, -1, 0, 1, 0, 0])
 
 
 @SETTINGS
 @given(q=quat)
 def test_rotation_6d_round_trip(q):
     R = rotation(q)
-    np.testing.assert_allclose(g.rotation_6d_to_matrix(g.matrix_to_rotation_6d(R)), R, atol=1e-12)
+    np.testing.assert_allclose(rotation_6d_to_matrix(matrix_to_rotation_6d(R)), R, atol=1e-12)
 
 
 @SETTINGS
@@ -319,33 +329,33 @@ def test_rotation_6d_gives_rotations_and_torch_agrees(d6):
     perp = np.linalg.norm(np.cross(a1, a2)) / max(n1, 1e-300)  # |a2 - proj_a1(a2)|
     if n1 < 1e-9 or n2 < 1e-9 or perp < 1e-7 * n2:
         with pytest.raises(InvalidInputError, match="non-parallel"):
-            g.rotation_6d_to_matrix(d6)
+            rotation_6d_to_matrix(d6)
         return
     if n1 < 1e-6 or n2 < 1e-6 or perp < 1e-4 * n2:
         return  # too close to the threshold to say
-    R = g.rotation_6d_to_matrix(d6)
+    R = rotation_6d_to_matrix(d6)
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
     assert np.linalg.det(R) == pytest.approx(1.0)
     # the 6D of a rotation matrix maps back to the same matrix (projection is idempotent)
-    np.testing.assert_allclose(g.rotation_6d_to_matrix(g.matrix_to_rotation_6d(R)), R, atol=1e-9)
-    np.testing.assert_allclose(g.rotation_6d_to_matrix(torch.tensor(d6)).numpy(), R, atol=1e-12)
+    np.testing.assert_allclose(rotation_6d_to_matrix(matrix_to_rotation_6d(R)), R, atol=1e-9)
+    np.testing.assert_allclose(rotation_6d_to_matrix(torch.tensor(d6)).numpy(), R, atol=1e-12)
 
 
 def test_rotation_6d_torch_gradcheck_and_degenerate_without_validation():
     d6 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(g.rotation_6d_to_matrix, (d6,))
-    out = g.rotation_6d_to_matrix(torch.zeros(2, 6, requires_grad=True), validate=False)
+    assert torch.autograd.gradcheck(rotation_6d_to_matrix, (d6,))
+    out = rotation_6d_to_matrix(torch.zeros(2, 6, requires_grad=True), validate=False)
     assert torch.isfinite(out).all()
     with pytest.raises(InvalidInputError, match=r"d6 must hold two non-zero, non-parallel"):
-        g.rotation_6d_to_matrix(torch.zeros(2, 6))
+        rotation_6d_to_matrix(torch.zeros(2, 6))
     with pytest.raises(InvalidInputError, match=r"d6 must hold"):
-        g.rotation_6d_to_matrix(np.array([1.0, 2.0, 3.0, 2.0, 4.0, 6.0]))
+        rotation_6d_to_matrix(np.array([1.0, 2.0, 3.0, 2.0, 4.0, 6.0]))
     with pytest.raises(InvalidInputError, match=r"d6 must have shape \(..., 6\), got \(5,\)"):
-        g.rotation_6d_to_matrix(np.zeros(5))
+        rotation_6d_to_matrix(np.zeros(5))
     with pytest.raises(InvalidInputError, match=r"R must have shape \(..., 3, 3\)"):
-        g.matrix_to_rotation_6d(np.zeros((3, 2)))
+        matrix_to_rotation_6d(np.zeros((3, 2)))
     with pytest.raises(InvalidInputError, match=r"R must be finite"):
-        g.matrix_to_rotation_6d(np.full((3, 3), np.nan))
+        matrix_to_rotation_6d(np.full((3, 3), np.nan))
 
 
 def omni3d_ray_rotation(u: float, v: float, K: np.ndarray) -> np.ndarray:
@@ -363,23 +373,23 @@ def omni3d_ray_rotation(u: float, v: float, K: np.ndarray) -> np.ndarray:
 def test_allocentric_matches_omni3d_and_round_trips(q, u, v):
     R = rotation(q)
     M = omni3d_ray_rotation(u, v, KITTI_K)
-    R_allo = g.egocentric_to_allocentric(R, u, v, KITTI_K)
+    R_allo = egocentric_to_allocentric(R, u, v, KITTI_K)
     np.testing.assert_allclose(R_allo, M.T @ R, atol=1e-9)
-    np.testing.assert_allclose(g.allocentric_to_egocentric(R_allo, u, v, KITTI_K), R, atol=1e-12)
+    np.testing.assert_allclose(allocentric_to_egocentric(R_allo, u, v, KITTI_K), R, atol=1e-12)
     ray = g.backproject(u, v, 1.0, KITTI_K)
     np.testing.assert_allclose(
-        g.ray_rotation(u, v, KITTI_K)[:, 2], ray / np.linalg.norm(ray), atol=1e-12
+        ray_rotation(u, v, KITTI_K)[:, 2], ray / np.linalg.norm(ray), atol=1e-12
     )
 
 
 def test_allocentric_identity_on_optical_axis_and_torch_agrees():
     R = rotation(np.array([0.1, 0.2, 0.3, 0.9]))
-    np.testing.assert_allclose(g.egocentric_to_allocentric(R, 609.6, 172.9, KITTI_K), R, atol=1e-15)
+    np.testing.assert_allclose(egocentric_to_allocentric(R, 609.6, 172.9, KITTI_K), R, atol=1e-15)
     rng = np.random.default_rng(3)
     Rs = Rotation.random(6, random_state=4).as_matrix()
     u, v = rng.uniform(0, 1242, 6), rng.uniform(0, 375, 6)
-    ref = g.egocentric_to_allocentric(Rs, u, v, KITTI_K)
-    out = g.egocentric_to_allocentric(
+    ref = egocentric_to_allocentric(Rs, u, v, KITTI_K)
+    out = egocentric_to_allocentric(
         torch.tensor(Rs), torch.tensor(u), torch.tensor(v), torch.tensor(KITTI_K)
     )
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
@@ -387,19 +397,19 @@ def test_allocentric_identity_on_optical_axis_and_torch_agrees():
     uv = torch.tensor([609.6, 172.9], dtype=torch.float64, requires_grad=True)
     R_t = torch.tensor(R)
     assert torch.autograd.gradcheck(
-        lambda t: g.allocentric_to_egocentric(R_t, t[0], t[1], torch.tensor(KITTI_K)), (uv,)
+        lambda t: allocentric_to_egocentric(R_t, t[0], t[1], torch.tensor(KITTI_K)), (uv,)
     )
     with pytest.raises(InvalidInputError, match=r"u must be finite"):
-        g.egocentric_to_allocentric(R, float("nan"), 1.0, KITTI_K)
+        egocentric_to_allocentric(R, float("nan"), 1.0, KITTI_K)
     with pytest.raises(InvalidInputError, match=r"R must have shape"):
-        g.allocentric_to_egocentric(np.eye(4), 1.0, 1.0, KITTI_K)
+        allocentric_to_egocentric(np.eye(4), 1.0, 1.0, KITTI_K)
 
 
 @pytest.mark.parametrize("convention", ["XYZ", "ZYX", "YXZ", "XZY", "YZX", "ZXY"])
 def test_euler_matches_scipy_intrinsic(convention):
     angles = np.array([0.3, -0.7, 2.1])
     ref = Rotation.from_euler(convention, angles).as_matrix()  # upper case = intrinsic
-    np.testing.assert_allclose(g.euler_to_matrix(angles, convention), ref, atol=1e-12)
+    np.testing.assert_allclose(euler_to_matrix(angles, convention), ref, atol=1e-12)
 
 
 @SETTINGS
@@ -411,11 +421,11 @@ def test_euler_matches_scipy_intrinsic(convention):
 )
 def test_euler_round_trip(a, b, c, convention):
     angles = np.array([a, b, c])
-    R = g.euler_to_matrix(angles, convention)
-    back = g.matrix_to_euler(R, convention)
+    R = euler_to_matrix(angles, convention)
+    back = matrix_to_euler(R, convention)
     np.testing.assert_allclose(back, angles, atol=1e-7)
     np.testing.assert_allclose(
-        g.matrix_to_euler(torch.tensor(R), convention).numpy(), back, atol=1e-9
+        matrix_to_euler(torch.tensor(R), convention).numpy(), back, atol=1e-9
     )
 
 
@@ -424,19 +434,19 @@ def test_euler_round_trip(a, b, c, convention):
 def test_matrix_euler_matrix_round_trip(q, convention):
     R = rotation(q)
     np.testing.assert_allclose(
-        g.euler_to_matrix(g.matrix_to_euler(R, convention), convention), R, atol=1e-6
+        euler_to_matrix(matrix_to_euler(R, convention), convention), R, atol=1e-6
     )
 
 
 def test_euler_gimbal_lock_still_round_trips_and_errors():
-    R = g.euler_to_matrix(np.array([0.4, math.pi / 2, 0.3]))
-    np.testing.assert_allclose(g.euler_to_matrix(g.matrix_to_euler(R)), R, atol=1e-9)
+    R = euler_to_matrix(np.array([0.4, math.pi / 2, 0.3]))
+    np.testing.assert_allclose(euler_to_matrix(matrix_to_euler(R)), R, atol=1e-9)
     with pytest.raises(InvalidInputError, match=r"convention must be a permutation of 'XYZ'"):
-        g.euler_to_matrix(np.zeros(3), "XYX")
+        euler_to_matrix(np.zeros(3), "XYX")
     with pytest.raises(InvalidInputError, match=r"angles must have shape \(..., 3\)"):
-        g.euler_to_matrix(np.zeros(2))
+        euler_to_matrix(np.zeros(2))
     with pytest.raises(InvalidInputError, match=r"angles must be finite"):
-        g.euler_to_matrix(np.array([0.0, np.inf, 0.0]))
+        euler_to_matrix(np.array([0.0, np.inf, 0.0]))
 
 
 # ---------------------------------------------------------------------------------- boxes
@@ -464,7 +474,7 @@ def test_box3d_corners_edges_and_torch(q, dims):
     assert np.linalg.norm(corners[4] - corners[0]) == pytest.approx(W)
     assert np.linalg.norm(corners[3] - corners[0]) == pytest.approx(H)
     np.testing.assert_allclose(corners.mean(0), [0.5, -1.0, 8.0], atol=1e-9)
-    np.testing.assert_allclose(g.box3d_volume(corners), L * W * H, rtol=1e-9)
+    np.testing.assert_allclose(box3d_volume(corners), L * W * H, rtol=1e-9)
     t = g.box3d_corners(torch.tensor([0.5, -1.0, 8.0]), torch.tensor(dims), torch.tensor(R))
     np.testing.assert_allclose(t.numpy(), corners, rtol=1e-5, atol=1e-5)
 
@@ -510,17 +520,17 @@ def corners_of(center, dims, R=None):
 
 def test_iou_hand_values():
     a = corners_of([0, 0, 0], [2, 2, 2])
-    assert g.box3d_iou(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert box3d_iou(a, a) == pytest.approx(1.0, abs=1e-12)
     # shifted along x by half its length: shared faces on 4 sides -> 1/3
-    assert g.box3d_iou(a, corners_of([1, 0, 0], [2, 2, 2])) == pytest.approx(1 / 3, abs=1e-12)
+    assert box3d_iou(a, corners_of([1, 0, 0], [2, 2, 2])) == pytest.approx(1 / 3, abs=1e-12)
     # touching along a face, and fully apart
-    assert g.box3d_iou(a, corners_of([2, 0, 0], [2, 2, 2])) == pytest.approx(0.0, abs=1e-12)
-    assert g.box3d_iou(a, corners_of([5, 5, 5], [2, 2, 2])) == 0.0
+    assert box3d_iou(a, corners_of([2, 0, 0], [2, 2, 2])) == pytest.approx(0.0, abs=1e-12)
+    assert box3d_iou(a, corners_of([5, 5, 5], [2, 2, 2])) == 0.0
     # box inside another
-    assert g.box3d_iou(a, corners_of([0.1, 0, 0], [1, 1, 1])) == pytest.approx(1 / 8)
+    assert box3d_iou(a, corners_of([0.1, 0, 0], [1, 1, 1])) == pytest.approx(1 / 8)
     # unit cube vs the same cube turned 45 deg about y: octagon prism, IoU = 1/sqrt(2)
     R45 = Rotation.from_euler("y", 45, degrees=True).as_matrix()
-    iou = g.box3d_iou(corners_of([0, 0, 0], [1, 1, 1]), corners_of([0, 0, 0], [1, 1, 1], R45))
+    iou = box3d_iou(corners_of([0, 0, 0], [1, 1, 1]), corners_of([0, 0, 0], [1, 1, 1], R45))
     assert iou == pytest.approx(1 / math.sqrt(2), abs=1e-12)
 
 
@@ -536,25 +546,25 @@ def random_box_pairs(rng: np.random.Generator, n: int, spread: float = 0.6):
 def test_iou_properties_on_random_pairs():
     rng = np.random.default_rng(7)
     a, b = random_box_pairs(rng, 500)
-    iou_ab = g.box3d_iou_batch(a, b)
+    iou_ab = box3d_iou_batch(a, b)
     assert iou_ab.shape == (500,)
     assert ((iou_ab >= 0) & (iou_ab <= 1)).all()
     assert (iou_ab > 0.3).any() and (iou_ab == 0).any()
-    np.testing.assert_allclose(g.box3d_iou_batch(b, a), iou_ab, atol=1e-12)  # symmetric
-    np.testing.assert_allclose(g.box3d_iou_batch(a, a), 1.0, atol=1e-12)  # identical
+    np.testing.assert_allclose(box3d_iou_batch(b, a), iou_ab, atol=1e-12)  # symmetric
+    np.testing.assert_allclose(box3d_iou_batch(a, a), 1.0, atol=1e-12)  # identical
     # a rigid motion applied to both boxes changes nothing
     R = Rotation.random(500, random_state=rng).as_matrix()
     t = rng.normal(size=(500, 1, 3)) * 20
-    moved = g.box3d_iou_batch(a @ np.swapaxes(R, 1, 2) + t, b @ np.swapaxes(R, 1, 2) + t)
+    moved = box3d_iou_batch(a @ np.swapaxes(R, 1, 2) + t, b @ np.swapaxes(R, 1, 2) + t)
     np.testing.assert_allclose(moved, iou_ab, atol=1e-9)
     # disjoint: b moved far away
-    assert (g.box3d_iou_batch(a, b + np.array([100.0, 0, 0])) == 0).all()
+    assert (box3d_iou_batch(a, b + np.array([100.0, 0, 0])) == 0).all()
     # broadcasting API and torch
-    assert g.box3d_iou(a[:3], b[0]).shape == (3,)
-    out = g.box3d_iou(torch.tensor(a[:5]), torch.tensor(b[:5]))
+    assert box3d_iou(a[:3], b[0]).shape == (3,)
+    out = box3d_iou(torch.tensor(a[:5]), torch.tensor(b[:5]))
     assert isinstance(out, torch.Tensor)
     np.testing.assert_allclose(out.numpy(), iou_ab[:5])
-    out32 = g.box3d_iou_batch(
+    out32 = box3d_iou_batch(
         torch.tensor(a[:5], dtype=torch.float32), torch.tensor(b[:5], dtype=torch.float32)
     )
     np.testing.assert_allclose(out32.numpy(), iou_ab[:5], atol=1e-5)
@@ -574,12 +584,12 @@ box_params = st.tuples(
 def test_iou_property_based(box_a, box_b, q, shift):
     a = corners_of(box_a[0], box_a[1], rotation(box_a[2]))
     b = corners_of(box_b[0], box_b[1], rotation(box_b[2]))
-    iou = g.box3d_iou(a, b)
+    iou = box3d_iou(a, b)
     assert 0.0 <= iou <= 1.0
-    assert g.box3d_iou(b, a) == pytest.approx(iou, abs=1e-9)
-    assert g.box3d_iou(a, a) == pytest.approx(1.0, abs=1e-9)
+    assert box3d_iou(b, a) == pytest.approx(iou, abs=1e-9)
+    assert box3d_iou(a, a) == pytest.approx(1.0, abs=1e-9)
     R = rotation(q)
-    assert g.box3d_iou(a @ R.T + shift, b @ R.T + shift) == pytest.approx(iou, abs=1e-7)
+    assert box3d_iou(a @ R.T + shift, b @ R.T + shift) == pytest.approx(iou, abs=1e-7)
 
 
 @settings(max_examples=100, deadline=None)
@@ -607,8 +617,8 @@ def test_iou_with_coplanar_faces(box_a, axis_perm, flips, offset):
     b = corners_of(center + R @ local_shift, ext_b[[0, 2, 1]], R @ P)
     overlap = np.clip(ext - np.abs(local_shift), 0, None).prod()
     expected = overlap / (2 * ext.prod() - overlap)
-    assert g.box3d_iou(a, b) == pytest.approx(expected, abs=1e-9)
-    assert g.box3d_iou(b, a) == pytest.approx(expected, abs=1e-9)
+    assert box3d_iou(a, b) == pytest.approx(expected, abs=1e-9)
+    assert box3d_iou(b, a) == pytest.approx(expected, abs=1e-9)
 
 
 def monte_carlo_iou(a: np.ndarray, b: np.ndarray, sampler: qmc.Sobol, m: int) -> float:
@@ -627,7 +637,7 @@ def test_iou_matches_monte_carlo_on_100_random_pairs():
     start = time.perf_counter()
     rng = np.random.default_rng(2024)
     a, b = random_box_pairs(rng, 100, spread=0.4)
-    ious = g.box3d_iou_batch(a, b)
+    ious = box3d_iou_batch(a, b)
     sampler = qmc.Sobol(d=3, scramble=True, seed=11)
     checked = 0
     for i in range(100):
@@ -684,7 +694,7 @@ def test_iou_matches_halfspace_oracle_on_near_coplanar_pairs():
         ref = halfspace_oracle_iou(a, b)
         if ref is None:
             continue
-        assert g.box3d_iou(a, b) == pytest.approx(ref, abs=1e-6), trial
+        assert box3d_iou(a, b) == pytest.approx(ref, abs=1e-6), trial
         compared += 1
     assert compared >= 100
 
@@ -694,33 +704,33 @@ def test_iou_errors():
     with pytest.raises(
         InvalidInputError, match=r"corners_a must have shape \(..., 8, 3\), got \(7, 3\)"
     ):
-        g.box3d_iou(a[:7], a)
+        box3d_iou(a[:7], a)
     with pytest.raises(InvalidInputError, match=r"corners_b must be finite"):
-        g.box3d_iou(a, np.full((8, 3), np.nan))
+        box3d_iou(a, np.full((8, 3), np.nan))
     flat = a.copy()
     flat[:, 2] = 0.0
     with pytest.raises(InvalidInputError, match=r"corners_b must describe boxes with volume > 0"):
-        g.box3d_iou(a, flat)
+        box3d_iou(a, flat)
     with pytest.raises(InvalidInputError, match=r"must both have shape \(N, 8, 3\)"):
-        g.box3d_iou_batch(a[None], np.stack([a, a]))
+        box3d_iou_batch(a[None], np.stack([a, a]))
     with pytest.raises(InvalidInputError, match=r"do not broadcast"):
-        g.box3d_iou(np.stack([a, a]), np.stack([a, a, a]))
+        box3d_iou(np.stack([a, a]), np.stack([a, a, a]))
 
 
 def test_iou_mono3dvg_variant():
     # Mono3DVG puts (h, w, l) on (x, y, z) and ignores the rotation
     c = np.array([0.0, 0.0, 10.0])
     dims = np.array([4.0, 2.0, 1.0])  # L, W, H -> extents x=1 (H), y=2 (W), z=4 (L)
-    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([0, 0, 2.0]), dims) == pytest.approx(1 / 3)
-    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([0.5, 0, 0]), dims) == pytest.approx(1 / 3)
-    assert g.box3d_iou_mono3dvg(c, dims, c + np.array([1.0, 0, 0]), dims) == 0.0
-    batch = g.box3d_iou_mono3dvg(np.stack([c, c]), np.stack([dims, dims]), c, dims)
+    assert box3d_iou_mono3dvg(c, dims, c + np.array([0, 0, 2.0]), dims) == pytest.approx(1 / 3)
+    assert box3d_iou_mono3dvg(c, dims, c + np.array([0.5, 0, 0]), dims) == pytest.approx(1 / 3)
+    assert box3d_iou_mono3dvg(c, dims, c + np.array([1.0, 0, 0]), dims) == 0.0
+    batch = box3d_iou_mono3dvg(np.stack([c, c]), np.stack([dims, dims]), c, dims)
     np.testing.assert_allclose(batch, [1.0, 1.0])
-    out = g.box3d_iou_mono3dvg(
+    out = box3d_iou_mono3dvg(
         torch.tensor(c), torch.tensor(dims), torch.tensor(c), torch.tensor(dims)
     )
     assert isinstance(out, torch.Tensor) and out.item() == pytest.approx(1.0)
     with pytest.raises(InvalidInputError, match=r"dims_lwh_b must be > 0"):
-        g.box3d_iou_mono3dvg(c, dims, c, np.array([1.0, 0.0, 1.0]))
+        box3d_iou_mono3dvg(c, dims, c, np.array([1.0, 0.0, 1.0]))
     with pytest.raises(InvalidInputError, match=r"center_a must have shape \(..., 3\)"):
-        g.box3d_iou_mono3dvg(c[:2], dims, c, dims)
+        box3d_iou_mono3dvg(c[:2], dims, c, dims)

@@ -24,16 +24,10 @@ from llmi3d_core.data.queries import QueryConfig
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
 from llmi3d_core.errors import DataFormatError, InvalidInputError
-from llmi3d_core.geometry import (
-    allocentric_to_egocentric,
-    box3d_corners,
-    centre_segment,
-    project,
-    rotation_6d_to_matrix,
-    virtual_to_real_depth,
-)
+from llmi3d_core.geometry import box3d_corners, centre_segment, project, virtual_to_real_depth
 from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.model import ModelConfig, get_preset
+from llmi3d_core.rotation import allocentric_to_egocentric, rotation_6d_to_matrix
 
 HR, LR = (96, 128), 64
 CONFIG = get_preset("tiny").replace(**{"high_res.image_size": HR, "low_res.image_size": LR})

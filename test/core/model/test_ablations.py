@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmi3d_core import geometry
+from llmi3d_core import geometry, rotation
 from llmi3d_core.errors import ConfigError, ModelOutputError
 from llmi3d_core.model import text3d
 from llmi3d_core.model.detector import values_at
@@ -190,8 +190,8 @@ def test_euler_rotation_head_and_target(make_model, make_batch):
     out, boxes, K, _ = _flat_candidates(model, batch)
     assert out["euler"].shape[1] == 3 and "rot6d" not in out
     uv = boxes["center_uv_px"]
-    R_allo = geometry.euler_to_matrix(out["euler"])
-    expected = geometry.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K)
+    R_allo = rotation.euler_to_matrix(out["euler"])
+    expected = rotation.allocentric_to_egocentric(R_allo, uv[:, 0], uv[:, 1], K)
     torch.testing.assert_close(boxes["R"], expected, rtol=1e-5, atol=1e-5)
     assert "rotation" in model.train()(batch).losses
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from llmi3d_core import geometry
+from llmi3d_core import rotation
 from llmi3d_core.model import get_preset
 from llmi3d_core.model.losses import (
     box_iou_2d,
@@ -30,9 +30,9 @@ def _yaw(angle: float) -> torch.Tensor:
 def test_rotation_loss_ignores_a_half_turn_about_the_vertical_axis():
     rng = np.random.default_rng(0)
     R = torch.from_numpy(Rotation.random(8, random_state=rng).as_matrix())  # (8, 3, 3)
-    target = geometry.matrix_to_rotation_6d(R)
-    half_turn = geometry.matrix_to_rotation_6d(R @ _yaw(math.pi))  # the same box, turned
-    quarter = geometry.matrix_to_rotation_6d(R @ _yaw(math.pi / 2))
+    target = rotation.matrix_to_rotation_6d(R)
+    half_turn = rotation.matrix_to_rotation_6d(R @ _yaw(math.pi))  # the same box, turned
+    quarter = rotation.matrix_to_rotation_6d(R @ _yaw(math.pi / 2))
     assert torch.allclose(
         symmetric_rotation_l1(half_turn, target), torch.zeros(8, dtype=torch.float64), atol=1e-12
     )
@@ -41,11 +41,11 @@ def test_rotation_loss_ignores_a_half_turn_about_the_vertical_axis():
     )
     assert bool((symmetric_rotation_l1(quarter, target) > 0.1).all())
     # a half turn about another axis is a different box
-    flipped = geometry.matrix_to_rotation_6d(R @ torch.from_numpy(np.diag([1.0, -1.0, -1.0])))
+    flipped = rotation.matrix_to_rotation_6d(R @ torch.from_numpy(np.diag([1.0, -1.0, -1.0])))
     assert bool((symmetric_rotation_l1(flipped, target) > 0.1).all())
     # hand value: identity against a 90-degree yaw, 6D rows (1,0,0,0,1,0) vs (0,0,1,0,1,0)
     identity = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
-    turned = geometry.matrix_to_rotation_6d(_yaw(math.pi / 2))[None]
+    turned = rotation.matrix_to_rotation_6d(_yaw(math.pi / 2))[None]
     assert symmetric_rotation_l1(turned, identity).item() == pytest.approx(2.0 / 6.0)
 
 

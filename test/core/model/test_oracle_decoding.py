@@ -19,17 +19,13 @@ import torch
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
-from llmi3d_core.geometry import (
-    box3d_corners,
-    box3d_iou_batch,
-    euler_to_matrix,
-    matrix_to_euler,
-    rotation_6d_to_matrix,
-)
+from llmi3d_core.geometry import box3d_corners
+from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model import get_preset
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.detector import CellGrid, cell_outputs
+from llmi3d_core.rotation import euler_to_matrix, matrix_to_euler, rotation_6d_to_matrix
 
 EXACT_CONFIGS = {
     "default": {},
