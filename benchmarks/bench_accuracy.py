@@ -349,7 +349,7 @@ def stages_text(stages: list[dict[str, Any]]) -> str:
 def make_dataset(size: Any, workdir: Path) -> Any:
     """Render the ladders' IG3D-Synth set once (the family recipe's scene options); read it."""
     from llmi3d_core.data.format import read_dataset
-    from llmi3d_core.train import prepare_data
+    from llmi3d_core.train_data import prepare_data
 
     config = build_config(size, size.ablation_family, VARIANTS["llmi3d"], workdir)
     return read_dataset(prepare_data(config, progress=False))

@@ -121,8 +121,9 @@ def measure_recipe(
         extra: further key=value overrides (e.g. data.synth.num_images=64).
     """
     from llmi3d_core.data.format import read_dataset
-    from llmi3d_core.train import prepare_data, train
+    from llmi3d_core.train import train
     from llmi3d_core.train_config import load_train_config
+    from llmi3d_core.train_data import prepare_data
 
     out = workdir / f"{recipe}_{device}"
     overrides = [

@@ -128,7 +128,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and its learning-rate schedule (see train.get_lr).
+    """AdamW and its learning-rate schedule (see train_loop.get_lr).
 
     Attributes:
         lr: peak learning rate, reached at the end of warm-up.

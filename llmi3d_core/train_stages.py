@@ -37,12 +37,14 @@ from llmi3d_core.data.format import Dataset, read_dataset, select_queries
 from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model.config import ModelConfig, config_from_dict
+from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.llmi3d import Candidates, QueryStates
-from llmi3d_core.model.losses import box_iou_2d, weighted_total
+from llmi3d_core.model.losses import Batch, box_iou_2d, weighted_total
 from llmi3d_core.model.pointer import fit_calibration, pointer_loss
+from llmi3d_core.model.vision import colour_map
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
+from llmi3d_core.train_data import CachedItems, batch_size, to_device
 
-Batch = dict[str, Any]
 IMAGE_KEYS = ("image_hr", "image_lr")
 
 
@@ -162,27 +164,6 @@ class StageTask:
         return {("loss" if k == "total" else k): v for k, v in self.losses(model, batch).items()}
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move the tensors of a batch (and of lists of tensors) to `device`."""
-
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(device)
-        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-            return [v.to(device) for v in value]
-        return value
-
-    return {k: move(v) for k, v in batch.items()}
-
-
-def batch_size(batch: Batch) -> int:
-    """Samples in a batch (the length of its first tensor)."""
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            return int(value.shape[0])
-    return 0
-
-
 def box_ious(boxes: dict[str, torch.Tensor], center: torch.Tensor, dims: torch.Tensor,
              R: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Exact 3D IoU (B,) of decoded boxes with ground truth (float64 numpy under the hood)."""
@@ -210,8 +191,6 @@ class JointTask(StageTask):
 
     def datasets(self, model: Any) -> tuple[Any, Any | None]:
         """The stage's training and validation data (see the class docstring)."""
-        from llmi3d_core.train import CachedItems
-
         data = self.config.data
         kwargs: dict[str, Any] = {"query_types": data.query_types, "dataset": self.dataset}
         train: Any = GroundingDataset(
@@ -263,8 +242,6 @@ class FrozenBackbone:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> HighResBranch.backbone_features, as float16."""
-        from llmi3d_core.model.vision import colour_map
-
         maps = self.backbone(images.float().contiguous(memory_format=torch.channels_last))
         return [m.half().contiguous() for m in [*maps, colour_map(images.float())]]
 
@@ -554,8 +531,6 @@ class PointerTask(StageTask):
         acc@0.25, mean_iou and grounding_acc (and per query type) over single-target queries,
         with the best candidate; not_here over negative queries (no candidate scores >= 0.5).
         """
-        from llmi3d_core.model.decode import decode_boxes
-
         metrics = super().batch_metrics(model, batch)
         pointed, candidates = self._forward(model, batch)
         logits, residual = pointed.logits, pointed.residual
@@ -608,5 +583,4 @@ __all__ = [
     "make_task",
     "model_config_for_data",
     "size_priors",
-    "to_device",
 ]

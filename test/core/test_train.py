@@ -26,15 +26,10 @@ from safetensors.torch import load_file
 
 from llmi3d_core.data.format import read_dataset
 from llmi3d_core.errors import ConfigError
-from llmi3d_core.train import (
-    StepBatchSampler,
-    ensure_trained,
-    point_link,
-    prepare_data,
-    train,
-    write_dir_atomically,
-)
+from llmi3d_core.rundir import point_link, write_dir_atomically
+from llmi3d_core.train import ensure_trained, train
 from llmi3d_core.train_config import load_train_config
+from llmi3d_core.train_data import StepBatchSampler, prepare_data
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "config" / "train" / "tiny_synth.yaml"

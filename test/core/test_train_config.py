@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from llmi3d_core.errors import ConfigError
-from llmi3d_core.train import get_lr
 from llmi3d_core.train_config import (
     OptimConfig,
     TrainConfig,
@@ -19,6 +18,7 @@ from llmi3d_core.train_config import (
     parse_override,
     resolve_model_config,
 )
+from llmi3d_core.train_loop import get_lr
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "config" / "train").glob("*.yaml"))
