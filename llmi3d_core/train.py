@@ -528,7 +528,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
 def _fit_baseline_run(config: TrainConfig, out_dir: Path) -> Path:
     """Fit a non-learned baseline on the training split and store it as the run's `best`."""
     from llmi3d_core.baselines import fit_baseline, save_baseline
-    from llmi3d_core.data.format import read_dataset, select_queries
+    from llmi3d_core.data.reader import read_dataset
+    from llmi3d_core.data.splits import select_queries
 
     dataset = read_dataset(config.data.root)
     queries = select_queries(dataset, config.data.train_split)
@@ -582,7 +583,7 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
     out_dir/stages/<i>-<kind>/ and points out_dir's `best` and `latest` at the last stage's.
     Finished stages (done.json) are skipped on resume.
     """
-    from llmi3d_core.data.format import read_dataset
+    from llmi3d_core.data.reader import read_dataset
     from llmi3d_core.train_stages import make_task, model_config_for_data, size_priors
 
     dataset = read_dataset(config.data.root)

@@ -1,7 +1,11 @@
 """Datasets: the on-disk format, the IG3D-Synth generator, queries, the torch Dataset and the CLI.
 
 Modules import lazily (torch and OpenCV only where needed):
-    format        records, DatasetWriter, read_dataset, select_queries  (docs/dataset_format.md)
+    format        the file layout and its records (docs/dataset_format.md)
+    codec         records <-> JSON lines, the checked decoding being the format's validation
+    reader        read_dataset: a whole directory, cross-references checked
+    writer        DatasetWriter: records and pictures, streamed and checked
+    splits        select_queries: "test:novel@target" and the like
     synth         the IG3D-Synth generator (config, one image, whole dataset, CLI)
     synth_shapes  its category catalogue: size priors and multi-primitive meshes
     synth_scene   its cameras, rooms, streets and object placement
