@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.queries import QueryConfig, make_queries
+from llmi3d_core.data.queries import make_queries
+from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.synth_render import (
     Canvas,
     ObjectInstance,
