@@ -266,7 +266,7 @@ def run_overrides(size: Any, out_dir: Path, data_root: Path) -> list[str]:
 
 def stage_samples(dataset: Any, config: Any, stage: Any) -> int:
     """Training samples a stage of `config` has on `dataset`: images (detector) or queries."""
-    from llmi3d_core.data.format import select_queries
+    from llmi3d_core.data.splits import select_queries
 
     queries = select_queries(dataset, config.data.train_split)
     if config.data.query_types is not None:
@@ -348,7 +348,7 @@ def stages_text(stages: list[dict[str, Any]]) -> str:
 
 def make_dataset(size: Any, workdir: Path) -> Any:
     """Render the ladders' IG3D-Synth set once (the family recipe's scene options); read it."""
-    from llmi3d_core.data.format import read_dataset
+    from llmi3d_core.data.reader import read_dataset
     from llmi3d_core.train_data import prepare_data
 
     config = build_config(size, size.ablation_family, VARIANTS["llmi3d"], workdir)
@@ -357,7 +357,7 @@ def make_dataset(size: Any, workdir: Path) -> Any:
 
 def eval_queries(dataset: Any, count: int) -> list[Any]:
     """`count` test queries spread evenly over the test split (all when count is 0)."""
-    from llmi3d_core.data.format import select_queries
+    from llmi3d_core.data.splits import select_queries
 
     queries = select_queries(dataset, TEST_SPLIT)
     if not count or len(queries) <= count:
@@ -591,7 +591,8 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
         rows also "true_cells" (the heads read at the true cell under that decoding).
     """
     from llmi3d_core.baselines import fit_baseline
-    from llmi3d_core.data.format import read_dataset, select_queries
+    from llmi3d_core.data.reader import read_dataset
+    from llmi3d_core.data.splits import select_queries
     from llmi3d_core.default_model import TEST_SEED, default_test_data
     from llmi3d_core.evaluate import (
         load_predictor,
@@ -704,7 +705,7 @@ def measure_accuracy(size: Any, workdir: Path) -> dict[str, Any]:
     run_benchmarks.py exits with 1).
     """
     from llmi3d_core.baselines import fit_baseline
-    from llmi3d_core.data.format import select_queries
+    from llmi3d_core.data.splits import select_queries
 
     for variant in VARIANTS.values():
         build_config(size, size.ablation_family, variant, workdir)

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from llmi3d_core.data.format import DatasetWriter, encode_image  # noqa: E402
 from llmi3d_core.data.synth import (  # noqa: E402
     SynthConfig,
     dataset_info,
@@ -38,6 +37,7 @@ from llmi3d_core.data.synth import (  # noqa: E402
 )
 from llmi3d_core.data.synth_scene import CAMERA_GROUPS  # noqa: E402
 from llmi3d_core.data.synth_shapes import CATEGORIES, build_mesh  # noqa: E402
+from llmi3d_core.data.writer import DatasetWriter, encode_image  # noqa: E402
 
 
 class Clock:

@@ -71,7 +71,7 @@ def stage_overrides(config: Any, dataset: Any, steps: int) -> list[dict[str, Any
     """
     from bench_accuracy import stage_samples
 
-    from llmi3d_core.data.format import select_queries
+    from llmi3d_core.data.splits import select_queries
     from llmi3d_core.train_config import StageConfig
 
     stages = list(config.stages) or [StageConfig(kind="joint", max_steps=config.max_steps)]
@@ -120,7 +120,7 @@ def measure_recipe(
         threads: torch CPU threads (0: the recipe's own setting).
         extra: further key=value overrides (e.g. data.synth.num_images=64).
     """
-    from llmi3d_core.data.format import read_dataset
+    from llmi3d_core.data.reader import read_dataset
     from llmi3d_core.train import train
     from llmi3d_core.train_config import load_train_config
     from llmi3d_core.train_data import prepare_data

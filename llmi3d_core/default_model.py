@@ -62,7 +62,7 @@ def default_test_data(num_images: int = TEST_IMAGES, progress: bool = True) -> P
     are those of the default recipe's training set, so "novel" means the same in both. Every
     image is in its "test" split.
     """
-    from llmi3d_core.data.queries import QueryConfig
+    from llmi3d_core.data.query_config import QueryConfig
     from llmi3d_core.data.synth import SynthConfig, generate_dataset
     from llmi3d_core.train_config import load_train_config
 

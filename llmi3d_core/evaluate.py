@@ -727,7 +727,7 @@ def run_evaluation(
     Raises:
         InvalidInputError: unknown split or IoU, or an empty split.
     """
-    from llmi3d_core.data.format import select_queries
+    from llmi3d_core.data.splits import select_queries
 
     if iou not in IOU_VARIANTS:
         raise InvalidInputError(f"unknown iou variant {iou!r}; available: {sorted(IOU_VARIANTS)}")
@@ -872,7 +872,8 @@ def run(args: argparse.Namespace) -> int:
         load_baseline,
         normalize_baseline_name,
     )
-    from llmi3d_core.data.format import read_dataset, select_queries
+    from llmi3d_core.data.reader import read_dataset
+    from llmi3d_core.data.splits import select_queries
 
     set_threads(args.threads)
     if args.checkpoint is not None and str(args.checkpoint) == DEFAULT_CHECKPOINT:

@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 from llmi3d_core.baselines import fit_baseline, save_baseline
-from llmi3d_core.data.format import read_dataset, select_queries
+from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.data.splits import select_queries
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.rundir import (
     CHECKPOINTS,

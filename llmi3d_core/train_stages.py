@@ -33,7 +33,9 @@ import torch
 from tqdm import tqdm
 
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset, collate_grounding
-from llmi3d_core.data.format import Dataset, read_dataset, select_queries
+from llmi3d_core.data.format import Dataset
+from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.data.splits import select_queries
 from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model.config import ModelConfig, config_from_dict

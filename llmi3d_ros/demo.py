@@ -35,7 +35,8 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection3DArray
 
-from llmi3d_core.data.format import ImageRecord, QueryRecord, read_dataset
+from llmi3d_core.data.format import ImageRecord, QueryRecord
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners
 from llmi3d_core.iou import box3d_iou
 from llmi3d_core.messages import detection_box, image_to_rgb, stamp_to_ns

@@ -25,8 +25,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
-from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
+from llmi3d_core.data.format import Dataset, ImageRecord
 from llmi3d_core.data.images import load_rgb
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.paths import cache_dir
 from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
 from llmi3d_ros.spinning import run_until_shutdown

@@ -55,14 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.format import (
-    DatasetInfo,
-    DatasetWriter,
-    ImageRecord,
-    ObjectRecord,
-    QueryRecord,
-    image_file_name,
-)
+from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.omni3d import (
     ConversionSummary,
     TemplateConfig,
@@ -74,6 +67,7 @@ from llmi3d_core.data.omni3d import (
     project_box,
     template_caption,
 )
+from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.messages import (
     bbox_size_to_dims_lwh,

@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from llmi3d_core.data.format import Dataset, ImageRecord, read_dataset
+from llmi3d_core.data.format import Dataset, ImageRecord
 from llmi3d_core.data.images import load_rgb
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import InvalidInputError
 
 _STRIP_PX = 22

@@ -46,16 +46,10 @@ import cv2
 import numpy as np
 import torch
 
-from llmi3d_core.data.format import (
-    QUERY_TYPES,
-    Dataset,
-    ImageRecord,
-    ObjectRecord,
-    QueryRecord,
-    read_dataset,
-    select_queries,
-)
+from llmi3d_core.data.format import QUERY_TYPES, Dataset, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.images import load_rgb
+from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.data.splits import select_queries
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import centre_segment, project, real_to_virtual_depth
 from llmi3d_core.model.config import ModelConfig

@@ -44,15 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.format import (
-    SPLITS,
-    DatasetInfo,
-    DatasetWriter,
-    ImageRecord,
-    ObjectRecord,
-    QueryRecord,
-    image_file_name,
-)
+from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.omni3d import (
     ConversionSummary,
     clip_box,
@@ -63,6 +55,7 @@ from llmi3d_core.data.omni3d import (
     load_json,
     project_box,
 )
+from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 
 # KITTI occlusion level -> fraction of the object seen (0 fully visible, 1 partly occluded,

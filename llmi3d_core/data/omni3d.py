@@ -47,12 +47,11 @@ from llmi3d_core.data.format import (
     IMAGE_SUFFIXES,
     SPLITS,
     DatasetInfo,
-    DatasetWriter,
     ImageRecord,
     ObjectRecord,
     QueryRecord,
-    image_file_name,
 )
+from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 
 # ---------------------------------------------------------------------------------------------

@@ -30,16 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.format import (
-    DatasetInfo,
-    DatasetWriter,
-    ImageRecord,
-    ObjectRecord,
-    QueryRecord,
-    encode_image,
-    image_file_name,
-)
-from llmi3d_core.data.queries import QueryConfig, make_queries
+from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
+from llmi3d_core.data.queries import make_queries
+from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.synth_render import (
     Canvas,
     ObjectInstance,
@@ -55,6 +48,7 @@ from llmi3d_core.data.synth_scene import (
     sample_scene,
 )
 from llmi3d_core.data.synth_shapes import CATEGORIES, build_mesh
+from llmi3d_core.data.writer import DatasetWriter, encode_image, image_file_name
 from llmi3d_core.errors import ConfigError
 
 GENERATOR_VERSION = 1

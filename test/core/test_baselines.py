@@ -17,7 +17,8 @@ from llmi3d_core.baselines import (
     normalize_baseline_name,
     save_baseline,
 )
-from llmi3d_core.data.format import read_dataset, select_queries
+from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.data.splits import select_queries
 from llmi3d_core.errors import CheckpointError, InvalidInputError
 from llmi3d_core.evaluate import (
     evaluate_results,

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from llmi3d_core import geometry
 from llmi3d_core.data.dataset import GroundingDataset
-from llmi3d_core.data.format import read_dataset
 from llmi3d_core.data.images import load_rgb
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.inference import Predictor

@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.rundir import point_link, write_dir_atomically
 from llmi3d_core.train import ensure_trained, train

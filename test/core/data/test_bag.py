@@ -12,7 +12,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from llmi3d_core.cli import main
 from llmi3d_core.data import bag as bagconv
-from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.messages import nearest_stamp, quaternion_to_matrix
 

@@ -9,16 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmi3d_core.data.format import (
-    DatasetInfo,
-    DatasetWriter,
-    ImageRecord,
-    ObjectRecord,
-    QueryRecord,
-    image_file_name,
-    read_dataset,
-    select_queries,
-)
+from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
+from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.data.splits import select_queries
+from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])

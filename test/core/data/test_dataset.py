@@ -19,8 +19,9 @@ from llmi3d_core.data.dataset import (
     load_rgb,
     mirror_text,
 )
-from llmi3d_core.data.format import QueryRecord, read_dataset
-from llmi3d_core.data.queries import QueryConfig
+from llmi3d_core.data.format import QueryRecord
+from llmi3d_core.data.query_config import QueryConfig
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
 from llmi3d_core.errors import DataFormatError, InvalidInputError

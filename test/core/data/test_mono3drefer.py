@@ -12,7 +12,7 @@ import pytest
 
 from llmi3d_core.cli import main
 from llmi3d_core.data import mono3drefer
-from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mono3drefer"

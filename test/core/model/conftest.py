@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
-from llmi3d_core.data.format import Dataset, QueryRecord, read_dataset
-from llmi3d_core.data.queries import QueryConfig
+from llmi3d_core.data.format import Dataset, QueryRecord
+from llmi3d_core.data.query_config import QueryConfig
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.model import LLMI3D, ModelConfig, get_preset
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
-from llmi3d_core.data.format import read_dataset
+from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.iou import box3d_iou_batch
