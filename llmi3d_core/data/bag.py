@@ -39,34 +39,34 @@ The labels must be expressed in the image's optical frame: a Detection3DArray wh
 differs from the image's is refused unless --assume-same-frame is given (no TF is applied).
 
 Queries: one template caption per object ("the mug"; "the nearest mug" etc. when the class
-repeats, see `omni3d.template_caption`), answer = class_id. Splits by time: the labelled frames,
-in stamp order, are cut into consecutive train / val / test blocks (--train-frac, --val-frac), so
-near-identical neighbouring frames rarely straddle two splits.
+repeats, see `convert_common.template_caption`), answer = class_id. Splits by time: the labelled
+frames, in stamp order, are cut into consecutive train / val / test blocks (--train-frac,
+--val-frac), so near-identical neighbouring frames rarely straddle two splits.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from tqdm import tqdm
 
-from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.omni3d import (
+from llmi3d_core.data.bag_labels import LabelFrame, labels_from_message, load_labels_file
+from llmi3d_core.data.convert_common import (
+    ConversionOutput,
     ConversionSummary,
     TemplateConfig,
-    expect_array,
-    expect_int,
-    expect_key,
-    expect_str,
-    load_json,
+    add_output_flags,
     project_box,
-    template_caption,
+    template_captions,
 )
+from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.messages import (
@@ -106,8 +106,6 @@ def make_typestore() -> Any:
 
     Used to read bags that carry no message definitions, and to write test bags.
     """
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     typestore = get_typestore(Stores.ROS2_KILTED)
     types: dict[str, Any] = {}
     for name, text in VISION_MSGS.items():
@@ -138,162 +136,12 @@ class CameraInfoFrame:
     K: np.ndarray
 
 
-@dataclass(frozen=True)
-class LabelBox:
-    """One labelled 3D box in the camera optical frame.
-
-    Attributes:
-        class_id: the object phrase.
-        center: (3,) box centre, metres.
-        orientation: (4,) unit quaternion (x, y, z, w), object -> camera.
-        size: (3,) extents along the object's x, y, z = (L, H, W), metres.
-        id: the label's id ("" when none).
-    """
-
-    class_id: str
-    center: np.ndarray
-    orientation: np.ndarray
-    size: np.ndarray
-    id: str = ""
-
-
-@dataclass(frozen=True)
-class LabelFrame:
-    """All boxes labelled for one image stamp.
-
-    Attributes:
-        stamp_ns: the stamp of the image they belong to, ns.
-        frame_id: their frame ("" = unknown; taken to be the image's).
-        boxes: the boxes.
-        where: topic and stamp, or file and line, for messages.
-    """
-
-    stamp_ns: int
-    frame_id: str
-    boxes: list[LabelBox]
-    where: str = ""
-
-
-def _box_from_detection(detection: Any, where: str) -> LabelBox:
-    """vision_msgs/Detection3D -> LabelBox (best-scoring hypothesis gives the class)."""
-    if not detection.results:
-        raise DataFormatError(f"{where}: a Detection3D has no results (no class_id)")
-    best = max(detection.results, key=lambda r: r.hypothesis.score)
-    class_id = str(best.hypothesis.class_id).strip()
-    if not class_id:
-        raise DataFormatError(f"{where}: a Detection3D has an empty class_id")
-    pose, size = detection.bbox.center, detection.bbox.size
-    return LabelBox(
-        class_id=class_id,
-        center=np.array([pose.position.x, pose.position.y, pose.position.z]),
-        orientation=np.array(
-            [pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w]
-        ),
-        size=np.array([size.x, size.y, size.z]),
-        id=str(detection.id),
-    )
-
-
-def labels_from_message(msg: Any, stamp_ns: int, where: str) -> LabelFrame:
-    """vision_msgs/Detection3DArray -> LabelFrame."""
-    frame_id = str(msg.header.frame_id)
-    boxes = []
-    for det in msg.detections:
-        if det.header.frame_id and frame_id and det.header.frame_id != frame_id:
-            raise DataFormatError(
-                f"{where}: a detection is in frame {det.header.frame_id!r} but its array in "
-                f"{frame_id!r}; one frame per message is expected"
-            )
-        frame_id = frame_id or str(det.header.frame_id)
-        boxes.append(_box_from_detection(det, where))
-    return LabelFrame(stamp_ns=stamp_ns, frame_id=frame_id, boxes=boxes, where=where)
-
-
-def load_labels_file(path: str | Path) -> list[LabelFrame]:
-    """Read a labels file: one labelled image stamp per JSON Lines line (or a JSON list of them).
-
-        {"stamp_ns": 1700000000100000000, "frame_id": "camera_color_optical_frame",
-         "objects": [{"class_id": "mug", "center": [0.2, -0.1, 2.0], "size": [0.3, 0.2, 0.1],
-                      "orientation": [0.0, 0.7071068, 0.0, 0.7071068], "id": "3"}]}
-
-    - "stamp_ns" (int, ns) or "stamp": {"sec", "nanosec"}: the header stamp of the image;
-    - "frame_id" (optional): the frame of the boxes, must be the image's optical frame;
-    - per object: "class_id" (the phrase), "center" [x, y, z] m in the camera optical frame,
-      "size" [x, y, z] extents in the object's frame = (L, H, W) m as vision_msgs'
-      BoundingBox3D.size, optional "orientation" [x, y, z, w] (default identity), optional "id".
-
-    Raises:
-        DataFormatError: naming the file and line (or list index) of a malformed entry.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: labels file not found") from None
-    entries: list[tuple[str, Any]] = []
-    if raw.lstrip().startswith("["):
-        entries = [(f"{path}: [{i}]", e) for i, e in enumerate(load_json(path))]
-    else:
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                try:
-                    entries.append((f"{path}: line {number}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(
-                        f"{path}: line {number}: invalid JSON ({err.msg})"
-                    ) from None
-    return [_parse_label_entry(entry, where) for where, entry in entries]
-
-
-def _parse_label_entry(entry: Any, where: str) -> LabelFrame:
-    if not isinstance(entry, dict):
-        raise DataFormatError(f"{where}: expected a JSON object with stamp_ns and objects")
-    if "stamp_ns" in entry:
-        stamp_ns = expect_int(entry["stamp_ns"], f"{where}.stamp_ns")
-    elif "stamp" in entry:
-        stamp = entry["stamp"]
-        sec = expect_int(expect_key(stamp, "sec", f"{where}.stamp"), f"{where}.stamp.sec")
-        nanosec = expect_int(
-            expect_key(stamp, "nanosec", f"{where}.stamp"), f"{where}.stamp.nanosec"
-        )
-        stamp_ns = sec * 1_000_000_000 + nanosec
-    else:
-        raise DataFormatError(f"{where}: missing key 'stamp_ns' (or 'stamp': {{sec, nanosec}})")
-    objects = expect_key(entry, "objects", where)
-    if not isinstance(objects, list):
-        raise DataFormatError(f"{where}.objects: expected a list, got {type(objects).__name__}")
-    boxes = []
-    for index, obj in enumerate(objects):
-        at = f"{where}.objects[{index}]"
-        size = expect_array(expect_key(obj, "size", at), (3,), f"{at}.size")
-        if np.any(size <= 0):
-            raise DataFormatError(f"{at}.size: expected 3 positive extents (L, H, W) m, got {size}")
-        orientation = expect_array(obj.get("orientation", [0, 0, 0, 1]), (4,), f"{at}.orientation")
-        if np.linalg.norm(orientation) < 1e-9:
-            raise DataFormatError(f"{at}.orientation: expected a non-zero quaternion (x, y, z, w)")
-        boxes.append(
-            LabelBox(
-                class_id=expect_str(expect_key(obj, "class_id", at), f"{at}.class_id").strip(),
-                center=expect_array(expect_key(obj, "center", at), (3,), f"{at}.center"),
-                orientation=orientation,
-                size=size,
-                id=str(obj.get("id", "")),
-            )
-        )
-    frame_id = entry.get("frame_id", "")
-    if not isinstance(frame_id, str):
-        raise DataFormatError(f"{where}.frame_id: expected a string, got {frame_id!r}")
-    return LabelFrame(stamp_ns=stamp_ns, frame_id=frame_id, boxes=boxes, where=where)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading the bag
 # ---------------------------------------------------------------------------------------------
 
 
 def _open_reader(bag: Path) -> Any:
-    from rosbags.highlevel import AnyReader, AnyReaderError
-
     try:
         reader = AnyReader([bag], default_typestore=make_typestore())
         reader.open()
@@ -572,8 +420,6 @@ def convert_bag(
             no image with both labels and a CameraInfo.
         InvalidInputError: when out_dir already holds a dataset and overwrite is False.
     """
-    from tqdm import tqdm
-
     bag = Path(bag)
     summary = ConversionSummary(out_dir=Path(out_dir))
     reader = _open_reader(bag)
@@ -595,7 +441,8 @@ def convert_bag(
         )
         image_conns = [c for c in reader.connections if c.topic == config.image_topic]
         with DatasetWriter(out_dir, info, overwrite=overwrite) as writer:
-            job = _BagJob(bag, config, writer, summary)
+            output = ConversionOutput(writer, summary)
+            job = _BagJob(bag, config, output)
             messages = reader.messages(connections=image_conns)
             total = sum(c.msgcount for c in image_conns)
             for connection, log_time, raw in tqdm(
@@ -605,7 +452,7 @@ def convert_bag(
                 frame = frames.pop(_header_stamp(msg, log_time), None)
                 if frame is not None:
                     job.write_frame(msg, connection.msgtype, frame)
-            writer.info.camera_groups = job.camera_groups()
+            writer.info.camera_groups = output.camera_groups
     finally:
         reader.close()
     return summary
@@ -617,23 +464,18 @@ class _BagJob:
 
     bag: Path
     config: BagConvertConfig
-    writer: DatasetWriter
-    summary: ConversionSummary
-    sizes: list[tuple[int, int, float]] = field(default_factory=list)  # (width, height, fx)
+    output: ConversionOutput
+
+    @property
+    def summary(self) -> ConversionSummary:
+        """The run's summary (the output's)."""
+        return self.output.summary
 
     @property
     def group(self) -> str:
         """Camera group: configured, or the image topic with "/" -> "_"."""
         topic = self.config.image_topic.strip("/").replace("/", "_")
         return self.config.camera_group or topic or "camera"
-
-    def camera_groups(self) -> dict[str, dict[str, Any]]:
-        """dataset.json's camera_groups: the first image size and the range of fx seen."""
-        if not self.sizes:
-            return {}
-        fxs = [fx for _, _, fx in self.sizes]
-        width, height, _ = self.sizes[0]
-        return {self.group: {"width": width, "height": height, "fx_range": [min(fxs), max(fxs)]}}
 
     def write_frame(self, msg: Any, msgtype: str, frame: _Frame) -> None:
         """Decode and write one labelled image with its objects and template queries."""
@@ -653,7 +495,7 @@ class _BagJob:
         if not objects:
             self.summary.skip("labelled images without usable objects")
             return
-        self.writer.add_image(
+        self.output.add_image(
             ImageRecord(
                 image_id=image_id,
                 file_name=image_file_name(image_id, ".png"),
@@ -667,21 +509,13 @@ class _BagJob:
             ),
             image,
         )
-        self.summary.images += 1
-        self.summary.objects += len(objects)
-        self.sizes.append((width, height, float(K[0, 0])))
-        categories = [o.category_name for o in objects]
-        centers = np.stack([o.center_cam for o in objects])
-        centers_2d = np.stack([o.center_2D for o in objects])
+        texts = template_captions(objects, width=width, config=self.config.templates)
         number = 0
-        for index, obj in enumerate(objects):
-            text = template_caption(
-                categories, centers, centers_2d, index, width=width, config=self.config.templates
-            )
+        for obj, text in zip(objects, texts, strict=True):
             if text is None:
                 self.summary.skip("template queries: no unambiguous template")
                 continue
-            self.writer.add_query(
+            self.output.add_query(
                 QueryRecord(
                     query_id=f"{image_id}_q{number:02d}",
                     image_id=image_id,
@@ -693,7 +527,6 @@ class _BagJob:
                     camera_group=self.group,
                 )
             )
-            self.summary.add_query(frame.split)
             number += 1
 
 
@@ -725,8 +558,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--assume-same-frame", action="store_true",
         help="accept labels whose frame_id differs from the image's (no TF is applied)",
     )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,10 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.omni3d import (
+from llmi3d_core.data.convert_common import (
+    ConversionOutput,
     ConversionSummary,
+    add_output_flags,
+    add_skip_missing_flag,
+    category_phrase,
+    check_split_option,
     clip_box,
     decode_rgb,
     expect_int,
@@ -55,8 +60,16 @@ from llmi3d_core.data.omni3d import (
     load_json,
     project_box,
 )
+from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
+from llmi3d_core.data.kitti import (
+    KittiObject,
+    kitti_to_camera,
+    load_kitti_calib,
+    load_kitti_labels,
+    parse_kitti_label,
+)
 from llmi3d_core.data.writer import DatasetWriter, image_file_name
-from llmi3d_core.errors import DataFormatError, InvalidInputError
+from llmi3d_core.errors import DataFormatError
 
 # KITTI occlusion level -> fraction of the object seen (0 fully visible, 1 partly occluded,
 # 2 largely occluded, 3 unknown). Rough: KITTI defines levels, not fractions.
@@ -65,133 +78,8 @@ IMAGE_DIRS = ("images", "image_2")
 SPLIT_FILE = "Mono3DRefer_{split}_image.txt"
 
 # ---------------------------------------------------------------------------------------------
-# Parsing: KITTI labels and calibration, Mono3DRefer JSON -> plain dataclasses
+# Parsing: Mono3DRefer JSON and split files -> plain dataclasses
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KittiObject:
-    """One KITTI object label (rectified camera-0 frame: x right, y down, z forward).
-
-    Attributes:
-        type: KITTI class ("Car", "Pedestrian", "Cyclist", ..., "DontCare").
-        truncated: 0..1, fraction of the object leaving the image.
-        occluded: 0 fully visible, 1 partly occluded, 2 largely occluded, 3 unknown.
-        alpha: observation angle, radians.
-        bbox: (4,) [x1, y1, x2, y2] 2D box, px.
-        h: height, metres.
-        w: width, metres.
-        l: length, metres.
-        location: (3,) BOTTOM centre of the box, metres.
-        ry: rotation about the camera y axis, radians.
-        score: detection score (results files only), else None.
-    """
-
-    type: str
-    truncated: float
-    occluded: int
-    alpha: float
-    bbox: np.ndarray
-    h: float
-    w: float
-    l: float  # noqa: E741 (KITTI's name)
-    location: np.ndarray
-    ry: float
-    score: float | None = None
-
-    def same_box(self, other: KittiObject, tol: float = 1e-3) -> bool:
-        """True when both labels describe the same object (type and every number within tol)."""
-        mine = np.concatenate([self.bbox, [self.h, self.w, self.l, self.ry], self.location])
-        theirs = np.concatenate([other.bbox, [other.h, other.w, other.l, other.ry], other.location])
-        return self.type.lower() == other.type.lower() and bool(
-            np.all(np.abs(mine - theirs) <= tol)
-        )
-
-
-def parse_kitti_label(tokens: str | list[Any], where: str) -> KittiObject:
-    """Parse one KITTI label: a line "Car 0.00 0 -1.58 ..." or the list of its tokens.
-
-    Raises:
-        DataFormatError: naming `where` when there are not 15 or 16 fields or one is no number.
-    """
-    fields = tokens.split() if isinstance(tokens, str) else [str(t) for t in tokens]
-    if len(fields) not in (15, 16):
-        raise DataFormatError(
-            f"{where}: expected a KITTI label of 15 fields (type truncated occluded alpha "
-            f"x1 y1 x2 y2 h w l x y z ry) or 16 with a score, got {len(fields)}: {fields}"
-        )
-    try:
-        numbers = [float(f) for f in fields[1:]]
-    except ValueError:
-        raise DataFormatError(
-            f"{where}: KITTI label fields 2-{len(fields)} must be numbers, got {fields[1:]}"
-        ) from None
-    if not np.all(np.isfinite(numbers)):
-        raise DataFormatError(f"{where}: KITTI label has non-finite numbers: {fields}")
-    return KittiObject(
-        type=fields[0],
-        truncated=numbers[0],
-        occluded=int(numbers[1]),
-        alpha=numbers[2],
-        bbox=np.array(numbers[3:7]),
-        h=numbers[7],
-        w=numbers[8],
-        l=numbers[9],
-        location=np.array(numbers[10:13]),
-        ry=numbers[13],
-        score=numbers[14] if len(numbers) == 15 else None,
-    )
-
-
-def load_kitti_labels(path: str | Path) -> list[KittiObject]:
-    """Read a KITTI label_2 file (one label a line, blank lines ignored).
-
-    Raises:
-        DataFormatError: naming the file and line of a malformed label, or a missing file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    labels = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            labels.append(parse_kitti_label(line, f"{path}: line {number}"))
-    return labels
-
-
-def load_kitti_calib(path: str | Path) -> np.ndarray:
-    """Read P2 (3, 4) from a KITTI calib file ("P2: 12 numbers", other keys ignored).
-
-    Raises:
-        DataFormatError: naming the file (and line) when P2 is missing or malformed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: calibration file not found")
-    keys = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        key, sep, rest = line.partition(":")
-        if not sep:
-            continue
-        keys.append(key.strip())
-        if key.strip() != "P2":
-            continue
-        try:
-            values = [float(v) for v in rest.split()]
-        except ValueError:
-            values = []
-        if len(values) != 12 or not np.all(np.isfinite(values)):
-            raise DataFormatError(
-                f"{path}: line {number}: P2 must be 12 numbers (3x4 row-major), got {rest.split()}"
-            )
-        P2 = np.array(values).reshape(3, 4)
-        if P2[0, 0] <= 0 or P2[1, 1] <= 0 or P2[1, 0] != 0 or P2[2, :3].tolist() != [0, 0, 1]:
-            raise DataFormatError(
-                f"{path}: line {number}: P2 must be [[fx, s, cx, tx], [0, fy, cy, ty], "
-                f"[0, 0, 1, tz]] with fx, fy > 0, got {P2.tolist()}"
-            )
-        return P2
-    raise DataFormatError(f"{path}: no 'P2:' line (keys present: {', '.join(keys) or 'none'})")
 
 
 @dataclass(frozen=True)
@@ -315,31 +203,6 @@ def load_split_files(split_dir: str | Path) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def category_phrase(name: str) -> str:
-    """KITTI / Mono3DRefer class -> our object phrase: "Person_sitting" -> "person sitting"."""
-    return name.strip().lower().replace("_", " ")
-
-
-def rotation_y(ry: float) -> np.ndarray:
-    """(3, 3) rotation by ry radians about the camera y axis (KITTI's rotation_y)."""
-    c, s = np.cos(ry), np.sin(ry)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def kitti_to_camera(
-    label: KittiObject, P2: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """KITTI label -> (center_cam (3,), dimensions [W, H, L] (3,), R_cam (3, 3)) in camera 2.
-
-    center_cam = (x, y - h/2, z) + K^-1 P2[:, 3]: KITTI's location is the bottom centre in the
-    rectified camera-0 frame, and P2's fourth column is camera 2's offset from it.
-    """
-    K = P2[:, :3]
-    offset = np.linalg.solve(K, P2[:, 3])  # (3,) camera-2 offset, metres
-    center = label.location + np.array([0.0, -label.h / 2.0, 0.0]) + offset
-    return center, np.array([label.w, label.h, label.l]), rotation_y(label.ry)
-
-
 @dataclass(frozen=True)
 class Mono3DReferConvertConfig:
     """Options of `convert_mono3drefer` (the CLI flags map one to one).
@@ -357,10 +220,7 @@ class Mono3DReferConvertConfig:
     skip_missing_images: bool = False
 
     def __post_init__(self) -> None:
-        if self.split not in ("", *SPLITS):
-            raise InvalidInputError(
-                f"split must be one of {list(SPLITS)} or '', got {self.split!r}"
-            )
+        check_split_option(self.split)
 
 
 def _find(root: Path, subdirs: tuple[str, ...], name: str) -> Path | None:
@@ -445,8 +305,6 @@ def convert_mono3drefer(
             (unless skipped), or missing split files when no split is given.
         InvalidInputError: when out_dir already holds a dataset and overwrite is False.
     """
-    from tqdm import tqdm
-
     json_path, kitti_root = Path(json_path), Path(kitti_root)
     entries = load_mono3drefer(json_path)
     split_of: dict[str, str] = {}
@@ -468,8 +326,8 @@ def convert_mono3drefer(
         generator={"program": "llmi3d data mono3drefer", "source": str(json_path)},
     )
     summary = ConversionSummary(out_dir=Path(out_dir))
-    group: dict[str, Any] = {}
     with DatasetWriter(out_dir, info, overwrite=overwrite) as writer:
+        output = ConversionOutput(writer, summary)
         for im_name, targets in tqdm(
             by_image.items(), desc="mono3drefer", disable=not progress, unit="img"
         ):
@@ -478,10 +336,9 @@ def convert_mono3drefer(
                 summary.skip("queries of images in no split file", len(targets))
                 continue
             _convert_image(
-                im_name, targets, split, kitti_root=kitti_root, config=config,
-                writer=writer, summary=summary, group=group,
-            )  # fmt: skip
-        writer.info.camera_groups = {"kitti": group} if group else {}
+                im_name, targets, split, kitti_root=kitti_root, config=config, output=output
+            )
+        writer.info.camera_groups = output.camera_groups
     return summary
 
 
@@ -492,46 +349,18 @@ def _convert_image(
     *,
     kitti_root: Path,
     config: Mono3DReferConvertConfig,
-    writer: DatasetWriter,
-    summary: ConversionSummary,
-    group: dict[str, Any],
+    output: ConversionOutput,
 ) -> None:
     """Write one KITTI image with its objects and its Mono3DRefer queries."""
-    picture_path = _find(kitti_root, IMAGE_DIRS, f"{im_name}.png")
-    calib_path = _find(kitti_root, ("calib",), f"{im_name}.txt")
-    if picture_path is None or calib_path is None:
-        missing = "picture" if picture_path is None else "calibration"
-        if config.skip_missing_images:
-            summary.skip(f"images whose {missing} is missing")
-            summary.skip("queries of left-out images", len(targets))
-            return
-        looked = [
-            f"{kitti_root}/[training/]{d}"
-            for d in (IMAGE_DIRS if picture_path is None else ("calib",))
-        ]
-        raise DataFormatError(
-            f"{targets[0].where}: {missing} of image {im_name!r} not found (looked in "
-            f"{', '.join(looked)}; --skip-missing-images leaves such images out)"
-        )
+    summary = output.summary
+    found = _find_picture_and_calib(im_name, targets, kitti_root, config, summary)
+    if found is None:
+        return
+    picture_path, calib_path = found
     P2 = load_kitti_calib(calib_path)
     data = picture_path.read_bytes()
     height, width = decode_rgb(data, picture_path).shape[:2]
-
-    # objects: every label of label_2/<im>.txt (when present), else the JSON's targets
-    label_path = _find(kitti_root, ("label_2",), f"{im_name}.txt")
-    labels = load_kitti_labels(label_path) if label_path is not None else []
-    names = [label.type for label in labels]
-    target_index: list[int] = []
-    for entry in targets:
-        index = next((i for i, lab in enumerate(labels) if lab.same_box(entry.label)), None)
-        if index is None:
-            labels.append(entry.label)
-            names.append(entry.object_name)
-            index = len(labels) - 1
-        else:
-            names[index] = entry.object_name
-        target_index.append(index)
-
+    labels, names, target_index = _image_labels(im_name, targets, kitti_root)
     objects: dict[int, ObjectRecord] = {}
     for index, (label, name) in enumerate(zip(labels, names, strict=True)):
         if label.type == "DontCare":
@@ -547,14 +376,13 @@ def _convert_image(
         summary.skip("images without usable objects")
         summary.skip("queries of left-out images", len(targets))
         return
-    K = P2[:, :3]
-    writer.add_image(
+    output.add_image(
         ImageRecord(
             image_id=im_name,
             file_name=image_file_name(im_name, ".png"),
             width=width,
             height=height,
-            K=K,
+            K=P2[:, :3],
             scene="kitti",
             camera_group="kitti",
             objects=list(objects.values()),
@@ -562,20 +390,12 @@ def _convert_image(
         ),
         encoded=data,
     )
-    summary.images += 1
-    summary.objects += len(objects)
-    fx = float(K[0, 0])
-    group.setdefault("width", width)
-    group.setdefault("height", height)
-    low, high = group.get("fx_range", [fx, fx])
-    group["fx_range"] = [min(low, fx), max(high, fx)]
-
     for number, (entry, index) in enumerate(zip(targets, target_index, strict=True)):
         target = objects.get(index)
         if target is None:
             summary.skip("queries whose target is not in view")
             continue
-        writer.add_query(
+        output.add_query(
             QueryRecord(
                 query_id=f"{im_name}_q{number:02d}",
                 image_id=im_name,
@@ -588,7 +408,63 @@ def _convert_image(
                 extra={"instance_id": entry.instance_id, "ann_id": entry.ann_id},
             )
         )
-        summary.add_query(split)
+
+
+def _find_picture_and_calib(
+    im_name: str,
+    targets: list[Mono3DReferEntry],
+    kitti_root: Path,
+    config: Mono3DReferConvertConfig,
+    summary: ConversionSummary,
+) -> tuple[Path, Path] | None:
+    """The picture and calib file of an image; None when one is missing and skipping is allowed.
+
+    Raises:
+        DataFormatError: naming the folders searched when one is missing and not skipped.
+    """
+    picture_path = _find(kitti_root, IMAGE_DIRS, f"{im_name}.png")
+    calib_path = _find(kitti_root, ("calib",), f"{im_name}.txt")
+    if picture_path is not None and calib_path is not None:
+        return picture_path, calib_path
+    missing = "picture" if picture_path is None else "calibration"
+    if config.skip_missing_images:
+        summary.skip(f"images whose {missing} is missing")
+        summary.skip("queries of left-out images", len(targets))
+        return None
+    looked = [
+        f"{kitti_root}/[training/]{d}" for d in (IMAGE_DIRS if picture_path is None else ("calib",))
+    ]
+    raise DataFormatError(
+        f"{targets[0].where}: {missing} of image {im_name!r} not found (looked in "
+        f"{', '.join(looked)}; --skip-missing-images leaves such images out)"
+    )
+
+
+def _image_labels(
+    im_name: str, targets: list[Mono3DReferEntry], kitti_root: Path
+) -> tuple[list[KittiObject], list[str], list[int]]:
+    """The objects of an image: every label of label_2/<im>.txt (when present) and the targets.
+
+    A target whose box is in label_2 takes that label (named with the target's objectName);
+    one that is not is appended.
+
+    Returns:
+        (labels, their class phrases, the index into labels of each target).
+    """
+    label_path = _find(kitti_root, ("label_2",), f"{im_name}.txt")
+    labels = load_kitti_labels(label_path) if label_path is not None else []
+    names = [label.type for label in labels]
+    target_index: list[int] = []
+    for entry in targets:
+        index = next((i for i, lab in enumerate(labels) if lab.same_box(entry.label)), None)
+        if index is None:
+            labels.append(entry.label)
+            names.append(entry.object_name)
+            index = len(labels) - 1
+        else:
+            names[index] = entry.object_name
+        target_index.append(index)
+    return labels, names, target_index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,12 +490,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split-dir", type=Path, default=None, metavar="DIR",
         help="folder of Mono3DRefer_{train,val,test}_image.txt (default: the JSON's folder)",
     )  # fmt: skip
-    parser.add_argument(
-        "--skip-missing-images", action="store_true",
-        help="leave out images whose picture or calib file is missing instead of failing",
-    )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_skip_missing_flag(parser, "picture or calib file")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:

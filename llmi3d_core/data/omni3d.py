@@ -27,22 +27,41 @@ corner order are ours, so the 3D fields are copied. What changes:
 - "scene" is "indoor" (SUN RGB-D, ARKitScenes, Hypersim), "street" (KITTI, nuScenes) or the
   source folder name (Objectron); "camera_group" is the source folder (first part of file_path).
 
-Queries come from templates ("the chair", "the nearest chair", ...; see `template_caption`) or from
-a caption file (IG3D-style, the format is documented in `load_captions`).
+Queries come from templates ("the chair", "the nearest chair", ...; see
+`convert_common.template_caption`) or from a caption file (IG3D-style, the format is documented
+in `load_captions`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from llmi3d_core.data.convert_common import (
+    ConversionOutput,
+    ConversionSummary,
+    TemplateConfig,
+    add_output_flags,
+    add_skip_missing_flag,
+    box_corners,
+    category_phrase,
+    check_split_option,
+    clip_box,
+    decode_rgb,
+    expect_int,
+    expect_key,
+    expect_str,
+    expected_error,
+    load_json_records,
+    project_box,
+    template_captions,
+)
 from llmi3d_core.data.format import (
     IMAGE_SUFFIXES,
     SPLITS,
@@ -51,345 +70,13 @@ from llmi3d_core.data.format import (
     ObjectRecord,
     QueryRecord,
 )
+from llmi3d_core.data.omni3d_json import Omni3DAnnotation, Omni3DFile, Omni3DImage, load_omni3d
 from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 
 # ---------------------------------------------------------------------------------------------
-# Small JSON validators shared by the real-format converters (omni3d, mono3drefer, bag labels).
-# `where` names the file and the JSON path (or line), so a message reads
-# "a.json: annotations[3].dimensions: expected 3 positive numbers, got [1, -2]".
+# Caption files
 # ---------------------------------------------------------------------------------------------
-
-
-def _fail(where: str, expected: str, value: Any) -> DataFormatError:
-    shown = repr(value)
-    if len(shown) > 120:
-        shown = shown[:117] + "..."
-    return DataFormatError(f"{where}: expected {expected}, got {shown}")
-
-
-def expect_key(obj: Any, key: str, where: str) -> Any:
-    """Return obj[key], raising DataFormatError (naming `where`) if obj is no dict or lacks it."""
-    if not isinstance(obj, dict):
-        raise _fail(where, "a JSON object", obj)
-    if key not in obj:
-        keys = ", ".join(sorted(str(k) for k in obj)) or "none"
-        raise DataFormatError(f"{where}: missing key {key!r} (keys present: {keys})")
-    return obj[key]
-
-
-def expect_int(value: Any, where: str) -> int:
-    """Return value as int; bools and non-integral numbers are rejected."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise _fail(where, "an integer", value)
-    return int(value)
-
-
-def expect_float(value: Any, where: str) -> float:
-    """Return value as a finite float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(where, "a finite number", value)
-    return float(value)
-
-
-def expect_str(value: Any, where: str) -> str:
-    """Return value if it is a non-empty string."""
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(where, "a non-empty string", value)
-    return value
-
-
-def expect_bool(value: Any, where: str) -> bool:
-    """Return value as bool; accepts true/false and the integers 0/1."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise _fail(where, "true/false", value)
-
-
-def expect_array(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """Return value as a finite float64 array of exactly `shape` (nested JSON lists)."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise _fail(where, f"numbers of shape {list(shape)}", value) from None
-    if array.shape != shape or not np.all(np.isfinite(array)):
-        raise _fail(where, f"finite numbers of shape {list(shape)}", value)
-    return array
-
-
-def optional_box(value: Any, where: str) -> np.ndarray | None:
-    """Parse an Omni3D [x1, y1, x2, y2] box; None where it is -1 (unavailable) or degenerate."""
-    if value is None or (not isinstance(value, list) and value == -1):
-        return None
-    box = expect_array(value, (4,), where)
-    if np.all(box == -1) or box[2] <= box[0] or box[3] <= box[1]:
-        return None
-    return box
-
-
-def optional_number(value: Any, where: str) -> float | None:
-    """Parse an Omni3D optional number; None where it is -1 (unavailable) or absent."""
-    if value is None:
-        return None
-    number = expect_float(value, where)
-    return None if number == -1 else number
-
-
-def load_json(path: Path) -> Any:
-    """Read a JSON file, turning syntax errors into DataFormatError with the line and column.
-
-    Raises:
-        DataFormatError: when the file is missing or not valid JSON.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataFormatError(
-            f"{path}: line {err.lineno} column {err.colno}: invalid JSON ({err.msg})"
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing: Omni3D JSON -> plain dataclasses
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Omni3DImage:
-    """One entry of Omni3D's "images" list.
-
-    Attributes:
-        id: Omni3D image id (unique within the JSON).
-        width: Image width in pixels.
-        height: Image height in pixels.
-        file_path: Path of the image relative to the images root (e.g. "SUNRGBD/kv1/.../0001.jpg").
-        K: (3, 3) pinhole intrinsics in pixels.
-        dataset_id: Omni3D's source dataset id, or None where absent.
-        src_90_rotate: How many times the source image was rotated 90 deg counter-clockwise.
-        src_flagged: Omni3D's flag for a possibly inconsistent sky direction.
-    """
-
-    id: int
-    width: int
-    height: int
-    file_path: str
-    K: np.ndarray
-    dataset_id: int | None = None
-    src_90_rotate: int = 0
-    src_flagged: bool = False
-
-
-@dataclass(frozen=True)
-class Omni3DAnnotation:
-    """One valid-3D entry of Omni3D's "annotations" list (camera frame: +x right, +y down, +z fwd).
-
-    Attributes:
-        id: Annotation id.
-        image_id: Id of its image.
-        category_id: Omni3D category id.
-        category_name: Plain category name ("chair").
-        center_cam: (3,) box centre in metres.
-        dimensions: (3,) [W, H, L] in metres (Omni3D order).
-        R_cam: (3, 3) egocentric rotation, object to camera.
-        bbox3D_cam: (8, 3) corners in metres, Omni3D corner order.
-        bbox2D_tight: (4,) annotated tight xyxy box in px, or None where unavailable.
-        bbox2D_proj: (4,) projected 3D box (not clipped) xyxy px, or None.
-        bbox2D_trunc: (4,) projected 3D box clipped to the image xyxy px, or None.
-        behind_camera: True when a corner lies behind the camera; None where unknown.
-        visibility: Annotated visibility 0..1, None where unknown.
-        truncation: Truncation 0..1, None where unknown.
-        segmentation_pts: Visible segmentation points, None where unknown.
-        lidar_pts: LiDAR points in the box, None where unknown.
-        depth_error: L1 of depth map and rendered object, None where unknown.
-    """
-
-    id: int
-    image_id: int
-    category_id: int
-    category_name: str
-    center_cam: np.ndarray
-    dimensions: np.ndarray
-    R_cam: np.ndarray
-    bbox3D_cam: np.ndarray
-    bbox2D_tight: np.ndarray | None = None
-    bbox2D_proj: np.ndarray | None = None
-    bbox2D_trunc: np.ndarray | None = None
-    behind_camera: bool | None = None
-    visibility: float | None = None
-    truncation: float | None = None
-    segmentation_pts: int | None = None
-    lidar_pts: int | None = None
-    depth_error: float | None = None
-
-
-@dataclass(frozen=True)
-class Omni3DFile:
-    """A parsed Omni3D JSON.
-
-    Attributes:
-        path: The file it came from.
-        info: The "info" dict as stored.
-        images: Images by id, in file order.
-        categories: Category names by id.
-        annotations: The annotations with valid3D true, in file order.
-        num_invalid3d: How many annotations were dropped because valid3D was false.
-    """
-
-    path: Path
-    info: dict[str, Any]
-    images: dict[int, Omni3DImage]
-    categories: dict[int, str]
-    annotations: list[Omni3DAnnotation]
-    num_invalid3d: int = 0
-
-
-def _parse_image(entry: Any, where: str) -> Omni3DImage:
-    width = expect_int(expect_key(entry, "width", where), f"{where}.width")
-    height = expect_int(expect_key(entry, "height", where), f"{where}.height")
-    if width <= 0 or height <= 0:
-        raise _fail(f"{where}.width/height", "positive sizes", [width, height])
-    K = expect_array(expect_key(entry, "K", where), (3, 3), f"{where}.K")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise _fail(f"{where}.K", "positive focal lengths K[0][0], K[1][1]", K.tolist())
-    dataset_id = entry.get("dataset_id")
-    return Omni3DImage(
-        id=expect_int(expect_key(entry, "id", where), f"{where}.id"),
-        width=width,
-        height=height,
-        file_path=expect_str(expect_key(entry, "file_path", where), f"{where}.file_path"),
-        K=K,
-        dataset_id=None if dataset_id is None else expect_int(dataset_id, f"{where}.dataset_id"),
-        src_90_rotate=expect_int(entry.get("src_90_rotate", 0), f"{where}.src_90_rotate"),
-        src_flagged=expect_bool(entry.get("src_flagged", False), f"{where}.src_flagged"),
-    )
-
-
-def _parse_annotation(entry: Any, where: str, categories: dict[int, str]) -> Omni3DAnnotation:
-    category_id = expect_int(expect_key(entry, "category_id", where), f"{where}.category_id")
-    if "category_name" in entry:
-        category_name = expect_str(entry["category_name"], f"{where}.category_name")
-    elif category_id in categories:
-        category_name = categories[category_id]
-    else:
-        raise _fail(f"{where}.category_id", "an id listed in 'categories'", category_id)
-    dimensions = expect_array(expect_key(entry, "dimensions", where), (3,), f"{where}.dimensions")
-    if np.any(dimensions <= 0):
-        raise _fail(
-            f"{where}.dimensions", "3 positive numbers [W, H, L] in metres", entry["dimensions"]
-        )
-    R_cam = nearest_rotation(
-        expect_array(expect_key(entry, "R_cam", where), (3, 3), f"{where}.R_cam"), f"{where}.R_cam"
-    )
-    behind = entry.get("behind_camera")
-    seg = optional_number(entry.get("segmentation_pts"), f"{where}.segmentation_pts")
-    lidar = optional_number(entry.get("lidar_pts"), f"{where}.lidar_pts")
-    return Omni3DAnnotation(
-        id=expect_int(expect_key(entry, "id", where), f"{where}.id"),
-        image_id=expect_int(expect_key(entry, "image_id", where), f"{where}.image_id"),
-        category_id=category_id,
-        category_name=category_name,
-        center_cam=expect_array(
-            expect_key(entry, "center_cam", where), (3,), f"{where}.center_cam"
-        ),
-        dimensions=dimensions,
-        R_cam=R_cam,
-        bbox3D_cam=expect_array(
-            expect_key(entry, "bbox3D_cam", where), (8, 3), f"{where}.bbox3D_cam"
-        ),
-        bbox2D_tight=optional_box(entry.get("bbox2D_tight"), f"{where}.bbox2D_tight"),
-        bbox2D_proj=optional_box(entry.get("bbox2D_proj"), f"{where}.bbox2D_proj"),
-        bbox2D_trunc=optional_box(entry.get("bbox2D_trunc"), f"{where}.bbox2D_trunc"),
-        behind_camera=None
-        if behind is None or behind == -1
-        else expect_bool(behind, f"{where}.behind_camera"),
-        visibility=optional_number(entry.get("visibility"), f"{where}.visibility"),
-        truncation=optional_number(entry.get("truncation"), f"{where}.truncation"),
-        segmentation_pts=None if seg is None else int(seg),
-        lidar_pts=None if lidar is None else int(lidar),
-        depth_error=optional_number(entry.get("depth_error"), f"{where}.depth_error"),
-    )
-
-
-# Rotations in the JSON files are float32-rounded; beyond this they are not rotations at all.
-_ROTATION_TOL = 1e-2
-
-
-def nearest_rotation(R: np.ndarray, where: str) -> np.ndarray:
-    """Return the rotation nearest to R (SVD), which must already be one up to rounding.
-
-    Raises:
-        DataFormatError: naming `where` when R is no rotation (off by more than 1e-2, or a
-            reflection).
-    """
-    if np.abs(R @ R.T - np.eye(3)).max() > _ROTATION_TOL or np.linalg.det(R) <= 0:
-        raise _fail(where, "a 3x3 rotation matrix (orthonormal, det +1)", R.tolist())
-    u, _, vt = np.linalg.svd(R)
-    return np.asarray(u @ vt)
-
-
-def load_omni3d(path: str | Path) -> Omni3DFile:
-    """Parse and validate one Omni3D JSON file.
-
-    Annotations with valid3D false carry no usable 3D box and are dropped (counted in
-    `num_invalid3d`); every other field is checked for type and shape.
-
-    Args:
-        path: The JSON file, e.g. datasets/Omni3D/SUNRGBD_val.json.
-
-    Returns:
-        The parsed file.
-
-    Raises:
-        DataFormatError: naming the file and the JSON index (e.g. "annotations[4].R_cam") of the
-            first malformed value, what was expected and what was found.
-    """
-    path = Path(path)
-    data = load_json(path)
-    if not isinstance(data, dict):
-        raise _fail(str(path), "a JSON object with info/images/categories/annotations", data)
-    info = data.get("info", {})
-    if not isinstance(info, dict):
-        raise _fail(f"{path}: info", "a JSON object", info)
-
-    categories: dict[int, str] = {}
-    raw_categories = expect_key(data, "categories", str(path))
-    if not isinstance(raw_categories, list):
-        raise _fail(f"{path}: categories", "a list", raw_categories)
-    for index, entry in enumerate(raw_categories):
-        where = f"{path}: categories[{index}]"
-        cid = expect_int(expect_key(entry, "id", where), f"{where}.id")
-        categories[cid] = expect_str(expect_key(entry, "name", where), f"{where}.name")
-
-    images: dict[int, Omni3DImage] = {}
-    raw_images = expect_key(data, "images", str(path))
-    if not isinstance(raw_images, list):
-        raise _fail(f"{path}: images", "a list", raw_images)
-    for index, entry in enumerate(raw_images):
-        image = _parse_image(entry, f"{path}: images[{index}]")
-        if image.id in images:
-            raise DataFormatError(f"{path}: images[{index}].id: duplicate image id {image.id}")
-        images[image.id] = image
-
-    annotations: list[Omni3DAnnotation] = []
-    num_invalid = 0
-    raw_annotations = expect_key(data, "annotations", str(path))
-    if not isinstance(raw_annotations, list):
-        raise _fail(f"{path}: annotations", "a list", raw_annotations)
-    for index, entry in enumerate(raw_annotations):
-        where = f"{path}: annotations[{index}]"
-        if not expect_bool(expect_key(entry, "valid3D", where), f"{where}.valid3D"):
-            num_invalid += 1
-            continue
-        annotation = _parse_annotation(entry, where, categories)
-        if annotation.image_id not in images:
-            raise _fail(f"{where}.image_id", "the id of an entry in 'images'", annotation.image_id)
-        annotations.append(annotation)
-    return Omni3DFile(path, info, images, categories, annotations, num_invalid)
 
 
 @dataclass(frozen=True)
@@ -436,37 +123,20 @@ def load_captions(path: str | Path) -> list[CaptionEntry]:
     Raises:
         DataFormatError: naming the file and the line (JSONL) or list index (JSON).
     """
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    entries: list[tuple[str, Any]] = []
-    if raw.lstrip().startswith("["):
-        data = load_json(path)
-        entries = [(f"{path}: [{i}]", e) for i, e in enumerate(data)]
-    else:
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((f"{path}: line {number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}: line {number}: invalid JSON ({err.msg})") from None
-    return [_parse_caption(entry, where) for where, entry in entries]
+    return [_parse_caption(entry, where) for where, entry in load_json_records(Path(path))]
 
 
 def _parse_caption(entry: Any, where: str) -> CaptionEntry:
     if not isinstance(entry, dict):
-        raise _fail(where, "a JSON object with image_id, ann_id and text", entry)
+        raise expected_error(where, "a JSON object with image_id, ann_id and text", entry)
     ann_key = "ann_id" if "ann_id" in entry else "annotation_id"
     text_key = next((k for k in ("text", "caption", "question") if k in entry), "text")
     kind = entry.get("type", "question" if text_key == "question" else "caption")
     if kind not in CAPTION_TYPES:
-        raise _fail(f"{where}.type", f"one of {list(CAPTION_TYPES)}", kind)
+        raise expected_error(f"{where}.type", f"one of {list(CAPTION_TYPES)}", kind)
     split = entry.get("split")
     if split is not None and split not in SPLITS:
-        raise _fail(f"{where}.split", f"one of {list(SPLITS)}", split)
+        raise expected_error(f"{where}.split", f"one of {list(SPLITS)}", split)
     answer = entry.get("answer")
     return CaptionEntry(
         image_id=expect_int(expect_key(entry, "image_id", where), f"{where}.image_id"),
@@ -480,229 +150,8 @@ def _parse_caption(entry: Any, where: str) -> CaptionEntry:
 
 
 # ---------------------------------------------------------------------------------------------
-# Box helpers shared by the real-format converters (numpy, camera optical frame, metres, px)
-# ---------------------------------------------------------------------------------------------
-
-# Corners closer than this to the camera plane make the projected 2D box meaningless.
-MIN_CORNER_DEPTH_M = 0.05
-
-
-def box_corners(center: np.ndarray, dims_whl: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Return the 8 corners (Omni3D order) of a box given in Omni3D's [W, H, L] order.
-
-    A thin adapter over `geometry.box3d_corners`, which takes (L, W, H).
-
-    Args:
-        center: (3,) box centre, camera frame, metres.
-        dims_whl: (3,) [W, H, L] metres.
-        R: (3, 3) object-to-camera rotation.
-
-    Returns:
-        (8, 3) corners in the camera frame, metres.
-    """
-    from llmi3d_core.geometry import box3d_corners  # lazy: geometry imports torch
-
-    w, h, length = (float(d) for d in dims_whl)
-    return np.asarray(box3d_corners(np.asarray(center, float), np.array([length, w, h]), R))
-
-
-def project_points(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Pinhole projection (..., 3) camera-frame points (z > 0) -> (..., 2) pixels."""
-    from llmi3d_core.geometry import project  # lazy: geometry imports torch
-
-    return np.asarray(project(np.asarray(points, dtype=np.float64), np.asarray(K, float)))
-
-
-def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Clip an [x1, y1, x2, y2] px box to the image [0, width] x [0, height]."""
-    return np.array(
-        [
-            np.clip(box[0], 0, width),
-            np.clip(box[1], 0, height),
-            np.clip(box[2], 0, width),
-            np.clip(box[3], 0, height),
-        ],
-        dtype=np.float64,
-    )
-
-
-def box_area(box: np.ndarray) -> float:
-    """Area of an [x1, y1, x2, y2] box in px^2 (0 for an empty box)."""
-    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
-
-
-@dataclass(frozen=True)
-class ProjectedBox:
-    """What the converters derive from a 3D box and K (all px of the image).
-
-    Attributes:
-        corners: (8, 3) corners, camera frame, metres, Omni3D order.
-        center_2D: (2,) projection of the box centre.
-        bbox2D_full: (4,) extent of the projected corners (not clipped).
-        bbox2D_clipped: (4,) bbox2D_full clipped to the image.
-        truncation: 1 - area(clipped) / area(full), 0..1.
-    """
-
-    corners: np.ndarray
-    center_2D: np.ndarray
-    bbox2D_full: np.ndarray
-    bbox2D_clipped: np.ndarray
-    truncation: float
-
-
-def project_box(
-    center: np.ndarray,
-    dims_whl: np.ndarray,
-    R: np.ndarray,
-    K: np.ndarray,
-    *,
-    width: int,
-    height: int,
-    corners: np.ndarray | None = None,
-) -> ProjectedBox | None:
-    """Project a 3D box into the image; None when it cannot be seen.
-
-    None when a corner is closer than MIN_CORNER_DEPTH_M to the camera plane (the projected
-    extent is then unbounded; Omni3D flags such boxes "behind_camera") or when the clipped 2D
-    box is empty (the box is outside the field of view).
-
-    Args:
-        center: (3,) box centre, camera frame, metres.
-        dims_whl: (3,) [W, H, L] metres.
-        R: (3, 3) object-to-camera rotation.
-        K: (3, 3) intrinsics.
-        width: image width, px.
-        height: image height, px.
-        corners: (8, 3) corners to use instead of computing them (e.g. Omni3D's bbox3D_cam).
-    """
-    corners = box_corners(center, dims_whl, R) if corners is None else np.asarray(corners)
-    if float(corners[:, 2].min()) < MIN_CORNER_DEPTH_M:
-        return None
-    uv = project_points(corners, K)  # (8, 2)
-    full = np.concatenate([uv.min(axis=0), uv.max(axis=0)])
-    clipped = clip_box(full, width, height)
-    if box_area(clipped) <= 0.0:
-        return None
-    truncation = 1.0 - box_area(clipped) / max(box_area(full), 1e-12)
-    return ProjectedBox(
-        corners=corners,
-        center_2D=project_points(np.asarray(center, dtype=np.float64), K),
-        bbox2D_full=full,
-        bbox2D_clipped=clipped,
-        truncation=float(np.clip(truncation, 0.0, 1.0)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Template captions (shared with the bag converter)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TemplateConfig:
-    """How `template_caption` tells apart objects that share a category.
-
-    Attributes:
-        depth_margin_m: the nearest/farthest object must beat every other one by this much.
-        side_margin_frac: the leftmost/rightmost object must beat every other one by this
-            fraction of the image width (compared on projected centres).
-    """
-
-    depth_margin_m: float = 0.5
-    side_margin_frac: float = 0.05
-
-
-def template_caption(
-    categories: Sequence[str],
-    centers: np.ndarray,
-    centers_2d: np.ndarray,
-    index: int,
-    *,
-    width: int,
-    config: TemplateConfig = TemplateConfig(),
-) -> str | None:
-    """Return a caption that singles out object `index` among the image's objects, or None.
-
-    "the {category}" when the category occurs once in the image. Otherwise the first of
-    "the nearest/farthest {category}" (distance from the camera centre) and
-    "the leftmost/rightmost {category}" (projected centre u) that holds with a margin over
-    every other object of the category; None when no template is unambiguous.
-
-    Args:
-        categories: (N,) category phrase of every object in the image.
-        centers: (N, 3) box centres, camera frame, metres.
-        centers_2d: (N, 2) projected centres, px.
-        index: the target object.
-        width: image width, px.
-        config: the margins.
-    """
-    name = categories[index]
-    others = [i for i, c in enumerate(categories) if c == name and i != index]
-    if not others:
-        return f"the {name}"
-    distance = np.linalg.norm(np.asarray(centers, dtype=np.float64), axis=1)
-    u = np.asarray(centers_2d, dtype=np.float64)[:, 0]
-    gap_m, gap_px = config.depth_margin_m, config.side_margin_frac * width
-    if distance[index] + gap_m < distance[others].min():
-        return f"the nearest {name}"
-    if distance[index] - gap_m > distance[others].max():
-        return f"the farthest {name}"
-    if u[index] + gap_px < u[others].min():
-        return f"the leftmost {name}"
-    if u[index] - gap_px > u[others].max():
-        return f"the rightmost {name}"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Conversion: Omni3D -> our dataset format
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ConversionSummary:
-    """What a converter wrote and what it left out (printed by the CLIs).
-
-    Attributes:
-        out_dir: the dataset directory written.
-        images: images written.
-        objects: objects written.
-        queries: queries written, per split.
-        skipped: reason -> count of items (images, objects or queries) left out.
-        notes: remark -> count of items written but changed or worth a look.
-    """
-
-    out_dir: Path
-    images: int = 0
-    objects: int = 0
-    queries: dict[str, int] | None = None
-    skipped: dict[str, int] | None = None
-    notes: dict[str, int] | None = None
-
-    def skip(self, reason: str, count: int = 1) -> None:
-        """Count `count` items left out for `reason` (nothing when count is 0)."""
-        if count:
-            self.skipped = self.skipped or {}
-            self.skipped[reason] = self.skipped.get(reason, 0) + count
-
-    def note(self, remark: str, count: int = 1) -> None:
-        """Count `count` items written with `remark`."""
-        self.notes = self.notes or {}
-        self.notes[remark] = self.notes.get(remark, 0) + count
-
-    def add_query(self, split: str) -> None:
-        """Count one written query of `split`."""
-        self.queries = self.queries or {}
-        self.queries[split] = self.queries.get(split, 0) + 1
-
-    def __str__(self) -> str:
-        queries = ", ".join(f"{k} {v}" for k, v in sorted((self.queries or {}).items())) or "none"
-        text = f"{self.out_dir}: {self.images} images, {self.objects} objects, queries: {queries}"
-        if self.skipped:
-            text += "; left out: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
-        if self.notes:
-            text += "; notes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
-        return text
 
 
 @dataclass(frozen=True)
@@ -723,13 +172,10 @@ class Omni3DConvertConfig:
     min_visibility: float = 0.0
     max_truncation: float = 1.0
     skip_missing_images: bool = False
-    templates: TemplateConfig = TemplateConfig()
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
 
     def __post_init__(self) -> None:
-        if self.split not in ("", *SPLITS):
-            raise InvalidInputError(
-                f"split must be one of {list(SPLITS)} or '', got {self.split!r}"
-            )
+        check_split_option(self.split)
         if not 0.0 <= self.min_visibility <= 1.0 or not 0.0 <= self.max_truncation <= 1.0:
             raise InvalidInputError(
                 "min_visibility and max_truncation must be in [0, 1], got "
@@ -824,7 +270,7 @@ def _object_record(
     truncation = projected.truncation if ann.truncation is None else ann.truncation
     record = ObjectRecord(
         object_id=object_id,
-        category_name=ann.category_name.strip().lower().replace("_", " "),
+        category_name=category_phrase(ann.category_name),
         attributes={},
         center_cam=ann.center_cam,
         dimensions=ann.dimensions,
@@ -876,8 +322,6 @@ def convert_omni3d(
             picture, or a caption pointing at an unknown image or annotation.
         InvalidInputError: when out_dir already holds a dataset and overwrite is False.
     """
-    from tqdm import tqdm
-
     if not json_paths:
         raise InvalidInputError("convert_omni3d needs at least one Omni3D JSON file")
     files = [load_omni3d(p) for p in json_paths]
@@ -904,7 +348,8 @@ def convert_omni3d(
     )
     summary = ConversionSummary(out_dir=Path(out_dir))
     with DatasetWriter(out_dir, info, overwrite=overwrite) as writer:
-        job = _Omni3DJob(Path(images_root), caption_map, config, writer, summary)
+        output = ConversionOutput(writer, summary)
+        job = _Omni3DJob(Path(images_root), caption_map, config, output)
         for omni in files:
             split = _json_split(omni, config.split)
             summary.skip("annotations with valid3D false", omni.num_invalid3d)
@@ -918,7 +363,7 @@ def convert_omni3d(
             unused = [k for k in caption_map if k not in job.used_captions]
             if unused:
                 summary.skip("captions of left-out images or objects", len(unused))
-        writer.info.camera_groups = job.groups
+        writer.info.camera_groups = output.camera_groups
     return summary
 
 
@@ -929,10 +374,13 @@ class _Omni3DJob:
     images_root: Path
     captions: dict[tuple[int, int], list[CaptionEntry]] | None
     config: Omni3DConvertConfig
-    writer: DatasetWriter
-    summary: ConversionSummary
+    output: ConversionOutput
     used_captions: set[tuple[int, int]] = field(default_factory=set)
-    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> ConversionSummary:
+        """The run's summary (the output's)."""
+        return self.output.summary
 
     def convert_image(
         self, omni: Omni3DFile, image: Omni3DImage, anns: list[Omni3DAnnotation], split: str
@@ -978,14 +426,11 @@ class _Omni3DJob:
             extra={"source_image_id": image.id, "source_file_path": image.file_path},
         )
         if picture is not None:
-            self.writer.add_image(record, picture)
+            self.output.add_image(record, picture)
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            self.writer.add_image(record, decode_rgb(data, path))
+            self.output.add_image(record, decode_rgb(data, path))
         else:
-            self.writer.add_image(record, encoded=data)
-        self.summary.images += 1
-        self.summary.objects += len(objects)
-        _update_group(self.groups, source, image)
+            self.output.add_image(record, encoded=data)
         self._write_queries(
             image=image, image_id=image_id, objects=objects, anns=kept, split=split, source=source
         )
@@ -1009,26 +454,20 @@ class _Omni3DJob:
                     answer = entry.answer or obj.category_name
                     wanted.append((obj, entry.split or split, entry.type, entry.text, answer))
         else:
-            categories = [o.category_name for o in objects]
-            centers = np.stack([o.center_cam for o in objects])
-            centers_2d = np.stack([o.center_2D for o in objects])
-            for index, (obj, ann) in enumerate(zip(objects, anns, strict=True)):
+            texts = template_captions(objects, width=image.width, config=self.config.templates)
+            for obj, ann, text in zip(objects, anns, texts, strict=True):
                 if ann.visibility is not None and ann.visibility < self.config.min_visibility:
                     self.summary.skip("template queries: object below min visibility")
                     continue
                 if obj.truncation > self.config.max_truncation:
                     self.summary.skip("template queries: object above max truncation")
                     continue
-                text = template_caption(
-                    categories, centers, centers_2d, index,
-                    width=image.width, config=self.config.templates,
-                )  # fmt: skip
                 if text is None:
                     self.summary.skip("template queries: no unambiguous template")
                     continue
                 wanted.append((obj, split, "caption", text, obj.category_name))
         for number, (obj, query_split, kind, text, answer) in enumerate(wanted):
-            self.writer.add_query(
+            self.output.add_query(
                 QueryRecord(
                     query_id=f"{image_id}_q{number:02d}",
                     image_id=image_id,
@@ -1040,30 +479,6 @@ class _Omni3DJob:
                     camera_group=source,
                 )
             )
-            self.summary.add_query(query_split)
-
-
-def decode_rgb(data: bytes, path: Path) -> np.ndarray:
-    """Decode picture bytes to (H, W, 3) uint8 RGB.
-
-    Raises:
-        DataFormatError: naming `path` when OpenCV cannot decode the bytes.
-    """
-    import cv2
-
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise DataFormatError(f"{path}: OpenCV cannot decode this picture")
-    return np.ascontiguousarray(decoded[:, :, ::-1])
-
-
-def _update_group(groups: dict[str, dict[str, Any]], group: str, image: Omni3DImage) -> None:
-    """Track per camera group the image size seen first and the range of fx."""
-    fx = float(image.K[0, 0])
-    entry = groups.setdefault(
-        group, {"width": image.width, "height": image.height, "fx_range": [fx, fx]}
-    )
-    entry["fx_range"] = [min(entry["fx_range"][0], fx), max(entry["fx_range"][1], fx)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1095,12 +510,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--min-visibility", type=float, default=defaults.min_visibility)
     parser.add_argument("--max-truncation", type=float, default=defaults.max_truncation)
-    parser.add_argument(
-        "--skip-missing-images", action="store_true",
-        help="leave out images whose file is missing instead of failing",
-    )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_skip_missing_flag(parser, "file")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:

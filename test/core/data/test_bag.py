@@ -12,6 +12,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from llmi3d_core.cli import main
 from llmi3d_core.data import bag as bagconv
+from llmi3d_core.data.bag_labels import load_labels_file
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.messages import nearest_stamp, quaternion_to_matrix
@@ -338,7 +339,7 @@ def test_malformed_labels_file_names_line(tmp_path, text, match):
     path = tmp_path / "labels.jsonl"
     path.write_text(text + "\n")
     with pytest.raises(DataFormatError, match=match):
-        bagconv.load_labels_file(path)
+        load_labels_file(path)
 
 
 def test_config_errors():

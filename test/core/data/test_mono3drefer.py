@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmi3d_core.cli import main
-from llmi3d_core.data import mono3drefer
+from llmi3d_core.data import kitti, mono3drefer
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError
 
@@ -42,12 +42,12 @@ def kitti_root(tmp_path: Path) -> Path:
 
 
 def test_parse_label_calib_and_json():
-    labels = mono3drefer.load_kitti_labels(FIXTURE / "label_2" / "000001.txt")
+    labels = kitti.load_kitti_labels(FIXTURE / "label_2" / "000001.txt")
     assert [lab.type for lab in labels] == ["Car", "Car", "Pedestrian", "DontCare", "Car"]
     car = labels[0]
     assert (car.h, car.w, car.l, car.ry) == (1.65, 1.67, 3.64, -1.59)
     np.testing.assert_allclose(car.location, [-0.65, 1.71, 46.70])
-    P2 = mono3drefer.load_kitti_calib(FIXTURE / "calib" / "000001.txt")
+    P2 = kitti.load_kitti_calib(FIXTURE / "calib" / "000001.txt")
     assert P2.shape == (3, 4) and P2[0, 3] == pytest.approx(44.85728)
     entries = mono3drefer.load_mono3drefer(FIXTURE / "Mono3DRefer.json")
     assert [e.object_name for e in entries] == ["car", "pedestrian", "cyclist", "van"]
@@ -56,9 +56,9 @@ def test_parse_label_calib_and_json():
 
 
 def test_kitti_to_camera_hand_computed():
-    P2 = mono3drefer.load_kitti_calib(FIXTURE / "calib" / "000001.txt")
-    car = mono3drefer.load_kitti_labels(FIXTURE / "label_2" / "000001.txt")[0]
-    center, dims, R = mono3drefer.kitti_to_camera(car, P2)
+    P2 = kitti.load_kitti_calib(FIXTURE / "calib" / "000001.txt")
+    car = kitti.load_kitti_labels(FIXTURE / "label_2" / "000001.txt")[0]
+    center, dims, R = kitti.kitti_to_camera(car, P2)
     # bottom centre (-0.65, 1.71, 46.70), h = 1.65: box centre y = 1.71 - 0.825, then camera 2
     np.testing.assert_allclose(center, np.add([-0.65, 0.885, 46.70], OFFSET_1), atol=1e-8)
     np.testing.assert_allclose(dims, [1.67, 1.65, 3.64])  # [W, H, L] = [w, h, l]
@@ -154,7 +154,7 @@ def test_malformed_label_line_names_file_and_line(kitti_root, tmp_path):
         mono3drefer.convert_mono3drefer(kitti_root / "Mono3DRefer.json", kitti_root, tmp_path / "o")
     path.write_text("Car 0.00 0 x 1 2 3 4 1.5 1.6 3.9 1 2 3 0.1\n")
     with pytest.raises(DataFormatError, match=r"line 1: KITTI label fields 2-15 must be numbers"):
-        mono3drefer.load_kitti_labels(path)
+        kitti.load_kitti_labels(path)
 
 
 def test_calib_without_p2(kitti_root):
@@ -163,10 +163,10 @@ def test_calib_without_p2(kitti_root):
     with pytest.raises(
         DataFormatError, match=r"000001\.txt: no 'P2:' line \(keys present: P0, P1\)"
     ):
-        mono3drefer.load_kitti_calib(path)
+        kitti.load_kitti_calib(path)
     path.write_text("P2: 721 0 609 44 0 721 172\n")
     with pytest.raises(DataFormatError, match=r"line 1: P2 must be 12 numbers"):
-        mono3drefer.load_kitti_calib(path)
+        kitti.load_kitti_calib(path)
 
 
 @pytest.mark.parametrize(

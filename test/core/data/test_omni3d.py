@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from llmi3d_core.cli import main
-from llmi3d_core.data import omni3d
+from llmi3d_core.data import omni3d, omni3d_json
+from llmi3d_core.data.convert_common import template_caption
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 
@@ -55,7 +56,7 @@ def _edited(tmp_path: Path, edit) -> Path:
 
 
 def test_load_omni3d_parses_the_fixture():
-    parsed = omni3d.load_omni3d(OMNI_JSON)
+    parsed = omni3d_json.load_omni3d(OMNI_JSON)
     assert sorted(parsed.images) == [101, 102]
     assert parsed.categories[5] == "sofa"
     assert [a.id for a in parsed.annotations] == [1001, 1002, 1003, 1005, 1006]
@@ -189,10 +190,10 @@ def test_template_caption_sides_and_ambiguity():
     centers = np.array([[-1.0, 0, 3.0], [1.0, 0, 3.1], [0.0, 0, 3.05]])
     uv = np.array([[100.0, 240], [540.0, 240], [320.0, 240]])
     names = ["cup", "cup", "cup"]
-    assert omni3d.template_caption(names, centers, uv, 0, width=640) == "the leftmost cup"
-    assert omni3d.template_caption(names, centers, uv, 1, width=640) == "the rightmost cup"
-    assert omni3d.template_caption(names, centers, uv, 2, width=640) is None
-    assert omni3d.template_caption(["cup", "mug"], centers[:2], uv[:2], 1, width=640) == "the mug"
+    assert template_caption(names, centers, uv, 0, width=640) == "the leftmost cup"
+    assert template_caption(names, centers, uv, 1, width=640) == "the rightmost cup"
+    assert template_caption(names, centers, uv, 2, width=640) is None
+    assert template_caption(["cup", "mug"], centers[:2], uv[:2], 1, width=640) == "the mug"
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -218,7 +219,7 @@ def test_template_caption_sides_and_ambiguity():
 def test_malformed_json_names_file_and_index(tmp_path, edit, match):
     path = _edited(tmp_path, edit)
     with pytest.raises(DataFormatError, match=match) as info:
-        omni3d.load_omni3d(path)
+        omni3d_json.load_omni3d(path)
     assert str(path) in str(info.value)
 
 
@@ -226,9 +227,9 @@ def test_invalid_json_syntax_names_line(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"info": {},\n "images": [\n  {"id": 1,,}\n ]}\n')
     with pytest.raises(DataFormatError, match=r"broken\.json: line 3 column \d+: invalid JSON"):
-        omni3d.load_omni3d(path)
+        omni3d_json.load_omni3d(path)
     with pytest.raises(DataFormatError, match=r"nothere\.json: file not found"):
-        omni3d.load_omni3d(tmp_path / "nothere.json")
+        omni3d_json.load_omni3d(tmp_path / "nothere.json")
 
 
 def test_missing_picture_fails_or_is_skipped(omni, tmp_path):
