@@ -396,7 +396,7 @@ def predict_model_robust(
         (results in query order, number of queries answered by the fallback)
     """
     from llmi3d_core.errors import InvalidInputError, ModelOutputError
-    from llmi3d_core.evaluate import predict_with_baseline, predict_with_model
+    from llmi3d_core.eval_predict import predict_with_baseline, predict_with_model
 
     by_image: dict[str, list[Any]] = {}
     for query in queries:
@@ -424,14 +424,14 @@ def predict_model_robust(
 
 def single_ious(results: list[Any]) -> list[float]:
     """First-box 3D IoU of every single-target query, in order (0 for an empty answer)."""
-    from llmi3d_core.evaluate import first_ious
+    from llmi3d_core.eval_report import first_ious
 
     return [float(v) for v in first_ious(results) if v is not None]
 
 
 def scored(results: list[Any], dataset: Any) -> dict[str, Any]:
     """The subsets' metrics and the single-target IoUs of a list of QueryResults."""
-    from llmi3d_core.evaluate import evaluate_results
+    from llmi3d_core.eval_report import evaluate_results
 
     return {"subsets": evaluate_results(results, dataset)["subsets"], "ious": single_ious(results)}
 
@@ -465,7 +465,7 @@ def train_and_evaluate(bench: Bench, family: str, variant: Variant) -> dict[str,
     import torch
 
     from llmi3d_core.baselines import is_baseline_dir, load_baseline
-    from llmi3d_core.evaluate import load_predictor, predict_with_baseline
+    from llmi3d_core.eval_predict import load_predictor, predict_with_baseline
     from llmi3d_core.train import train
 
     dataset, queries = bench.dataset, bench.queries
@@ -594,7 +594,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     from llmi3d_core.data.reader import read_dataset
     from llmi3d_core.data.splits import select_queries
     from llmi3d_core.default_model import TEST_SEED, default_test_data
-    from llmi3d_core.evaluate import (
+    from llmi3d_core.eval_predict import (
         load_predictor,
         predict_at_true_cells,
         predict_with_baseline,

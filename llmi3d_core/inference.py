@@ -248,7 +248,7 @@ class Predictor:
         answer_policy: str | None = None,
         merge_lora: bool = True,
     ) -> None:
-        from llmi3d_core.model.llmi3d import ANSWER_POLICIES
+        from llmi3d_core.model.sequence import ANSWER_POLICIES
 
         if answer_policy is None:
             answer_policy = "auto" if model.config.answer_types else "ground"
@@ -436,7 +436,7 @@ class Predictor:
         point2ds: Sequence[Any] | None,
     ) -> list[_Item]:
         """Check every input and format the query texts (prompts included)."""
-        from llmi3d_core.model.llmi3d import format_query
+        from llmi3d_core.model.sequence import format_query
 
         count = len(images)
         boxes = [None] * count if box2ds is None else list(box2ds)

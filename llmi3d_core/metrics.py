@@ -415,10 +415,19 @@ def query_metrics(
         )
     if not predictions:
         raise InvalidInputError("no queries: metrics need >= 1 query")
+    queries = list(zip(predictions, targets, strict=True))
     out: dict[str, float | int | None] = {"count": len(predictions)}
+    out |= _single_target_metrics([(p, t[0]) for p, t in queries if len(t) == 1], iou)
+    out |= _negative_metrics([p for p, t in queries if not t])
+    out |= _multi_target_metrics([(p, t) for p, t in queries if len(t) > 1], iou)
+    out |= _calibration_metrics(queries)
+    return out
 
-    # Single-target queries: the first prediction, as before lists existed.
-    single = [(p, t[0]) for p, t in zip(predictions, targets, strict=True) if len(t) == 1]
+
+def _single_target_metrics(
+    single: Sequence[tuple[Sequence[Scored], Scored]], iou: str
+) -> dict[str, float | int | None]:
+    """Single-target queries, scored by their first prediction (as before lists existed)."""
     answered = [(p[0], t) for p, t in single if p]
     first_ious = np.zeros(len(single))  # (S,) an empty answer scores 0
     grounded = np.zeros(len(single), dtype=bool)  # (S,)
@@ -428,6 +437,7 @@ def query_metrics(
         slots = [k for k, (p, _) in enumerate(single) if p]
         first_ious[slots] = values
         grounded[slots] = flat_2d
+    out: dict[str, float | int | None] = {}
     for k in ACC_THRESHOLDS:
         out[f"acc@{k}"] = accuracy_at(first_ious, k) if single else None
     out["mean_iou"] = float(first_ious.mean()) if single else None
@@ -440,14 +450,21 @@ def query_metrics(
         out |= dict.fromkeys(ERROR_KEYS)
     out["single_count"] = len(single)
     out["empty_count"] = len(single) - len(answered)
+    return out
 
-    # Negative queries: answered "not here"?
-    negatives = [p for p, t in zip(predictions, targets, strict=True) if not t]
-    out["negative_count"] = len(negatives)
-    out["not_here_rate"] = _ratio(sum(not p for p in negatives), len(negatives))
 
-    # Multi-target queries: greedy one-to-one matching, by 3D and by 2D IoU.
-    multi = [(p, t) for p, t in zip(predictions, targets, strict=True) if len(t) > 1]
+def _negative_metrics(negatives: Sequence[Sequence[Scored]]) -> dict[str, float | int | None]:
+    """Negative queries: how many were answered "not here" (an empty list)."""
+    return {
+        "negative_count": len(negatives),
+        "not_here_rate": _ratio(sum(not p for p in negatives), len(negatives)),
+    }
+
+
+def _multi_target_metrics(
+    multi: Sequence[tuple[Sequence[Scored], Sequence[Scored]]], iou: str
+) -> dict[str, float | int | None]:
+    """Multi-target queries: greedy one-to-one matching, by 3D and by 2D IoU, summed."""
     hits_3d = hits_2d = 0
     for preds, targs in multi:
         ranked = _ranked(preds)
@@ -457,23 +474,30 @@ def query_metrics(
         hits_2d += int((greedy_match(ious_2d, GROUNDING_IOU_2D) >= 0).sum())
     multi_targets = sum(len(t) for _, t in multi)
     multi_predictions = sum(len(p) for p, _ in multi)
-    out["multi_count"] = len(multi)
-    out["multi_targets"] = multi_targets
-    out["multi_predictions"] = multi_predictions
-    out[f"multi_precision@{MULTI_IOU_3D}"] = _ratio(hits_3d, multi_predictions)
-    out[f"multi_recall@{MULTI_IOU_3D}"] = _ratio(hits_3d, multi_targets)
-    out[f"multi_precision_2d@{GROUNDING_IOU_2D}"] = _ratio(hits_2d, multi_predictions)
-    out[f"multi_recall_2d@{GROUNDING_IOU_2D}"] = _ratio(hits_2d, multi_targets)
+    return {
+        "multi_count": len(multi),
+        "multi_targets": multi_targets,
+        "multi_predictions": multi_predictions,
+        f"multi_precision@{MULTI_IOU_3D}": _ratio(hits_3d, multi_predictions),
+        f"multi_recall@{MULTI_IOU_3D}": _ratio(hits_3d, multi_targets),
+        f"multi_precision_2d@{GROUNDING_IOU_2D}": _ratio(hits_2d, multi_predictions),
+        f"multi_recall_2d@{GROUNDING_IOU_2D}": _ratio(hits_2d, multi_targets),
+    }
 
-    # Calibration over every returned prediction.
+
+def _calibration_metrics(
+    queries: Sequence[tuple[Sequence[Scored], Sequence[Scored]]],
+) -> dict[str, float | int | None]:
+    """ECE over every returned prediction; correct: matched to a target by 2D IoU."""
     scores: list[float] = []
     correct: list[bool] = []
-    for preds, targs in zip(predictions, targets, strict=True):
+    for preds, targs in queries:
         ranked = _ranked(preds)
         ious_2d = box2d_iou_matrix([p.box2d for p in ranked], [t.box2d for t in targs])
         matched = greedy_match(ious_2d, GROUNDING_IOU_2D)
         scores += [float(p.score) for p in ranked]
         correct += (matched >= 0).tolist()
-    out["predictions"] = len(scores)
-    out["ece"] = expected_calibration_error(scores, correct) if scores else None
-    return out
+    return {
+        "predictions": len(scores),
+        "ece": expected_calibration_error(scores, correct) if scores else None,
+    }

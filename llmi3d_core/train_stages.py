@@ -40,8 +40,8 @@ from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model.config import ModelConfig, config_from_dict
 from llmi3d_core.model.decode import decode_boxes
-from llmi3d_core.model.llmi3d import Candidates, QueryStates
 from llmi3d_core.model.losses import Batch, box_iou_2d, weighted_total
+from llmi3d_core.model.outputs import Candidates, QueryStates
 from llmi3d_core.model.pointer import fit_calibration, pointer_loss
 from llmi3d_core.model.vision import colour_map
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config

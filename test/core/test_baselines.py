@@ -20,12 +20,8 @@ from llmi3d_core.baselines import (
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
 from llmi3d_core.errors import CheckpointError, InvalidInputError
-from llmi3d_core.evaluate import (
-    evaluate_results,
-    markdown_table,
-    predict_with_baseline,
-    query_subsets,
-)
+from llmi3d_core.eval_predict import predict_with_baseline
+from llmi3d_core.eval_report import evaluate_results, markdown_table, query_subsets
 
 
 @pytest.fixture(scope="module")

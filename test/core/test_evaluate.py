@@ -20,18 +20,15 @@ from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
 from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.errors import InvalidInputError
-from llmi3d_core.evaluate import (
+from llmi3d_core.eval_predict import (
     MAX_RESULTS,
-    evaluate_results,
-    first_ious,
-    markdown_table,
     predict_at_true_cells,
     predict_with_baseline,
     predict_with_model,
     projected_box2d,
-    query_subsets,
-    run_evaluation,
 )
+from llmi3d_core.eval_report import evaluate_results, first_ious, markdown_table, query_subsets
+from llmi3d_core.evaluate import run_evaluation
 from llmi3d_core.geometry import Box3D, project
 from llmi3d_core.prediction import DEFAULT_MIN_SCORE, Prediction
 

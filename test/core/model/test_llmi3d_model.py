@@ -10,7 +10,7 @@ import torch
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import LLMI3D, format_query
-from llmi3d_core.model.llmi3d import _rewind
+from llmi3d_core.model.sequence import rewind_cache as _rewind
 
 BOX_TERMS = {"center_uv", "depth", "dims", "rotation", "box2d", "keypoints"}
 

@@ -1,0 +1,301 @@
+"""Predictions of a dataset split, query by query, in the form `llmi3d eval` scores them.
+
+A model runs its real inference path (`Predictor.predict_batch`, which answers questions
+itself; an empty list means "not here"); `predict_at_true_cells` reads the dense heads at each
+target's own cell (the upper bound of pointing); a baseline always gives one box. Each query
+becomes a QueryResult: its targets and its answers, best first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmi3d_core.data.format import Dataset, QueryRecord
+from llmi3d_core.data.images import load_rgb
+from llmi3d_core.errors import InvalidInputError
+from llmi3d_core.geometry import Box3D, project
+from llmi3d_core.inference import Predictor
+from llmi3d_core.metrics import ScoredBox
+from llmi3d_core.model.checkpoint import load_checkpoint, read_checkpoint_meta
+from llmi3d_core.model.decode import decode_boxes
+from llmi3d_core.model.inputs import prepare_inputs
+from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+from llmi3d_core.visualize import BOX3D_EDGES
+
+__all__ = [
+    "MAX_RESULTS",
+    "Answer",
+    "QueryResult",
+    "load_predictor",
+    "predict_at_true_cells",
+    "predict_with_baseline",
+    "predict_with_model",
+    "projected_box2d",
+    "target_boxes",
+]
+
+MAX_RESULTS = 10  # answers kept per query ("all the chairs" needs several)
+MIN_DIM_M = 1e-3  # predicted sizes are clamped to this so that a box can be scored
+NEAR_PLANE_M = 0.05  # box edges are cut here before projecting a 2D box
+
+
+@dataclass
+class Answer:
+    """One returned prediction of a query.
+
+    Attributes:
+        box: the predicted 3D box.
+        box2d: (4,) [x1, y1, x2, y2] px of the image (the model's 2D box; for a baseline the
+            projection of its 3D box).
+        score: confidence in [0, 1].
+        label: the predicted object phrase (or a baseline's label).
+        answer: the generated answer text ('' when none).
+    """
+
+    box: Box3D
+    box2d: np.ndarray
+    score: float
+    label: str
+    answer: str = ""
+
+
+@dataclass
+class QueryResult:
+    """One evaluated query: its targets and its answers (best first; [] is "not here").
+
+    The properties keep the single-target view that callers written before lists existed use
+    (`pred`, `gt`, `label`, `score`, `answer`): the first answer and the one target.
+
+    Attributes:
+        query: the query record.
+        targets: one ScoredBox a target (its 3D box and tight 2D box), [] for a negative query.
+        answers: the predictions, best first.
+    """
+
+    query: QueryRecord
+    targets: list[ScoredBox]
+    answers: list[Answer]
+
+    @property
+    def kind(self) -> str:
+        """The query's kind by its number of targets: "single", "negative" or "multi"."""
+        count = len(self.targets)
+        return "single" if count == 1 else "negative" if count == 0 else "multi"
+
+    @property
+    def gt(self) -> Box3D:
+        """The target box of a single-target query.
+
+        Raises:
+            InvalidInputError: for a negative or multi-target query.
+        """
+        if len(self.targets) != 1:
+            raise InvalidInputError(
+                f"query {self.query.query_id!r} has {len(self.targets)} targets; .gt is for "
+                "single-target queries, use .targets"
+            )
+        return self.targets[0].box
+
+    @property
+    def pred(self) -> Box3D | None:
+        """The first predicted box, None when the answer is "not here"."""
+        return self.answers[0].box if self.answers else None
+
+    @property
+    def label(self) -> str:
+        """The first answer's label ('' when none)."""
+        return self.answers[0].label if self.answers else ""
+
+    @property
+    def score(self) -> float:
+        """The first answer's score (0 when none)."""
+        return self.answers[0].score if self.answers else 0.0
+
+    @property
+    def answer(self) -> str:
+        """The first answer's generated text ('' when none)."""
+        return self.answers[0].answer if self.answers else ""
+
+
+def target_box(dataset: Dataset, query: QueryRecord) -> Box3D:
+    """The ground-truth Box3D of a single-target query's target object."""
+    obj = dataset.target(query)
+    return Box3D(obj.center_cam, obj.dims_lwh, obj.R_cam)
+
+
+def target_boxes(dataset: Dataset, query: QueryRecord) -> list[ScoredBox]:
+    """Every target of a query as (3D box, tight 2D box), [] for a negative query."""
+    return [
+        ScoredBox(Box3D(o.center_cam, o.dims_lwh, o.R_cam), np.asarray(o.bbox2D_tight, float))
+        for o in dataset.targets(query)
+    ]
+
+
+def projected_box2d(box: Box3D, K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The 2D box [x1, y1, x2, y2] px of a 3D box's projection, clipped to the image.
+
+    Edges are cut at a near plane first, so a box reaching behind the camera still gives the
+    box of its visible part; a box wholly behind the camera gives a zero-area box.
+    """
+    corners = box.corners()  # (8, 3)
+    points = []
+    for i, j in BOX3D_EDGES:
+        p, q = corners[i], corners[j]
+        if p[2] < NEAR_PLANE_M and q[2] < NEAR_PLANE_M:
+            continue
+        if p[2] < NEAR_PLANE_M or q[2] < NEAR_PLANE_M:
+            cut = p + (NEAR_PLANE_M - p[2]) / (q[2] - p[2]) * (q - p)
+            p, q = (cut, q) if p[2] < NEAR_PLANE_M else (p, cut)
+        points += [p, q]
+    if not points:
+        return np.zeros(4)
+    uvw = np.stack(points) @ np.asarray(K, dtype=np.float64).T  # (M, 3)
+    uv = uvw[:, :2] / uvw[:, 2:3]  # (M, 2)
+    lo = np.clip(uv.min(axis=0), -0.5, [width - 0.5, height - 0.5])
+    hi = np.clip(uv.max(axis=0), -0.5, [width - 0.5, height - 0.5])
+    return np.concatenate([lo, hi])
+
+
+def predict_with_baseline(
+    baseline: Any, dataset: Dataset, queries: Sequence[QueryRecord]
+) -> list[QueryResult]:
+    """Run a fitted baseline (llmi3d_core.baselines) on every query: one box each, score 1.
+
+    The baselines never answer "not here"; their 2D box is the projection of their 3D box.
+    """
+    results = []
+    for query in queries:
+        box, label = baseline.predict(dataset, query)
+        image = dataset.image(query.image_id)
+        box2d = projected_box2d(box, image.K, image.width, image.height)
+        answers = [Answer(box, box2d, 1.0, label)]
+        results.append(QueryResult(query, target_boxes(dataset, query), answers))
+    return results
+
+
+def _answer(prediction: Any, K: np.ndarray, width: int, height: int) -> Answer:
+    """An Answer from a prediction.Prediction (sizes clamped so that the box can be scored)."""
+    box = Box3D(prediction.center, np.maximum(prediction.dims, MIN_DIM_M), prediction.rotation)
+    box2d = getattr(prediction, "box2d", None)
+    if box2d is None:
+        box2d = projected_box2d(box, K, width, height)
+    return Answer(
+        box,
+        np.asarray(box2d, dtype=np.float64),
+        float(prediction.score),
+        prediction.label,
+        prediction.answer,
+    )
+
+
+def predict_with_model(
+    predictor: Any,
+    dataset: Dataset,
+    queries: Sequence[QueryRecord],
+    *,
+    progress: bool = True,
+    max_results: int = MAX_RESULTS,
+    min_score: float | None = None,
+) -> list[QueryResult]:
+    """Run a `Predictor` on every query, the queries of one image in one batch (one encoding).
+
+    Every prediction the predictor returns for a query is kept, in its order (best first); an
+    empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
+    node would. `min_score` None takes the node's default (prediction.DEFAULT_MIN_SCORE).
+    """
+    by_image: dict[str, list[QueryRecord]] = {}
+    for query in queries:
+        by_image.setdefault(query.image_id, []).append(query)
+    results: dict[str, QueryResult] = {}
+    with tqdm(total=len(queries), disable=not progress, desc="eval", unit="query") as bar:
+        for image_id, group in by_image.items():
+            image = load_rgb(dataset.image_path(image_id))
+            record = dataset.image(image_id)
+            predictions = predictor.predict_batch(
+                [image] * len(group),
+                [record.K] * len(group),
+                [q.text for q in group],
+                [q.box_prompt for q in group],
+                [q.point_prompt for q in group],
+                max_results=max_results,
+                min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
+            )
+            for query, listed in zip(group, predictions, strict=True):
+                answers = [_answer(p, record.K, record.width, record.height) for p in listed]
+                results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
+            bar.update(len(group))
+    return [results[q.query_id] for q in queries]
+
+
+def predict_at_true_cells(
+    predictor: Any,
+    dataset: Dataset,
+    queries: Sequence[QueryRecord],
+    *,
+    progress: bool = True,
+) -> list[QueryResult]:
+    """The upper bound of pointing: the dense heads read at each target's own cell.
+
+    Every single-target query is answered by the heads at the cell holding its target's
+    projected centre, with score 1: what a perfect pointer would reach with this detector. The
+    gap to `predict_with_model` is the cost of pointing at the wrong object. Negative and
+    multi-target queries get no answer.
+    """
+    model = predictor.model
+    by_image: dict[str, list[QueryRecord]] = {}
+    for query in queries:
+        by_image.setdefault(query.image_id, []).append(query)
+    results: dict[str, QueryResult] = {}
+    with (
+        tqdm(total=len(queries), disable=not progress, desc="eval (true cells)") as bar,
+        torch.no_grad(),
+    ):
+        for image_id, group in by_image.items():
+            record = dataset.image(image_id)
+            inputs = prepare_inputs(load_rgb(dataset.image_path(image_id)), record.K, model.config)
+            K = torch.as_tensor(inputs.K, dtype=torch.float32, device=model.device)[None]
+            size = torch.as_tensor(inputs.letterbox.canvas_size, dtype=torch.float32)[None]
+            features = model.image_side(inputs.image_hr[None], K, size)
+            grid = model._grid(features.hr_map, features.image_size)
+            for query in group:
+                answers = []
+                if len(query.target_object_ids) == 1:
+                    target = dataset.targets(query)[0]
+                    centre = project(target.center_cam, inputs.K)
+                    cell = grid.cell_of(torch.as_tensor(centre, dtype=torch.float32)[None, None])
+                    cands = model.candidates(
+                        features.hr_map, features.dense, features.K, features.image_size, cell
+                    )
+                    outputs = {k: v[:, 0].float() for k, v in cands.outputs.items()}
+                    boxes = decode_boxes(outputs, features.K, features.image_size, model.config)
+                    box = Box3D(
+                        boxes["center"][0].double().cpu().numpy(),
+                        np.maximum(boxes["dims"][0].double().cpu().numpy(), MIN_DIM_M),
+                        boxes["R"][0].double().cpu().numpy(),
+                    )
+                    box2d = inputs.letterbox.boxes_to_image(
+                        boxes["box2d_px"][0].double().cpu().numpy()
+                    )
+                    answers.append(Answer(box, box2d, 1.0, target.category_name, ""))
+                results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
+                bar.update(1)
+    return [results[q.query_id] for q in queries]
+
+
+def load_predictor(checkpoint: Path, device: str = "cpu", dtype: str | None = None) -> Predictor:
+    """A Predictor for a model checkpoint.
+
+    The run seed stored in the checkpoint is set before the model is rebuilt, so that parts
+    that checkpoints reference instead of storing (the randomly initialised "tiny" LLM) come
+    out as in training.
+    """
+    _, extra = read_checkpoint_meta(checkpoint)
+    torch.manual_seed(int(extra.get("seed", 0)))
+    return Predictor(load_checkpoint(checkpoint), device=device, dtype=dtype, cache_size=2)

@@ -1,0 +1,142 @@
+"""The detector's candidate objects: what the pointer chooses among and the object tokens show.
+
+Candidates are the dense heads' physical outputs at K cells of the stride-8 map, decoded into
+boxes and described by a feature vector (pointer.py), and what the pointer reads of them
+(`pointer_inputs`). Training puts every target among them (teacher forcing); `locate` ranks
+them by the pointer's calibrated scores (located.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.decode import decode_boxes
+from llmi3d_core.model.detector import CellGrid
+from llmi3d_core.model.outputs import Candidates, QueryStates
+from llmi3d_core.model.pointer import PointerInputs, candidate_geometry
+from llmi3d_core.model.positions import fourier_encoding
+
+
+def _flatten(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{name: (B, K, k)} -> {name: (B * K, k)}."""
+    return {k: v.reshape(-1, v.shape[-1]) for k, v in outputs.items()}
+
+
+def _repeat(values: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, ...) -> (B * count, ...), each row repeated `count` times in place."""
+    return values.repeat_interleave(count, dim=0)
+
+
+def candidates_from_outputs(
+    outputs: dict[str, torch.Tensor],
+    feature_at: torch.Tensor,
+    cells: torch.Tensor,
+    K: torch.Tensor,
+    image_size: torch.Tensor,
+    *,
+    dense_config: ModelConfig,
+) -> Candidates:
+    """Candidates from the physical outputs (B, N, k) and F (B, N, C) at their cells (B, N).
+
+    `dense_config` decodes the dense heads' outputs (their location is always "uv_depth").
+    """
+    B, N = cells.shape
+    flat = _flatten({k: v.float() for k, v in outputs.items()})
+    boxes = decode_boxes(flat, _repeat(K.float(), N), _repeat(image_size.float(), N), dense_config)
+    boxes = {k: v.reshape(B, N, *v.shape[1:]) for k, v in boxes.items()}
+    parts = [feature_at, fourier_encoding(outputs["center_uv"].float()).to(feature_at)]
+    for name in ("category", "color"):
+        if name in outputs:
+            parts.append(outputs[name].float().softmax(-1).to(feature_at))
+    parts += [
+        outputs["objectness_logit"].to(feature_at),
+        outputs["dims"].clamp(min=1e-3).log().to(feature_at),
+    ]
+    return Candidates(
+        cells=cells,
+        outputs=outputs,
+        boxes=boxes,
+        features=torch.cat(parts, dim=-1),
+        geometry=candidate_geometry(
+            outputs["center_uv"].float(), boxes["z"], boxes["dims"], outputs["box2d"].float()
+        ),
+        objectness=outputs["objectness_logit"][..., 0],
+        valid=torch.ones(B, N, dtype=torch.bool, device=cells.device),
+    )
+
+
+def corrected(outputs: dict[str, torch.Tensor], residual: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Apply the pointer's residual (..., 4) to log depth and log (L, W, H) of `outputs`."""
+    out = dict(outputs)
+    if "depth" in out:
+        out["depth"] = out["depth"] * residual[..., :1].float().exp()
+    out["dims"] = out["dims"] * residual[..., 1:4].float().exp()
+    return out
+
+
+def target_slots(batch: dict[str, Any], cells: torch.Tensor) -> torch.Tensor:
+    """(B, K) bool: candidate cells the dense targets assign to one of the query's targets."""
+    assign = batch["assign"].to(cells.device)  # (B, h*w)
+    owner = assign.gather(1, cells)  # (B, K), -1: no object
+    targets: torch.Tensor = batch["target_mask"].to(cells.device)  # (B, M)
+    slots: torch.Tensor = targets.gather(1, owner.clamp(min=0)) & (owner >= 0)
+    return slots
+
+
+def inject_missing_targets(
+    batch: dict[str, Any], cells: torch.Tensor, grid: CellGrid, image_size: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Candidate cells (B, K) where every target without a candidate takes one of the last slots.
+
+    Returns the new cells and the (B, K) slots given to a target, or None when the detector
+    found every target (a target's centre cell, or a neighbour the dense targets assign to it).
+    """
+    assign = batch["assign"].to(cells.device)
+    owner = assign.gather(1, cells)  # (B, K)
+    targets: torch.Tensor = batch["target_mask"].to(cells.device)  # (B, M)
+    M = targets.shape[1]
+    # (B, M): object m owns a candidate (a scatter of owner >= 0 would let the -1 slots,
+    # clamped to object 0, overwrite object 0's True: duplicate indices, last write wins)
+    found = (owner[:, None, :] == torch.arange(M, device=owner.device)[None, :, None]).any(-1)
+    missing = targets & ~found  # (B, M)
+    if not bool(missing.any()):
+        return None
+    centres = batch["obj_center_uv"].to(cells.device, torch.float32)  # (B, M, 2)
+    object_cells = grid.cell_of(centres * image_size[:, None, :])  # (B, M)
+    cells = cells.clone()
+    injected = torch.zeros(cells.shape, dtype=torch.bool, device=cells.device)
+    K = cells.shape[1]
+    for row, column in zip(*torch.nonzero(missing, as_tuple=True), strict=True):
+        slot = K - 1 - int(injected[row].sum())
+        if slot < 0 or int(column) >= M:
+            continue
+        cells[row, slot] = object_cells[row, column]
+        injected[row, slot] = True
+    return cells, injected
+
+
+def pointer_inputs(
+    states: QueryStates,
+    candidates: Candidates,
+    box_prompt: torch.Tensor,
+    point_prompt: torch.Tensor,
+) -> PointerInputs:
+    """What the pointer reads of queries' states, their images' candidates and their prompts."""
+    device = states.f3d.device
+    outputs = candidates.outputs
+    return PointerInputs(
+        f3d=states.f3d,
+        words=states.words,
+        word_mask=states.word_mask,
+        features=candidates.features,
+        geometry=candidates.geometry,
+        objectness=candidates.objectness,
+        valid=candidates.valid,
+        box_prompt=box_prompt.to(device, torch.float32),
+        point_prompt=point_prompt.to(device, torch.float32),
+        category_probs=outputs["category"].float().softmax(-1) if "category" in outputs else None,
+        color_probs=outputs["color"].float().softmax(-1) if "color" in outputs else None,
+    )

@@ -1,0 +1,74 @@
+"""A query's result as a Located: the pointer's ranking of the candidates, or the one box.
+
+With the pointer every valid candidate of the image is decoded (with its residual), best
+calibrated score first; the MLP read-out and Text3D give one box, scored by their score logit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmi3d_core.model.candidates import corrected
+from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.decode import decode_boxes
+from llmi3d_core.model.outputs import ImageFeatures, Located
+
+
+def ranked(
+    features: ImageFeatures,
+    probabilities: torch.Tensor,
+    residual: torch.Tensor,
+    config: ModelConfig,
+    *,
+    answer: str,
+    answered: bool,
+) -> Located:
+    """Located of every valid candidate of one image, best first.
+
+    Args:
+        features: the image's features, with its candidates.
+        probabilities: (K + 1,) calibrated pointer scores, "no object" last.
+        residual: (K, 4) the pointer's residual of each candidate.
+        config: decodes the corrected outputs.
+        answer: the generated answer phrase.
+        answered: whether an answer was generated.
+    """
+    cands = features.candidates
+    assert cands is not None
+    scores, nothing = probabilities[:-1], float(probabilities[-1])
+    order = torch.argsort(scores, descending=True)
+    order = order[cands.valid[0, order]]
+    outputs = corrected({k: v[0, order].float() for k, v in cands.outputs.items()}, residual[order])
+    n = len(order)
+    boxes = decode_boxes(
+        outputs, features.K.expand(n, 3, 3), features.image_size.expand(n, 2), config
+    )
+    category = outputs.get("category")
+    categories = (
+        category.argmax(dim=-1) if category is not None
+        else torch.full((n,), -1, dtype=torch.long, device=probabilities.device)
+    )  # fmt: skip
+    return Located(
+        boxes=boxes, scores=scores[order], categories=categories, answer=answer,
+        answered=answered, nothing_score=nothing,
+    )  # fmt: skip
+
+
+def single(
+    outputs: dict[str, torch.Tensor],
+    features: ImageFeatures,
+    config: ModelConfig,
+    *,
+    answer: str,
+    answered: bool,
+) -> Located:
+    """Located of one box from (1, k) physical outputs (MLP read-out or Text3D)."""
+    boxes = decode_boxes(outputs, features.K, features.image_size, config)
+    score = torch.sigmoid(outputs["score_logit"].reshape(-1)[:1])
+    return Located(
+        boxes=boxes,
+        scores=score,
+        categories=torch.full((1,), -1, dtype=torch.long),
+        answer=answer,
+        answered=answered,
+    )

@@ -1,0 +1,144 @@
+"""What LLMI3D's stages hand on and return (model/llmi3d.py).
+
+The image side gives ImageFeatures (with the detector's Candidates), `prepare_context` an
+ImageContext (one image and its KV cache), the LLM QueryStates (F_3D and the query words);
+`forward` returns a ModelOutput and `locate` a Located.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Candidates:
+    """The detector's K candidate objects of each image.
+
+    Attributes:
+        cells: (B, K) flat cell indices of the stride-8 map.
+        outputs: physical outputs at those cells {name: (B, K, k)} (detector.cell_outputs).
+        boxes: their decoded boxes {center (B, K, 3), z (B, K), dims, R, ...}.
+        features: (B, K, width) what the pointer and the object tokens read.
+        geometry: (B, K, GEOMETRY_WIDTH) position, log depth, log volume, 2D box.
+        objectness: (B, K) heatmap logits.
+        valid: (B, K) True for real candidates.
+    """
+
+    cells: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+    boxes: dict[str, torch.Tensor]
+    features: torch.Tensor
+    geometry: torch.Tensor
+    objectness: torch.Tensor
+    valid: torch.Tensor
+
+    def select(self, rows: torch.Tensor) -> Candidates:
+        """The candidates of images `rows` (B',), e.g. one row per query of a batch."""
+        return Candidates(
+            cells=self.cells[rows],
+            outputs={k: v[rows] for k, v in self.outputs.items()},
+            boxes={k: v[rows] for k, v in self.boxes.items()},
+            features=self.features[rows],
+            geometry=self.geometry[rows],
+            objectness=self.objectness[rows],
+            valid=self.valid[rows],
+        )
+
+
+@dataclass
+class ImageFeatures:
+    """Image-side results, computed once per image.
+
+    Attributes:
+        tokens: (B, N + K, hidden) image tokens in the LLM's input space (global, then object).
+        dense: raw dense head maps {name: (B, k, h, w)}, or None without the HR branch.
+        hr_map: the FPN map F (B, C, h, w), or None.
+        candidates: the detector's candidates, or None.
+        K: (B, 3, 3) canvas intrinsics; image_size (B, 2) canvas (W, H).
+    """
+
+    tokens: torch.Tensor
+    dense: dict[str, torch.Tensor] | None
+    hr_map: torch.Tensor | None
+    candidates: Candidates | None
+    K: torch.Tensor
+    image_size: torch.Tensor
+
+    def select(self, rows: torch.Tensor) -> ImageFeatures:
+        """The features of images `rows`."""
+        return ImageFeatures(
+            tokens=self.tokens[rows],
+            dense=None if self.dense is None else {k: v[rows] for k, v in self.dense.items()},
+            hr_map=None if self.hr_map is None else self.hr_map[rows],
+            candidates=None if self.candidates is None else self.candidates.select(rows),
+            K=self.K[rows],
+            image_size=self.image_size[rows],
+        )
+
+
+@dataclass
+class ImageContext:
+    """One image, ready for queries: its features and the LLM KV cache of the prompt prefix."""
+
+    features: ImageFeatures
+    cache: Any
+    prefix_length: int
+
+
+@dataclass
+class QueryStates:
+    """What the LLM gives the read-out for a batch of queries.
+
+    Attributes:
+        f3d: (B, hidden) the read-out hidden state (the 3D Query's, by default).
+        words: (B, T, hidden) hidden states of the query tokens (the template middle).
+        word_mask: (B, T) True for real tokens.
+    """
+
+    f3d: torch.Tensor
+    words: torch.Tensor
+    word_mask: torch.Tensor
+
+
+@dataclass
+class Located:
+    """Result of one query on one image, best candidate first.
+
+    Attributes:
+        boxes: decoded boxes {center (n, 3), R, dims, box2d_px, center_uv_px (canvas px), z}.
+        scores: (n,) probability that each box is what the query asks for (pointer.py), or the
+            MLP read-out's score head.
+        categories: (n,) index of the predicted category of each box (-1 when unknown).
+        nothing_score: probability that nothing in the image matches (the pointer's "no object"
+            candidate; 0 for the MLP read-out).
+        answer: the generated answer phrase ('' when none).
+        answered: whether an answer was generated.
+    """
+
+    boxes: dict[str, torch.Tensor]
+    scores: torch.Tensor
+    categories: torch.Tensor
+    answer: str
+    answered: bool
+    nothing_score: float = 0.0
+
+
+@dataclass
+class ModelOutput:
+    """What `forward` returns.
+
+    Attributes:
+        boxes: decoded boxes of the queried objects {center (B, 3), R, dims, box2d_px, z, ...},
+            with the pointer: at its choice among the candidates (argmax).
+        losses: loss terms (LossConfig names) and "total"; empty when the batch has no targets.
+        pointer_logits: (B, K) or None.
+        chosen_box2d: (B, 4) normalised canvas box of the chosen object (grounding metric).
+    """
+
+    boxes: dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    pointer_logits: torch.Tensor | None = None
+    chosen_box2d: torch.Tensor | None = None
