@@ -441,7 +441,7 @@ class Bench:
     """What every ladder run of one accuracy section shares.
 
     Attributes:
-        size: the run_benchmarks.BenchSize.
+        size: the bench_sizes.BenchSize.
         workdir: runs/ and data/ go here.
         dataset: the ladders' IG3D-Synth set (format.Dataset).
         queries: the evaluated test queries.
@@ -1225,7 +1225,7 @@ def headline(result: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    from run_benchmarks import SIZES
+    from bench_sizes import SIZES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke")

@@ -15,7 +15,11 @@ import json
 import os
 from pathlib import Path
 
+from llmi3d_core.data.query_config import QueryConfig
+from llmi3d_core.data.synth import SynthConfig, generate_dataset
 from llmi3d_core.paths import cache_dir, config_path
+from llmi3d_core.train import ensure_trained
+from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config
 
 DEFAULT_RECIPE = ("train", "smol_synth.yaml")
 # The test scenes: a seed no recipe trains on, with the recipe's held-out categories.
@@ -37,8 +41,6 @@ def default_model_dir(recipe: Path | None = None) -> Path:
     A release that changes the recipe or the model's defaults gets a fresh directory (and a
     new training run) instead of refusing to resume a run of a different config.
     """
-    from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config
-
     config = load_train_config(recipe or default_recipe())
     model = dataclasses.asdict(resolve_model_config(config.model))
     resolved = json.dumps(
@@ -49,8 +51,6 @@ def default_model_dir(recipe: Path | None = None) -> Path:
 
 def ensure_default_model(model_dir: Path | None = None) -> Path:
     """The default model's best checkpoint, training it first when it is not cached yet."""
-    from llmi3d_core.train import ensure_trained
-
     recipe = default_recipe()
     return ensure_trained(recipe, model_dir or default_model_dir(recipe))
 
@@ -62,10 +62,6 @@ def default_test_data(num_images: int = TEST_IMAGES, progress: bool = True) -> P
     are those of the default recipe's training set, so "novel" means the same in both. Every
     image is in its "test" split.
     """
-    from llmi3d_core.data.query_config import QueryConfig
-    from llmi3d_core.data.synth import SynthConfig, generate_dataset
-    from llmi3d_core.train_config import load_train_config
-
     config = load_train_config(default_recipe())
     train_seed = config.data.synth.seed if config.data.synth is not None else 0
     out = cache_dir("synthetic_eval", f"v2_seed{TEST_SEED}_novel{train_seed}_n{num_images}")

@@ -46,9 +46,13 @@ import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
 from llmi3d_core.letterbox import Letterbox
+from llmi3d_core.model.checkpoint import load_checkpoint
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.inputs import prepare_inputs
 from llmi3d_core.model.llm import DTYPES
+from llmi3d_core.model.llmi3d import LLMI3D
+from llmi3d_core.model.presets import resolve_config
+from llmi3d_core.model.sequence import ANSWER_POLICIES, format_query
 from llmi3d_core.prediction import Answer, Prediction
 
 MAX_QUERY_CHARS = 2000
@@ -248,8 +252,6 @@ class Predictor:
         answer_policy: str | None = None,
         merge_lora: bool = True,
     ) -> None:
-        from llmi3d_core.model.sequence import ANSWER_POLICIES
-
         if answer_policy is None:
             answer_policy = "auto" if model.config.answer_types else "ground"
         if answer_policy not in ANSWER_POLICIES:
@@ -285,9 +287,6 @@ class Predictor:
         Raises:
             ConfigError: unknown preset or invalid config.
         """
-        from llmi3d_core.model.llmi3d import LLMI3D
-        from llmi3d_core.model.presets import resolve_config
-
         config = resolve_config(name)
         return cls(LLMI3D(config), device=device, dtype=dtype, **kwargs)
 
@@ -304,8 +303,6 @@ class Predictor:
         Raises:
             CheckpointError: missing or mismatching checkpoint files.
         """
-        from llmi3d_core.model.checkpoint import load_checkpoint
-
         return cls(load_checkpoint(path), device=device, dtype=dtype, **kwargs)
 
     @property
@@ -436,8 +433,6 @@ class Predictor:
         point2ds: Sequence[Any] | None,
     ) -> list[_Item]:
         """Check every input and format the query texts (prompts included)."""
-        from llmi3d_core.model.sequence import format_query
-
         count = len(images)
         boxes = [None] * count if box2ds is None else list(box2ds)
         points = [None] * count if point2ds is None else list(point2ds)

@@ -239,7 +239,7 @@ class RunLog:
             self._truncate_after(resume_step)
         if tensorboard:
             try:  # tensorboard is optional: imported here, where its absence is handled
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (optional)
             except ImportError:  # tensorboard not installed: JSONL only
                 return
             self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=max(resume_step, 0))

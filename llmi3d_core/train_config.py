@@ -31,8 +31,8 @@ import yaml
 from llmi3d_core.config_io import apply_overrides, dataclass_from_dict, merge, parse_override
 from llmi3d_core.data.synth import SynthConfig
 from llmi3d_core.errors import ConfigError
-from llmi3d_core.model.config import ModelConfig, load_config_file
-from llmi3d_core.model.presets import get_preset
+from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.presets import get_preset, load_config_file
 from llmi3d_core.paths import share_dir
 
 __all__ = [

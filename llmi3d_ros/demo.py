@@ -95,7 +95,7 @@ def ensure_model(args: argparse.Namespace) -> str:
         return str(args.checkpoint)
     if args.preset:
         return ""
-    from llmi3d_core.default_model import default_model_dir, ensure_default_model
+    from llmi3d_core.default_model import default_model_dir, ensure_default_model  # noqa: PLC0415 (loads torch and the trainer: only the default model needs them)
 
     model_dir = args.model_dir or default_model_dir()
     print(f"[demo] default model: {model_dir} (trained on first run, then reused)")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from llmi3d_msgs.srv import Query
 from rcl_interfaces.msg import SetParametersResult
@@ -164,8 +165,6 @@ class Llmi3dNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
         if params.num_threads > 0:
-            import torch
-
             torch.set_num_threads(params.num_threads)
         try:
             start = time.perf_counter()
@@ -543,8 +542,6 @@ def _format_timings(timings_s: dict[str, float]) -> str:
 
 
 def _empty_device_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

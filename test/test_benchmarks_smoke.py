@@ -122,7 +122,7 @@ def test_section_contents(smoke_markdown: str) -> None:
 
 def test_stage_budgets_of_the_size(smoke_dir: Path) -> None:
     """Each ladder model trained the size's steps per stage, batches within the smoke data."""
-    from run_benchmarks import SIZES
+    from bench_sizes import SIZES
 
     size = SIZES["smoke"]
     payload = json.loads((smoke_dir / "results.json").read_text(encoding="utf-8"))
@@ -164,8 +164,8 @@ def test_the_cached_default_model_is_reused(
     import torch
     import yaml
     from bench_accuracy import measure_default, render_accuracy
+    from bench_sizes import SIZES
     from readme_accuracy import block
-    from run_benchmarks import SIZES
 
     from llmi3d_core.default_model import default_model_dir, default_recipe
     from llmi3d_core.train_config import config_to_dict, load_train_config
@@ -207,7 +207,7 @@ def test_the_cached_default_model_is_reused(
 def test_every_size_builds_its_configs(tmp_path: Path) -> None:
     """Each size's ladder configs (all variants, its family, planned stages) are valid."""
     from bench_accuracy import VARIANTS, build_config
-    from run_benchmarks import SIZES
+    from bench_sizes import SIZES
 
     for size in SIZES.values():
         for variant in VARIANTS.values():

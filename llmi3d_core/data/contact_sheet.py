@@ -19,14 +19,13 @@ from llmi3d_core.data.format import Dataset, ImageRecord
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import InvalidInputError
+from llmi3d_core.visualize import draw_boxes, label_color_u8
 
 _STRIP_PX = 22
 
 
 def annotate(image_rgb: np.ndarray, record: ImageRecord) -> np.ndarray:
     """Return a copy of the picture with the record's 3D boxes, centres and 2D boxes drawn."""
-    from llmi3d_core.visualize import draw_boxes, label_color_u8
-
     boxes = [(o.bbox3D_cam, o.category_name) for o in record.objects]
     canvas = draw_boxes(image_rgb, boxes, record.K)
     for obj in record.objects:

@@ -154,7 +154,7 @@ def box_corners(center: np.ndarray, dims_whl: np.ndarray, R: np.ndarray) -> np.n
     Returns:
         (8, 3) corners in the camera frame, metres.
     """
-    from llmi3d_core.geometry import box3d_corners  # lazy: geometry imports torch
+    from llmi3d_core.geometry import box3d_corners  # noqa: PLC0415 (geometry imports torch; converters stay torch-free)
 
     w, h, length = (float(d) for d in dims_whl)
     return np.asarray(box3d_corners(np.asarray(center, float), np.array([length, w, h]), R))
@@ -162,7 +162,7 @@ def box_corners(center: np.ndarray, dims_whl: np.ndarray, R: np.ndarray) -> np.n
 
 def project_points(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pinhole projection (..., 3) camera-frame points (z > 0) -> (..., 2) pixels."""
-    from llmi3d_core.geometry import project  # lazy: geometry imports torch
+    from llmi3d_core.geometry import project  # noqa: PLC0415 (geometry imports torch; converters stay torch-free)
 
     return np.asarray(project(np.asarray(points, dtype=np.float64), np.asarray(K, float)))
 

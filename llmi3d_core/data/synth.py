@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.queries import make_queries
@@ -164,7 +165,7 @@ def _fill_level_polygons(
     K: np.ndarray,
 ) -> None:
     """Fill level-frame polygons in order: pitch, clip at the near plane, one batched projection."""
-    from llmi3d_core.geometry import project
+    from llmi3d_core.geometry import project  # noqa: PLC0415 (torch-free generator workers)
 
     clipped = [(clip_polygon_near(points @ R.T), color) for points, color in polygons]
     clipped = [(points, color) for points, color in clipped if len(points) >= 3]
@@ -178,7 +179,7 @@ def _fill_level_polygons(
 
 
 def _draw_background(canvas: Canvas, scene: Scene) -> None:
-    from llmi3d_core.geometry import project
+    from llmi3d_core.geometry import project  # noqa: PLC0415 (torch-free generator workers)
 
     camera, bg = scene.camera, scene.background
     R, K = camera.R_level_to_cam, camera.K
@@ -222,7 +223,7 @@ def render_scene(scene: Scene, keep: list[int], rng: np.random.Generator) -> Ren
 
     Returns ground truth for the kept objects in the order of `keep`.
     """
-    from llmi3d_core.geometry import box3d_corners, project
+    from llmi3d_core.geometry import box3d_corners, project  # noqa: PLC0415 (torch-free generator workers)
 
     camera = scene.camera
     R_lc, K = camera.R_level_to_cam, camera.K
@@ -319,7 +320,7 @@ def generate_image(
         )
         if keep:
             break
-    from llmi3d_core.geometry import project
+    from llmi3d_core.geometry import project  # noqa: PLC0415 (torch-free generator workers)
 
     image_id = f"{index:06d}"
     camera = scene.camera
@@ -439,8 +440,6 @@ def generate_dataset(
     Raises:
         ConfigError: bad configuration. InvalidInputError: `out` holds a dataset and not overwrite.
     """
-    from tqdm import tqdm
-
     novel_seed = config.seed if config.novel_seed is None else config.novel_seed
     novel = novel_categories(novel_seed, config.novel_fraction)
     novel_set = frozenset(novel)

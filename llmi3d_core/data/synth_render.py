@@ -233,7 +233,7 @@ def draw_object(
     Faces are sorted by centroid distance, which is exact for the convex primitives' own faces
     and a good approximation between parts of one object (objects never interpenetrate).
     """
-    from llmi3d_core.geometry import project
+    from llmi3d_core.geometry import project  # noqa: PLC0415 (torch-free generator workers)
 
     vertices = pose_vertices(instance)
     uv = project(vertices, K, validate=False)  # (V, 2)

@@ -410,7 +410,7 @@ def place_objects(
     Depth is limited so that an object is at least `min_height_px` tall in the image; a share of
     objects repeats an earlier category so that captions need attributes and relations.
     """
-    from llmi3d_core.geometry import box3d_corners, project
+    from llmi3d_core.geometry import box3d_corners, project  # noqa: PLC0415 (torch-free generator workers)
 
     categories = categories_for_scene(kind)
     R_lc = camera.R_level_to_cam

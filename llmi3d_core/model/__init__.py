@@ -7,10 +7,10 @@ out.losses["total"].backward()
 """
 
 from llmi3d_core.model.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from llmi3d_core.model.config import ModelConfig, config_from_dict, load_config_file
+from llmi3d_core.model.config import ModelConfig, config_from_dict
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.model.outputs import ImageContext, ImageFeatures, ModelOutput
-from llmi3d_core.model.presets import PRESETS, get_preset, resolve_config
+from llmi3d_core.model.presets import PRESETS, get_preset, load_config_file, resolve_config
 from llmi3d_core.model.sequence import format_query
 
 __all__ = [

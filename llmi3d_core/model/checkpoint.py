@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from llmi3d_core.errors import CheckpointError, ConfigError
 from llmi3d_core.model.config import ModelConfig, config_from_dict
+from llmi3d_core.model.llm import LLM_SOURCES
+from llmi3d_core.model.llmi3d import LLMI3D
 
 FORMAT = "llmi3d-checkpoint"
 FORMAT_VERSION = 1
@@ -32,8 +36,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 def referenced_prefixes(config: ModelConfig) -> tuple[str, ...]:
     """State-dict key prefixes whose weights come from elsewhere (not stored)."""
-    from llmi3d_core.model.llm import LLM_SOURCES
-
     prefixes = []
     source = LLM_SOURCES.get(config.llm.kind)
     if source is None or source.pretrained:
@@ -82,8 +84,6 @@ def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | N
     Raises:
         CheckpointError: when `extra` is not JSON-serialisable or the directory is not writable.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     meta = {
         "format": FORMAT,
@@ -151,11 +151,6 @@ def load_checkpoint(directory: str | Path) -> Any:
     Raises:
         CheckpointError: missing files, or tensors that do not match the rebuilt model.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from llmi3d_core.model.llmi3d import LLMI3D
-
     config, _ = read_checkpoint_meta(directory)
     weights = Path(directory) / WEIGHTS_FILE
     try:

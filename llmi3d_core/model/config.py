@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llmi3d_core.config_io import dataclass_from_dict, merge
@@ -392,32 +391,6 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
         ConfigError: for an unknown key, a wrong type or an inconsistent value.
     """
     return dataclass_from_dict(ModelConfig, data)
-
-
-def load_config_file(path: str | Path) -> ModelConfig:
-    """Read a ModelConfig from a YAML or JSON file.
-
-    A YAML file may name a preset under `preset:`; its other keys then override that preset.
-
-    Raises:
-        ConfigError: when the file is missing, unparsable or holds unknown keys.
-    """
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"Could not read model config {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"Model config {path} must hold a mapping, got {type(data).__name__}")
-    base = data.pop("preset", None)
-    if base is None:
-        return config_from_dict(data)
-    from llmi3d_core.model.presets import get_preset
-
-    merged = merge(get_preset(str(base)).to_dict(), data)
-    return config_from_dict(merged)
 
 
 def check_choice(value: str, registry: dict[str, Any], what: str) -> None:

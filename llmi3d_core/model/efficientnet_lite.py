@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from llmi3d_core.errors import ConfigError
 
@@ -155,7 +156,6 @@ class EfficientNetLite0(nn.Module):
         The folded network computes the same function in eval mode; its state dict has no
         BatchNorm keys any more, so fold only a model that is not saved or trained afterwards.
         """
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         def fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
             assert isinstance(conv, SameConv2d) and isinstance(bn, nn.BatchNorm2d)

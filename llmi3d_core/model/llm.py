@@ -57,8 +57,8 @@ DTYPES: dict[str, torch.dtype] = {
 
 def byte_tokenizer() -> Any:
     """A byte-level tokenizer (256 byte tokens + end-of-text + pad), built offline in ~1 ms."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
@@ -70,7 +70,7 @@ def byte_tokenizer() -> Any:
 
 
 def _build_tiny(config: LLMConfig) -> tuple[nn.Module, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
     tokenizer = byte_tokenizer()
     model = LlamaForCausalLM(
@@ -114,7 +114,7 @@ def converted_gguf_dir(gguf: Path, dtype: torch.dtype) -> Path:
     Keyed by the file's content, the dtype and the transformers version that converted it, so a
     new GGUF or a new converter never reuses a stale conversion.
     """
-    import transformers
+    import transformers  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
     digest = hashlib.sha256()
     with gguf.open("rb") as f:
@@ -132,7 +132,7 @@ def _load_gguf(directory: Path, file_name: str, dtype: torch.dtype) -> tuple[nn.
     de-quantises every tensor: ~20 s for SmolLM2-135M on one CPU core. The converted model and
     tokenizer, saved with save_pretrained, load in about a second.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
     gguf = directory / file_name
     if not gguf.is_file():
@@ -191,7 +191,7 @@ def _build_gguf(config: LLMConfig) -> tuple[nn.Module, Any]:
 
 
 def _build_pretrained(config: LLMConfig) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
     if config.path is None:
         raise ConfigError("llm.kind 'pretrained' needs llm.path, a local model directory")
@@ -269,7 +269,7 @@ class LanguageModel(nn.Module):
         base, tokenizer = LLM_SOURCES[config.kind].build(config)
         base.requires_grad_(False)
         if config.lora_rank > 0:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
             lora = LoraConfig(
                 r=config.lora_rank,
@@ -305,7 +305,7 @@ class LanguageModel(nn.Module):
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def _lora_layers(self) -> list[Any]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
 
         return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
 

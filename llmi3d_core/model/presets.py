@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from llmi3d_core.config_io import merge
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import (
     DetectorConfig,
@@ -26,7 +29,7 @@ from llmi3d_core.model.config import (
     LLMConfig,
     LowResConfig,
     ModelConfig,
-    load_config_file,
+    config_from_dict,
 )
 
 
@@ -146,6 +149,28 @@ def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def load_config_file(path: str | Path) -> ModelConfig:
+    """Read a ModelConfig from a YAML or JSON file.
+
+    A YAML file may name a preset under `preset:`; its other keys then override that preset.
+
+    Raises:
+        ConfigError: when the file is missing, unparsable or holds unknown keys.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"Could not read model config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"Model config {path} must hold a mapping, got {type(data).__name__}")
+    base = data.pop("preset", None)
+    if base is None:
+        return config_from_dict(data)
+    merged = merge(get_preset(str(base)).to_dict(), data)
+    return config_from_dict(merged)
 
 
 def resolve_config(name_or_path: str | Path) -> ModelConfig:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,11 +24,27 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import text3d
+from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.heads import Readout
+from llmi3d_core.model.llm import LanguageModel
 from llmi3d_core.model.losses import box_targets
 from llmi3d_core.model.outputs import ImageContext, ImageFeatures, QueryStates
 
-if TYPE_CHECKING:  # the model type only: llmi3d.py imports this module
-    from llmi3d_core.model.llmi3d import LLMI3D
+
+class SequenceModel(Protocol):
+    """What these functions use of model/llmi3d.py's LLMI3D (which imports this module)."""
+
+    config: ModelConfig
+    llm: LanguageModel
+    query_embedding: nn.Parameter
+    readout: Readout
+    prefix_ids: list[int]
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        ...
+
 
 # answer policies of `locate`: "auto" lets the LLM decide (the paper), "ground" never answers,
 # "answer" always generates an answer phrase first
@@ -61,7 +77,7 @@ def rewind_cache(cache: Any, length: int) -> None:
         cache.crop(-extra)
 
 
-def embed_ids(model: LLMI3D, ids: Sequence[int]) -> torch.Tensor:
+def embed_ids(model: SequenceModel, ids: Sequence[int]) -> torch.Tensor:
     """Ids -> (1, T, hidden)."""
     return model.llm.embed(torch.tensor([list(ids)], dtype=torch.long, device=model.device))
 
@@ -69,14 +85,14 @@ def embed_ids(model: LLMI3D, ids: Sequence[int]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- training
 
 
-def answer_ids(model: LLMI3D, query_type: str, answer: str) -> list[int]:
+def answer_ids(model: SequenceModel, query_type: str, answer: str) -> list[int]:
     """Token ids of the answer phrase a query of `query_type` is taught ([] for none)."""
     if query_type in model.config.answer_types and answer.strip():
         return model.llm.tokenize(answer.strip())
     return []
 
 
-def text3d_ids(model: LLMI3D, batch: dict[str, Any], index: int) -> list[int]:
+def text3d_ids(model: SequenceModel, batch: dict[str, Any], index: int) -> list[int]:
     """Token ids of sample `index`'s Text3D numbers, then EOS."""
     targets = box_targets(batch, model.config)
     values = {k: targets[k][index] for k in text3d.text_fields(model.config.heads)}
@@ -85,7 +101,7 @@ def text3d_ids(model: LLMI3D, batch: dict[str, Any], index: int) -> list[int]:
 
 
 def query_tails(
-    model: LLMI3D, batch: dict[str, Any], with_text3d: bool
+    model: SequenceModel, batch: dict[str, Any], with_text3d: bool
 ) -> tuple[list[list[int]], list[int]]:
     """Token ids after the image tokens for each sample, and each sample's middle length."""
     llm = model.llm
@@ -102,7 +118,7 @@ def query_tails(
 
 
 def run_teacher_forced(
-    model: LLMI3D, image_tokens: torch.Tensor, tails: list[list[int]]
+    model: SequenceModel, image_tokens: torch.Tensor, tails: list[list[int]]
 ) -> tuple[torch.Tensor, int, list[int]]:
     """Embed prefix + image + tails (+ 3D Query), right-padded; run the LLM.
 
@@ -133,7 +149,7 @@ def run_teacher_forced(
 
 
 def read_states(
-    model: LLMI3D, hidden: torch.Tensor, start: int, middles: list[int], ends: list[int]
+    model: SequenceModel, hidden: torch.Tensor, start: int, middles: list[int], ends: list[int]
 ) -> QueryStates:
     """Read F_3D and the query words' hidden states out of a teacher-forced pass."""
     device = model.device
@@ -152,7 +168,11 @@ def read_states(
 
 
 def tail_loss(
-    model: LLMI3D, hidden: torch.Tensor, start: int, tails: list[list[int]], middles: list[int]
+    model: SequenceModel,
+    hidden: torch.Tensor,
+    start: int,
+    tails: list[list[int]],
+    middles: list[int],
 ) -> torch.Tensor:
     """Cross-entropy on the supervised tail tokens (answer, <pos>, Text3D numbers)."""
     rows = [i for i, tail in enumerate(tails) for _ in range(middles[i], len(tail))]
@@ -166,7 +186,7 @@ def tail_loss(
 # ---------------------------------------------------------------------------------- inference
 
 
-def prefix_context(model: LLMI3D, features: ImageFeatures, index: int = 0) -> ImageContext:
+def prefix_context(model: SequenceModel, features: ImageFeatures, index: int = 0) -> ImageContext:
     """Run the LLM over [prefix, <image>, image tokens] of one image and keep its KV cache."""
     single = features.select(torch.tensor([index], device=features.tokens.device))
     embeds = torch.cat([embed_ids(model, model.prefix_ids), single.tokens], dim=1)
@@ -174,14 +194,14 @@ def prefix_context(model: LLMI3D, features: ImageFeatures, index: int = 0) -> Im
     return ImageContext(features=single, cache=cache, prefix_length=embeds.shape[1])
 
 
-def _step(model: LLMI3D, context: ImageContext, embeds: torch.Tensor) -> torch.Tensor:
+def _step(model: SequenceModel, context: ImageContext, embeds: torch.Tensor) -> torch.Tensor:
     """Feed (1, t, hidden) after the cached context; return hidden (1, t, hidden)."""
     hidden, _ = model.llm.hidden_states(embeds, cache=context.cache)
     return hidden
 
 
 def _greedy(
-    model: LLMI3D,
+    model: SequenceModel,
     context: ImageContext,
     first: int,
     stop: set[int],
@@ -207,7 +227,7 @@ def _greedy(
     return ids, probs
 
 
-def _tail_embeds(model: LLMI3D, ids: list[int]) -> torch.Tensor:
+def _tail_embeds(model: SequenceModel, ids: list[int]) -> torch.Tensor:
     """Embeddings of `ids` followed by the 3D Query when the read-out uses it: (1, t, H)."""
     embeds = embed_ids(model, ids)
     if model.readout.append_query:
@@ -216,7 +236,7 @@ def _tail_embeds(model: LLMI3D, ids: list[int]) -> torch.Tensor:
 
 
 def teacher_forced_states(
-    model: LLMI3D, context: ImageContext, items: Sequence[dict[str, Any]]
+    model: SequenceModel, context: ImageContext, items: Sequence[dict[str, Any]]
 ) -> list[QueryStates]:
     """The states of dataset queries of one image (data/dataset.py items), training layout.
 
@@ -270,7 +290,7 @@ def teacher_forced_states(
 
 
 def query_states(
-    model: LLMI3D, context: ImageContext, query: str, policy: str = "auto"
+    model: SequenceModel, context: ImageContext, query: str, policy: str = "auto"
 ) -> tuple[QueryStates | None, torch.Tensor, str, bool]:
     """Run one query on a prepared image: F_3D and the query words' states.
 
@@ -315,7 +335,7 @@ def query_states(
 
 
 def text3d_outputs(
-    model: LLMI3D, context: ImageContext, hidden: torch.Tensor
+    model: SequenceModel, context: ImageContext, hidden: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Generate and parse the Text3D numbers after <pos>; score = mean token probability."""
     distribution = torch.softmax(model.llm.logits(hidden[:, -1]).float(), dim=-1)[0]

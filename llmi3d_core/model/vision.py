@@ -23,6 +23,7 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import HighResConfig, LowResConfig, check_choice
+from llmi3d_core.model.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from llmi3d_core.model.positions import RAY_CHANNELS, ray_map
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -72,7 +73,7 @@ class LowResBranch(nn.Module):
 
     def __init__(self, config: LowResConfig, load_pretrained: bool = True) -> None:
         super().__init__()
-        import transformers
+        import transformers  # noqa: PLC0415 (transformers takes seconds to import; only building this network needs it)
 
         check_choice(config.kind, LOW_RES_BACKBONES, "low_res.kind")
         spec = LOW_RES_BACKBONES[config.kind]
@@ -125,7 +126,7 @@ def _from_pretrained(model_class: Any, path: str, what: str) -> nn.Module:
 
 
 def _build_convnext(config: HighResConfig, load_pretrained: bool) -> nn.Module:
-    from transformers import ConvNextConfig, ConvNextModel
+    from transformers import ConvNextConfig, ConvNextModel  # noqa: PLC0415 (transformers takes seconds to import; only building this network needs it)
 
     model: Any
     if config.path is not None and load_pretrained:
@@ -165,8 +166,6 @@ class _ConvNextFeatures(nn.Module):
 
 
 def _build_efficientnet(config: HighResConfig, load_pretrained: bool) -> nn.Module:
-    from llmi3d_core.model.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
-
     model = EfficientNetLite0()
     if config.pretrained and load_pretrained:
         load_imagenet_weights(model)
