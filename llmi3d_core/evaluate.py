@@ -102,8 +102,8 @@ def run_evaluation(
     """Predict every query of `split`, score, and write report.json, table.md, the gallery.
 
     Args:
-        dataset: the dataset read with format.read_dataset.
-        split: split spec (format.select_queries grammar), e.g. "test", "test:novel".
+        dataset: the dataset read with reader.read_dataset.
+        split: split spec (splits.select_queries grammar), e.g. "test", "test:novel".
         predict: (dataset, queries) -> results, e.g. a partial of `predict_with_model`.
         out_dir: where the outputs go (created).
         iou: "exact" or "mono3dvg".

@@ -1,4 +1,4 @@
-"""Overlap of 3D boxes: the exact oriented 3D IoU of the field's evaluation, and Mono3DVG's.
+"""Overlap of boxes: the exact oriented 3D IoU of the field's evaluation, Mono3DVG's, and 2D IoU.
 
 Evaluation code: float64 numpy, not differentiable; torch inputs are accepted and the result is
 given back as a tensor. Boxes are given by their 8 corners in `geometry.box3d_corners` order.
@@ -24,6 +24,7 @@ from llmi3d_core.arrays import (
 from llmi3d_core.errors import InvalidInputError
 
 __all__ = [
+    "box2d_iou_matrix",
     "box3d_iou",
     "box3d_iou_batch",
     "box3d_iou_mono3dvg",
@@ -368,3 +369,42 @@ def box3d_iou_mono3dvg(
     if np.ndim(iou) == 0:
         return float(iou)
     return iou
+
+
+def _boxes2d(value: npt.ArrayLike, name: str) -> FloatArray:
+    """(N, 4) float64 boxes from a (4,) box, (N, 4) boxes or an empty sequence."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, 4))
+    if array.shape[-1:] != (4,) or array.ndim > 2 or not np.isfinite(array).all():
+        raise InvalidInputError(
+            f"{name} must be finite [x1, y1, x2, y2] boxes of shape (4,) or (N, 4), got "
+            f"shape {array.shape}"
+        )
+    return array.reshape(-1, 4)
+
+
+def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
+    """IoU of every pair of axis-aligned 2D boxes.
+
+    Args:
+        boxes_a: (N, 4) [x1, y1, x2, y2] px.
+        boxes_b: (M, 4) [x1, y1, x2, y2] px.
+
+    Returns:
+        (N, M) IoU in [0, 1]; 0 where a union is empty.
+
+    Raises:
+        InvalidInputError: wrong shapes or non-finite values.
+    """
+    a, b = _boxes2d(boxes_a, "boxes_a"), _boxes2d(boxes_b, "boxes_b")
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])  # (N, M)
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)  # (N, M)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
+    union = area_a[:, None] + area_b[None, :] - inter  # (N, M)
+    out: FloatArray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return out

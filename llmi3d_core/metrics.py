@@ -51,7 +51,7 @@ import numpy.typing as npt
 from llmi3d_core.arrays import FloatArray
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D, box3d_corners
-from llmi3d_core.iou import box3d_iou_batch, box3d_iou_mono3dvg
+from llmi3d_core.iou import box2d_iou_matrix, box3d_iou_batch, box3d_iou_mono3dvg
 
 __all__ = [
     "ACC_THRESHOLDS",
@@ -61,7 +61,6 @@ __all__ = [
     "MULTI_IOU_3D",
     "ScoredBox",
     "accuracy_at",
-    "box2d_iou_matrix",
     "box_ious",
     "expected_calibration_error",
     "format_metrics",
@@ -258,45 +257,6 @@ class ScoredBox:
     box: Box3D
     box2d: FloatArray
     score: float = 1.0
-
-
-def _boxes2d(value: npt.ArrayLike, name: str) -> FloatArray:
-    """(N, 4) float64 boxes from a (4,) box, (N, 4) boxes or an empty sequence."""
-    array = np.asarray(value, dtype=np.float64)
-    if array.size == 0:
-        return np.zeros((0, 4))
-    if array.shape[-1:] != (4,) or array.ndim > 2 or not np.isfinite(array).all():
-        raise InvalidInputError(
-            f"{name} must be finite [x1, y1, x2, y2] boxes of shape (4,) or (N, 4), got "
-            f"shape {array.shape}"
-        )
-    return array.reshape(-1, 4)
-
-
-def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
-    """IoU of every pair of axis-aligned 2D boxes.
-
-    Args:
-        boxes_a: (N, 4) [x1, y1, x2, y2] px.
-        boxes_b: (M, 4) [x1, y1, x2, y2] px.
-
-    Returns:
-        (N, M) IoU in [0, 1]; 0 where a union is empty.
-
-    Raises:
-        InvalidInputError: wrong shapes or non-finite values.
-    """
-    a, b = _boxes2d(boxes_a, "boxes_a"), _boxes2d(boxes_b, "boxes_b")
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])  # (N, M)
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)  # (N, M)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
-    union = area_a[:, None] + area_b[None, :] - inter  # (N, M)
-    out: FloatArray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return out
 
 
 def _box3d_iou_matrix(pred: Sequence[Box3D], gt: Sequence[Box3D], iou: str) -> FloatArray:

@@ -94,7 +94,7 @@ class DataConfig:
     Attributes:
         root: dataset directory (docs/dataset_format.md); relative paths are taken from the
             current directory.
-        train_split, val_split: split specs (format.select_queries grammar, e.g. "train",
+        train_split, val_split: split specs (splits.select_queries grammar, e.g. "train",
             "train@source", "val:base").
         query_types: keep only these query types (None: all).
         augment: GroundingDataset's training augmentation.

@@ -35,7 +35,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection3DArray
 
-from llmi3d_core.data.format import ImageRecord, QueryRecord
+from llmi3d_core.data.format import QUERY_TYPES, ImageRecord, QueryRecord
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners
 from llmi3d_core.iou import box3d_iou
@@ -53,7 +53,6 @@ from llmi3d_ros.dds_env import startup_lines
 from llmi3d_ros.llmi3d_node import NO_IMAGE_YET
 from llmi3d_ros.synthetic_camera_node import ensure_dataset
 
-QUERY_TYPES = ("caption", "question", "box_prompt", "point_prompt")
 NOT_FOUND = "not found"  # the node answered "not here" (success, no box)
 ANSWERED = ("ok", NOT_FOUND)  # Outcome.message of a query the node answered
 

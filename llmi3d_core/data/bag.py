@@ -47,6 +47,7 @@ frames, in stamp order, are cut into consecutive train / val / test blocks (--tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,12 +549,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--labels", type=Path, metavar="FILE", help="labels file (JSONL keyed by image stamp)"
     )
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    parser.add_argument("--slop-s", type=float, default=0.05, help="stamp pairing tolerance (s)")
-    parser.add_argument("--train-frac", type=float, default=0.8, help="earliest frames -> train")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="next frames -> val")
-    parser.add_argument("--name", default="", help="dataset name (default: the bag's name)")
-    parser.add_argument("--scene", default="bag", help="scene label of the images")
-    parser.add_argument("--camera-group", default="", help="camera group (default: from topic)")
+    default = {f.name: f.default for f in dataclasses.fields(BagConvertConfig)}  # one home
+    parser.add_argument(
+        "--slop-s", type=float, default=default["slop_s"], help="stamp pairing tolerance (s)"
+    )
+    parser.add_argument(
+        "--train-frac", type=float, default=default["train_frac"], help="earliest frames -> train"
+    )
+    parser.add_argument(
+        "--val-frac", type=float, default=default["val_frac"], help="next frames -> val"
+    )
+    parser.add_argument(
+        "--name", default=default["name"], help="dataset name (default: the bag's name)"
+    )
+    parser.add_argument("--scene", default=default["scene"], help="scene label of the images")
+    parser.add_argument(
+        "--camera-group", default=default["camera_group"], help="camera group (default: from topic)"
+    )
     parser.add_argument(
         "--assume-same-frame", action="store_true",
         help="accept labels whose frame_id differs from the image's (no TF is applied)",

@@ -298,7 +298,7 @@ class ImageDataset(_Base):
 
     Args:
         root: dataset directory (docs/dataset_format.md).
-        split: split spec (format.select_queries grammar); the images its queries ask about.
+        split: split spec (splits.select_queries grammar); the images its queries ask about.
         config: the model config (canvas and LR sizes, categories, colours, virtual camera).
         augment: random mirror and brightness jitter.
         dataset: an already read dataset (then `root` is not read again).

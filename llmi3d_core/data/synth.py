@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from llmi3d_core.data.format import DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
+from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.queries import make_queries
 from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.synth_render import (
@@ -53,7 +53,6 @@ from llmi3d_core.data.writer import DatasetWriter, encode_image, image_file_name
 from llmi3d_core.errors import ConfigError
 
 GENERATOR_VERSION = 1
-_SPLITS = ("train", "val", "test")
 _LATER_QUERY_COUNTS = ("negatives_per_image", "multi_target_per_image")
 
 
@@ -301,7 +300,7 @@ def render_until_visible(
 def _split_of(rng: np.random.Generator, fractions: tuple[float, float, float]) -> str:
     draw = rng.random()
     cumulative = np.cumsum(fractions)
-    return _SPLITS[int(np.searchsorted(cumulative, draw, side="right").clip(0, 2))]
+    return SPLITS[int(np.searchsorted(cumulative, draw, side="right").clip(0, 2))]
 
 
 def generate_image(

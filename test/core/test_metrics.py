@@ -8,11 +8,11 @@ from scipy.spatial.transform import Rotation
 
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D
+from llmi3d_core.iou import box2d_iou_matrix
 from llmi3d_core.metrics import (
     IOU_VARIANTS,
     ScoredBox,
     accuracy_at,
-    box2d_iou_matrix,
     box_ious,
     expected_calibration_error,
     format_metrics,
