@@ -1,4 +1,4 @@
-"""Throughput of the IG3D-Synth generator (llmi3d_core.data.synth) on one core.
+"""Throughput of the IG3D-Synth generator (llmi3d_core.data.synth.generator) on one core.
 
     python benchmarks/bench_synth.py                    # 60 images per camera group
     python benchmarks/bench_synth.py --num-images 200 --groups vga_normal vga_wide
@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from llmi3d_core.data.synth import (  # noqa: E402
+from llmi3d_core.data.synth.generator import (  # noqa: E402
     SynthConfig,
     dataset_info,
     generate_dataset,
     generate_image,
     novel_categories,
 )
-from llmi3d_core.data.synth_scene import CAMERA_GROUPS  # noqa: E402
-from llmi3d_core.data.synth_shapes import CATEGORIES, build_mesh  # noqa: E402
+from llmi3d_core.data.synth.scene import CAMERA_GROUPS  # noqa: E402
+from llmi3d_core.data.synth.shapes import CATEGORIES, build_mesh  # noqa: E402
 from llmi3d_core.data.writer import DatasetWriter, encode_image  # noqa: E402
 
 

@@ -75,7 +75,7 @@ def main() -> int:
         workdir = Path(tmp)
         data = args.data
         if data is None:
-            from llmi3d_core.data.synth import SynthConfig, generate_dataset
+            from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 
             data = workdir / "data"
             generate_dataset(SynthConfig(num_images=40, seed=0), data, workers=2, progress=False)

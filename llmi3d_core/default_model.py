@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from llmi3d_core.data.query_config import QueryConfig
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.paths import cache_dir, config_path
 from llmi3d_core.train import ensure_trained
 from llmi3d_core.train_config import config_to_dict, load_train_config, resolve_model_config

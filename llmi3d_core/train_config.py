@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from llmi3d_core.config_io import apply_overrides, dataclass_from_dict, merge, parse_override
-from llmi3d_core.data.synth import SynthConfig
+from llmi3d_core.data.synth.generator import SynthConfig
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.presets import get_preset, load_config_file

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from llmi3d_core.data.format import DATASET_JSON
-from llmi3d_core.data.synth import generate_dataset
+from llmi3d_core.data.synth.generator import generate_dataset
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.losses import Batch
 from llmi3d_core.train_config import TrainConfig, resolve_synth_config

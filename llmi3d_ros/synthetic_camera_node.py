@@ -37,7 +37,7 @@ def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
     """Return the dataset directory to play, generating a synthetic one when none is given."""
     if dataset:
         return Path(dataset).expanduser()
-    from llmi3d_core.data.synth import SynthConfig, generate_dataset  # noqa: PLC0415 (the generator is needed only once per dataset)
+    from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset  # noqa: PLC0415 (the generator is needed only once per dataset)
 
     out = cache_dir("synthetic_camera", f"seed{seed}_n{num_images}")
     if not (out / "dataset.json").is_file():

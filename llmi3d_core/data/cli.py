@@ -15,12 +15,15 @@ import importlib
 
 # sub-subcommand -> (module defining add_arguments/run, one-line help)
 DATA_COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("llmi3d_core.data.synth", "generate the IG3D-Synth benchmark"),
+    "synth": ("llmi3d_core.data.synth.generator", "generate the IG3D-Synth benchmark"),
     "contact-sheet": ("llmi3d_core.data.contact_sheet", "PNG of samples with their 3D boxes"),
     # --- converters of real data (module with add_arguments/run; one line each) -------------
-    "omni3d": ("llmi3d_core.data.omni3d", "convert Omni3D JSON to our format"),
-    "mono3drefer": ("llmi3d_core.data.mono3drefer", "convert Mono3DRefer to our format"),
-    "from-bag": ("llmi3d_core.data.bag", "convert labelled frames of a rosbag2 to our format"),
+    "omni3d": ("llmi3d_core.data.convert.omni3d", "convert Omni3D JSON to our format"),
+    "mono3drefer": ("llmi3d_core.data.convert.mono3drefer", "convert Mono3DRefer to our format"),
+    "from-bag": (
+        "llmi3d_core.data.convert.bag",
+        "convert labelled frames of a rosbag2 to our format",
+    ),
 }
 
 

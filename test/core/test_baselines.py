@@ -27,7 +27,7 @@ from llmi3d_core.eval_report import evaluate_results, markdown_table, query_subs
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A small IG3D-Synth dataset written by the generator."""
-    from llmi3d_core.data.synth import SynthConfig, generate_dataset
+    from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("data") / "synth"
     generate_dataset(SynthConfig(num_images=24, seed=3), root, progress=False)

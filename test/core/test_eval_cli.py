@@ -21,7 +21,7 @@ def test_every_eval_option_has_help() -> None:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from llmi3d_core.data.synth import SynthConfig, generate_dataset
+    from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("data") / "synth"
     generate_dataset(SynthConfig(num_images=8, seed=3), root, progress=False)

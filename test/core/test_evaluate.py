@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from llmi3d_core.baselines import fit_baseline
-from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.eval_predict import (
     MAX_RESULTS,

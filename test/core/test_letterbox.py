@@ -19,7 +19,7 @@ from llmi3d_core import geometry
 from llmi3d_core.data.dataset import GroundingDataset
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.inference import Predictor
 from llmi3d_core.letterbox import PAD_VALUE, Letterbox

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.model import get_preset
 from llmi3d_core.train_stages import load_items
 

@@ -17,7 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.messages import camera_info_k, detection_box, image_to_rgb, stamp_to_ns
 
 

@@ -11,8 +11,8 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from llmi3d_core.cli import main
-from llmi3d_core.data import bag as bagconv
-from llmi3d_core.data.bag_labels import load_labels_file
+from llmi3d_core.data.convert import bag as bagconv
+from llmi3d_core.data.convert.bag_labels import load_labels_file
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.messages import nearest_stamp, quaternion_to_matrix

@@ -20,10 +20,10 @@ from llmi3d_core.data.dataset import (
     mirror_text,
 )
 from llmi3d_core.data.format import QueryRecord
-from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
-from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.data.synth.shapes import CATEGORIES, COLORS
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import box3d_corners, centre_segment, project, virtual_to_real_depth
 from llmi3d_core.letterbox import Letterbox

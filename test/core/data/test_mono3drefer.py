@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmi3d_core.cli import main
-from llmi3d_core.data import kitti, mono3drefer
+from llmi3d_core.data.convert import kitti, mono3drefer
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from llmi3d_core.cli import main
-from llmi3d_core.data import omni3d, omni3d_json
-from llmi3d_core.data.convert_common import template_caption
+from llmi3d_core.data.convert import omni3d, omni3d_json
+from llmi3d_core.data.convert.common import template_caption
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 

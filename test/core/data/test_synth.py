@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from llmi3d_core.cli import main as llmi3d_main
-from llmi3d_core.data.query_config import QueryConfig
-from llmi3d_core.data.query_text import NEEDS
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset, novel_categories
-from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS, build_mesh
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset, novel_categories
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.data.synth.query_text import NEEDS
+from llmi3d_core.data.synth.shapes import CATEGORIES, COLORS, build_mesh
 from llmi3d_core.errors import ConfigError, DataFormatError, InvalidInputError
 from llmi3d_core.geometry import box3d_corners, project
 

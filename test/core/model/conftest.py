@@ -20,9 +20,9 @@ import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.data.format import Dataset, QueryRecord
-from llmi3d_core.data.query_config import QueryConfig
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.model import LLMI3D, ModelConfig, get_preset
 
 MODEL_SYNTH = SynthConfig(num_images=8, seed=0, camera_groups=("vga_normal", "kitti_like"))

@@ -18,7 +18,7 @@ import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.geometry import box3d_corners
 from llmi3d_core.iou import box3d_iou_batch
 from llmi3d_core.model import get_preset

@@ -15,7 +15,7 @@ import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset, collate_grounding
 from llmi3d_core.data.reader import read_dataset
-from llmi3d_core.data.synth import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.model import LLMI3D, format_query
 from llmi3d_core.model.detector import peaks
 from llmi3d_core.train_config import DataConfig, StageConfig, TrainConfig

@@ -28,7 +28,7 @@ corner order are ours, so the 3D fields are copied. What changes:
   source folder name (Objectron); "camera_group" is the source folder (first part of file_path).
 
 Queries come from templates ("the chair", "the nearest chair", ...; see
-`convert_common.template_caption`) or from a caption file (IG3D-style, the format is documented
+`common.template_caption`) or from a caption file (IG3D-style, the format is documented
 in `load_captions`).
 """
 
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from llmi3d_core.data.convert_common import (
+from llmi3d_core.data.convert.common import (
     ConversionOutput,
     ConversionSummary,
     TemplateConfig,
@@ -62,6 +62,12 @@ from llmi3d_core.data.convert_common import (
     project_box,
     template_captions,
 )
+from llmi3d_core.data.convert.omni3d_json import (
+    Omni3DAnnotation,
+    Omni3DFile,
+    Omni3DImage,
+    load_omni3d,
+)
 from llmi3d_core.data.format import (
     IMAGE_SUFFIXES,
     SPLITS,
@@ -70,7 +76,6 @@ from llmi3d_core.data.format import (
     ObjectRecord,
     QueryRecord,
 )
-from llmi3d_core.data.omni3d_json import Omni3DAnnotation, Omni3DFile, Omni3DImage, load_omni3d
 from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from llmi3d_core.data.format import ImageRecord, ObjectRecord
-from llmi3d_core.data.query_config import QueryConfig
-from llmi3d_core.data.query_text import (
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.data.synth.query_text import (
     CARRIERS,
     RELATION_WORDS,
     Desc,

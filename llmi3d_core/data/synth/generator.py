@@ -7,8 +7,8 @@
 
 Each image is a room or a street seen by a camera of one of several groups (640x480, KITTI-like
 1242x375, nuScenes-like 1600x900; f_x 300-1600 px; varying height and pitch), with 3-12 objects
-of 25 categories standing on the ground. Objects are built from primitives (synth_shapes), drawn
-with Lambert shading in painter's order (synth_render), and annotated with Omni3D-style ground
+of 25 categories standing on the ground. Objects are built from primitives (shapes.py), drawn
+with Lambert shading in painter's order (render.py), and annotated with Omni3D-style ground
 truth; queries (captions with attributes and relations, common-sense questions, 2D box and point
 prompts; on request negative queries and multi-target captions) come from `queries`. The
 output follows docs/dataset_format.md.
@@ -32,9 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.queries import make_queries
-from llmi3d_core.data.query_config import QueryConfig
-from llmi3d_core.data.synth_render import (
+from llmi3d_core.data.synth.queries import make_queries
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.data.synth.render import (
     Canvas,
     ObjectInstance,
     ObjectPixels,
@@ -42,13 +42,13 @@ from llmi3d_core.data.synth_render import (
     draw_object,
     measure_objects,
 )
-from llmi3d_core.data.synth_scene import (
+from llmi3d_core.data.synth.scene import (
     CAMERA_GROUPS,
     Scene,
     rotation_y,
     sample_scene,
 )
-from llmi3d_core.data.synth_shapes import CATEGORIES, build_mesh
+from llmi3d_core.data.synth.shapes import CATEGORIES, build_mesh
 from llmi3d_core.data.writer import DatasetWriter, encode_image, image_file_name
 from llmi3d_core.errors import ConfigError
 
@@ -63,7 +63,7 @@ class SynthConfig:
     Attributes:
         num_images: images to generate.
         seed: master seed; image i uses the generator seeded with [seed, i].
-        camera_groups: names of synth_scene.CAMERA_GROUPS to draw from (uniformly).
+        camera_groups: names of scene.CAMERA_GROUPS to draw from (uniformly).
         indoor_objects: (min, max) objects attempted in a room.
         street_objects: (min, max) objects attempted in a street.
         novel_fraction: share of categories held out of training (open-vocabulary split).

@@ -39,7 +39,7 @@ The labels must be expressed in the image's optical frame: a Detection3DArray wh
 differs from the image's is refused unless --assume-same-frame is given (no TF is applied).
 
 Queries: one template caption per object ("the mug"; "the nearest mug" etc. when the class
-repeats, see `convert_common.template_caption`), answer = class_id. Splits by time: the labelled
+repeats, see `common.template_caption`), answer = class_id. Splits by time: the labelled
 frames, in stamp order, are cut into consecutive train / val / test blocks (--train-frac,
 --val-frac), so near-identical neighbouring frames rarely straddle two splits.
 """
@@ -58,8 +58,8 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
-from llmi3d_core.data.bag_labels import LabelFrame, labels_from_message, load_labels_file
-from llmi3d_core.data.convert_common import (
+from llmi3d_core.data.convert.bag_labels import LabelFrame, labels_from_message, load_labels_file
+from llmi3d_core.data.convert.common import (
     ConversionOutput,
     ConversionSummary,
     TemplateConfig,

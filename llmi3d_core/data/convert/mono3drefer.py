@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from llmi3d_core.data.convert_common import (
+from llmi3d_core.data.convert.common import (
     ConversionOutput,
     ConversionSummary,
     add_output_flags,
@@ -60,14 +60,14 @@ from llmi3d_core.data.convert_common import (
     load_json,
     project_box,
 )
-from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.kitti import (
+from llmi3d_core.data.convert.kitti import (
     KittiObject,
     kitti_to_camera,
     load_kitti_calib,
     load_kitti_labels,
     parse_kitti_label,
 )
+from llmi3d_core.data.format import SPLITS, DatasetInfo, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.writer import DatasetWriter, image_file_name
 from llmi3d_core.errors import DataFormatError
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.captions import CaptionBuilder
 from llmi3d_core.data.format import ObjectRecord
-from llmi3d_core.data.query_text import (
+from llmi3d_core.data.synth.captions import CaptionBuilder
+from llmi3d_core.data.synth.query_text import (
     CARRIERS,
     EVERY_CARRIERS,
     NEEDS,
@@ -24,7 +24,7 @@ from llmi3d_core.data.query_text import (
     descriptions,
     with_carrier,
 )
-from llmi3d_core.data.synth_shapes import CATEGORIES, COLORS
+from llmi3d_core.data.synth.shapes import CATEGORIES, COLORS
 
 NEGATIVE_KINDS = ("absent", "wrong_color", "wrong_size", "wrong_relation", "question")
 _NEGATIVE_WEIGHTS = np.array([0.3, 0.2, 0.1, 0.2, 0.2])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmi3d_core.data.synth_shapes import (
+from llmi3d_core.data.synth.shapes import (
     COLORS,
     FIXED_ROLE_COLORS,
     Category,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from llmi3d_core.data.synth_shapes import MATERIAL_SHADING, Mesh
+from llmi3d_core.data.synth.shapes import MATERIAL_SHADING, Mesh
 
 NEAR_PLANE_M = 0.1
 _SHIFT = 4  # fillConvexPoly fixed-point bits: 1/16 px vertex precision

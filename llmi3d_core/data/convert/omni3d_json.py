@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.convert_common import (
+from llmi3d_core.data.convert.common import (
     expect_array,
     expect_bool,
     expect_float,

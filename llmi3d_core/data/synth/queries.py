@@ -58,11 +58,11 @@ from typing import Any
 
 import numpy as np
 
-from llmi3d_core.data.captions import CaptionBuilder
-from llmi3d_core.data.extra_queries import ExtraQuery, MultiTargetBuilder, NegativeBuilder
 from llmi3d_core.data.format import ImageRecord, ObjectRecord, QueryRecord
-from llmi3d_core.data.query_config import QueryConfig
-from llmi3d_core.data.query_text import BOX_TEXTS, NEEDS, POINT_TEXTS
+from llmi3d_core.data.synth.captions import CaptionBuilder
+from llmi3d_core.data.synth.extra_queries import ExtraQuery, MultiTargetBuilder, NegativeBuilder
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.data.synth.query_text import BOX_TEXTS, NEEDS, POINT_TEXTS
 
 # A single-target query before it becomes a QueryRecord: (type, text, target, extra keys; the
 # prompt arrays ride in the extras as "box_prompt" / "point_prompt").
