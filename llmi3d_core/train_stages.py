@@ -22,6 +22,7 @@ gets the per-category size priors of the training split (`size_priors`), which c
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import os
@@ -106,7 +107,7 @@ def size_priors(dataset: Dataset, split: str, categories: Sequence[str]) -> torc
 # --------------------------------------------------------------------------------------------
 
 
-class StageTask:
+class StageTask(abc.ABC):
     """The contract of a stage (module docstring); subclasses fill in the data and the loss."""
 
     kind = ""
@@ -116,20 +117,20 @@ class StageTask:
         self.stage = stage
         self.dataset = dataset
 
-    def select_trainable(self, model: Any) -> None:
+    def select_trainable(self, model: Any) -> None:  # noqa: B027 (default: train everything)
         """Freeze what this stage does not train (the model is rebuilt for every stage)."""
 
+    @abc.abstractmethod
     def datasets(self, model: Any) -> tuple[Any, Any | None]:
         """Training and validation datasets (the model may be used to cache features)."""
-        raise NotImplementedError
 
     def collate(self, items: Sequence[Batch]) -> Batch:
         """Items -> a batch."""
         return collate_grounding(items)
 
+    @abc.abstractmethod
     def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss terms and "total" of a batch."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def evaluate(self, model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
