@@ -219,11 +219,13 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def variant_overrides(variant: Variant) -> list[str]:
+def variant_overrides(variant: Variant, family: str = "smol") -> list[str]:
     """key=value overrides that turn the reference recipe into `variant` (its recipe file).
 
     The keys are those in which the variant's file differs from smol_synth.yaml (apart from
     its name and out_dir); values are written as JSON, which the override parser reads as YAML.
+    The `tiny` family keeps its own LM: model.llm keys (which LM layers run, the LoRA rank)
+    are the smol LM's.
     """
     from llmi3d_core.train_config import config_diff
 
@@ -232,6 +234,8 @@ def variant_overrides(variant: Variant) -> list[str]:
     reference = _plain_config(DIFF_REFERENCE)
     changed = _plain_config(variant.recipe)
     keys = [k for k in config_diff(reference, changed) if k not in RUN_KEYS]
+    if family == "tiny":
+        keys = [k for k in keys if not k.startswith("model.llm")]
     return [f"{k}={json.dumps(v)}" for key in keys for k, v in _leaves(key, _lookup(changed, key))]
 
 
@@ -325,7 +329,7 @@ def build_config(
     recipe = CONFIG_DIR / f"{FAMILY_RECIPES[family]}.yaml"
     out_dir = workdir / "runs" / f"{family}_{variant.key}"
     overrides = [
-        *variant_overrides(variant),
+        *variant_overrides(variant, family),
         f"name={family}_{variant.key}",
         *run_overrides(size, out_dir, workdir / "data"),
     ]
@@ -491,7 +495,7 @@ def train_and_evaluate(bench: Bench, family: str, variant: Variant) -> dict[str,
         "label": variant.label,
         "recipe": variant.recipe or FAMILY_RECIPES[family],
         "method": config.method,
-        "overrides": variant_overrides(variant),
+        "overrides": variant_overrides(variant, family),
         "stages": [dataclasses.asdict(s) for s in config.stages] if model else [],
         "checkpoint": str(best),
         "train_s": train_s,

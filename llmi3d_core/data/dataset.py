@@ -233,6 +233,9 @@ class _Base(torch.utils.data.Dataset[dict[str, Any]]):
         self.stride = 8
         self.grid = (canvas_h // self.stride, canvas_w // self.stride)
         self.novel = frozenset(self.dataset.info.novel_categories)
+        # the last image's item: the queries of one image come in a row (the pointer stage
+        # caches them image by image), and decoding and letterboxing it is most of their cost
+        self._last_image: tuple[tuple[str, bool, float], Any] | None = None
 
     def _draws(self) -> tuple[bool, float]:
         if not self.augment:
@@ -242,7 +245,16 @@ class _Base(torch.utils.data.Dataset[dict[str, Any]]):
     def image_item(
         self, record: ImageRecord, mirror: bool = False, brightness: float = 1.0
     ) -> tuple[dict[str, Any], Any, list[ObjectRecord]]:
-        """The image part of an item, its letterbox and its (mirrored) objects."""
+        """The image part of an item (a new dict), its letterbox and its (mirrored) objects."""
+        key = (record.image_id, mirror, brightness)
+        if self._last_image is None or self._last_image[0] != key:
+            self._last_image = (key, self._image_item(record, mirror, brightness))
+        item, lb, objects = self._last_image[1]
+        return dict(item), lb, objects
+
+    def _image_item(
+        self, record: ImageRecord, mirror: bool, brightness: float
+    ) -> tuple[dict[str, Any], Any, list[ObjectRecord]]:
         rgb = load_rgb(self.dataset.root / record.file_name, record)
         K, objects = record.K, record.objects
         if mirror:

@@ -195,6 +195,11 @@ class LLMConfig:
             "pretrained" (any local transformers causal LM directory in `path`).
         path, gguf_file: where the weights are, for "gguf" and "pretrained".
         hidden_size, num_layers, num_heads, intermediate_size: sizes of the "tiny" LM.
+        keep_layers: run only the first N decoder layers of the LM (0: all). The pointer reads
+            the query's hidden states, and a middle layer describes the words as well as the
+            last one does, for a fraction of the cost (a CPU's per-query time is the LM's).
+            The LM head then reads a middle layer, so a model that generates answer phrases
+            (answer_types) must learn them through LoRA; the CPU recipe generates none.
         lora_rank: LoRA rank r; 0 freezes the LM entirely (no adapter).
         lora_alpha: LoRA alpha (the paper: r = 64, alpha = 16).
         lora_dropout: dropout inside the LoRA branch.
@@ -212,6 +217,7 @@ class LLMConfig:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 128
+    keep_layers: int = 0
     lora_rank: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05

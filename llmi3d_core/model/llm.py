@@ -252,6 +252,19 @@ def prompt_template(tokenizer: Any, system_prompt: str | None) -> PromptTemplate
     return PromptTemplate(prefix=prefix, middle=middle)
 
 
+def _truncate_decoder(model: Any, keep: int) -> None:
+    """Keep the first `keep` decoder layers of a transformers causal LM (llm.keep_layers)."""
+    decoder = model.get_decoder()
+    total = len(decoder.layers)
+    if not 0 < keep <= total:
+        raise ConfigError(f"llm.keep_layers must be in 1..{total} for this LM, got {keep}")
+    decoder.layers = decoder.layers[:keep]
+    model.config.num_hidden_layers = keep
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types is not None:
+        model.config.layer_types = list(layer_types)[:keep]
+
+
 class LanguageModel(nn.Module):
     """A causal LM (optionally with LoRA) that takes input embeddings and exposes hidden states.
 
@@ -267,6 +280,8 @@ class LanguageModel(nn.Module):
         check_choice(config.kind, LLM_SOURCES, "llm.kind")
         check_choice(config.dtype, DTYPES, "llm.dtype")
         base, tokenizer = LLM_SOURCES[config.kind].build(config)
+        if config.keep_layers:
+            _truncate_decoder(base, config.keep_layers)
         base.requires_grad_(False)
         if config.lora_rank > 0:
             from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (transformers/peft take seconds to import; only building an LLM needs them)
