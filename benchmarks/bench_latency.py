@@ -10,12 +10,13 @@ draws a fresh random 640 x 480 frame, and the order of the compared variants alt
 runs (ABBA) so that a slow spell of the shared machine hits both.
 
 Decoding. Both models are the same preset built from the same seed; only the read-out differs
-("query": the preset as it is, one LLM pass after <pos>, the pointer chooses among the
+("query": the preset as the default recipe serves it (its model.llm settings: for smol, the
+first 15 LM layers without LoRA), one LLM pass after <pos>, the pointer chooses among the
 detector's candidates and their dense heads give the box; "text": `heads.readout=text` and
-`heads.pointer=false` as in config/train/baseline_text3d.yaml, the box is generated as text
-numbers after <pos>, Text3D). An untrained Text3D model writes arbitrary tokens, so its
-generation limit (`llm.max_text_tokens`) is set to the token count of a formatted box (the
-length a trained model writes before EOS); its parse error is expected and ignored. Queries use
+`heads.pointer=false` as in config/train/baseline_text3d.yaml, with the preset's whole LM, the
+box is generated as text numbers after <pos>, Text3D). An untrained Text3D model writes arbitrary
+tokens, so its generation limit (`llm.max_text_tokens`) is set to the token count of a formatted box
+(the length a trained model writes before EOS); its parse error is expected and ignored. Queries use
 answer_policy="ground" (no answer phrase), as a trained model does for grounding queries.
 
 Node. The query-readout model is saved as a checkpoint; llmi3d_node loads it in its own process
@@ -50,6 +51,7 @@ for _path in (HERE.parent, HERE):  # run from a checkout, uninstalled; bench_nod
 # Text3D as config/train/baseline_text3d.yaml builds it: the box as text, so no pointer (the
 # pointer chooses among the detector's objects and needs the 3D Query's read-out)
 TEXT3D_HEADS = {"heads": {"readout": "text", "pointer": False}}
+DEFAULT_RECIPE = HERE.parent / "config" / "train" / "smol_synth.yaml"
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 FIRST_QUERY = "find the lamp on the desk"
 REPEATED_QUERY = "find the red chair"
@@ -65,6 +67,14 @@ TYPICAL_BOX = {
     "keypoints": [0.351, 0.684],
 }
 TYPICAL_VALUE = 0.512  # a field TYPICAL_BOX does not know: this value, of the field's width
+
+
+def served_overrides(preset: str) -> dict[str, Any]:
+    """The default recipe's model.llm settings when it builds on `preset`: what the node serves."""
+    import yaml
+
+    model = yaml.safe_load(DEFAULT_RECIPE.read_text(encoding="utf-8"))["model"]
+    return {"llm": dict(model.get("llm", {}))} if model.get("preset") == preset else {}
 
 
 def build_model(preset: str, seed: int, overrides: dict[str, Any] | None = None) -> Any:
@@ -120,7 +130,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     from llmi3d_core.inference import Predictor
 
     start = time.perf_counter()
-    query_model = build_model(preset, seed)
+    query_model = build_model(preset, seed, served_overrides(preset))
     load_query = time.perf_counter() - start
     start = time.perf_counter()
     text_model = build_model(preset, seed, TEXT3D_HEADS)
@@ -194,7 +204,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
     from llmi3d_core.model.checkpoint import save_checkpoint
     from llmi3d_core.prediction import DEFAULT_MIN_SCORE
 
-    model = build_model(preset, seed)
+    model = build_model(preset, seed, served_overrides(preset))
     checkpoint = save_checkpoint(model, workdir / f"checkpoint_{preset}", {"seed": seed})
     bare = Predictor(model, device=device)  # default answer_policy, as in the node
     params = {"checkpoint": str(checkpoint), "device": device, **RELIABLE_INPUT}
