@@ -51,7 +51,6 @@ for _path in (HERE.parent, HERE):  # run from a checkout, uninstalled; bench_nod
 # Text3D as config/train/baseline_text3d.yaml builds it: the box as text, so no pointer (the
 # pointer chooses among the detector's objects and needs the 3D Query's read-out)
 TEXT3D_HEADS = {"heads": {"readout": "text", "pointer": False}}
-DEFAULT_RECIPE = HERE.parent / "config" / "train" / "smol_synth.yaml"
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 FIRST_QUERY = "find the lamp on the desk"
 REPEATED_QUERY = "find the red chair"
@@ -71,9 +70,10 @@ TYPICAL_VALUE = 0.512  # a field TYPICAL_BOX does not know: this value, of the f
 
 def served_overrides(preset: str) -> dict[str, Any]:
     """The default recipe's model.llm settings when it builds on `preset`: what the node serves."""
-    import yaml
+    from llmi3d_core.default_model import default_recipe
+    from llmi3d_core.train_config import load_train_config
 
-    model = yaml.safe_load(DEFAULT_RECIPE.read_text(encoding="utf-8"))["model"]
+    model = load_train_config(default_recipe()).model
     return {"llm": dict(model.get("llm", {}))} if model.get("preset") == preset else {}
 
 
