@@ -98,6 +98,9 @@ class DataConfig:
             "train@source", "val:base").
         query_types: keep only these query types (None: all).
         augment: GroundingDataset's training augmentation.
+        mirrored_copies: the detector stage also trains on a left-right mirrored copy of every
+            training image. Unlike `augment` it keeps the backbone cache (twice as many maps);
+            against the heatmap head overfitting a few thousand images.
         num_workers: DataLoader worker processes (0 loads in the training process; on the
             2-core CPU that is the fastest).
         val_queries: validation queries evaluated during training (the first ones of the val
@@ -113,6 +116,7 @@ class DataConfig:
     val_split: str = "val"
     query_types: tuple[str, ...] | None = None
     augment: bool = False
+    mirrored_copies: bool = False
     num_workers: int = 0
     val_queries: int = 64
     cache_items: bool = False
@@ -124,6 +128,8 @@ class DataConfig:
                 f"data.num_workers and data.val_queries must be >= 0, got {self.num_workers} "
                 f"and {self.val_queries}"
             )
+        if self.augment and self.mirrored_copies:
+            raise ConfigError("data.augment already mirrors at random: drop data.mirrored_copies")
 
 
 @dataclass

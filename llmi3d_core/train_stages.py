@@ -315,15 +315,19 @@ class DetectorTask(StageTask):
         """True when the backbone maps are cached."""
         return not self.config.data.augment
 
-    def _images(self, model: Any, split: str, augment: bool) -> Any:
+    def _images(self, model: Any, split: str, augment: bool, mirror: bool = False) -> Any:
         return ImageDataset(
-            self.config.data.root, split, model.config, augment=augment, dataset=self.dataset
-        )
+            self.config.data.root, split, model.config, augment=augment, dataset=self.dataset,
+            mirror=mirror,
+        )  # fmt: skip
 
     def datasets(self, model: Any) -> tuple[Any, Any | None]:
         """The stage's training and validation data (see the class docstring)."""
         data = self.config.data
         train: Any = self._images(model, data.train_split, data.augment)
+        if data.mirrored_copies:
+            mirrored = self._images(model, data.train_split, False, mirror=True)
+            train = torch.utils.data.ConcatDataset([train, mirrored])
         val: Any = self._images(model, data.val_split, False)
         val = _limit(val, data.val_queries)
         if not model.config.high_res.trainable and self.cached:

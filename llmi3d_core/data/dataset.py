@@ -314,6 +314,8 @@ class ImageDataset(_Base):
         config: the model config (canvas and LR sizes, categories, colours, virtual camera).
         augment: random mirror and brightness jitter.
         dataset: an already read dataset (then `root` is not read again).
+        mirror: every image mirrored left-right (a deterministic copy of the split, which a
+            cache of backbone maps can hold, unlike `augment`'s random draws).
     """
 
     def __init__(
@@ -324,8 +326,12 @@ class ImageDataset(_Base):
         *,
         augment: bool = False,
         dataset: Dataset | None = None,
+        mirror: bool = False,
     ) -> None:
+        if augment and mirror:
+            raise InvalidInputError("ImageDataset: augment and mirror exclude each other")
         super().__init__(root, config, augment, dataset)
+        self.mirror = mirror
         wanted = {q.image_id for q in select_queries(self.dataset, split)}
         self.records = [r for r in self.dataset.images if r.image_id in wanted]
 
@@ -334,7 +340,7 @@ class ImageDataset(_Base):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         mirror, brightness = self._draws()
-        item, _, _ = self.image_item(self.records[index], mirror, brightness)
+        item, _, _ = self.image_item(self.records[index], mirror or self.mirror, brightness)
         item["image_id"] = self.records[index].image_id
         return item
 

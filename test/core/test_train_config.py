@@ -69,6 +69,12 @@ def test_bad_overrides_are_rejected(override, match):
         load_train_config(None, [override])
 
 
+def test_random_and_cached_mirrors_exclude_each_other():
+    assert load_train_config(None, ["data.mirrored_copies=true"]).data.mirrored_copies
+    with pytest.raises(ConfigError, match=r"drop data\.mirrored_copies"):
+        load_train_config(None, ["data.augment=true", "data.mirrored_copies=true"])
+
+
 def test_bad_files(tmp_path):
     """Missing, non-mapping and looping files raise ConfigError."""
     with pytest.raises(ConfigError, match="Could not read training config"):

@@ -11,7 +11,9 @@ import torch
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.model import get_preset
-from llmi3d_core.train_stages import load_items
+from llmi3d_core.model.llmi3d import LLMI3D
+from llmi3d_core.train_config import load_train_config
+from llmi3d_core.train_stages import load_items, make_task
 
 CONFIG = get_preset("tiny")
 
@@ -81,3 +83,36 @@ def test_load_items_of_real_datasets(synth_root):
     assert_same_items(got, [images[i] for i in range(len(images))])
     assert all(isinstance(item["image_hr"], torch.Tensor) for item in got)
     assert not any(isinstance(v, np.ndarray) for item in got for v in item.values())
+
+
+def test_detector_stage_adds_mirrored_copies(synth_root):
+    """data.mirrored_copies: the cached training items are every image, then every image
+    mirrored (the same targets as the grounding dataset's mirror draw); val is not mirrored."""
+
+    def config(mirrored: bool) -> Any:
+        return load_train_config(
+            "config/train/tiny_synth.yaml",
+            [f"data.root={synth_root}", f"data.mirrored_copies={str(mirrored).lower()}",
+             "data.val_split=train", "data.val_queries=2", "data.synth=null"],
+        )  # fmt: skip
+
+    plain_cfg = config(False)
+    model = LLMI3D(get_preset("tiny"))
+    detector = next(s for s in plain_cfg.stages if s.kind == "detector")
+    plain, _ = make_task(plain_cfg, detector).datasets(model)
+    doubled, val = make_task(config(True), detector).datasets(model)
+    images = ImageDataset(synth_root, "train", CONFIG)
+    assert len(doubled) == 2 * len(plain) == 2 * len(images) and len(val) == 2
+    assert [i["image_id"] for i in doubled] == [r.image_id for r in images.records] * 2
+    for index in range(len(images)):
+        original, mirrored = doubled[index], doubled[len(images) + index]
+        assert_same_items([original], [plain[index]])
+        # every object moves with the picture: x -> (w - 1) - x in the image's pixels
+        valid = original["obj_valid"]
+        canvas_w = float(original["image_size"][0])
+        scale, _, offset, _ = original["letterbox"].tolist()
+        x = (original["obj_center_uv"][valid, 0] * canvas_w - offset) / scale
+        x_mirrored = (mirrored["obj_center_uv"][valid, 0] * canvas_w - offset) / scale
+        width = images.records[index].width
+        torch.testing.assert_close(x_mirrored, (width - 1) - x, rtol=0, atol=1e-2)
+        assert not torch.equal(mirrored["heatmap"], original["heatmap"])
