@@ -123,6 +123,16 @@ class QueryResult:
         """The first answer's generated text ('' when none)."""
         return self.answers[0].answer if self.answers else ""
 
+    def at_min_score(self, min_score: float) -> QueryResult:
+        """The answers a higher min_score would have given: those scoring at least it.
+
+        Exact for answers made at a lower min_score with the same max_results: the predictor's
+        3D suppression is greedy, best first, so a box above the threshold is only ever removed
+        by better boxes, which are above it too, and those kept form a prefix of the list.
+        """
+        kept = [a for a in self.answers if a.score >= min_score]
+        return QueryResult(self.query, self.targets, kept)
+
 
 def target_box(dataset: Dataset, query: QueryRecord) -> Box3D:
     """The ground-truth Box3D of a single-target query's target object."""

@@ -233,6 +233,34 @@ def test_predict_at_true_cells_answers_single_target_queries_only(mixed):
     assert metrics["not_here_rate"] == 1.0 and metrics["multi_predictions"] == 0
 
 
+def test_answers_at_a_higher_min_score_equal_a_rerun_at_it(mixed):
+    """QueryResult.at_min_score on answers made at min_score 0 gives what the real predictor
+    answers at the higher min_score (the benchmark derives the node's answers from one pass)."""
+    import torch
+
+    from llmi3d_core.inference import Predictor
+    from llmi3d_core.model import LLMI3D, get_preset
+
+    torch.manual_seed(0)
+    predictor = Predictor(LLMI3D(get_preset("tiny")), answer_policy="ground")
+    queries = select_queries(mixed, "test")
+    everything = predict_with_model(predictor, mixed, queries, progress=False, min_score=0.0)
+    scores = sorted(a.score for r in everything for a in r.answers)
+    threshold = scores[len(scores) // 2]  # half the answers go
+    predictor.clear_cache()
+    rerun = predict_with_model(predictor, mixed, queries, progress=False, min_score=threshold)
+    derived = [r.at_min_score(threshold) for r in everything]
+    kept = sum(len(r.answers) for r in derived)
+    assert 0 < kept < len(scores)
+    for got, expected in zip(derived, rerun, strict=True):
+        assert got.query.query_id == expected.query.query_id
+        assert [(a.label, a.score) for a in got.answers] == [
+            (a.label, a.score) for a in expected.answers
+        ]
+        for a, b in zip(got.answers, expected.answers, strict=True):
+            np.testing.assert_allclose(a.box.center, b.box.center, atol=1e-5)
+
+
 def test_baselines_answer_every_kind_with_one_box(mixed):
     train = select_queries(mixed, "train")
     assert any(q.is_negative for q in train)  # fitting skips queries without one target

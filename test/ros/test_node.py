@@ -46,7 +46,7 @@ RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 def node_command(*params: str, namespace: str = "/") -> list[str]:
     """Command line of llmi3d_node with the tiny model and reliable inputs (deterministic).
 
-    min_score 0.0: the untrained tiny model scores about 0.1, below the default (0.35), and the
+    min_score 0.0: the untrained tiny model scores about 0.1, below the default (0.4), and the
     plumbing tests need boxes.
     """
     args = [str(Path(sys.executable).with_name("llmi3d_node")), "--ros-args"]
