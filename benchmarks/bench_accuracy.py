@@ -14,14 +14,15 @@ Two parts, both through the library (`llmi3d_core.train.train`, what `llmi3d tra
   benchmark run reuses the demo's model and trains it only when it is not cached yet),
   evaluated on `default_model.default_test_data()` (synthetic scenes of a seed no recipe trains
   on, all in its "test" split, with negative and multi-target queries) as the node answers:
-  `predict_with_model` with the node's min_score. Next to it: the same heads read at each
+  `predict_with_model` with the node's min_score, and the same pass with every best box kept
+  (min_score 0: localisation without the "not here" answer). Next to it: the same heads read at each
   target's own cell (`predict_at_true_cells`, the upper bound of pointing: what a perfect
   pointer reaches with this detector), the mean box and the back-projection of the true 2D box
   (llmi3d_core.baselines, fitted on the model's own training split). Then decoding ablations
   of the same weights at inference (`model.set_decoding`): eq. 20 as the paper writes it
   (height from the tight 2D box, plain mean of the two depths) and virtual depth alone.
   At size `smoke` the ladders' tiny `llmi3d` row stands in for the default model (training the
-  default model takes ~12 min), so only the pipeline is checked there.
+  default model takes ~15 min), so only the pipeline is checked there.
 * The ablation ladders (paper Tables X-XIII and the pointer), on an IG3D-Synth set rendered for
   the run (size.data_images, size.data_seed) with the family recipe's scene options. Every model
   is trained and validated on the "source" camera domain only (`data.train_split=train@source`,
@@ -188,7 +189,7 @@ LADDERS: tuple[tuple[str, tuple[str, ...], tuple[Claim, ...]], ...] = (
     ),
 )
 STANDIN_REASON = (
-    "training the default model (smol_synth: detector then pointer stage) takes about 12 min on "
+    "training the default model (smol_synth: detector then pointer stage) takes about 15 min on "
     "a 2-core CPU, more than this size allows"
 )
 
