@@ -87,7 +87,7 @@ def test_load_items_of_real_datasets(synth_root):
 
 def test_detector_stage_adds_mirrored_copies(synth_root):
     """data.mirrored_copies: the cached training items are every image, then every image
-    mirrored (the same targets as the grounding dataset's mirror draw); val is not mirrored."""
+    mirrored (objects at x -> w - 1 - x); val is not mirrored."""
 
     def config(mirrored: bool) -> Any:
         return load_train_config(
