@@ -174,6 +174,9 @@ def ask(
         request.box_prompt = [float(v) for v in query.box_prompt]
     if query.point_prompt is not None:
         request.point_prompt = [float(v) for v in query.point_prompt]
+    # Every answer on one frame has that frame's stamp: forget the debug images of earlier
+    # answers, or the picture of this one could be the previous query's boxes.
+    client.debug.clear()
     start_s = time.monotonic()
     future = client.client.call_async(request)
     if not spin_until(executor, future.done, timeout_s):
