@@ -57,14 +57,36 @@ def _corners_numpy(name: str, corners: Any) -> FloatArray:
     return arr
 
 
-def _parallelepiped_volume(corners: FloatArray) -> FloatArray:
-    """|det(c1 - c0, c3 - c0, c4 - c0)|: the volume of boxes given by their corners (..., 8, 3)."""
-    edges = (
+def _box_edges(corners: FloatArray) -> FloatArray:
+    """Edges c1 - c0, c3 - c0, c4 - c0 of boxes (..., 8, 3) given by corners -> (..., 3, 3)."""
+    edges: FloatArray = (
         np.stack([corners[..., 1, :], corners[..., 3, :], corners[..., 4, :]], axis=-2)
         - corners[..., None, 0, :]
     )
-    volume: FloatArray = np.abs(np.linalg.det(edges))
+    return edges
+
+
+def _parallelepiped_volume(corners: FloatArray) -> FloatArray:
+    """|det(c1 - c0, c3 - c0, c4 - c0)|: the volume of boxes given by their corners (..., 8, 3)."""
+    volume: FloatArray = np.abs(np.linalg.det(_box_edges(corners)))
     return volume
+
+
+def _is_flat(corners: FloatArray, volume: FloatArray) -> npt.NDArray[np.bool_]:
+    """Boxes (N, 8, 3) whose volume is within rounding of zero.
+
+    The edges are differences of coordinates as large as M = max |corner|, so each carries an
+    absolute rounding error of ~M * eps, and the volume an error of ~M * eps times the sum of the
+    faces' areas. A box is flat when its volume is within 1e-12 * max(M, 1) of that area sum
+    (eps ~ 2e-16, so ~5000x the rounding). The bound scales with the box's own faces: a 10 cm box
+    1 km from the origin is a box (a bound of M^3 alone rejected it).
+    """
+    lengths = np.linalg.norm(_box_edges(corners), axis=-1)
+    areas = (lengths[:, 0] * lengths[:, 1] + lengths[:, 1] * lengths[:, 2]
+             + lengths[:, 2] * lengths[:, 0])  # fmt: skip
+    scale = np.maximum(np.abs(corners).max(axis=(1, 2)), 1.0)
+    flat: npt.NDArray[np.bool_] = volume <= 1e-12 * scale * areas
+    return flat
 
 
 def box3d_volume(corners: ArrayLike) -> FloatArray:
@@ -254,7 +276,7 @@ def box3d_iou_batch(corners_a: ArrayLike, corners_b: ArrayLike, *, validate: boo
     vol_a, vol_b = _parallelepiped_volume(a), _parallelepiped_volume(b)
     if validate:
         for name, vol, arr in (("corners_a", vol_a, a), ("corners_b", vol_b, b)):
-            tiny = vol <= 1e-12 * np.maximum(np.abs(arr).max(axis=(1, 2)), 1.0) ** 3
+            tiny = _is_flat(arr, vol)
             if np.any(tiny):
                 raise InvalidInputError(
                     f"{name} must describe boxes with volume > 0, got volume "

@@ -591,6 +591,15 @@ def test_iou_property_based(box_a, box_b, q, shift):
     assert box3d_iou(a @ R.T + shift, b @ R.T + shift) == pytest.approx(iou, abs=1e-7)
 
 
+def test_iou_of_small_boxes_far_from_the_origin():
+    """A 10 cm cube 1 km from the origin is a box: hypothesis found it refused as flat when the
+    flatness bound was 1e-12 * (max |corner|)^3 (1e-3 m^3 there) instead of the faces' rounding."""
+    small, unit = corners_of([0, 0, 0], [0.1, 0.1, 0.1]), corners_of([0, 0, 0], [1, 1, 1])
+    shift = np.array([1000.0, 1000.0, 1000.0])
+    assert box3d_iou(unit, small) == pytest.approx(1e-3)
+    assert box3d_iou(unit + shift, small + shift) == pytest.approx(1e-3)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     box_a=box_params,
@@ -709,6 +718,9 @@ def test_iou_errors():
     flat[:, 2] = 0.0
     with pytest.raises(InvalidInputError, match=r"corners_b must describe boxes with volume > 0"):
         box3d_iou(a, flat)
+    far_flat = corners_of([1000.0, 1000.0, 1000.0], [0.1, 0.1, 1e-12])
+    with pytest.raises(InvalidInputError, match=r"corners_b must describe boxes with volume > 0"):
+        box3d_iou(corners_of([1000.0, 1000.0, 1000.0], [0.1, 0.1, 0.1]), far_flat)
     with pytest.raises(InvalidInputError, match=r"must both have shape \(N, 8, 3\)"):
         box3d_iou_batch(a[None], np.stack([a, a]))
     with pytest.raises(InvalidInputError, match=r"do not broadcast"):
