@@ -133,6 +133,8 @@ class DemoClient(Node):
         super().__init__("llmi3d_demo_client", namespace=namespace)
         self.truth: dict[int, Detection3DArray] = {}
         self.debug: dict[int, Image] = {}
+        self.debug_received = 0  # debug images received so far
+        self.answered = 0  # successful answers received so far (the node draws one for each)
         self.client = self.create_client(Query, "llmi3d_node/query")
         self.create_subscription(
             Detection3DArray, "llmi3d_synthetic_camera/ground_truth", self.on_truth, 10
@@ -148,6 +150,7 @@ class DemoClient(Node):
     def on_debug(self, msg: Image) -> None:
         """Keep the last 20 debug images by stamp."""
         self.debug[stamp_to_ns(msg.header.stamp)] = msg
+        self.debug_received += 1
         while len(self.debug) > 20:
             self.debug.pop(next(iter(self.debug)))
 
@@ -163,6 +166,8 @@ def spin_until(
 
 
 FIRST_FRAME_WAIT_S = 60.0
+DEBUG_WAIT_S = 3.0  # for the debug images of earlier answers (a few MB each)
+SCENE_WAIT_S = 6.0  # within the camera's hold of a scene (llmi3d_synthetic_camera hold_s: 8 s)
 
 
 def ask(
@@ -174,14 +179,31 @@ def ask(
         request.box_prompt = [float(v) for v in query.box_prompt]
     if query.point_prompt is not None:
         request.point_prompt = [float(v) for v in query.point_prompt]
-    # Every answer on one frame has that frame's stamp: forget the debug images of earlier
-    # answers, or the picture of this one could be the previous query's boxes.
-    client.debug.clear()
     start_s = time.monotonic()
+    response = call(client, executor, request, timeout_s)
+    return response, time.monotonic() - start_s
+
+
+def call(
+    client: DemoClient, executor: SingleThreadedExecutor, request: Query.Request, timeout_s: float
+) -> Query.Response | None:
+    """Send one request once the debug images of earlier answers are in; None on timeout.
+
+    Every answer on one frame has that frame's stamp, and the node publishes each answer's debug
+    image before it responds, but a large image can arrive after the response: it would then be
+    taken for the next answer's picture. Waiting for those images and forgetting them leaves
+    only this answer's image to come.
+    """
+    if not spin_until(executor, lambda: client.debug_received >= client.answered, DEBUG_WAIT_S):
+        client.answered = client.debug_received  # an image was lost: count on from here
+    client.debug.clear()
     future = client.client.call_async(request)
     if not spin_until(executor, future.done, timeout_s):
-        return None, time.monotonic() - start_s
-    return future.result(), time.monotonic() - start_s
+        return None
+    response: Query.Response = future.result()
+    if response.success:
+        client.answered += 1
+    return response
 
 
 def wait_for_first_frame(
@@ -194,15 +216,59 @@ def wait_for_first_frame(
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        future = client.client.call_async(Query.Request(query="warm-up", max_results=1))
-        if not spin_until(executor, future.done, max(deadline - time.monotonic(), 0.1)):
+        request = Query.Request(query="warm-up", max_results=1)
+        response = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
+        if response is None:
             raise TimeoutError(f"llmi3d_node did not answer a warm-up query within {timeout_s} s")
-        response = future.result()
         if response.success or not response.message.startswith(NO_IMAGE_YET):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"llmi3d_node: {response.message} within {timeout_s:.0f} s")
         spin_until(executor, lambda: False, 0.5)
+
+
+def scene_of_stamp(
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    image_of_object: dict[str, ImageRecord],
+    stamp_ns: int,
+) -> str | None:
+    """The scene (image id) the camera showed in the frame of this stamp, None if unknown.
+
+    Waits up to a second for that frame's ground truth (it may still be on its way).
+    """
+    spin_until(executor, lambda: stamp_ns in client.truth, 1.0)
+    truth = client.truth.get(stamp_ns)
+    if truth is None or not truth.detections:
+        return None
+    image = image_of_object.get(truth.detections[0].id)
+    return None if image is None else image.image_id
+
+
+def wait_for_scene(
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    image_of_object: dict[str, ImageRecord],
+    image_id: str,
+    timeout_s: float,
+) -> bool:
+    """Ask warm-up queries until the node answers on a frame of scene `image_id`.
+
+    The camera's ground truth of a new scene can arrive before the node has taken in the new
+    image (a busy node reads its next frame late): a query asked then is answered on the
+    previous scene, and its picture and IoU would be of the wrong image.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        request = Query.Request(query="warm-up", max_results=1)
+        response = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
+        if response is None:
+            return False
+        stamp = stamp_to_ns(response.detections.header.stamp)
+        if scene_of_stamp(client, executor, image_of_object, stamp) == image_id:
+            return True
+        spin_until(executor, lambda: False, 0.2)
+    return False
 
 
 def save_picture(
@@ -257,12 +323,22 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
             executor.spin_once(timeout_sec=0.2)
             continue
         done_images.add(image.image_id)
-        spin_until(executor, lambda: False, 0.5)  # the node receives the new frame too
         queries = [q for q in dataset.queries if q.image_id == image.image_id]
         print(f"\n[demo] scene {image.image_id} ({image.width}x{image.height}, "
               f"fx={image.K[0, 0]:.0f} px, {len(image.objects)} objects)")  # fmt: skip
+        if not wait_for_scene(client, executor, image_of_object, image.image_id, SCENE_WAIT_S):
+            print(f"  llmi3d_node answered on no frame of this scene within {SCENE_WAIT_S:.0f} s "
+                  "(the camera moved on first); skipped")  # fmt: skip
+            continue
         for query in pick_queries(queries, args.queries_per_image):
             response, latency_s = ask(client, executor, query, args.query_timeout_s)
+            if response is not None and response.success:
+                stamp = stamp_to_ns(response.detections.header.stamp)
+                answered_on = scene_of_stamp(client, executor, image_of_object, stamp)
+                if answered_on != image.image_id:
+                    print(f"  Q ({query.type}): {query.text}")
+                    print(f"  -> answered on a frame of another scene ({answered_on}); not counted")
+                    continue
             outcomes.append(
                 report(
                     client, executor, query,

@@ -45,6 +45,11 @@ def test_demo_prints_its_domain_and_writes_pictures_to_its_own_folder(
     run_dir = Path(announced[0].rsplit(" ", 1)[1])
     assert run_dir.parent == out.resolve()
     assert f"[demo] debug pictures of this run in {run_dir}" in lines
+    # every answer is on a frame of the scene asked about (a busy node once answered a new
+    # scene's queries on the previous scene's frame: wrong pictures, no IoU)
+    assert "answered on a frame of another scene" not in result.stdout
+    assert "answered on no frame of this scene" not in result.stdout
+    assert len([line for line in lines if line.startswith("  Q (")]) == 2
     pictures = sorted(p.name for p in run_dir.glob("*.png"))
     assert len(pictures) == 2, pictures
     assert sorted(p.name for p in out.iterdir()) == sorted(["old_run", run_dir.name])
