@@ -22,7 +22,7 @@ Two parts, both through the library (`llmi3d_core.train.train`, what `llmi3d tra
   of the same weights at inference (`model.set_decoding`): eq. 20 as the paper writes it
   (height from the tight 2D box, plain mean of the two depths) and virtual depth alone.
   At size `smoke` the ladders' tiny `llmi3d` row stands in for the default model (training the
-  default model takes ~18 min), so only the pipeline is checked there.
+  default model takes ~23 min), so only the pipeline is checked there.
 * The ablation ladders (paper Tables X-XIII and the pointer), on an IG3D-Synth set rendered for
   the run (size.data_images, size.data_seed) with the family recipe's scene options. Every model
   is trained and validated on the "source" camera domain only (`data.train_split=train@source`,
@@ -189,7 +189,7 @@ LADDERS: tuple[tuple[str, tuple[str, ...], tuple[Claim, ...]], ...] = (
     ),
 )
 STANDIN_REASON = (
-    "training the default model (smol_synth: detector then pointer stage) takes about 18 min on "
+    "training the default model (smol_synth: detector then pointer stage) takes about 23 min on "
     "a 2-core CPU, more than this size allows"
 )
 
