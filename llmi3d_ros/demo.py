@@ -179,15 +179,15 @@ def ask(
         request.box_prompt = [float(v) for v in query.box_prompt]
     if query.point_prompt is not None:
         request.point_prompt = [float(v) for v in query.point_prompt]
-    start_s = time.monotonic()
-    response = call(client, executor, request, timeout_s)
-    return response, time.monotonic() - start_s
+    return call(client, executor, request, timeout_s)
 
 
 def call(
     client: DemoClient, executor: SingleThreadedExecutor, request: Query.Request, timeout_s: float
-) -> Query.Response | None:
-    """Send one request once the debug images of earlier answers are in; None on timeout.
+) -> tuple[Query.Response | None, float]:
+    """Send one request once the debug images of earlier answers are in.
+
+    Returns the response (None on timeout) and the round trip from sending it.
 
     Every answer on one frame has that frame's stamp, and the node publishes each answer's debug
     image before it responds, but a large image can arrive after the response: it would then be
@@ -197,13 +197,14 @@ def call(
     if not spin_until(executor, lambda: client.debug_received >= client.answered, DEBUG_WAIT_S):
         client.answered = client.debug_received  # an image was lost: count on from here
     client.debug.clear()
+    start_s = time.monotonic()
     future = client.client.call_async(request)
     if not spin_until(executor, future.done, timeout_s):
-        return None
+        return None, time.monotonic() - start_s
     response: Query.Response = future.result()
     if response.success:
         client.answered += 1
-    return response
+    return response, time.monotonic() - start_s
 
 
 def wait_for_first_frame(
@@ -217,7 +218,7 @@ def wait_for_first_frame(
     deadline = time.monotonic() + timeout_s
     while True:
         request = Query.Request(query="warm-up", max_results=1)
-        response = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
+        response, _ = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
         if response is None:
             raise TimeoutError(f"llmi3d_node did not answer a warm-up query within {timeout_s} s")
         if response.success or not response.message.startswith(NO_IMAGE_YET):
@@ -261,7 +262,7 @@ def wait_for_scene(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         request = Query.Request(query="warm-up", max_results=1)
-        response = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
+        response, _ = call(client, executor, request, max(deadline - time.monotonic(), 0.1))
         if response is None:
             return False
         stamp = stamp_to_ns(response.detections.header.stamp)
