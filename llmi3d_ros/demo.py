@@ -228,6 +228,15 @@ def wait_for_first_frame(
         spin_until(executor, lambda: False, 0.5)
 
 
+def scene_shown(
+    truth: Detection3DArray | None, image_of_object: dict[str, ImageRecord]
+) -> ImageRecord | None:
+    """The scene a frame's ground truth belongs to (by its first object), None if unknown."""
+    if truth is None or not truth.detections:
+        return None
+    return image_of_object.get(truth.detections[0].id)
+
+
 def scene_of_stamp(
     client: DemoClient,
     executor: SingleThreadedExecutor,
@@ -239,10 +248,7 @@ def scene_of_stamp(
     Waits up to a second for that frame's ground truth (it may still be on its way).
     """
     spin_until(executor, lambda: stamp_ns in client.truth, 1.0)
-    truth = client.truth.get(stamp_ns)
-    if truth is None or not truth.detections:
-        return None
-    image = image_of_object.get(truth.detections[0].id)
+    image = scene_shown(client.truth.get(stamp_ns), image_of_object)
     return None if image is None else image.image_id
 
 
@@ -309,17 +315,16 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
     # the scene on show now may be near the end of its hold: start with the next one
     current = client.truth[max(client.truth)] if client.truth else None
     done_images: set[str] = set()
-    if current is not None and current.detections:
-        shown = image_of_object.get(current.detections[0].id)
-        if shown is not None and len(dataset.images) > args.images:
-            done_images.add(shown.image_id)
+    shown = scene_shown(current, image_of_object)
+    if shown is not None and len(dataset.images) > args.images:
+        done_images.add(shown.image_id)
     wanted = args.images + len(done_images)
     deadline = time.monotonic() + args.run_timeout_s
     while len(done_images) < wanted and time.monotonic() < deadline:
         if not spin_until(executor, lambda: bool(client.truth), 10.0):
             raise TimeoutError("no ground truth from llmi3d_synthetic_camera within 10 s")
         latest = client.truth[max(client.truth)]
-        image = image_of_object.get(latest.detections[0].id) if latest.detections else None
+        image = scene_shown(latest, image_of_object)
         if image is None or image.image_id in done_images:
             executor.spin_once(timeout_sec=0.2)
             continue
