@@ -14,13 +14,14 @@ Two parts, both through the library (`llmi3d_core.train.train`, what `llmi3d tra
   benchmark run reuses the demo's model and trains it only when it is not cached yet),
   evaluated on `default_model.default_test_data()` (synthetic scenes of a seed no recipe trains
   on, all in its "test" split, with negative and multi-target queries) as the node answers:
-  `predict_with_model` with the node's min_score, and the same pass with every best box kept
-  (min_score 0: localisation without the "not here" answer). Next to it: the same heads read at each
-  target's own cell (`predict_at_true_cells`, the upper bound of pointing: what a perfect
-  pointer reaches with this detector), the mean box and the back-projection of the true 2D box
-  (llmi3d_core.baselines, fitted on the model's own training split). Then decoding ablations
-  of the same weights at inference (`model.set_decoding`): eq. 20 as the paper writes it
-  (height from the tight 2D box, plain mean of the two depths) and virtual depth alone.
+  `predict_with_model` with the node's answer rule (AnswerRule.SERVED), and the same pass with
+  every best box kept (the all-zero rule: localisation without the "not here" answer). Next to
+  it: the same heads read at each target's own cell (`predict_at_true_cells`, the upper bound
+  of pointing: what a perfect pointer reaches with this detector), the mean box and the
+  back-projection of the true 2D box (llmi3d_core.baselines, fitted on the model's own training
+  split). Then decoding ablations of the same weights at inference (`model.set_decoding`): eq.
+  20 as the paper writes it (height from the tight 2D box, plain mean of the two depths) and
+  virtual depth alone.
   At size `smoke` the ladders' tiny `llmi3d` row stands in for the default model (training the
   default model takes ~23 min), so only the pipeline is checked there.
 * The ablation ladders (paper Tables X-XIII and the pointer), on an IG3D-Synth set rendered for
@@ -57,7 +58,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ Claim = tuple[str, str, str]
 
 DEFAULT_ROWS: dict[str, str] = {
     "llmi3d": "LLMI3D (default)",
-    "llmi3d_best": "LLMI3D (default), always its best box (min_score 0)",
+    "llmi3d_best": "LLMI3D (default), always its best box (rule of zeros)",
     "true_cells": "heads at the true cell (upper bound of pointing)",
     "mean_box": "mean box",
     "backproject": "back-projection of the true 2D box",
@@ -383,7 +384,7 @@ def queries_of_images(queries: list[Any], count: int) -> list[Any]:
 
 
 def predict_model_robust(
-    predictor: Any, fallback: Any, dataset: Any, queries: list[Any], min_score: float = 0.0
+    predictor: Any, fallback: Any, dataset: Any, queries: list[Any]
 ) -> tuple[list[Any], int]:
     """`predict_with_model`; where an image's output is unusable, query by query with `fallback`.
 
@@ -393,17 +394,19 @@ def predict_model_robust(
     The queries of one image go together (one encoding); only an image that fails is redone one
     query at a time, where the Predictor's feature cache spares the encoding.
 
-    `min_score` 0 (default): every query gets the model's best box, as the baselines always
+    Under the all-zero AnswerRule every query gets the model's best box, as the baselines always
     answer one; the ladder recipes train no pointer stage, so their scores are not calibrated
-    and the node's threshold would turn down answers of some rows (the paper's MLP read-out
-    scores nothing) and not others.
+    and the node's rule would turn down answers of some rows (the paper's MLP read-out scores
+    nothing) and not others.
 
     Returns:
         (results in query order, number of queries answered by the fallback)
     """
     from llmi3d_core.errors import InvalidInputError, ModelOutputError
     from llmi3d_core.eval_predict import predict_with_baseline, predict_with_model
+    from llmi3d_core.prediction import AnswerRule
 
+    every = AnswerRule()
     by_image: dict[str, list[Any]] = {}
     for query in queries:
         by_image.setdefault(query.image_id, []).append(query)
@@ -411,15 +414,13 @@ def predict_model_robust(
     failed = 0
     for group in by_image.values():
         try:
-            answered = predict_with_model(
-                predictor, dataset, group, progress=False, min_score=min_score
-            )
+            answered = predict_with_model(predictor, dataset, group, progress=False, rule=every)
         except (ModelOutputError, InvalidInputError):
             answered = []
             for query in group:
                 try:
                     answered += predict_with_model(
-                        predictor, dataset, [query], progress=False, min_score=min_score
+                        predictor, dataset, [query], progress=False, rule=every
                     )
                 except (ModelOutputError, InvalidInputError):
                     failed += 1
@@ -606,7 +607,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
         predict_with_baseline,
         predict_with_model,
     )
-    from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+    from llmi3d_core.prediction import AnswerRule
 
     model = obtain_default_model(size, ladder_row)
     root = default_test_data(num_images=size.default_test_images, progress=False)
@@ -634,11 +635,11 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
         return list(results)
 
     predictor = load_predictor(Path(model["checkpoint"]), device=resolve_device(size.device))
-    # one pass at min_score 0; the node's answers are its answers above the node's min_score
-    # (QueryResult.at_min_score: exactly what a pass at that min_score returns)
+    # one pass under the all-zero rule; the node's answers are these under the node's rule
+    # (QueryResult.under: exactly what a pass under that rule returns)
     best = add("llmi3d_best", lambda: predict_with_model(
-        predictor, dataset, queries, progress=False, min_score=0.0))  # fmt: skip
-    served = add("llmi3d", lambda: [r.at_min_score(DEFAULT_MIN_SCORE) for r in best],
+        predictor, dataset, queries, progress=False, rule=AnswerRule()))  # fmt: skip
+    served = add("llmi3d", lambda: [r.under(AnswerRule.SERVED) for r in best],
                  eval_s=rows["default/llmi3d_best"]["eval_s"])  # fmt: skip
     true = add("true_cells", lambda: predict_at_true_cells(predictor, dataset, queries,
                                                           progress=False))  # fmt: skip
@@ -687,7 +688,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
             "kinds": kinds,
             "novel_categories": list(dataset.info.novel_categories),
             "fit_queries": len(fit_on),
-            "min_score": DEFAULT_MIN_SCORE,
+            "answer_rule": asdict(AnswerRule.SERVED),
         },
         "decoding": {
             "images": len({q.image_id for q in subset}),
@@ -1019,11 +1020,23 @@ def model_lines(default: dict[str, Any], size: Any) -> list[str]:
         f"{', '.join(test['novel_categories']) or 'none'}), {test['queries']} queries; "
         f"evaluated: {subset}, **{test['eval_queries']}** queries ({kinds['single']} "
         f"single-target, {kinds['negative']} negative, {kinds['multi']} multi-target). Answers "
-        "as the node gives them (`predict_with_model`: the node's min_score "
-        f"{test.get('min_score', '?')}, up to 10 boxes, best first). The baselines are fitted "
+        f"as the node gives them (`predict_with_model` under the node's {_rule_text(test)}, "
+        "up to 10 boxes, best first). The baselines are fitted "
         "on the model's own training split "
         f"({test['fit_queries']} queries). Percentages; exact oriented 3D IoU, Acc@k = IoU > k.",
     ]
+
+
+def _rule_text(test: dict[str, Any]) -> str:
+    """The answer rule a run used, in words (runs before the rule existed recorded min_score)."""
+    rule = test.get("answer_rule")
+    if rule is None:
+        return f"min_score {test.get('min_score', '?')}"
+    return (
+        f"answer rule (the best box when it scores at least min_score {rule['min_score']:g} and "
+        f"at least {rule['min_ratio_to_nothing']:g} x the probability that nothing matches; "
+        f"further boxes at least {rule['min_score_others']:g})"
+    )
 
 
 def default_table(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -1122,10 +1135,10 @@ def default_lines(result: dict[str, Any], size: Any) -> list[str]:
         "chosen). Acc, mIoU, grounding and depth error: single-target queries, first box (an "
         "empty answer scores 0). Not here: negative queries answered with no box. Multi P / R: "
         "boxes of multi-target queries matched one to one to their targets. ECE: calibration of "
-        "the score over every returned box. The min_score 0 row is the same pass with nothing "
-        "turned down (up to 10 boxes, best first): how well the model localises when it is "
-        "never allowed to say 'not here'; the first row keeps the boxes scoring at least the "
-        "node's min_score. The upper-bound row reads the dense heads at each "
+        "the score over every returned box. The 'rule of zeros' row is the same pass with "
+        "nothing turned down (up to 10 boxes, best first): how well the model localises when "
+        "it is never allowed to say 'not here'; the first row keeps what the node's answer "
+        "rule keeps. The upper-bound row reads the dense heads at each "
         "target's own cell (single-target queries only): the gap to LLMI3D is what pointing at "
         "the wrong object costs, the rest is box error. The baselines always answer one box, so "
         "they never say 'not here'.",
@@ -1175,7 +1188,7 @@ def render_accuracy(result: dict[str, Any], size: Any) -> list[str]:
         f"({TRAIN_SPLIT}), {q[VAL_SPLIT]} validation ({VAL_SPLIT}; "
         f"{min(size.val_queries, q[VAL_SPLIT])} used to pick `best`), {q[TEST_SPLIT]} test "
         f"queries, of which **{data['eval_queries']}** (spread evenly over the split) are "
-        f"evaluated for every row, each answered with the model's best box (min_score 0, as "
+        f"evaluated for every row, each answered with the model's best box (rule of zeros, as "
         "the baselines always answer one: the ladder recipes train no pointer stage, so their "
         "scores are not calibrated). Training sees only the source cameras "
         f"({seen or 'none'}); the unseen cameras are {unseen or 'none'}. Novel categories "

@@ -21,7 +21,7 @@ answer_policy="ground" (no answer phrase), as a trained model does for grounding
 
 Node. The query-readout model is saved as a checkpoint; llmi3d_node loads it in its own process
 and the bare Predictor in this process holds the same weights, both with the default
-answer_policy and the node's default min_score (config/params.yaml), so they do the same work
+answer_policy and the node's default answer rule (config/params.yaml), so they do the same work
 (the table says whether their answers matched: the service's answer text, which the bare
 Predictor's predictions give the node's way).
 The node round trip covers the service call from a real rclpy client, Image decoding, the
@@ -202,7 +202,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
 
     from llmi3d_core.inference import Predictor
     from llmi3d_core.model.checkpoint import save_checkpoint
-    from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+    from llmi3d_core.prediction import AnswerRule
 
     model = build_model(preset, seed, served_overrides(preset))
     checkpoint = save_checkpoint(model, workdir / f"checkpoint_{preset}", {"seed": seed})
@@ -233,7 +233,12 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
                             answers[name].append(response.answer)
                         else:
                             start = time.perf_counter()
-                            found = bare.predict(image, client.K, text, min_score=DEFAULT_MIN_SCORE)
+                            found = bare.predict(
+                                image, client.K, text,
+                                min_score=AnswerRule.SERVED.min_score,
+                                min_ratio_to_nothing=AnswerRule.SERVED.min_ratio_to_nothing,
+                                min_score_others=AnswerRule.SERVED.min_score_others,
+                            )  # fmt: skip
                             seconds = time.perf_counter() - start
                             answers[name].append(node_answer_text(found, text))
                         row[name][kind] = seconds

@@ -1,6 +1,6 @@
 """Predictions of a dataset split, query by query, in the form `llmi3d eval` scores them.
 
-A model runs its real inference path (`Predictor.predict_batch`, which answers questions
+A model runs its real inference path (`Predictor.answer_batch`, which answers questions
 itself; an empty list means "not here"); `predict_at_true_cells` reads the dense heads at each
 target's own cell (the upper bound of pointing); a baseline always gives one box. Each query
 becomes a QueryResult: its targets and its answers, best first.
@@ -26,7 +26,7 @@ from llmi3d_core.metrics import ScoredBox
 from llmi3d_core.model.checkpoint import load_checkpoint, read_checkpoint_meta
 from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.inputs import prepare_inputs
-from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+from llmi3d_core.prediction import AnswerRule
 from llmi3d_core.visualize import BOX3D_EDGES
 
 __all__ = [
@@ -77,11 +77,13 @@ class QueryResult:
         query: the query record.
         targets: one ScoredBox a target (its 3D box and tight 2D box), [] for a negative query.
         answers: the predictions, best first.
+        nothing_score: the model's probability that nothing matches (0 for a baseline).
     """
 
     query: QueryRecord
     targets: list[ScoredBox]
     answers: list[Answer]
+    nothing_score: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -123,15 +125,16 @@ class QueryResult:
         """The first answer's generated text ('' when none)."""
         return self.answers[0].answer if self.answers else ""
 
-    def at_min_score(self, min_score: float) -> QueryResult:
-        """The answers a higher min_score would have given: those scoring at least it.
+    def under(self, rule: AnswerRule) -> QueryResult:
+        """The answers a stricter rule would have given (AnswerRule.keep on these answers).
 
-        Exact for answers made at a lower min_score with the same max_results: the predictor's
-        3D suppression is greedy, best first, so a box above the threshold is only ever removed
-        by better boxes, which are above it too, and those kept form a prefix of the list.
+        Exact for answers made under a looser rule (e.g. the all-zero one) with the same
+        max_results: the predictor's 3D suppression is greedy, best first, so a box above
+        min_score is only ever removed by better boxes, which are above it too, and every rule
+        keeps a prefix of the list.
         """
-        kept = [a for a in self.answers if a.score >= min_score]
-        return QueryResult(self.query, self.targets, kept)
+        kept = rule.keep(self.answers, self.nothing_score)
+        return QueryResult(self.query, self.targets, kept, self.nothing_score)
 
 
 def target_box(dataset: Dataset, query: QueryRecord) -> Box3D:
@@ -212,14 +215,15 @@ def predict_with_model(
     *,
     progress: bool = True,
     max_results: int = MAX_RESULTS,
-    min_score: float | None = None,
+    rule: AnswerRule | None = None,
 ) -> list[QueryResult]:
     """Run a `Predictor` on every query, the queries of one image in one batch (one encoding).
 
-    Every prediction the predictor returns for a query is kept, in its order (best first); an
+    Every prediction the predictor answers for a query is kept, in its order (best first); an
     empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
-    node would. `min_score` None takes the node's default (prediction.DEFAULT_MIN_SCORE).
+    node would. `rule` None takes the node's (AnswerRule.SERVED).
     """
+    rule = AnswerRule.SERVED if rule is None else rule
     by_image: dict[str, list[QueryRecord]] = {}
     for query in queries:
         by_image.setdefault(query.image_id, []).append(query)
@@ -228,18 +232,24 @@ def predict_with_model(
         for image_id, group in by_image.items():
             image = load_rgb(dataset.image_path(image_id))
             record = dataset.image(image_id)
-            predictions = predictor.predict_batch(
+            answered = predictor.answer_batch(
                 [image] * len(group),
                 [record.K] * len(group),
                 [q.text for q in group],
                 [q.box_prompt for q in group],
                 [q.point_prompt for q in group],
                 max_results=max_results,
-                min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
+                min_score=rule.min_score,
+                min_ratio_to_nothing=rule.min_ratio_to_nothing,
+                min_score_others=rule.min_score_others,
             )
-            for query, listed in zip(group, predictions, strict=True):
-                answers = [_answer(p, record.K, record.width, record.height) for p in listed]
-                results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
+            for query, answer in zip(group, answered, strict=True):
+                boxes = [
+                    _answer(p, record.K, record.width, record.height) for p in answer.predictions
+                ]
+                results[query.query_id] = QueryResult(
+                    query, target_boxes(dataset, query), boxes, answer.nothing_score
+                )
             bar.update(len(group))
     return [results[q.query_id] for q in queries]
 

@@ -6,7 +6,7 @@
     llmi3d eval --baseline backproject --data data/synth --split test:novel
 
 Each query gets a list of predictions, best first (the model's real inference path,
-`Predictor.predict_batch`, answers questions itself; an empty list means "not here"; the
+`Predictor.answer_batch`, answers questions itself; an empty list means "not here"; the
 baselines always give one box). A query has one target, none (a negative query) or several
 (a multi-target query), and is scored with llmi3d_core.metrics.query_metrics:
 
@@ -48,6 +48,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ from llmi3d_core.eval_report import (
     write_predictions,
 )
 from llmi3d_core.metrics import IOU_VARIANTS
+from llmi3d_core.prediction import AnswerRule
 
 __all__ = ["add_arguments", "run", "run_evaluation"]
 
@@ -182,12 +184,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     parser.add_argument("--gallery", type=int, default=12, help="gallery PNGs to draw (0: none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries (0: all)")
+    served = AnswerRule.SERVED
     parser.add_argument(
         "--min-score",
         type=float,
-        default=None,
+        default=served.min_score,
         help="answers scoring below it are left out (an empty answer is 'not here'); default: "
-        "the node's min_score default",
+        "the node's, %(default)s",
+    )
+    parser.add_argument(
+        "--min-ratio-to-nothing",
+        type=float,
+        default=served.min_ratio_to_nothing,
+        help="the best box is answered only when it scores at least this many times the "
+        "probability that nothing matches; default: the node's, %(default)s",
+    )
+    parser.add_argument(
+        "--min-score-others",
+        type=float,
+        default=served.min_score_others,
+        help="boxes after the best need at least this score; default: the node's, %(default)s",
     )
     parser.add_argument(
         "--max-results", type=int, default=MAX_RESULTS, help="answers kept per query"
@@ -249,6 +265,7 @@ def set_threads(threads: int) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `llmi3d eval`."""
     set_threads(args.threads)
+    rule = AnswerRule(args.min_score, args.min_ratio_to_nothing, args.min_score_others)
     if args.checkpoint is not None and str(args.checkpoint) == DEFAULT_CHECKPOINT:
         args.checkpoint = ensure_default_model()
         if args.data is None:
@@ -276,12 +293,14 @@ def run(args: argparse.Namespace) -> int:
             predictor,
             progress=not args.no_progress,
             max_results=args.max_results,
-            min_score=args.min_score,
+            rule=rule,
         )
         if args.true_cells:
             predict = partial(predict_at_true_cells, predictor, progress=not args.no_progress)
         name = args.checkpoint.resolve().name
         source = {"name": f"LLMI3D {name}", "checkpoint": str(args.checkpoint)}
+        if not args.true_cells:
+            source["answer_rule"] = asdict(rule)
         if args.true_cells:
             source["name"] += " (heads at the true cell)"
         out = args.out or args.checkpoint / "eval" / _safe(args.split)

@@ -53,7 +53,7 @@ from llmi3d_core.model.llm import DTYPES
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.model.presets import resolve_config
 from llmi3d_core.model.sequence import ANSWER_POLICIES, format_query
-from llmi3d_core.prediction import Answer, Prediction
+from llmi3d_core.prediction import Answer, AnswerRule, Prediction
 
 MAX_QUERY_CHARS = 2000
 # leading words that are not part of the object phrase (for labels of plain grounding queries)
@@ -326,6 +326,9 @@ class Predictor:
         point2d: Any = None,
         max_results: int = 1,
         min_score: float = 0.0,
+        *,
+        min_ratio_to_nothing: float = 0.0,
+        min_score_others: float = 0.0,
     ) -> list[Prediction]:
         """Find the object described by `query` in one image.
 
@@ -337,8 +340,11 @@ class Predictor:
             point2d: optional (2,) point prompt u, v in pixels.
             max_results: most predictions to return, best first (the pointer ranks every object
                 the detector found; the MLP read-out gives one box).
-            min_score: leave out predictions scoring below it (0: every one; an empty list is
-                the answer "not here", see `answer`).
+            min_score: the AnswerRule's: no prediction scoring below it is returned (all three
+                0: every prediction; an empty list is the answer "not here", see `answer_batch`).
+            min_ratio_to_nothing: the AnswerRule's: the best prediction is returned only when it
+                scores at least this many times the probability that nothing matches.
+            min_score_others: the AnswerRule's: the predictions after the best need at least it.
 
         Returns:
             At most `max_results` predictions, best first, duplicates of one object removed.
@@ -348,8 +354,9 @@ class Predictor:
             ModelOutputError: the model produced NaN/inf or an unparsable answer.
         """
         answers = self.answer_batch(
-            [image_rgb], [K], [query], [box2d], [point2d], max_results, min_score
-        )
+            [image_rgb], [K], [query], [box2d], [point2d], max_results, min_score,
+            min_ratio_to_nothing=min_ratio_to_nothing, min_score_others=min_score_others,
+        )  # fmt: skip
         return answers[0].predictions
 
     def predict_batch(  # noqa: PLR0917 (mirrors predict)
@@ -361,9 +368,15 @@ class Predictor:
         point2ds: Sequence[Any] | None = None,
         max_results: int = 1,
         min_score: float = 0.0,
+        *,
+        min_ratio_to_nothing: float = 0.0,
+        min_score_others: float = 0.0,
     ) -> list[list[Prediction]]:
         """Batched `predict`: item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i])."""
-        answers = self.answer_batch(images, Ks, queries, box2ds, point2ds, max_results, min_score)
+        answers = self.answer_batch(
+            images, Ks, queries, box2ds, point2ds, max_results, min_score,
+            min_ratio_to_nothing=min_ratio_to_nothing, min_score_others=min_score_others,
+        )  # fmt: skip
         return [answer.predictions for answer in answers]
 
     def answer_batch(  # noqa: PLR0917 (mirrors predict)
@@ -375,10 +388,14 @@ class Predictor:
         point2ds: Sequence[Any] | None = None,
         max_results: int = 1,
         min_score: float = 0.0,
+        *,
+        min_ratio_to_nothing: float = 0.0,
+        min_score_others: float = 0.0,
     ) -> list[Answer]:
         """Answer queries: their predictions and, for "not here", the best candidate turned down.
 
-        Item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]).
+        Item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]). The three thresholds
+        make the AnswerRule (llmi3d_core.prediction; AnswerRule.SERVED holds the node's).
 
         New images are encoded together in one vision pass; identical images (same bytes and K)
         are encoded once. Each query then runs on its image's cached LLM prefix.
@@ -390,8 +407,7 @@ class Predictor:
         start = time.perf_counter()
         if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
             raise InvalidInputError(f"max_results must be an integer >= 1, got {max_results!r}")
-        if not (isinstance(min_score, int | float) and 0.0 <= float(min_score) <= 1.0):
-            raise InvalidInputError(f"min_score must be a number in [0, 1], got {min_score!r}")
+        rule = AnswerRule(min_score, min_ratio_to_nothing, min_score_others)
         items = self._validate(images, Ks, queries, box2ds, point2ds)
         timings = dict.fromkeys(("preprocess", "encode_image", "prefill", "llm", "decode"), 0.0)
         timings["validate"] = time.perf_counter() - start
@@ -412,11 +428,8 @@ class Predictor:
                 tick = time.perf_counter()
                 ranked = self._to_predictions(located, item)
                 results.append(
-                    Answer.select(
-                        item.query, ranked, located, max_results=max_results,
-                        min_score=float(min_score),
-                    )
-                )  # fmt: skip
+                    Answer.select(item.query, ranked, located, max_results=max_results, rule=rule)
+                )
                 timings["decode"] += time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         self.last_timings = timings

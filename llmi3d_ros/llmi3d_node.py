@@ -8,12 +8,14 @@ Lifecycle (each transition undoes the previous one's work):
   cleanup    -> destroys publishers and the service, frees the model.
 With `autostart` (default true) `main` configures and activates at start-up.
 
-Answers: each query (service or standing) returns the candidates scoring at least `min_score`
-(a calibrated probability), best first, each object once, at most `max_results` (the request's,
-or the parameter when it asks for 0). None reaching min_score is the answer "not here": the service
-succeeds with no detections and a message naming the best candidate turned down; the topics get
-an empty Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without
-boxes, so no stale box stays on screen. Both parameters may change at run time (SetParameters).
+Answers: each query (service or standing) returns its best candidate when that scores at least
+`min_score` (a calibrated probability) and at least `min_ratio_to_nothing` times the model's
+probability that nothing matches, then the others scoring at least `min_score_others`, best first,
+each object once, at most `max_results` (the request's, or the parameter when it asks for 0); see
+llmi3d_core.prediction.AnswerRule. An empty answer is "not here": the service succeeds with no
+detections and a message naming the best candidate turned down and why; the topics get an empty
+Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without boxes,
+so no stale box stays on screen. These parameters may change at run time (SetParameters).
 
 Concurrency: one MultiThreadedExecutor with four callback groups.
   sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
@@ -59,7 +61,7 @@ from llmi3d_core.messages import (
     scale_intrinsics,
     stamp_to_ns,
 )
-from llmi3d_core.prediction import Answer
+from llmi3d_core.prediction import MAX_RATIO_TO_NOTHING, Answer
 from llmi3d_core.visualize import draw_boxes
 from llmi3d_ros.conversions import predictions_to_detections, rgb_to_image
 from llmi3d_ros.frame_pairing import StampPairer
@@ -196,8 +198,10 @@ class Llmi3dNode(LifecycleNode):
         )
         self.get_logger().info(
             f"configured: model from {source} on {params.device}/{params.dtype} in {load_s:.1f} s; "
-            f"answering with min_score={params.min_score}, max_results={params.max_results} "
-            "(both may change at run time)"
+            f"answering with min_score={params.min_score}, "
+            f"min_ratio_to_nothing={params.min_ratio_to_nothing}, "
+            f"min_score_others={params.min_score_others}, max_results={params.max_results} "
+            "(all may change at run time)"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -401,7 +405,7 @@ class Llmi3dNode(LifecycleNode):
     ) -> FrameAnswer:
         """Check the request and the inputs, run the model on the newest frame.
 
-        `max_results` 0 takes the max_results parameter; min_score is the parameter's value now.
+        `max_results` 0 takes the max_results parameter; the answer rule is the parameters' now.
 
         Raises:
             QueryRejectedError: the node is not active, no frame yet, or a malformed request.
@@ -453,6 +457,8 @@ class Llmi3dNode(LifecycleNode):
             max_results=max_results or params.max_results,
             # rclpy accepts values within a relative 1e-6 of the range's ends; the core does not
             min_score=min(max(params.min_score, 0.0), 1.0),
+            min_ratio_to_nothing=min(max(params.min_ratio_to_nothing, 0.0), MAX_RATIO_TO_NOTHING),
+            min_score_others=min(max(params.min_score_others, 0.0), 1.0),
         )
         timings.update(self._predictor.last_timings)
         return FrameAnswer(header=image_msg.header, answer=answer, rgb=rgb, K=K, timings_s=timings)

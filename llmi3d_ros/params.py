@@ -1,9 +1,10 @@
 """The node's parameters: one table with defaults, descriptions and allowed values.
 
 `NodeParams` holds the defaults in one place; config/params.yaml repeats them for users to edit (a
-test keeps the two equal). min_score's default comes from llmi3d_core.prediction.DEFAULT_MIN_SCORE,
-which `llmi3d eval` uses too. The node declares every field as a ROS parameter with a
-ParameterDescriptor, validates changes with `validate`, and reads them back with `read_params`.
+test keeps the two equal). The answer rule's defaults (min_score, min_ratio_to_nothing,
+min_score_others) come from llmi3d_core.prediction.AnswerRule.SERVED, which `llmi3d eval` uses
+too. The node declares every field as a ROS parameter with a ParameterDescriptor, validates
+changes with `validate`, and reads them back with `read_params`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from llmi3d_core.inference import MAX_QUERY_CHARS
-from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+from llmi3d_core.prediction import MAX_RATIO_TO_NOTHING, AnswerRule
 
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}
@@ -64,17 +65,30 @@ class NodeParams:
         0.05, "largest image/CameraInfo stamp difference paired", float_range=(0.0, 10.0)
     )
     # answering (may change while running)
-    # One home for the number: llmi3d_core.inference (`llmi3d eval` uses the same default).
+    # One home for the numbers: llmi3d_core.prediction (`llmi3d eval` uses the same defaults).
     min_score: float = _param(
-        DEFAULT_MIN_SCORE,
-        "smallest score (a calibrated probability) a detection needs; when no candidate reaches "
-        "it the answer is 'not here': success, no detections, and a message naming the best one",
+        AnswerRule.SERVED.min_score,
+        "smallest score (a calibrated probability) a detection needs; when the best candidate "
+        "misses it or min_ratio_to_nothing the answer is 'not here': success, no detections, "
+        "and a message naming the best one",
+        float_range=(0.0, 1.0),
+    )
+    min_ratio_to_nothing: float = _param(
+        AnswerRule.SERVED.min_ratio_to_nothing,
+        "the best candidate is answered only when its score is at least this many times the "
+        "model's probability that nothing in the frame matches (0: no such test)",
+        float_range=(0.0, MAX_RATIO_TO_NOTHING),
+    )
+    min_score_others: float = _param(
+        AnswerRule.SERVED.min_score_others,
+        "smallest score of the detections after the best one (several objects: 'all the "
+        "chairs'); they need min_score too",
         float_range=(0.0, 1.0),
     )
     max_results: int = _param(
         1,
         "most detections per answer when the request asks for 0 (e.g. 'all the chairs'), best "
-        "first, each scoring at least min_score",
+        "first",
         int_range=(1, 100),
     )
     max_query_chars: int = _param(

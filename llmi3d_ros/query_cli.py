@@ -9,7 +9,7 @@ One call of the node's ~/query service (llmi3d_msgs/srv/Query, fields documented
 msg/llmi3d_msgs/srv/Query.srv), as `ros2 service call /llmi3d_node/query llmi3d_msgs/srv/Query
 "{query: 'the lamp'}"` would make. It prints the answer, each box (centre, size, yaw, score) and
 the frame; when nothing matching was found, the node's message instead of boxes (it names the
-best candidate and the min_score it missed). --json prints the same as one JSON object. Run it in
+best candidate and the test it missed). --json prints the same as one JSON object. Run it in
 the node's ROS domain with the same DDS settings: after `scripts/run.sh demo` or
 `scripts/run.sh bringup` in another shell, run `eval "$(scripts/run.sh env)"` here first.
 

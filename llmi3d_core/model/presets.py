@@ -88,7 +88,7 @@ def smol() -> ModelConfig:
         # of 256 x 144. Measured with the default recipe on all 1,490 test queries, always its
         # best box: grounding 64.5 % against 59.4 % on 256 x 256, Acc@0.25 23.6 against 23.0 %,
         # Acc@0.5 7.5 against 6.7 %, KITTI-like cameras Acc@0.25 19.4 against 15.8 %; at the
-        # node's min_score 0.4, grounding 47.5 against 43.6 %, multi-target recall 55.2 against
+        # then min_score 0.4, grounding 47.5 against 43.6 %, multi-target recall 55.2 against
         # 53.9 %, Acc@0.25 16.4 against 16.8 %.
         high_res=HighResConfig(
             kind="efficientnet_lite0", pretrained=True, image_size=(192, 352), trainable=False

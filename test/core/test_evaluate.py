@@ -1,9 +1,9 @@
 """`llmi3d eval` over queries with 0, 1 or several targets and lists of predictions.
 
-The predictor here is a test double of the `Predictor.predict_batch` interface (lists of
-`prediction.Prediction`, possibly empty), answering from the ground truth with a fixed pattern of
-mistakes, so that every metric has a value known in advance. The real model is tested elsewhere
-(its `predict_at_true_cells` upper bound too, on the tiny preset).
+The predictor here is a test double of the `Predictor.answer_batch` interface (one
+`prediction.Answer` a query, its predictions possibly none), answering from the ground truth
+with a fixed pattern of mistakes, so that every metric has a value known in advance. The real
+model is tested elsewhere (its `predict_at_true_cells` upper bound too, on the tiny preset).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from llmi3d_core.eval_predict import (
 from llmi3d_core.eval_report import evaluate_results, first_ious, markdown_table, query_subsets
 from llmi3d_core.evaluate import run_evaluation
 from llmi3d_core.geometry import Box3D, project
-from llmi3d_core.prediction import DEFAULT_MIN_SCORE, Prediction
+from llmi3d_core.prediction import Answer, AnswerRule, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ class ScriptedPredictor:
 
     def __init__(self, dataset, queries) -> None:
         self.by_key = {}
-        self.calls: list[tuple[int, float]] = []  # (max_results, min_score) of each call
+        self.calls: list[tuple[int, AnswerRule]] = []  # (max_results, rule) of each call
         self.rank = {"single": 0, "negative": 0, "multi": 0}
         self.dataset = dataset
         for query in queries:
@@ -81,12 +81,20 @@ class ScriptedPredictor:
         as_tuple = lambda a: None if a is None else tuple(np.round(a, 4))  # noqa: E731
         return (np.asarray(K).tobytes(), text, as_tuple(box), as_tuple(point))
 
-    def predict_batch(
-        self, images, Ks, texts, box2ds=None, point2ds=None, max_results=1, min_score=0.0
-    ):
-        """The scripted answers; max_results and min_score are recorded, not applied."""
+    def answer_batch(
+        self, images, Ks, texts, box2ds=None, point2ds=None, max_results=1, min_score=0.0,
+        *, min_ratio_to_nothing=0.0, min_score_others=0.0,
+    ):  # fmt: skip
+        """The scripted answers; max_results and the rule are recorded, not applied."""
         assert len(images) == len(Ks) == len(texts) == len(box2ds) == len(point2ds)
-        self.calls.append((max_results, min_score))
+        rule = AnswerRule(min_score, min_ratio_to_nothing, min_score_others)
+        self.calls.append((max_results, rule))
+        return [
+            Answer(text, listed, listed[0] if listed else None, 0.0, rule)
+            for text, listed in zip(texts, self._scripted(Ks, texts, box2ds, point2ds), strict=True)
+        ]
+
+    def _scripted(self, Ks, texts, box2ds, point2ds):
         out = []
         for K, text, box, point in zip(Ks, texts, box2ds, point2ds, strict=True):
             query = self.by_key[self._key(K, text, box, point)]
@@ -120,9 +128,9 @@ def test_report_has_the_new_keys_and_expected_values(mixed, tmp_path):
     report = run_evaluation(mixed, "test", predict, out, gallery=8, source={"name": "scripted"})
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["subsets"] == json.loads(json.dumps(report["subsets"]))
-    # one call per image, with the node's defaults: several answers, the default threshold
+    # one call per image, with the node's defaults: several answers, the node's rule
     assert len(predictor.calls) == len({q.image_id for q in queries})
-    assert set(predictor.calls) == {(MAX_RESULTS, DEFAULT_MIN_SCORE)}
+    assert set(predictor.calls) == {(MAX_RESULTS, AnswerRule.SERVED)}
 
     # the order in which the double saw the queries: image by image, as predict_with_model asks
     by_image: dict[str, list] = {}
@@ -196,11 +204,12 @@ def test_report_has_the_new_keys_and_expected_values(mixed, tmp_path):
     assert len(gallery) == 8
 
 
-def test_predict_with_model_passes_max_results_and_min_score(mixed):
+def test_predict_with_model_passes_max_results_and_the_rule(mixed):
     queries = select_queries(mixed, "test")[:6]
     predictor = ScriptedPredictor(mixed, queries)
-    predict_with_model(predictor, mixed, queries, progress=False, max_results=3, min_score=0.5)
-    assert predictor.calls and set(predictor.calls) == {(3, 0.5)}
+    rule = AnswerRule(0.5, 2.0, 0.7)
+    predict_with_model(predictor, mixed, queries, progress=False, max_results=3, rule=rule)
+    assert predictor.calls and set(predictor.calls) == {(3, rule)}
 
 
 def test_predict_at_true_cells_answers_single_target_queries_only(mixed):
@@ -233,9 +242,10 @@ def test_predict_at_true_cells_answers_single_target_queries_only(mixed):
     assert metrics["not_here_rate"] == 1.0 and metrics["multi_predictions"] == 0
 
 
-def test_answers_at_a_higher_min_score_equal_a_rerun_at_it(mixed):
-    """QueryResult.at_min_score on answers made at min_score 0 gives what the real predictor
-    answers at the higher min_score (the benchmark derives the node's answers from one pass)."""
+def test_answers_under_a_stricter_rule_equal_a_rerun_under_it(mixed):
+    """QueryResult.under(rule) on answers made under the all-zero rule gives what the real
+    predictor answers under that rule (the benchmark derives the node's answers from one pass).
+    Each threshold is set from the answers so that it keeps some boxes and drops others."""
     import torch
 
     from llmi3d_core.inference import Predictor
@@ -244,21 +254,36 @@ def test_answers_at_a_higher_min_score_equal_a_rerun_at_it(mixed):
     torch.manual_seed(0)
     predictor = Predictor(LLMI3D(get_preset("tiny")), answer_policy="ground")
     queries = select_queries(mixed, "test")
-    everything = predict_with_model(predictor, mixed, queries, progress=False, min_score=0.0)
+    everything = predict_with_model(predictor, mixed, queries, progress=False, rule=AnswerRule())
+    assert all(0.0 < r.nothing_score < 1.0 for r in everything)
     scores = sorted(a.score for r in everything for a in r.answers)
-    threshold = scores[len(scores) // 2]  # half the answers go
-    predictor.clear_cache()
-    rerun = predict_with_model(predictor, mixed, queries, progress=False, min_score=threshold)
-    derived = [r.at_min_score(threshold) for r in everything]
-    kept = sum(len(r.answers) for r in derived)
-    assert 0 < kept < len(scores)
-    for got, expected in zip(derived, rerun, strict=True):
-        assert got.query.query_id == expected.query.query_id
-        assert [(a.label, a.score) for a in got.answers] == [
-            (a.label, a.score) for a in expected.answers
-        ]
-        for a, b in zip(got.answers, expected.answers, strict=True):
-            np.testing.assert_allclose(a.box.center, b.box.center, atol=1e-5)
+    ratios = sorted(r.answers[0].score / r.nothing_score for r in everything)
+    median_score = scores[len(scores) // 2]
+    median_ratio = ratios[len(ratios) // 2]
+    rules = [
+        AnswerRule(min_score=median_score),  # half the answers go
+        AnswerRule(min_ratio_to_nothing=median_ratio),  # half the queries are "not here"
+        AnswerRule(scores[0], median_ratio, scores[-len(scores) // 4]),  # only strong others
+    ]
+    for rule in rules:
+        predictor.clear_cache()
+        rerun = predict_with_model(predictor, mixed, queries, progress=False, rule=rule)
+        derived = [r.under(rule) for r in everything]
+        kept = sum(len(r.answers) for r in derived)
+        assert 0 < kept < len(scores), rule
+        for got, expected in zip(derived, rerun, strict=True):
+            assert got.query.query_id == expected.query.query_id
+            assert got.nothing_score == pytest.approx(expected.nothing_score)
+            assert [(a.label, a.score) for a in got.answers] == [
+                (a.label, a.score) for a in expected.answers
+            ]
+            for a, b in zip(got.answers, expected.answers, strict=True):
+                np.testing.assert_allclose(a.box.center, b.box.center, atol=1e-5)
+    # the ratio leaves out whole queries; the others' threshold leaves out boxes after the best
+    by_ratio = [r.under(rules[1]) for r in everything]
+    assert 0 < sum(not r.answers for r in by_ratio) < len(by_ratio)
+    strong = [r.under(rules[2]) for r in everything]
+    assert any(1 < len(r.answers) < len(e.answers) for r, e in zip(strong, everything, strict=True))
 
 
 def test_baselines_answer_every_kind_with_one_box(mixed):

@@ -11,7 +11,13 @@ import torch
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
 from llmi3d_core.inference import Predictor, object_phrase
 from llmi3d_core.model import LLMI3D, get_preset
-from llmi3d_core.prediction import DEFAULT_MIN_SCORE, Answer, Prediction, suppress_duplicates
+from llmi3d_core.prediction import (
+    DEFAULT_MIN_SCORE,
+    Answer,
+    AnswerRule,
+    Prediction,
+    suppress_duplicates,
+)
 
 K_VGA = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 
@@ -341,32 +347,79 @@ def test_answer_select_thresholds_deduplicates_and_cuts():
         _box("table", 0.4, center=(-2.0, 0.0, 5.0)),
         _box("cup", 0.2, center=(0.0, 2.0, 5.0)),
     ]
-    answer = Answer.select("find it", ranked, _Located(), max_results=10, min_score=0.35)
+    answer = Answer.select("find it", ranked, _Located(), max_results=10, rule=AnswerRule(0.35))
     assert [p.label for p in answer.predictions] == ["lamp", "chair", "table"]
     assert answer.best is ranked[0] and answer.query == "find it"
     assert answer.nothing_score == 0.125 and answer.min_score == 0.35
     assert answer.message == "found 3: lamp (0.90), chair (0.50), table (0.40)"
     # max_results cuts after the duplicate is gone
-    two = Answer.select("find it", ranked, _Located(), max_results=2, min_score=0.35)
+    two = Answer.select("find it", ranked, _Located(), max_results=2, rule=AnswerRule(0.35))
     assert [p.score for p in two.predictions] == [0.9, 0.5]
-    everything = Answer.select("find it", ranked, None, max_results=10, min_score=0.0)
+    everything = Answer.select("find it", ranked, None, max_results=10, rule=AnswerRule())
     assert len(everything.predictions) == 4 and everything.nothing_score == 0.0
 
 
 def test_answer_not_here_keeps_the_best_candidate_and_says_why():
     ranked = [_box("lamp", 0.3), _box("chair", 0.1, center=(2.0, 0.0, 5.0))]
-    answer = Answer.select("the lamp", ranked, _Located(), max_results=1, min_score=0.35)
+    answer = Answer.select("the lamp", ranked, _Located(), max_results=1, rule=AnswerRule(0.35))
     assert answer.predictions == [] and answer.best is ranked[0]
     assert answer.message == (
         "nothing matching was found in this frame (best candidate 'lamp', score 0.30 < "
         "min_score 0.35)"
     )
-    nothing = Answer.select("the lamp", [], _Located(), max_results=1, min_score=0.35)
+    nothing = Answer.select("the lamp", [], _Located(), max_results=1, rule=AnswerRule(0.35))
     assert nothing.best is None and nothing.predictions == []
     assert nothing.message == "nothing matching was found in this frame (no object detected)"
     # a score equal to min_score is kept
-    kept = Answer.select("the lamp", ranked, None, max_results=1, min_score=0.3)
+    kept = Answer.select("the lamp", ranked, None, max_results=1, rule=AnswerRule(0.3))
     assert kept.predictions == [ranked[0]]
+
+
+def test_answer_rule_weighs_the_best_against_nothing_and_the_others_by_their_own_floor():
+    """The best box needs min_score and min_ratio_to_nothing x nothing_score; the boxes after it
+    need min_score_others (and min_score); each refusal says which test failed."""
+    ranked = [
+        _box("lamp", 0.3),
+        _box("chair", 0.25, center=(2.0, 0.0, 5.0)),
+        _box("table", 0.2, center=(-2.0, 0.0, 5.0)),
+    ]
+    located = _Located()  # nothing_score 0.125
+    rule = AnswerRule(min_score=0.15, min_ratio_to_nothing=2.0, min_score_others=0.22)
+    answer = Answer.select("the lamp", ranked, located, max_results=5, rule=rule)
+    assert [p.label for p in answer.predictions] == ["lamp", "chair"]  # 0.3 >= 2 x 0.125
+    assert answer.rule is rule and answer.min_score == 0.15
+    stricter = AnswerRule(min_score=0.15, min_ratio_to_nothing=2.5, min_score_others=0.22)
+    refused = Answer.select("the lamp", ranked, located, max_results=5, rule=stricter)
+    assert refused.predictions == [] and refused.best is ranked[0]
+    assert refused.message == (
+        "nothing matching was found in this frame (best candidate 'lamp', score 0.30 < "
+        "min_ratio_to_nothing 2.50 x 0.12, the probability that nothing matches)"
+    )
+    # min_score is a floor for the others too, whatever min_score_others says
+    floor = AnswerRule(min_score=0.22, min_score_others=0.0)
+    assert [p.score for p in floor.keep(ranked, 0.0)] == [0.3, 0.25]
+    # what a rule keeps is a prefix, so a stricter rule on kept answers is exact
+    assert AnswerRule().keep(ranked, 0.9) == ranked
+    assert AnswerRule(min_score_others=0.22).keep(ranked, 0.9) == ranked[:2]
+    assert AnswerRule(min_ratio_to_nothing=0.5).keep(ranked, 0.9) == []  # 0.3 < 0.45
+    assert AnswerRule(min_ratio_to_nothing=1.0).keep([], 0.0) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"min_score": 1.5}, "min_score"),
+        ({"min_score": -0.1}, "min_score"),
+        ({"min_ratio_to_nothing": 101.0}, "min_ratio_to_nothing"),
+        ({"min_ratio_to_nothing": -1.0}, "min_ratio_to_nothing"),
+        ({"min_score_others": float("nan")}, "min_score_others"),
+        ({"min_score": "high"}, "min_score"),
+        ({"min_score": True}, "min_score"),
+    ],
+)
+def test_answer_rule_refuses_values_out_of_range(values, name):
+    with pytest.raises(InvalidInputError, match=name):
+        AnswerRule(**values)
 
 
 def test_answer_batch_applies_min_score_and_reports_nothing(predictor, image):
@@ -388,6 +441,17 @@ def test_answer_batch_applies_min_score_and_reports_nothing(predictor, image):
     )
     assert [p.score for p in middle] == [p.score for p in kept]
     assert 0.0 < DEFAULT_MIN_SCORE < 1.0
+    # the ratio to "nothing matches" reaches the rule: 100 x nothing_score is out of reach
+    [refused] = predictor.answer_batch(
+        [image], [K_VGA], ["find the lamp"], max_results=3, min_ratio_to_nothing=100.0
+    )
+    assert refused.predictions == [] and "min_ratio_to_nothing 100.00 x" in refused.message
+    others = predictor.predict(
+        image, K_VGA, "find the lamp", max_results=3, min_score_others=low.predictions[1].score
+    )
+    assert [p.score for p in others] == [p.score for p in kept]
+    with pytest.raises(InvalidInputError, match="min_ratio_to_nothing"):
+        predictor.answer_batch([image], [K_VGA], ["find the lamp"], min_ratio_to_nothing=-1.0)
 
 
 @pytest.mark.parametrize(("answer_types", "policy"), [((), "ground"), (("question",), "auto")])

@@ -1,8 +1,9 @@
 """llmi3d_node end to end: the real node (tiny preset) in its own process, a real client here.
 
 The tiny preset is untrained: its scores are low (about 0.1) and arbitrary. The node runs here with
-min_score 0.0, so every query finds its candidates and the plumbing can be checked; tests of "not
-here" and "all of them" set min_score through SetParameters and check the mechanics only. Whether
+an answer rule of zeros (min_score, min_ratio_to_nothing, min_score_others), so every query finds
+its candidates and the plumbing can be checked; tests of "not here" and "all of them" set the
+rule's parameters through SetParameters and check the mechanics only. Whether
 a trained model says "not here" when, and only when, the object is absent is measured by the
 evaluation (`llmi3d eval`, report.json's not_here_rate), not here.
 """
@@ -40,18 +41,23 @@ from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image
 
 K = np.array([[200.0, 0.0, 80.0], [0.0, 200.0, 60.0], [0.0, 0.0, 1.0]])
 WIDTH, HEIGHT = 160, 120
+# the node's answer rule (llmi3d_core.prediction.AnswerRule); all 0.0 in these tests
+ANSWER_RULE_PARAMS = ("min_score", "min_ratio_to_nothing", "min_score_others")
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def node_command(*params: str, namespace: str = "/") -> list[str]:
     """Command line of llmi3d_node with the tiny model and reliable inputs (deterministic).
 
-    min_score 0.0: the untrained tiny model scores about 0.1, below the default (0.4), and the
-    plumbing tests need boxes.
+    The answer rule all 0.0: the untrained tiny model scores about 0.1, below the defaults, and
+    the plumbing tests need boxes.
     """
     args = [str(Path(sys.executable).with_name("llmi3d_node")), "--ros-args"]
     args += ["-r", f"__ns:={namespace}"]
-    defaults = ("preset:=tiny", "qos_reliability:=reliable", "num_threads:=1", "min_score:=0.0")
+    defaults = (
+        "preset:=tiny", "qos_reliability:=reliable", "num_threads:=1",
+        *(f"{name}:=0.0" for name in ANSWER_RULE_PARAMS),
+    )  # fmt: skip
     for param in (*defaults, *params):
         args += ["-p", param]
     return args
@@ -383,14 +389,15 @@ def test_09_model_nan_output_is_reported(ros_context: None, tmp_path: Path) -> N
 
 
 @contextmanager
-def min_score_set(harness: Harness, value: float) -> Iterator[None]:
-    """Set min_score on the running node for a block, then put back the module's 0.0."""
-    result = harness.set_param("min_score", value)
+def param_set(harness: Harness, name: str, value: float) -> Iterator[None]:
+    """Set one answer-rule parameter on the running node for a block, then put back 0.0."""
+    assert name in ANSWER_RULE_PARAMS
+    result = harness.set_param(name, value)
     assert result.successful, result.reason
     try:
         yield
     finally:
-        assert harness.set_param("min_score", 0.0).successful
+        assert harness.set_param(name, 0.0).successful
 
 
 def _scores(response: Query.Response) -> list[float]:
@@ -416,7 +423,7 @@ def test_10_nothing_found_is_an_answer_naming_the_best_candidate(harness: Harnes
     not_here_rate), not here.
     """
     header = harness.publish_frame(frame_id="front_camera_optical")
-    with min_score_set(harness, 1.0):
+    with param_set(harness, "min_score", 1.0):
         response = harness.query("find the fire extinguisher", max_results=5)
     assert response.success, response.message
     assert len(response.detections.detections) == 0
@@ -473,12 +480,12 @@ def test_12_min_score_changes_the_answer_at_run_time_and_is_validated(harness: H
     scores = _scores(everything)
     assert len(scores) >= 2, everything.message
     threshold = scores[1]
-    with min_score_set(harness, threshold):
+    with param_set(harness, "min_score", threshold):
         assert harness.get_param("min_score") == threshold
         assert _scores(harness.query("the lamp", max_results=5)) == [
             score for score in scores if score >= threshold
         ]
-    with min_score_set(harness, 1.0):
+    with param_set(harness, "min_score", 1.0):
         nothing = harness.query("the lamp", max_results=5)
         assert nothing.success and len(nothing.detections.detections) == 0
         assert nothing.message.startswith("nothing matching was found")
@@ -491,6 +498,35 @@ def test_12_min_score_changes_the_answer_at_run_time_and_is_validated(harness: H
         assert not result.successful and result.reason
         assert harness.get_param("min_score") == 1.0
         assert len(harness.query("the lamp", max_results=5).detections.detections) == 0
+    assert _scores(harness.query("the lamp", max_results=5)) == scores
+
+
+def test_12b_the_ratio_to_nothing_and_the_others_floor_change_the_answer(harness: Harness) -> None:
+    """min_ratio_to_nothing 100 -> "not here", with a message naming the ratio test; the best
+    score as min_score_others -> the best box alone. Both refuse values out of range.
+
+    Mechanics only (the tiny model's scores are arbitrary).
+    """
+    harness.publish_frame()
+    everything = harness.query("the lamp", max_results=5)
+    scores = _scores(everything)
+    assert len(scores) >= 2 and scores[1] < scores[0], everything.message
+    with param_set(harness, "min_ratio_to_nothing", 100.0):
+        refused = harness.query("the lamp", max_results=5)
+        assert refused.success and len(refused.detections.detections) == 0
+        assert re.fullmatch(
+            r"nothing matching was found in this frame \(best candidate '[^']+', "
+            r"score [01]\.\d\d < min_ratio_to_nothing 100\.00 x [01]\.\d\d, the probability "
+            r"that nothing matches\)",
+            refused.message,
+        ), refused.message
+        result = harness.set_param("min_ratio_to_nothing", 101.0)
+        assert not result.successful and "out of range" in result.reason, result.reason
+        assert harness.get_param("min_ratio_to_nothing") == 100.0
+    with param_set(harness, "min_score_others", scores[0]):
+        assert _scores(harness.query("the lamp", max_results=5)) == scores[:1]
+        result = harness.set_param("min_score_others", 1.5)
+        assert not result.successful and "out of range" in result.reason, result.reason
     assert _scores(harness.query("the lamp", max_results=5)) == scores
 
 
@@ -518,7 +554,7 @@ def test_13_standing_query_clears_its_boxes_when_nothing_is_found(harness: Harne
         [boxes] = _stamped(harness.markers, stamp, _markers_header)
         assert Marker.LINE_LIST in [m.type for m in boxes.markers]
 
-        with min_score_set(harness, 1.0):
+        with param_set(harness, "min_score", 1.0):
             rgb = np.random.default_rng(7).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
             header = harness.publish_frame(rgb_to_image(rgb, Header()), frame_id="cam_opt")
             stamp = stamp_to_ns(header.stamp)

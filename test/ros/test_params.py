@@ -8,7 +8,7 @@ import yaml
 from conftest import HERE
 
 from llmi3d_core.inference import MAX_QUERY_CHARS
-from llmi3d_core.prediction import DEFAULT_MIN_SCORE
+from llmi3d_core.prediction import MAX_RATIO_TO_NOTHING, AnswerRule
 from llmi3d_ros.params import NodeParams, descriptor, validate
 
 
@@ -29,12 +29,23 @@ def test_validate_names_the_parameter_and_the_choices() -> None:
     assert validate("use_sim_time", True) is None
 
 
-def test_min_score_default_is_the_core_default_and_ranged() -> None:
-    """min_score's default has one home (llmi3d_core.inference); its descriptor allows [0, 1]."""
-    assert NodeParams().min_score == DEFAULT_MIN_SCORE
-    assert not hasattr(NodeParams(), "score_threshold")
-    [allowed] = descriptor("min_score").floating_point_range
-    assert (allowed.from_value, allowed.to_value) == (0.0, 1.0)
+def test_answer_rule_defaults_are_the_core_defaults_and_ranged() -> None:
+    """The answer rule's defaults have one home (llmi3d_core.prediction.AnswerRule.SERVED); the
+    descriptors allow what AnswerRule accepts: scores in [0, 1], the ratio in [0, 100]."""
+    params = NodeParams()
+    served = AnswerRule.SERVED
+    assert (params.min_score, params.min_ratio_to_nothing, params.min_score_others) == (
+        served.min_score, served.min_ratio_to_nothing, served.min_score_others
+    )  # fmt: skip
+    assert not hasattr(params, "score_threshold")
+    for name, high in (
+        ("min_score", 1.0), ("min_ratio_to_nothing", MAX_RATIO_TO_NOTHING),
+        ("min_score_others", 1.0),
+    ):  # fmt: skip
+        [allowed] = descriptor(name).floating_point_range
+        assert (allowed.from_value, allowed.to_value) == (0.0, high)
+        AnswerRule(**{name: high})  # the core accepts both ends
+        AnswerRule(**{name: 0.0})
 
 
 def test_max_query_chars_cannot_exceed_what_core_accepts() -> None:
