@@ -62,7 +62,7 @@ class Prediction:
 DEFAULT_MIN_SCORE = 0.15
 DEFAULT_MIN_RATIO_TO_NOTHING = 1.5
 DEFAULT_MIN_SCORE_OTHERS = 0.4
-MAX_RATIO_TO_NOTHING = 100.0  # a ratio above it means "never answer"; min_score 1.0 says that
+MAX_RATIO_TO_NOTHING = 100.0  # upper end of min_ratio_to_nothing's range (min_score 1.0 is "never")
 DUPLICATE_IOU = 0.5  # a box whose 3D IoU with a better one exceeds this is the same object
 
 Scored = TypeVar("Scored", bound="HasScore")
@@ -82,7 +82,8 @@ class AnswerRule:
 
     The best candidate is answered when it scores at least `min_score` and at least
     `min_ratio_to_nothing` x nothing_score; the others follow it when they score at least
-    max(min_score, min_score_others). The default (all zero) answers every candidate.
+    max(min_score, min_score_others). The default (all zero) answers every candidate. A model
+    without a "no object" candidate reports nothing_score 0, and then the ratio never refuses.
 
     Raises:
         InvalidInputError: a value outside its range (scores in [0, 1], the ratio in [0, 100]).
