@@ -185,21 +185,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", type=int, default=12, help="gallery PNGs to draw (0: none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries (0: all)")
     served = AnswerRule.SERVED
-    parser.add_argument(
+    rule = parser.add_argument_group(
+        "answer rule",
+        "which candidates a query gets (llmi3d_core.prediction.AnswerRule); default: the node's",
+    )
+    rule.add_argument(
+        "--answer-all",
+        action="store_true",
+        help="every candidate, best first, never 'not here' (all three thresholds 0): how well "
+        "the model localises when it must answer, like a baseline",
+    )
+    rule.add_argument(
         "--min-score",
         type=float,
         default=served.min_score,
         help="answers scoring below it are left out (an empty answer is 'not here'); default: "
         "the node's, %(default)s",
     )
-    parser.add_argument(
+    rule.add_argument(
         "--min-ratio-to-nothing",
         type=float,
         default=served.min_ratio_to_nothing,
         help="the best box is answered only when it scores at least this many times the "
         "probability that nothing matches; default: the node's, %(default)s",
     )
-    parser.add_argument(
+    rule.add_argument(
         "--min-score-others",
         type=float,
         default=served.min_score_others,
@@ -262,10 +272,33 @@ def set_threads(threads: int) -> None:
     )
 
 
+def answer_rule(args: argparse.Namespace) -> AnswerRule:
+    """The AnswerRule of the command line.
+
+    Raises:
+        InvalidInputError: a threshold out of range, or --answer-all with a threshold.
+    """
+    if not args.answer_all:
+        return AnswerRule(args.min_score, args.min_ratio_to_nothing, args.min_score_others)
+    served = AnswerRule.SERVED
+    given = [
+        flag
+        for flag, value, default in (
+            ("--min-score", args.min_score, served.min_score),
+            ("--min-ratio-to-nothing", args.min_ratio_to_nothing, served.min_ratio_to_nothing),
+            ("--min-score-others", args.min_score_others, served.min_score_others),
+        )
+        if value != default
+    ]
+    if given:
+        raise InvalidInputError(f"--answer-all sets every threshold to 0; drop {', '.join(given)}")
+    return AnswerRule()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `llmi3d eval`."""
     set_threads(args.threads)
-    rule = AnswerRule(args.min_score, args.min_ratio_to_nothing, args.min_score_others)
+    rule = answer_rule(args)
     if args.checkpoint is not None and str(args.checkpoint) == DEFAULT_CHECKPOINT:
         args.checkpoint = ensure_default_model()
         if args.data is None:

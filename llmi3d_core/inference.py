@@ -70,6 +70,18 @@ def object_phrase(query: str) -> str:
     return text or query.strip()
 
 
+def not_found_answer(query: str) -> str:
+    """The answer text of "not here": "no 'red lamp' found", or "nothing here answers '...'".
+
+    The second is for a question that names no object ("What could take thirty people across
+    town?"), whose object phrase would be the whole question.
+    """
+    text = query.strip()
+    if text.endswith("?") and not _COMMAND_WORDS.match(text):
+        return f"nothing here answers {text!r}"
+    return f"no {object_phrase(text)!r} found"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """Check that the device exists.
 

@@ -53,7 +53,7 @@ from visualization_msgs.msg import MarkerArray
 
 from llmi3d_core.errors import Llmi3dError
 from llmi3d_core.geometry import box3d_corners
-from llmi3d_core.inference import Predictor, object_phrase
+from llmi3d_core.inference import Predictor, not_found_answer
 from llmi3d_core.messages import (
     camera_info_k,
     compressed_image_to_rgb,
@@ -367,7 +367,7 @@ class Llmi3dNode(LifecycleNode):
             best = answer.predictions[0]
             response.answer = best.answer or best.label
         else:
-            response.answer = f"no {object_phrase(request.query)!r} found"
+            response.answer = not_found_answer(request.query)
         response.message = answer.message
         self.get_logger().info(
             f"query {request.query[:80]!r} -> {response.answer!r}: {answer.message[:160]} "

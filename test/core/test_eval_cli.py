@@ -44,3 +44,32 @@ def test_eval_rejects_negative_threads(synth, tmp_path) -> None:
     done = eval_cli("--data", str(synth), "--threads", "-1", "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "--threads must be >= 0 (0: torch's default), got -1" in done.stderr
+
+
+def _rule(*argv: str):
+    from llmi3d_core.evaluate import answer_rule
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return answer_rule(parser.parse_args(["--baseline", "mean-box", "--data", "d", *argv]))
+
+
+def test_eval_answer_rule_defaults_to_the_node_and_answer_all_to_zeros() -> None:
+    from llmi3d_core.errors import InvalidInputError
+    from llmi3d_core.prediction import AnswerRule
+
+    assert _rule() == AnswerRule.SERVED
+    assert _rule("--answer-all") == AnswerRule()
+    assert _rule("--min-ratio-to-nothing", "0") == AnswerRule(
+        AnswerRule.SERVED.min_score, 0.0, AnswerRule.SERVED.min_score_others
+    )
+    with pytest.raises(InvalidInputError, match=r"drop --min-score$"):
+        _rule("--answer-all", "--min-score", "0.3")
+    with pytest.raises(InvalidInputError, match="min_ratio_to_nothing must be a number"):
+        _rule("--min-ratio-to-nothing", "-2")
+
+
+def test_eval_rejects_an_answer_rule_out_of_range(synth, tmp_path) -> None:
+    done = eval_cli("--data", str(synth), "--min-score", "1.5", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "min_score must be a number in [0, 1], got 1.5" in done.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
-from llmi3d_core.inference import Predictor, object_phrase
+from llmi3d_core.inference import Predictor, not_found_answer, object_phrase
 from llmi3d_core.model import LLMI3D, get_preset
 from llmi3d_core.prediction import (
     DEFAULT_MIN_SCORE,
@@ -298,6 +298,25 @@ def test_from_preset_and_config_file(tmp_path, image):
 )
 def test_object_phrase(query, phrase):
     assert object_phrase(query) == phrase
+
+
+@pytest.mark.parametrize(
+    ("query", "answer"),
+    [
+        ("find the fire extinguisher", "no 'fire extinguisher' found"),
+        ("Where is the cup?", "no 'cup' found"),
+        (
+            "What could take thirty people across town?",
+            "nothing here answers 'What could take thirty people across town?'",
+        ),
+        (
+            " I want to read but it is too dark: what should I use? ",
+            "nothing here answers 'I want to read but it is too dark: what should I use?'",
+        ),
+    ],
+)
+def test_not_found_answer_names_the_object_or_the_question(query, answer):
+    assert not_found_answer(query) == answer
 
 
 # ------------------------------------------------------------------------------------------

@@ -328,7 +328,7 @@ def bearing_error_deg(predictions: Path) -> float:
         row = json.loads(line)
         if row["gt"] is None:
             continue  # a negative or multi-target query
-        assert row["pred"] is not None, row  # with --min-score 0 every query has an answer
+        assert row["pred"] is not None, row  # with --answer-all every query has an answer
         pred, gt = np.array(row["pred"]["center"]), np.array(row["gt"]["center"])
         cosine = pred @ gt / (np.linalg.norm(pred) * np.linalg.norm(gt))
         angles.append(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
@@ -340,12 +340,12 @@ def test_tiny_synth_beats_mean_box_on_held_out_images(tiny_run, tmp_path):
 
     At the CI budget the tiny model finds the object (the direction of its centre), and its
     depth and size, with errors well below the mean box's, and scores Acc@0.25 above it. The
-    model is read with --min-score 0 (its best box for every query, like the mean box): the
+    model is read with --answer-all (its best box for every query, like the mean box): the
     recipe has no pointer stage, so its scores are not calibrated.
     """
     config = tiny_run["config"]
     reports = {}
-    for name, source in (("model", ["--checkpoint", tiny_run["best"], "--min-score", "0"]),
+    for name, source in (("model", ["--checkpoint", tiny_run["best"], "--answer-all"]),
                          ("mean_box", ["--baseline", "mean-box"])):  # fmt: skip
         out = tmp_path / name
         done = cli("eval", *source, "--data", config.data.root, "--split", "test", "--out", out,
