@@ -179,12 +179,12 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
 
 
 def node_answer_text(predictions: list[Any], query: str) -> str:
-    """The service's `answer` for these predictions (llmi3d_node: label, or "no 'x' found")."""
-    from llmi3d_core.inference import object_phrase
+    """The service's `answer` for these predictions (llmi3d_node: label, or its "not here")."""
+    from llmi3d_core.inference import not_found_answer
 
     if predictions:
         return str(predictions[0].answer or predictions[0].label)
-    return f"no {object_phrase(query)!r} found"
+    return not_found_answer(query)
 
 
 def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
@@ -198,6 +198,8 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
         {"node": {"first": [s...], "repeated": [...]}, "bare": {...}, "answers_match": bool,
          "node_ready_s": float}
     """
+    from dataclasses import asdict
+
     from bench_node import RELIABLE_INPUT, NodeClient, running_node
 
     from llmi3d_core.inference import Predictor
@@ -233,12 +235,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
                             answers[name].append(response.answer)
                         else:
                             start = time.perf_counter()
-                            found = bare.predict(
-                                image, client.K, text,
-                                min_score=AnswerRule.SERVED.min_score,
-                                min_ratio_to_nothing=AnswerRule.SERVED.min_ratio_to_nothing,
-                                min_score_others=AnswerRule.SERVED.min_score_others,
-                            )  # fmt: skip
+                            found = bare.predict(image, client.K, text, **asdict(AnswerRule.SERVED))
                             seconds = time.perf_counter() - start
                             answers[name].append(node_answer_text(found, text))
                         row[name][kind] = seconds

@@ -9,7 +9,7 @@ becomes a QueryResult: its targets and its answers, best first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +239,7 @@ def predict_with_model(
                 [q.box_prompt for q in group],
                 [q.point_prompt for q in group],
                 max_results=max_results,
-                min_score=rule.min_score,
-                min_ratio_to_nothing=rule.min_ratio_to_nothing,
-                min_score_others=rule.min_score_others,
+                **asdict(rule),  # the rule's fields are the Predictor's keyword names
             )
             for query, answer in zip(group, answered, strict=True):
                 boxes = [

@@ -332,10 +332,10 @@ def run(args: argparse.Namespace) -> int:
             predict = partial(predict_at_true_cells, predictor, progress=not args.no_progress)
         name = args.checkpoint.resolve().name
         source = {"name": f"LLMI3D {name}", "checkpoint": str(args.checkpoint)}
-        if not args.true_cells:
-            source["answer_rule"] = asdict(rule)
         if args.true_cells:
             source["name"] += " (heads at the true cell)"
+        else:
+            source["answer_rule"] = asdict(rule)
         out = args.out or args.checkpoint / "eval" / _safe(args.split)
     report = run_evaluation(
         dataset,

@@ -103,9 +103,8 @@ class AnswerRule:
         }
         for name, high in ranges.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidInputError(f"{name} must be a number in [0, {high:g}], got {value!r}")
-            if not 0.0 <= float(value) <= high:
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (is_number and 0.0 <= float(value) <= high):
                 raise InvalidInputError(f"{name} must be a number in [0, {high:g}], got {value!r}")
             object.__setattr__(self, name, float(value))
 
