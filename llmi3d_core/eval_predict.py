@@ -129,7 +129,7 @@ class QueryResult:
         """The answers a stricter rule would have given (AnswerRule.keep on these answers).
 
         Exact for answers made under a looser rule (e.g. the all-zero one) with the same
-        max_results: the predictor's 3D suppression is greedy, best first, so a box above
+        max_results: the predictor's duplicate suppression is greedy, best first, so a box above
         min_score is only ever removed by better boxes, which are above it too, and every rule
         keeps a prefix of the list.
         """

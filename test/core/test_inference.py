@@ -13,6 +13,7 @@ from llmi3d_core.inference import Predictor, not_found_answer, object_phrase
 from llmi3d_core.model import LLMI3D, get_preset
 from llmi3d_core.prediction import (
     DEFAULT_MIN_SCORE,
+    DUPLICATE_IOU_2D,
     Answer,
     AnswerRule,
     Prediction,
@@ -324,9 +325,13 @@ def test_not_found_answer_names_the_object_or_the_question(query, answer):
 # ------------------------------------------------------------------------------------------
 
 
-def _box(label: str, score: float, center=(0.0, 0.0, 5.0), dims=(1.0, 1.0, 1.0)) -> Prediction:
-    """An upright box (camera frame) with a score."""
+def _box(
+    label: str, score: float, center=(0.0, 0.0, 5.0), dims=(1.0, 1.0, 1.0), box2d=None
+) -> Prediction:
+    """An upright box (camera frame) with a score; its 10 px 2D box moves with x and y."""
     center = np.asarray(center, dtype=float)
+    left, top = 10.0 + 100.0 * center[:2]
+    box2d = [left, top, left + 10.0, top + 10.0] if box2d is None else box2d
     return Prediction(
         label=label,
         answer="",
@@ -334,8 +339,8 @@ def _box(label: str, score: float, center=(0.0, 0.0, 5.0), dims=(1.0, 1.0, 1.0))
         dims=np.asarray(dims, dtype=float),
         rotation=np.eye(3),
         score=score,
-        box2d=np.array([10.0, 10.0, 20.0, 20.0]),
-        center_uv=np.array([15.0, 15.0]),
+        box2d=np.asarray(box2d, dtype=float),
+        center_uv=np.array([left + 5.0, top + 5.0]),
     )
 
 
@@ -356,6 +361,18 @@ def test_suppress_duplicates_keeps_one_box_per_object():
     # a duplicate of a dropped box is judged against the kept ones only
     assert suppress_duplicates([lamp, copy, near]) == [lamp]
     assert suppress_duplicates([]) == [] and suppress_duplicates([copy]) == [copy]
+
+
+def test_suppress_duplicates_drops_one_object_seen_at_two_depths():
+    lamp = _box("lamp", 0.9)
+    deeper = _box("lamp", 0.8, center=(0.0, 0.0, 7.0))  # 3D IoU 0, the same 2D box
+    assert suppress_duplicates([lamp, deeper]) == [lamp]
+    # 2D IoU 6 x 10 / (2 x 100 - 60) = 0.43 <= DUPLICATE_IOU_2D: two objects side by side
+    beside = _box("lamp", 0.8, center=(0.0, 0.0, 7.0), box2d=[14.0, 10.0, 24.0, 20.0])
+    assert suppress_duplicates([lamp, beside]) == [lamp, beside]
+    overlapping = _box("lamp", 0.7, center=(0.0, 0.0, 9.0), box2d=[12.0, 10.0, 22.0, 20.0])
+    assert suppress_duplicates([lamp, beside, overlapping]) == [lamp, beside]  # 2D IoU 0.67
+    assert DUPLICATE_IOU_2D == 0.5
 
 
 def test_answer_select_thresholds_deduplicates_and_cuts():
