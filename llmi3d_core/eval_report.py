@@ -315,14 +315,17 @@ def _banner(image: np.ndarray, lines: list[str]) -> np.ndarray:
 def render_result(
     result: QueryResult, image: np.ndarray, K: np.ndarray, iou_value: float | None
 ) -> np.ndarray:
-    """One gallery picture: target boxes in white, every prediction in its label colour.
+    """One gallery picture: target boxes in white, the predictions in their label colours.
 
-    The banner gives the query, then how it went: IoU and depth of the first box for a
-    single-target query, the counts for a multi-target one, and "not here" for an empty answer.
+    A single-target query is scored by its first box, so only that one is drawn (under
+    `--answer-all` the others would bury the picture). The banner gives the query, then how it
+    went: IoU and depth of the first box for a single-target query, the counts for a
+    multi-target one, and "not here" for an empty answer.
     """
     truth = [(t.box.corners(), "") for t in result.targets]
     drawn = draw_boxes(image, truth, K, colors=[GT_COLOR] * len(truth))
-    for answer in result.answers:
+    shown = result.answers[:1] if result.kind == "single" else result.answers
+    for answer in shown:
         text = f"{textwrap.shorten(answer.label, 28, placeholder='...')} {answer.score:.2f}"
         drawn = draw_boxes(
             drawn, [(answer.box.corners(), text)], K, colors=[label_color_u8(answer.label)]
@@ -346,6 +349,8 @@ def render_result(
         stats += f", predicted {first.center[2]:.2f} m | white: truth ({result.query.answer})"
     else:
         stats = f"{predicted} | white: truth ({result.query.answer})"
+    if len(shown) < len(result.answers):
+        stats += f" | {len(result.answers) - len(shown)} more box(es) not drawn"
     if result.answer:
         stats += f" | answer: {result.answer}"
     return _banner(drawn, [*lines, stats])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from llmi3d_core.baselines import fit_baseline
+from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
@@ -22,12 +23,21 @@ from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.eval_predict import (
     MAX_RESULTS,
+    QueryResult,
     predict_at_true_cells,
     predict_with_baseline,
     predict_with_model,
     projected_box2d,
+    target_boxes,
 )
-from llmi3d_core.eval_report import evaluate_results, first_ious, markdown_table, query_subsets
+from llmi3d_core.eval_predict import Answer as EvalAnswer
+from llmi3d_core.eval_report import (
+    evaluate_results,
+    first_ious,
+    markdown_table,
+    query_subsets,
+    render_result,
+)
 from llmi3d_core.evaluate import run_evaluation
 from llmi3d_core.geometry import Box3D, project
 from llmi3d_core.prediction import Answer, AnswerRule, Prediction
@@ -337,3 +347,37 @@ def test_projected_box2d():
     np.testing.assert_array_equal(projected_box2d(behind, K, 640, 480), np.zeros(4))
     huge = Box3D(np.array([0.0, 0.0, 0.5]), np.array([4.0, 4.0, 4.0]))  # reaches behind
     np.testing.assert_allclose(projected_box2d(huge, K, 640, 480), [-0.5, -0.5, 639.5, 479.5])
+
+
+def test_gallery_draws_only_the_scored_box_of_a_single_target_query(mixed):
+    query = next(q for q in select_queries(mixed, "test") if len(q.target_object_ids) == 1)
+    record = mixed.image(query.image_id)
+    others = [o for o in record.objects if o.object_id not in query.target_object_ids]
+    assert others, "the fixture's scenes have several objects"
+
+    def answer(obj, score):
+        box = Box3D(obj.center_cam, obj.dims_lwh, obj.R_cam)
+        return EvalAnswer(box, obj.bbox2D_tight.copy(), score, obj.category_name)
+
+    targets = target_boxes(mixed, query)
+    first = answer(mixed.target(query), 0.9)
+    image = load_rgb(mixed.image_path(query.image_id))
+    alone = render_result(QueryResult(query, targets, [first]), image, record.K, 1.0)
+    crowded = QueryResult(query, targets, [first, *(answer(o, 0.5) for o in others)])
+    drawn = render_result(crowded, image, record.K, 1.0)
+    # the same picture under a banner of the same height: only the first box is drawn
+    assert drawn.shape == alone.shape
+    banner = alone.shape[0] - image.shape[0]
+    assert np.array_equal(drawn[banner:], alone[banner:])
+    assert not np.array_equal(drawn[:banner], alone[:banner])  # "... more box(es) not drawn"
+    # a multi-target query's answer is drawn whole
+    multi = next(q for q in select_queries(mixed, "test") if q.is_multi_target)
+    multi_record = mixed.image(multi.image_id)
+    multi_image = load_rgb(mixed.image_path(multi.image_id))
+    answers = [answer(o, 0.8) for o in mixed.targets(multi)]
+    pictures = [
+        render_result(QueryResult(multi, target_boxes(mixed, multi), kept), multi_image,
+                      multi_record.K, None)[-multi_image.shape[0]:]
+        for kept in (answers[:1], answers)
+    ]  # fmt: skip
+    assert not np.array_equal(*pictures)
