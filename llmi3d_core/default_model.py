@@ -25,9 +25,10 @@ DEFAULT_RECIPE = ("train", "smol_synth.yaml")
 # The test scenes: a seed no recipe trains on, with the recipe's held-out categories.
 TEST_SEED = 9001
 TEST_IMAGES = 200
-# Bumped when the model's code changes what a checkpoint holds (new modules, new buffers), so
-# that a cached default model of an older release is retrained instead of failing to load.
-MODEL_REVISION = 5
+# Bumped when the model's code changes what a checkpoint holds (new modules, new buffers) or how
+# its values are fitted (6: the score calibration), so that a cached default model of an older
+# release is retrained instead of failing to load or serving the old values.
+MODEL_REVISION = 6
 
 
 def default_recipe() -> Path:

@@ -27,8 +27,10 @@ A learned "no object" candidate joins the K (a token of its own that takes part 
 layers, so it can stand for "nothing here matches"); its logit comes last. Every logit is a
 probability of its own (sigmoid, trained with binary cross-entropy): a query may have no target
 ("the fire extinguisher" in a room without one), one, or several ("all the chairs"). The
-probabilities are calibrated afterwards by a temperature and a bias fitted on validation queries
-(`fit_calibration`, stored in the model as `score_calibration`).
+probabilities are calibrated afterwards by a temperature and a bias (`fit_calibration`, stored in
+the model as `score_calibration`), fitted on each validation query's best candidate: is its 2D box
+one of the query's targets (train_stages.PointerTask.evaluate)? One temperature and bias serve
+every logit, "no object" included, so the ranking does not change.
 
 r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
 extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"

@@ -7,12 +7,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
+from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.iou import box2d_iou_matrix
+from llmi3d_core.metrics import GROUNDING_IOU_2D
 from llmi3d_core.model import get_preset
 from llmi3d_core.model.llmi3d import LLMI3D
-from llmi3d_core.train_config import load_train_config
+from llmi3d_core.model.pointer import fit_calibration
+from llmi3d_core.train_config import StageConfig, load_train_config
 from llmi3d_core.train_stages import load_items, make_task
 
 CONFIG = get_preset("tiny")
@@ -116,3 +121,52 @@ def test_detector_stage_adds_mirrored_copies(synth_root):
         width = images.records[index].width
         torch.testing.assert_close(x_mirrored, (width - 1) - x, rtol=0, atol=1e-2)
         assert not torch.equal(mirrored["heatmap"], original["heatmap"])
+
+
+@pytest.fixture(scope="module")
+def mixed_root(tmp_path_factory):
+    """Images with negative and multi-target queries too."""
+    root = tmp_path_factory.mktemp("stages") / "mixed"
+    queries = QueryConfig(negatives_per_image=1, multi_target_per_image=1)
+    config = SynthConfig(num_images=8, seed=2, split_fractions=(1.0, 0.0, 0.0), queries=queries)
+    return generate_dataset(config, root, progress=False)
+
+
+def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
+    """The pointer stage's validation fits score_calibration on each query's best candidate,
+    labelled right when its 2D box overlaps one of the query's targets by IoU > 0.5: the
+    boxes that get answered, judged as `llmi3d eval`'s ECE judges them."""
+    config = load_train_config(
+        "config/train/tiny_synth.yaml",
+        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=60",
+         "data.synth=null"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    task = make_task(config, StageConfig(kind="pointer", max_steps=1))
+    _, val = task.datasets(model)
+    kinds = {int(item["num_targets"].clamp(max=2)) for item in val}
+    assert kinds == {0, 1, 2}  # negative, single- and multi-target queries
+    # an untrained detector's boxes match nothing: every candidate of every other query
+    # that has a target gets the 2D box of its last target
+    for item in val[::2]:
+        if bool(item["target_mask"].any()):
+            last = item["target_boxes2d"][item["target_mask"]][-1]
+            item["out_box2d"][:] = last
+    loader = torch.utils.data.DataLoader(val, batch_size=16, collate_fn=task.collate)
+    metrics = task.evaluate(model, loader, Accelerator(cpu=True))
+
+    # the same fit, query by query, with the evaluation's own 2D IoU
+    best_logits, right = [], []
+    with torch.no_grad():
+        for item in val:
+            logits, choice, chosen = task._best(model, task.collate([item]))
+            best_logits.append(float(logits[0, choice[0]]))
+            targets = item["target_boxes2d"][item["target_mask"]].numpy()
+            ious = box2d_iou_matrix(chosen["box2d"].numpy(), targets) if len(targets) else []
+            right.append(bool(np.any(np.asarray(ious) > GROUNDING_IOU_2D)))
+    expected = fit_calibration(torch.tensor(best_logits), torch.tensor(right))
+    assert 0 < sum(right) < len(right)  # both labels, so the fit says something
+    assert tuple(model.score_calibration.tolist()) == pytest.approx(expected)
+    assert metrics["val/temperature"] == pytest.approx(expected[0])
+    assert metrics["val/score_bias"] == pytest.approx(expected[1])
