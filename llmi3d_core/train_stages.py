@@ -580,7 +580,7 @@ class PointerTask(StageTask):
         ious = ious.to(logits.device)
         single = batch["num_targets"] == 1
         n_single = int(single.sum())
-        hit = box_iou_2d(chosen["box2d"].float(), batch["box2d"].float()) > GROUNDING_IOU_2D
+        hit = self._matches_a_target(chosen["box2d"], batch)  # read on single-target rows
         metrics["acc@0.25"] = (float((ious > 0.25)[single].sum()), n_single)
         metrics["mean_iou"] = (float(ious[single].sum()), n_single)
         metrics["grounding_acc"] = (float(hit[single].sum()), n_single)
