@@ -278,10 +278,16 @@ def _as_torch(item: Batch) -> Batch:
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
 
 
+# Images per backbone call when caching. Measured on the 2-core CPU (EfficientNet-Lite0, 192 x 352,
+# channels-last): 28 ms an image in chunks of 8 against 47 ms in chunks of 16 (the activations of
+# 16 images no longer fit the cache), and the maps are bit-identical for any chunk size.
+BACKBONE_CHUNK = 8
+
+
 def cache_backbone(model: Any, items: Sequence[Batch], desc: str, progress: bool) -> None:
     """Add each item's backbone maps ("backbone": list of (C, h, w) float16), dropping image_hr."""
     backbone = FrozenBackbone(model)
-    chunk = 16
+    chunk = BACKBONE_CHUNK
     for start in tqdm(range(0, len(items), chunk), desc=desc, unit="batch", disable=not progress):
         part = items[start : start + chunk]
         maps = backbone(torch.stack([item["image_hr"] for item in part]))

@@ -18,7 +18,13 @@ from llmi3d_core.model import get_preset
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.model.pointer import fit_calibration
 from llmi3d_core.train_config import StageConfig, load_train_config
-from llmi3d_core.train_stages import load_items, make_task
+from llmi3d_core.train_stages import (
+    BACKBONE_CHUNK,
+    FrozenBackbone,
+    cache_backbone,
+    load_items,
+    make_task,
+)
 
 CONFIG = get_preset("tiny")
 
@@ -121,6 +127,24 @@ def test_detector_stage_adds_mirrored_copies(synth_root):
         width = images.records[index].width
         torch.testing.assert_close(x_mirrored, (width - 1) - x, rtol=0, atol=1e-2)
         assert not torch.equal(mirrored["heatmap"], original["heatmap"])
+
+
+def test_cached_backbone_maps_do_not_depend_on_the_chunking(synth_root):
+    """cache_backbone runs BACKBONE_CHUNK images a call; each item's maps are exactly those of
+    its image alone, the HR picture is dropped, and a partial last chunk is handled."""
+    model = LLMI3D(get_preset("tiny"))
+    images = ImageDataset(synth_root, "train", CONFIG)
+    count = BACKBONE_CHUNK + 3
+    items = [images[i % len(images)] for i in range(count)]
+    pictures = [item["image_hr"] for item in items]
+    cache_backbone(model, items, "test", progress=False)
+    alone = FrozenBackbone(model)
+    for picture, item in zip(pictures, items, strict=True):
+        assert "image_hr" not in item
+        expected = [m[0] for m in alone(picture[None])]
+        assert len(item["backbone"]) == len(expected)
+        for got, want in zip(item["backbone"], expected, strict=True):
+            assert got.dtype == torch.float16 and torch.equal(got, want)
 
 
 @pytest.fixture(scope="module")
