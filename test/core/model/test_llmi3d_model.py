@@ -7,7 +7,8 @@ import torch
 
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.errors import ConfigError
-from llmi3d_core.model import LLMI3D, format_query
+from llmi3d_core.model import LLMI3D, format_query, sequence
+from llmi3d_core.model.sequence import length_groups, query_tails
 from llmi3d_core.model.sequence import rewind_cache as _rewind
 
 BOX_TERMS = {"center_uv", "depth", "dims", "rotation", "box2d", "keypoints"}
@@ -422,6 +423,15 @@ def _image_items(dataset, config, count: int = 5):
     return [queries.get(i) for i in indices]
 
 
+def _items_of_every_type(dataset, config, per_type: int = 2):
+    """The first `per_type` training items of each query type (their tails differ in length)."""
+    queries = GroundingDataset(dataset.root, "train", config, dataset=dataset)
+    by_type: dict[str, list[int]] = {}
+    for index, query in enumerate(queries.queries):
+        by_type.setdefault(query.type, []).append(index)
+    return [queries.get(i) for indices in by_type.values() for i in indices[:per_type]]
+
+
 def _cache_tensors(cache):
     return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
 
@@ -436,14 +446,20 @@ def _prepared(model, item):
 
 @pytest.mark.parametrize("readout", ["query", "pos_token", "text_feature"])
 def test_batched_teacher_forced_states_equal_one_by_one_and_inference(
-    make_model, synth_dataset, readout
+    make_model, synth_dataset, readout, monkeypatch
 ):
     """The pointer stage's batched LLM pass gives each query the states it would get alone,
     the states of the inference path ("ground": no answer fed), and leaves the cache as it was.
+    A small LENGTH_SLACK splits this tokenizer's tails (46-86 tokens) into several groups.
     """
+    monkeypatch.setattr(sequence, "LENGTH_SLACK", 1.2)
     model = make_model(**{"heads.readout": readout, "answer_types": ()}).eval()
-    items = _image_items(synth_dataset, model.config)
-    assert len(items) >= 3 and len({len(i["query"]) for i in items}) > 1  # padding is exercised
+    items = _items_of_every_type(synth_dataset, model.config)  # box prompts' tails are long
+    fields = ("query", "box_prompt", "point_prompt", "query_type")
+    tails, _ = query_tails(model, {k: [i[k] for i in items] for k in fields}, with_text3d=False)
+    groups = length_groups([len(t) for t in tails])
+    assert len(groups) > 1  # several passes, their rows put back in order
+    assert any(len({len(tails[i]) for i in group}) > 1 for group in groups)  # padding exercised
     context = _prepared(model, items[0])
     cache_before = _cache_tensors(context.cache)
     batched = model.teacher_forced_states(context, items)
@@ -468,6 +484,16 @@ def test_batched_teacher_forced_states_equal_one_by_one_and_inference(
     again = model.teacher_forced_states(context, items)
     for first, second in zip(batched, again, strict=True):
         torch.testing.assert_close(first.f3d, second.f3d)
+
+
+def test_length_groups_bound_the_padding():
+    """Every index once, shortest first; within a group the longest is at most slack x the
+    shortest, and a longer one starts the next group."""
+    lengths = [11, 51, 14, 32, 20, 15]
+    assert length_groups(lengths, 2.0) == [[0, 2, 5, 4], [3, 1]]
+    assert length_groups(lengths, 1.3) == [[0, 2], [5], [4], [3], [1]]
+    assert length_groups(lengths, 100.0) == [[0, 2, 5, 4, 3, 1]]
+    assert length_groups([]) == []
 
 
 def test_teacher_forced_states_feed_the_answers_of_answer_types(make_model, synth_dataset):
