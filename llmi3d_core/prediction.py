@@ -49,9 +49,10 @@ class Prediction:
 # probability that nothing in the image matches. A best box is answered when it scores at least
 # min_score and at least min_ratio_to_nothing times nothing_score: the ratio tells "here, though
 # unsure which one" from "nothing matches" better than a threshold on the score alone. Chosen on
-# the default recipe's val split (default model of 2026-12-02, MODEL_REVISION 6; 2,520 queries,
-# 285 negative, 223 multi-target): the lowest ratio keeping "not here" on at least 80 % of
-# negative queries (issue 14's target). Val, Acc@0.25 / grounding / not here:
+# the default recipe's val split (default model of 2026-12-02, MODEL_REVISION 6, which revision 7
+# retrained to the same test figures; 2,520 queries, 285 negative, 223 multi-target): the lowest
+# ratio keeping "not here" on at least 80 % of negative queries (issue 14's target). Val,
+# Acc@0.25 / grounding / not here:
 #   score >= 0.48 alone (the lowest passing threshold):   17.4 / 45.3 / 81.4
 #   score >= 0.15 and >= 1.2 x nothing:                   21.3 / 53.5 / 73.7
 #   score >= 0.15 and >= 1.3 x nothing:                   20.5 / 51.8 / 76.5

@@ -280,7 +280,9 @@ def _as_torch(item: Batch) -> Batch:
 
 # Images per backbone call when caching. Measured on the 2-core CPU (EfficientNet-Lite0, 192 x 352,
 # channels-last): 28 ms an image in chunks of 8 against 47 ms in chunks of 16 (the activations of
-# 16 images no longer fit the cache), and the maps are bit-identical for any chunk size.
+# 16 images no longer fit the cache). At 192 x 352 the maps were bit-identical for chunks of 1, 8
+# and 16 (the default model retrained to the same losses); at 96 x 128 (tiny_synth) single images
+# differed in the last bits, as oneDNN picks its kernels by shape.
 BACKBONE_CHUNK = 8
 
 

@@ -130,8 +130,9 @@ def test_detector_stage_adds_mirrored_copies(synth_root):
 
 
 def test_cached_backbone_maps_do_not_depend_on_the_chunking(synth_root):
-    """cache_backbone runs BACKBONE_CHUNK images a call; each item's maps are exactly those of
-    its image alone, the HR picture is dropped, and a partial last chunk is handled."""
+    """cache_backbone runs BACKBONE_CHUNK images a call; each item's maps are those of its image
+    alone (up to the last bits: oneDNN picks kernels by batch shape), the HR picture is dropped,
+    and a partial last chunk is handled."""
     model = LLMI3D(get_preset("tiny"))
     images = ImageDataset(synth_root, "train", CONFIG)
     count = BACKBONE_CHUNK + 3
@@ -144,7 +145,8 @@ def test_cached_backbone_maps_do_not_depend_on_the_chunking(synth_root):
         expected = [m[0] for m in alone(picture[None])]
         assert len(item["backbone"]) == len(expected)
         for got, want in zip(item["backbone"], expected, strict=True):
-            assert got.dtype == torch.float16 and torch.equal(got, want)
+            assert got.dtype == torch.float16 and got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
 
 
 @pytest.fixture(scope="module")
