@@ -69,6 +69,26 @@ class Outcome:
     latency_s: float
     message: str
     grounded: bool | None = None  # the box is on the asked-for object (None: no ground truth)
+    held_out: str = ""  # the asked-for category when the served model was not trained on it
+
+
+def trained_categories(checkpoint: str) -> frozenset[str]:
+    """The categories the served checkpoint's detector was trained on (empty for a preset).
+
+    The demo's scenes come from their own seed, so some of their queries name a category the
+    default recipe held out of training: the model has never seen one and cannot name it.
+    """
+    if not checkpoint:
+        return frozenset()
+    from llmi3d_core.model.checkpoint import read_checkpoint_meta  # noqa: PLC0415 (loads torch: only a served checkpoint needs it)
+
+    config, _ = read_checkpoint_meta(checkpoint)
+    return frozenset(config.detector.categories)
+
+
+def held_out_category(query: QueryRecord, categories: frozenset[str]) -> str:
+    """The query's category when `categories` are known and it is not among them, else ""."""
+    return query.answer if categories and query.answer not in categories else ""
 
 
 def chosen_object(center: np.ndarray, truth: Detection3DArray) -> str:
@@ -294,8 +314,14 @@ def save_picture(
     return True
 
 
-def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path) -> list[Outcome]:
-    """Wait for scenes from the camera and ask about each; return the outcomes."""
+def run_queries(
+    args: argparse.Namespace, client: DemoClient, dataset_dir: Path, categories: frozenset[str]
+) -> list[Outcome]:
+    """Wait for scenes from the camera and ask about each; return the outcomes.
+
+    `categories`: those the served model was trained on (empty: unknown), to mark the queries
+    that name another.
+    """
     executor = SingleThreadedExecutor()
     executor.add_node(client)
     dataset = read_dataset(dataset_dir)
@@ -345,12 +371,14 @@ def run_queries(args: argparse.Namespace, client: DemoClient, dataset_dir: Path)
                     print(f"  Q ({query.type}): {query.text}")
                     print(f"  -> answered on a frame of another scene ({answered_on}); not counted")
                     continue
-            outcomes.append(
-                report(
-                    client, executor, query,
-                    response=response, latency_s=latency_s, image=image, args=args,
-                )
+            outcome = report(
+                client, executor, query,
+                response=response, latency_s=latency_s, image=image, args=args,
             )  # fmt: skip
+            outcome.held_out = held_out_category(query, categories)
+            if outcome.held_out:
+                print(f"     ('{outcome.held_out}' was held out of the model's training)")
+            outcomes.append(outcome)
     return outcomes
 
 
@@ -450,28 +478,51 @@ def _picture_index(run_dir: Path) -> int:
 
 
 def summary(outcomes: list[Outcome]) -> str:
-    """A markdown table of the outcomes and the headline numbers."""
+    """A markdown table of the outcomes and the headline numbers.
+
+    Queries that name a category held out of the model's training are starred, and the numbers
+    are given again without them.
+    """
     lines = ["| scene | type | query | answer | 3D IoU | latency |", "|---|---|---|---|---|---|"]
     for o in outcomes:
         iou = f"{o.iou:.3f}" if o.iou is not None else "-"
+        kind = f"{o.kind} *" if o.held_out else o.kind
         lines.append(
-            f"| {o.image_id} | {o.kind} | {o.text[:48]} | {o.answer or o.message[:30]} | {iou} "
+            f"| {o.image_id} | {kind} | {o.text[:48]} | {o.answer or o.message[:30]} | {iou} "
             f"| {o.latency_s:.2f} s |"
         )
-    ious = [o.iou for o in outcomes if o.iou is not None]
-    grounded = [o.grounded for o in outcomes if o.grounded is not None]
     answered = sum(o.message in ANSWERED for o in outcomes)
     lines.append("")
     lines.append(f"answered {answered}/{len(outcomes)} queries")
-    if ious:
-        hits = int(np.sum(np.array(ious) > 0.25))
-        on_target = f"grounding {sum(grounded)}/{len(grounded)} " if grounded else ""
+    overall = headline(outcomes)
+    if overall:
+        lines.append(f"summary: {overall}")
+    held_out = sorted({o.held_out for o in outcomes if o.held_out})
+    trained = headline([o for o in outcomes if not o.held_out])
+    if held_out:
         lines.append(
-            f"summary: Acc@0.25 {hits}/{len(ious)} ({100 * hits / len(ious):.0f} %), "
-            f"{on_target}(box on the asked-for object), mean 3D IoU {np.mean(ious):.3f}, "
-            f"Acc@0.5 {np.mean(np.array(ious) > 0.5):.2f} (exact oriented IoU)"
+            f"* names a category held out of the model's training ({', '.join(held_out)}): "
+            "the model has never seen one, so it cannot name it (it may still find it as a "
+            "look-alike: a bus as a truck)"
         )
+        if trained:
+            lines.append(f"on the categories it was trained on: {trained}")
     return "\n".join(lines)
+
+
+def headline(outcomes: list[Outcome]) -> str:
+    """Acc@0.25, grounding, mean 3D IoU and Acc@0.5 of the outcomes with an IoU ("" if none)."""
+    ious = [o.iou for o in outcomes if o.iou is not None]
+    if not ious:
+        return ""
+    grounded = [o.grounded for o in outcomes if o.grounded is not None]
+    hits = int(np.sum(np.array(ious) > 0.25))
+    on_target = f"grounding {sum(grounded)}/{len(grounded)} " if grounded else ""
+    return (
+        f"Acc@0.25 {hits}/{len(ious)} ({100 * hits / len(ious):.0f} %), "
+        f"{on_target}(box on the asked-for object), mean 3D IoU {np.mean(ious):.3f}, "
+        f"Acc@0.5 {np.mean(np.array(ious) > 0.5):.2f} (exact oriented IoU)"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -527,6 +578,7 @@ def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]])
     args.run_dir = new_run_dir(args.out)
     print(f"[demo] debug pictures of this run go to {args.run_dir.resolve()}")
     checkpoint = ensure_model(args)
+    categories = trained_categories(checkpoint)
     dataset_dir = ensure_dataset("", args.seed, max(args.images, 4))
     options = BringupOptions(
         checkpoint=checkpoint, preset=args.preset, synthetic_camera=True,
@@ -538,7 +590,7 @@ def run_demo(args: argparse.Namespace, processes: list[subprocess.Popen[bytes]])
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = DemoClient(namespace="/")
     try:
-        outcomes = run_queries(args, client, dataset_dir)
+        outcomes = run_queries(args, client, dataset_dir, categories)
     except TimeoutError as err:
         print(f"[demo] error: {err}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""llmi3d_demo end to end with the tiny preset: what it prints, and where its pictures go.
+"""llmi3d_demo: what it prints (end to end with the tiny preset), where its pictures go, and how
+it counts queries that name a category the served model was not trained on.
 
 Issue 15: the demo printed neither its ROS domain (item 3) nor where this run's pictures are, and
 out/demo/ kept the PNGs of every earlier run (item 5).
@@ -6,13 +7,23 @@ out/demo/ kept the PNGs of every earlier run (item 5).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from llmi3d_ros.demo import new_run_dir
+from llmi3d_core.data.format import QueryRecord
+from llmi3d_core.model import LLMI3D, get_preset
+from llmi3d_core.model.checkpoint import save_checkpoint
+from llmi3d_ros.demo import (
+    Outcome,
+    held_out_category,
+    new_run_dir,
+    summary,
+    trained_categories,
+)
 
 
 def test_new_run_dir_gives_each_run_its_own_folder(tmp_path: Path) -> None:
@@ -20,6 +31,40 @@ def test_new_run_dir_gives_each_run_its_own_folder(tmp_path: Path) -> None:
     assert len({first, second, third}) == 3
     assert all(d.is_dir() and d.parent == tmp_path / "demo" for d in (first, second, third))
     assert re.fullmatch(r"\d{8}-\d{6}", first.name)
+
+
+def test_queries_of_held_out_categories_are_starred_and_counted_apart(tmp_path: Path) -> None:
+    """The demo's scenes come from their own seed: a query may name a category the served model
+    was never trained on. The summary stars it, names the category and gives the numbers again
+    without such queries; a preset (no trained categories) marks nothing."""
+    config = get_preset("tiny")
+    config = dataclasses.replace(
+        config, detector=dataclasses.replace(config.detector, categories=("car", "chair"))
+    )
+    checkpoint = save_checkpoint(LLMI3D(config, load_pretrained=False), tmp_path / "ckpt")
+    categories = trained_categories(str(checkpoint))
+    assert categories == {"car", "chair"} and trained_categories("") == frozenset()
+
+    def query(answer: str) -> QueryRecord:
+        return QueryRecord("q", "000001", "test", "caption", f"The {answer}.", answer, "o")
+
+    assert held_out_category(query("bus"), categories) == "bus"
+    assert held_out_category(query("car"), categories) == ""
+    assert held_out_category(query("bus"), frozenset()) == ""
+    outcomes = [
+        Outcome("000001", "caption", "The car.", "car", 0.6, 0.1, "ok", True),
+        Outcome("000001", "caption", "The bus.", "", 0.0, 0.1, "not found", False, "bus"),
+        Outcome("000002", "question", "What seats one?", "car", 0.1, 0.1, "ok", False),
+    ]
+    lines = summary(outcomes).splitlines()
+    assert lines[2].startswith("| 000001 | caption | The car.")
+    assert lines[3].startswith("| 000001 | caption * | The bus.")
+    assert lines[-3].startswith("summary: Acc@0.25 1/3 (33 %), grounding 1/3 ")
+    assert lines[-2].startswith("* names a category held out of the model's training (bus)")
+    assert lines[-1].startswith("on the categories it was trained on: Acc@0.25 1/2 (50 %), "
+                                "grounding 1/2 ")  # fmt: skip
+    plain = summary([dataclasses.replace(o, held_out="") for o in outcomes]).splitlines()
+    assert plain[-1].startswith("summary: Acc@0.25 1/3 ") and " * " not in "\n".join(plain)
 
 
 def test_demo_prints_its_domain_and_writes_pictures_to_its_own_folder(
