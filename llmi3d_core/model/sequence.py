@@ -276,13 +276,12 @@ def teacher_forced_states(
         },
         with_text3d=False,
     )
-    states: list[QueryStates | None] = [None] * len(items)
+    states: dict[int, QueryStates] = {}
     for group in length_groups([len(t) for t in tails]):
         found = _states_after_cache(model, context, [tails[i] for i in group],
                                     [middles[i] for i in group])  # fmt: skip
-        for index, state in zip(group, found, strict=True):
-            states[index] = state
-    return [s for s in states if s is not None]
+        states.update(zip(group, found, strict=True))
+    return [states[index] for index in range(len(items))]
 
 
 def _states_after_cache(
