@@ -503,7 +503,7 @@ def summary(outcomes: list[Outcome]) -> str:
         lines.append(
             f"* names a category held out of the model's training ({', '.join(held_out)}): "
             "the model has never seen one, so it cannot name it (it may still find it as a "
-            "look-alike: a bus as a truck)"
+            "look-alike, e.g. a bus as a truck)"
         )
         if trained:
             lines.append(f"on the categories it was trained on: {trained}")
