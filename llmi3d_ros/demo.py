@@ -498,13 +498,13 @@ def summary(outcomes: list[Outcome]) -> str:
     if overall:
         lines.append(f"summary: {overall}")
     held_out = sorted({o.held_out for o in outcomes if o.held_out})
-    trained = headline([o for o in outcomes if not o.held_out])
     if held_out:
         lines.append(
             f"* names a category held out of the model's training ({', '.join(held_out)}): "
             "the model has never seen one, so it cannot name it (it may still find it as a "
             "look-alike, e.g. a bus as a truck)"
         )
+        trained = headline([o for o in outcomes if not o.held_out])
         if trained:
             lines.append(f"on the categories it was trained on: {trained}")
     return "\n".join(lines)
