@@ -23,7 +23,11 @@ from torch import nn
 
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model.config import HighResConfig, LowResConfig, check_choice
-from llmi3d_core.model.efficientnet_lite import EfficientNetLite, load_imagenet_weights
+from llmi3d_core.model.efficientnet_lite import (
+    LITE_VARIANTS,
+    EfficientNetLite,
+    load_imagenet_weights,
+)
 from llmi3d_core.model.positions import RAY_CHANNELS, ray_map
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -191,9 +195,9 @@ class _EfficientNetFeatures(nn.Module):
 # `strides` attributes (finest first)
 HIGH_RES_BACKBONES: dict[str, Callable[[HighResConfig, bool], nn.Module]] = {
     "convnext": _build_convnext,
-    "efficientnet_lite0": _build_efficientnet,
-    "efficientnet_lite1": _build_efficientnet,
-    "efficientnet_lite2": _build_efficientnet,
+    # one entry per EfficientNet-Lite variant ("efficientnet_lite0", ...): the builder reads the
+    # variant back from the kind
+    **{f"efficientnet_{variant}": _build_efficientnet for variant in LITE_VARIANTS},
 }
 
 NECK_STRIDES = (8, 16, 32)
