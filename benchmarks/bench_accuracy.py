@@ -272,7 +272,8 @@ def run_overrides(size: Any, out_dir: Path, data_root: Path) -> list[str]:
 
 
 def stage_samples(dataset: Any, config: Any, stage: Any) -> int:
-    """Training samples a stage of `config` has on `dataset`: images (detector) or queries."""
+    """Training samples a stage of `config` has on `dataset`: images (detector), objects (crops)
+    or queries."""
     from llmi3d_core.data.splits import select_queries
 
     queries = select_queries(dataset, config.data.train_split)
@@ -280,6 +281,17 @@ def stage_samples(dataset: Any, config: Any, stage: Any) -> int:
         queries = [q for q in queries if q.type in set(config.data.query_types)]
     if stage.kind == "detector":
         return len({q.image_id for q in queries})
+    if stage.kind == "crops":  # the objects a crops stage keeps (data/dataset.py's obj_valid)
+        from llmi3d_core.data.dataset import MAX_OBJECTS
+
+        images = {q.image_id for q in queries}
+        novel = set(dataset.info.novel_categories)
+        return sum(
+            o.category_name not in novel
+            for r in dataset.images
+            if r.image_id in images
+            for o in r.objects[:MAX_OBJECTS]
+        )
     if stage.kind == "pointer" and stage.max_images:
         images = set(list(dict.fromkeys(q.image_id for q in queries))[: stage.max_images])
         return sum(q.image_id in images for q in queries)

@@ -261,6 +261,9 @@ def predict_at_true_cells(
 ) -> list[QueryResult]:
     """The upper bound of pointing: the dense heads read at each target's own cell.
 
+    (With crop heads, the candidate there is also named and its 2D box corrected from its crop,
+    as the model's own candidates are.)
+
     Every single-target query is answered by the heads at the cell holding its target's
     projected centre, with score 1: what a perfect pointer would reach with this detector. The
     gap to `predict_with_model` is the cost of pointing at the wrong object. Negative and
@@ -289,8 +292,9 @@ def predict_at_true_cells(
                     centre = project(target.center_cam, inputs.K)
                     cell = grid.cell_of(torch.as_tensor(centre, dtype=torch.float32)[None, None])
                     cands = model.candidates(
-                        features.hr_map, features.dense, features.K, features.image_size, cell
-                    )
+                        features.hr_map, features.dense, features.K, features.image_size, cell,
+                        image_hr=inputs.image_hr[None],
+                    )  # fmt: skip
                     outputs = {k: v[:, 0].float() for k, v in cands.outputs.items()}
                     boxes = decode_boxes(outputs, features.K, features.image_size, model.config)
                     box = Box3D(

@@ -59,9 +59,11 @@ METHODS = ("model", "mean_box", "backproject")
 # What a stage of a staged run trains (train_stages.py):
 #   detector  the HR neck, dense heads and object-token projector on every object of the
 #             training images (no language); a frozen backbone's maps are cached once per image
+#   crops     the crop heads (category, colour, 2D box correction) on descriptors of crops of
+#             every training object's jittered box, computed once with the frozen backbone
 #   pointer   the pointer and its residual on cached LLM states (everything else frozen)
 #   joint     every trainable parameter through the whole teacher-forced model
-STAGE_KINDS = ("detector", "pointer", "joint")
+STAGE_KINDS = ("detector", "crops", "pointer", "joint")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -205,14 +207,16 @@ class StageConfig:
     The stages run in order, each starting from the best checkpoint of the previous one.
 
     Attributes:
-        kind: "detector", "pointer" or "joint".
+        kind: "detector", "crops", "pointer" or "joint".
         max_steps: optimizer steps of this stage.
-        batch_size: samples per step (images for "detector", queries otherwise); 0 = the run's.
+        batch_size: samples per step (images for "detector", objects for "crops", queries
+            otherwise); 0 = the run's.
         lr: peak learning rate; 0 = the run's optim.lr (min_lr keeps its ratio to lr).
         warmup_steps: -1 = the run's optim.warmup_steps.
         eval_interval: validate every N steps (and at the end); -1 = the run's.
-        max_images: train on the queries of the first N training images only; 0 = all. The
-            pointer stage runs the LLM once per cached query, which bounds what a CPU can do.
+        max_images: train on the queries (the objects, for "crops") of the first N training
+            images only; 0 = all. The pointer stage runs the LLM once per cached query, which
+            bounds what a CPU can do.
     """
 
     kind: str = "joint"

@@ -180,7 +180,7 @@ class StageTrainer:
             num_workers=config.data.num_workers if task.kind == "joint" else 0,
         )
         self.best_metric = config.best_metric
-        if task.kind == "detector" or (
+        if not task.scores_boxes or (
             self.best_metric == "val_acc25" and self.raw_model.readout.offset is None
         ):
             self.best_metric = "val_loss"  # no boxes to score: choose on the loss

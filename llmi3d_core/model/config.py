@@ -147,6 +147,13 @@ class DetectorConfig:
             split by `llmi3d train` (stored in the checkpoint's config). Empty: no category head.
         colors: colour words of the colour head, likewise; empty for data without colours.
         nms_kernel: peaks are local maxima of the heatmap in this window (CenterNet's 3 x 3).
+        crop_heads: also name each candidate, and correct its 2D box, from a crop of the box run
+            through the HR backbone (model/crops.py), trained by a "crops" stage; their category
+            and colour probabilities are averaged with the dense heads'.
+        crop_size: side of the square crops, px.
+        crop_context: margin added around the box on every side, as a fraction of its size.
+        crop_hidden: width of the category and colour crop heads' hidden layers (the box
+            head's is twice as wide).
     """
 
     max_objects: int = 16
@@ -154,12 +161,22 @@ class DetectorConfig:
     categories: tuple[str, ...] = ()
     colors: tuple[str, ...] = ()
     nms_kernel: int = 3
+    crop_heads: bool = False
+    crop_size: int = 96
+    crop_context: float = 0.25
+    crop_hidden: int = 256
 
     def __post_init__(self) -> None:
         if self.max_objects < 1:
             raise ConfigError(f"detector.max_objects must be >= 1, got {self.max_objects}")
         if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
             raise ConfigError(f"detector.nms_kernel must be odd and >= 1, got {self.nms_kernel}")
+        if self.crop_size < 32:
+            raise ConfigError(f"detector.crop_size must be >= 32 px, got {self.crop_size}")
+        if not 0.0 <= self.crop_context <= 1.0:
+            raise ConfigError(f"detector.crop_context must be in [0, 1], got {self.crop_context}")
+        if self.crop_hidden < 1:
+            raise ConfigError(f"detector.crop_hidden must be >= 1, got {self.crop_hidden}")
 
 
 @dataclass

@@ -55,6 +55,13 @@ from llmi3d_core.model.batch_losses import (
     text_losses,
 )
 from llmi3d_core.model.config import ModelConfig, check_choice
+from llmi3d_core.model.crops import (
+    CropHeads,
+    crop_boxes,
+    crop_descriptors,
+    mix,
+    refine,
+)
 from llmi3d_core.model.decode import ROTATIONS, decode_boxes
 from llmi3d_core.model.detector import (
     CellGrid,
@@ -114,6 +121,7 @@ class LLMI3D(nn.Module):
         self.object_projector: nn.Module | None = None
         categories = len(config.detector.categories)
         self.candidate_width = 0
+        self.crop_heads: CropHeads | None = None
         if config.high_res.enabled:
             self.high_res = HighResBranch(config.high_res, load_pretrained)
             channels = self.high_res.out_channels
@@ -122,6 +130,11 @@ class LLMI3D(nn.Module):
             self.candidate_width = (
                 channels + FOURIER_WIDTH + categories + len(config.detector.colors) + 1 + 3
             )
+            if config.detector.crop_heads and categories:
+                maps: list[int] = list(self.high_res.backbone.channels)  # type: ignore[arg-type]
+                self.crop_heads = CropHeads(
+                    maps, categories, len(config.detector.colors), config.detector.crop_hidden
+                )
             if config.detector.object_tokens:
                 self.object_projector = nn.Sequential(
                     nn.Linear(self.candidate_width, hidden), nn.GELU(), nn.Linear(hidden, hidden)
@@ -221,13 +234,44 @@ class LLMI3D(nn.Module):
         K: torch.Tensor,
         image_size: torch.Tensor,
         cells: torch.Tensor | None = None,
+        *,
+        image_hr: torch.Tensor | None = None,
     ) -> Candidates:
-        """The K strongest heatmap peaks of each image (or the given cells (B, N)) as candidates."""
+        """The K strongest heatmap peaks of each image (or the given cells (B, N)) as candidates.
+
+        With the canvas `image_hr` and fitted crop heads, the candidates are also named, and
+        their 2D boxes corrected, from crops of their boxes (model/crops.py).
+        """
         if cells is None:
             cells, _ = peaks(dense["heatmap"], self.config.detector.max_objects,
                              self.config.detector.nms_kernel)  # fmt: skip
         raw = {name: gather_cells(maps, cells) for name, maps in dense.items()}
-        return self._candidates_at(raw, gather_cells(hr_map, cells), cells, K, image_size)
+        return self._candidates_at(
+            raw, gather_cells(hr_map, cells), cells, K, image_size, image_hr=image_hr
+        )
+
+    def crop_outputs(
+        self, image_hr: torch.Tensor, rows: torch.Tensor, boxes_px: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The crop heads' outputs for boxes (N, 4) canvas px xyxy of images `rows` (N,)."""
+        assert self.crop_heads is not None and self.high_res is not None
+        outputs: dict[str, torch.Tensor] = self.crop_heads(
+            self.crop_descriptors(image_hr, rows, boxes_px)
+        )
+        return outputs
+
+    def crop_descriptors(
+        self, image_hr: torch.Tensor, rows: torch.Tensor, boxes_px: torch.Tensor
+    ) -> torch.Tensor:
+        """`crops.crop_descriptors` of boxes (N, 4) canvas px xyxy of images `rows` (N,)."""
+        assert self.high_res is not None
+        detector = self.config.detector
+        vision_dtype = next(self.projector.parameters()).dtype
+        crops = crop_boxes(image_hr.to(self.device, vision_dtype), rows, boxes_px,
+                           detector.crop_size, detector.crop_context)  # fmt: skip
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.high_res.trainable):
+            maps = self.high_res.backbone(crops)
+        return crop_descriptors(maps, crops, boxes_px.to(crops.device))
 
     def _candidates_at(
         self,
@@ -236,6 +280,8 @@ class LLMI3D(nn.Module):
         cells: torch.Tensor,
         K: torch.Tensor,
         image_size: torch.Tensor,
+        *,
+        image_hr: torch.Tensor | None = None,
     ) -> Candidates:
         """Candidates from the raw dense values (B, N, k) and F (B, N, C) at their cells (B, N)."""
         height, width = self.config.high_res.image_size
@@ -243,6 +289,18 @@ class LLMI3D(nn.Module):
         grid = CellGrid(float(self.high_res.stride), height // self.high_res.stride,
                         width // self.high_res.stride, float(width), float(height))  # fmt: skip
         outputs = cell_outputs(raw, cells, grid, self.log_priors, self.config)
+        heads = self.crop_heads
+        if image_hr is not None and heads is not None and bool(heads.fitted):
+            B, N = cells.shape
+            rows = torch.arange(B, device=cells.device).repeat_interleave(N)
+            scale = outputs["box2d"].new_tensor([width, height, width, height])
+            boxes_px = (outputs["box2d"].float() * scale).reshape(B * N, 4)
+            seen = self.crop_outputs(image_hr, rows, boxes_px)
+            for name in ("category", "color"):
+                if name in outputs and name in seen:
+                    outputs[name] = mix(outputs[name], seen[name].reshape(B, N, -1))
+            refined = refine(boxes_px, seen["box"].float()) / scale
+            outputs["box2d"] = refined.reshape(B, N, 4).to(outputs["box2d"].dtype)
         return candidate_set.candidates_from_outputs(
             outputs, feature_at, cells, K, image_size, dense_config=self._dense_config
         )
@@ -311,9 +369,12 @@ class LLMI3D(nn.Module):
         features = self.image_side(image_hr, K, image_size, backbone)
         assert features.hr_map is not None and features.dense is not None
         tokens = self.fusion(tokens, features.hr_map)  # (B, N', C_lr)
+        if self.crop_heads is not None:
+            features.image_hr = image_hr.to(self.device)
         candidates = self.candidates(
-            features.hr_map, features.dense, features.K, features.image_size
-        )
+            features.hr_map, features.dense, features.K, features.image_size,
+            image_hr=features.image_hr,
+        )  # fmt: skip
         tokens = self.projector(tokens)  # (B, N', hidden)
         if self.object_projector is not None:
             objects = self.object_projector(candidates.features.to(vision_dtype))
@@ -501,7 +562,7 @@ class LLMI3D(nn.Module):
             return cands, is_target
         cells, slots = injected
         cands = self.candidates(features.hr_map, features.dense, features.K,
-                                features.image_size, cells)  # fmt: skip
+                                features.image_size, cells, image_hr=features.image_hr)  # fmt: skip
         return cands, self.target_slots(batch, cells) | slots
 
     def _mlp_forward(

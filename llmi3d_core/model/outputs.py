@@ -58,6 +58,8 @@ class ImageFeatures:
         hr_map: the FPN map F (B, C, h, w), or None.
         candidates: the detector's candidates, or None.
         K: (B, 3, 3) canvas intrinsics; image_size (B, 2) canvas (W, H).
+        image_hr: (B, 3, H, W) the canvas, kept where candidates are named from crops of it
+            (model/crops.py), else None.
     """
 
     tokens: torch.Tensor
@@ -66,6 +68,7 @@ class ImageFeatures:
     candidates: Candidates | None
     K: torch.Tensor
     image_size: torch.Tensor
+    image_hr: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> ImageFeatures:
         """The features of images `rows`."""
@@ -76,6 +79,7 @@ class ImageFeatures:
             candidates=None if self.candidates is None else self.candidates.select(rows),
             K=self.K[rows],
             image_size=self.image_size[rows],
+            image_hr=None if self.image_hr is None else self.image_hr[rows],
         )
 
 

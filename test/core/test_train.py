@@ -44,7 +44,11 @@ SMALL = {
     "name": "small_staged",
     "method": "model",
     "seed": 3,
-    "model": {"preset": "tiny", "answer_types": []},
+    "model": {
+        "preset": "tiny",
+        "answer_types": [],
+        "detector": {"crop_heads": True, "crop_size": 32},
+    },
     "data": {
         "val_queries": 8,
         "cache_items": True,
@@ -58,6 +62,7 @@ SMALL = {
     "grad_accum": 2,
     "stages": [
         {"kind": "detector", "max_steps": 4},
+        {"kind": "crops", "max_steps": 4, "batch_size": 8},
         {"kind": "pointer", "max_steps": 4, "lr": 1.0e-3},
         {"kind": "joint", "max_steps": 6},
     ],
@@ -69,8 +74,8 @@ SMALL = {
     "tensorboard": False,
     "optim": {"lr": 2.0e-3, "min_lr": 2.0e-4, "warmup_steps": 2},
 }
-STAGE_DIRS = ("1-detector", "2-pointer", "3-joint")
-STEPS = {"1-detector": 4, "2-pointer": 4, "3-joint": 6}
+STAGE_DIRS = ("1-detector", "2-crops", "3-pointer", "4-joint")
+STEPS = {"1-detector": 4, "2-crops": 4, "3-pointer": 4, "4-joint": 6}
 
 
 def cli(*args, check=True, timeout=240):
@@ -141,17 +146,17 @@ def test_staged_run_layout(small_run):
         assert log_lines(directory, "eval"), stage
     # the pointer stage trains the pointer alone, on cached LLM states: its scores, residual,
     # and the category and colour the query's words name
-    pointer_rows = log_lines(out / "stages" / "2-pointer")
+    pointer_rows = log_lines(out / "stages" / "3-pointer")
     assert {k for k in pointer_rows[0] if k.startswith("loss/")} == {
         "loss/pointer", "loss/residual", "loss/text_category", "loss/text_color"
     }  # fmt: skip
     # its validation fits the score calibration (stored in the checkpoint)
-    pointer_eval = log_lines(out / "stages" / "2-pointer", "eval")[-1]
+    pointer_eval = log_lines(out / "stages" / "3-pointer", "eval")[-1]
     assert pointer_eval["val/temperature"] > 0 and np.isfinite(pointer_eval["val/score_bias"])
     detector_rows = log_lines(out / "stages" / "1-detector")
     assert "loss/heatmap" in detector_rows[0] and "loss/text" not in detector_rows[0]
     assert small_run["best"] == (out / "best").resolve()
-    assert (out / "best").resolve().parent.parent == out / "stages" / "3-joint"
+    assert (out / "best").resolve().parent.parent == out / "stages" / "4-joint"
     done = json.loads((out / "done.json").read_text())
     assert done["stages"] == list(STAGE_DIRS) and done["best_metric"] == "val_acc25"
     # each stage starts from the best checkpoint of the one before, and trains only its part:
@@ -159,10 +164,22 @@ def test_staged_run_layout(small_run):
     best = {stage: load_file(str(out / "stages" / stage / "best" / "model.safetensors"))
             for stage in STAGE_DIRS}  # fmt: skip
     heads, pointer = "dense_heads.outputs.heatmap.weight", "pointer.key.weight"
-    assert torch.equal(best["1-detector"][heads], best["2-pointer"][heads])
-    assert not torch.equal(best["1-detector"][pointer], best["2-pointer"][pointer])
+    assert torch.equal(best["1-detector"][heads], best["3-pointer"][heads])
+    assert not torch.equal(best["1-detector"][pointer], best["3-pointer"][pointer])
+    # the crops stage trains the crop heads alone and marks them fitted, which the pointer
+    # stage keeps (its candidates are then named and their 2D boxes corrected from crops)
+    crops = "crop_heads.category.1.weight"
+    assert not torch.equal(best["1-detector"][crops], best["2-crops"][crops])
+    assert torch.equal(best["1-detector"][heads], best["2-crops"][heads])
+    assert torch.equal(best["2-crops"][crops], best["3-pointer"][crops])
+    fitted = [bool(best[stage]["crop_heads.fitted"]) for stage in STAGE_DIRS]
+    assert fitted == [False, True, True, True]
+    crop_rows = log_lines(out / "stages" / "2-crops")
+    assert {k for k in crop_rows[0] if k.startswith("loss/")} == {
+        "loss/category", "loss/color", "loss/box"
+    }  # fmt: skip
     assert torch.equal(
-        best["1-detector"]["llm.new_embeddings"], best["2-pointer"]["llm.new_embeddings"]
+        best["1-detector"]["llm.new_embeddings"], best["3-pointer"]["llm.new_embeddings"]
     )
 
 
@@ -184,7 +201,7 @@ def test_resume_after_stops_matches_uninterrupted(small_config_file, small_run, 
     assert ensure_trained(small_config_file, parts, overrides) == (parts / "best").resolve()
 
 
-@pytest.mark.parametrize("stage", ["1-detector", "2-pointer", "3-joint"])
+@pytest.mark.parametrize("stage", ["1-detector", "3-pointer", "4-joint"])
 def test_resume_after_sigkill_matches_uninterrupted(small_config_file, small_run, tmp_path, stage):
     """A real SIGKILL in a stage (maybe mid-checkpoint), then `--resume`: the same run."""
     killed = tmp_path / "killed"

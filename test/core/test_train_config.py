@@ -130,7 +130,8 @@ def test_shipped_configs_load(path):
 def test_shipped_configs_stages_suit_their_model(path):
     """A recipe's stages can train its model (checked without building the model).
 
-    The pointer stage trains the candidate pointer alone, so it needs heads.pointer; Text3D
+    The pointer stage trains the candidate pointer alone, so it needs heads.pointer; the crops
+    stage trains the crop heads, so it needs detector.crop_heads (and the HR branch); Text3D
     (heads.readout: text) has no pointer (LLMI3D refuses text with heads.pointer).
     """
     config = load_train_config(path)
@@ -140,6 +141,10 @@ def test_shipped_configs_stages_suit_their_model(path):
     kinds = [stage.kind for stage in config.stages]
     if "pointer" in kinds:
         assert model.heads.pointer, f"{path.name}: a pointer stage, but heads.pointer is false"
+    if "crops" in kinds:
+        assert model.detector.crop_heads and model.high_res.enabled, (
+            f"{path.name}: a crops stage, but no crop heads"
+        )
     if model.heads.readout == "text":
         assert not model.heads.pointer, f"{path.name}: Text3D needs heads.pointer: false"
 
