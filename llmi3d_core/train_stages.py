@@ -29,7 +29,7 @@ import abc
 import copy
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -263,6 +263,11 @@ def load_items(dataset: Any, desc: str, progress: bool) -> list[Batch]:
     Reading and letterboxing a picture and building its targets costs ~40 ms: worth a second
     core for the thousands of images of a detector stage.
     """
+    return list(iter_items(dataset, desc, progress))
+
+
+def iter_items(dataset: Any, desc: str, progress: bool) -> Iterator[Batch]:
+    """The items of `load_items` one at a time, for a caller that keeps less than all of them."""
     workers = min(2, os.cpu_count() or 1) if len(dataset) > 64 else 0
     # items cross from the workers as numpy (pickled by value): torch tensors would travel as
     # shared-memory file descriptors, and thousands kept alive exhaust them
@@ -273,8 +278,8 @@ def load_items(dataset: Any, desc: str, progress: bool) -> list[Batch]:
         num_workers=workers,
         collate_fn=_as_numpy,  # type: ignore[arg-type]  # batch_size=None: one item, not a list
     )
-    items = tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress)
-    return [_as_torch(item) for item in items]
+    for item in tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress):
+        yield _as_torch(item)
 
 
 def _as_numpy(item: Batch) -> Batch:
@@ -444,49 +449,42 @@ class CropTask(StageTask):
         images: Any = ImageDataset(self.config.data.root, split, model.config, augment=False,
                                    dataset=self.dataset)  # fmt: skip
         images = _limit(images, max_images)
-        loader = torch.utils.data.DataLoader(
-            images, batch_size=BACKBONE_CHUNK, shuffle=False,
-            num_workers=min(2, os.cpu_count() or 1) if len(images) > 64 else 0,
-            collate_fn=_numpy_items,
-        )  # fmt: skip
         generator = torch.Generator().manual_seed(self.config.seed * 2 + stream)
         was_training = model.training
         model.eval()
         items: list[Batch] = []
-        for chunk in tqdm(loader, desc=desc, unit="batch", disable=not self.config.progress):
-            parts = [_as_torch(item) for item in chunk]
-            rows, boxes, targets = [], [], []
-            for row, item in enumerate(parts):
-                keep = item["obj_valid"] & (item["obj_category"] >= 0)
-                scale = item["image_size"].float().repeat(2)
-                true_boxes = item["obj_box2d"][keep].float() * scale
-                boxes.append(jitter_boxes(true_boxes, generator))
-                targets.append(true_boxes)
-                rows.append(torch.full((int(keep.sum()),), row, dtype=torch.long))
-                for key in ("category", "color"):
-                    item[f"kept_{key}"] = item[f"obj_{key}"][keep]
-            image_hr = torch.stack([item["image_hr"] for item in parts])
-            jittered = torch.cat(boxes)
-            descriptors = model.crop_descriptors(image_hr, torch.cat(rows), jittered).cpu()
-            truth = torch.cat(targets)
-            corrections = box_corrections(jittered, truth)
-            categories = torch.cat([item["kept_category"] for item in parts])
-            colors = torch.cat([item["kept_color"] for item in parts])
-            items += [
-                {
-                    "descriptor": d,
-                    "category": c,
-                    "color": k,
-                    "box": b,
-                    "true_box": t,
-                    "correction": r,
-                }
-                for d, c, k, b, t, r in zip(
-                    descriptors, categories, colors, jittered, truth, corrections, strict=True
-                )
-            ]
+        chunk: list[Batch] = []
+        for index, item in enumerate(iter_items(images, desc, self.config.progress)):
+            chunk.append(item)
+            if len(chunk) == BACKBONE_CHUNK or index == len(images) - 1:
+                items += self._chunk_items(model, chunk, generator)
+                chunk = []
         model.train(was_training)
         return items
+
+    @staticmethod
+    def _chunk_items(model: Any, parts: list[Batch], generator: torch.Generator) -> list[Batch]:
+        """The items of the objects of a few images (one backbone call)."""
+        rows, truth, boxes, categories, colors = [], [], [], [], []
+        for row, item in enumerate(parts):
+            keep = item["obj_valid"] & (item["obj_category"] >= 0)
+            truth.append(item["obj_box2d"][keep].float() * item["image_size"].float().repeat(2))
+            boxes.append(jitter_boxes(truth[-1], generator))  # image by image, as trained
+            rows.append(torch.full((int(keep.sum()),), row, dtype=torch.long))
+            categories.append(item["obj_category"][keep])
+            colors.append(item["obj_color"][keep])
+        true_boxes, jittered = torch.cat(truth), torch.cat(boxes)
+        image_hr = torch.stack([item["image_hr"] for item in parts])
+        descriptors = model.crop_descriptors(image_hr, torch.cat(rows), jittered).cpu()
+        columns = {
+            "descriptor": descriptors,
+            "category": torch.cat(categories),
+            "color": torch.cat(colors),
+            "box": jittered,
+            "true_box": true_boxes,
+            "correction": box_corrections(jittered, true_boxes),
+        }
+        return [{key: value[i] for key, value in columns.items()} for i in range(len(jittered))]
 
     def collate(self, items: Sequence[Batch]) -> Batch:
         """Items -> a batch."""
@@ -494,7 +492,10 @@ class CropTask(StageTask):
 
     def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss terms and "total" of a batch."""
-        out = model.crop_heads(batch["descriptor"])
+        return self._losses(model.crop_heads(batch["descriptor"]), batch)
+
+    @staticmethod
+    def _losses(out: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         losses = {
             "category": nn.functional.cross_entropy(out["category"], batch["category"]),
             "box": nn.functional.smooth_l1_loss(
@@ -510,8 +511,9 @@ class CropTask(StageTask):
 
     def batch_metrics(self, model: Any, batch: Batch) -> dict[str, Any]:
         """Validation losses, accuracies and 2D box matches (IoU > 0.5), as (sum, count)."""
-        metrics = super().batch_metrics(model, batch)
         out = model.crop_heads(batch["descriptor"])
+        losses = self._losses(out, batch)
+        metrics: dict[str, Any] = {("loss" if k == "total" else k): v for k, v in losses.items()}
         for name in ("category", "color"):
             if name in out:
                 known = batch[name] >= 0
@@ -524,10 +526,6 @@ class CropTask(StageTask):
             matched = box_iou_2d(candidate, truth) > GROUNDING_IOU_2D
             metrics[name] = (float(matched.sum()), count)
         return metrics
-
-
-def _numpy_items(items: list[Batch]) -> list[Batch]:
-    return [_as_numpy(item) for item in items]
 
 
 # --------------------------------------------------------------------------------------------
