@@ -1159,6 +1159,11 @@ def default_lines(result: dict[str, Any], size: Any) -> list[str]:
         "",
         *default_type_table(rows),
         "",
+        "A box prompt is a candidate of its own, with the prompt (corrected from a crop) as "
+        "its 2D box (model/candidates.py), so LLMI3D's grounding of box prompts says that it "
+        "answered with the object in the box, and can exceed the upper-bound row, whose 2D "
+        "box is the dense heads'; its Acc@0.25 says how good the 3D box is.",
+        "",
         *_claim_lines(result["default_claims"], rows),
         "",
         DECODING_TITLE,

@@ -4,6 +4,15 @@ Candidates are the dense heads' physical outputs at K cells of the stride-8 map,
 boxes and described by a feature vector (pointer.py), and what the pointer reads of them
 (`pointer_inputs`). Training puts every target among them (teacher forcing); `locate` ranks
 them by the pointer's calibrated scores (located.py).
+
+A box prompt adds one candidate of its own to its query (`box_prompt_cell`): the user has said
+where the object is, and the detector's K peaks may miss it or box it loosely. Measured on the
+default model (test, 200 single-target box prompts, always answering): 16 % chose the target with
+a 2D box too loose to match it (2D IoU 0.2-0.5), 5.5 % had no candidate on it. The candidate is
+read at the strongest heatmap cell in the middle of the box and keeps the prompt as its 2D box
+(corrected from a crop when the crop heads are fitted, as every candidate's is). Point prompts
+get none: a candidate at the strongest peak whose box holds the point, scored like the pointer's
+prompt prior, changed nothing (79.5 % grounded either way), as a point does not say the extent.
 """
 
 from __future__ import annotations
@@ -116,6 +125,26 @@ def inject_missing_targets(
         cells[row, slot] = object_cells[row, column]
         injected[row, slot] = True
     return cells, injected
+
+
+# A box prompt's candidate is read at a cell whose centre lies within this fraction of the box's
+# size from its centre (the middle half): its own object's peak, not a neighbour's at the edge.
+BOX_PROMPT_INNER = 0.25
+
+
+def box_prompt_cell(heatmap: torch.Tensor, grid: CellGrid, box_px: torch.Tensor) -> int:
+    """The flat cell of a box prompt's object: heatmap (h*w,) logits, box (4,) canvas px xyxy.
+
+    The strongest cell whose centre lies in the middle of the box; the cell of the box's centre
+    when no cell centre does (a box smaller than a cell).
+    """
+    centres = grid.centres_px(torch.arange(heatmap.numel(), device=heatmap.device))  # (h*w, 2)
+    middle = (box_px[:2] + box_px[2:]) / 2
+    half = (box_px[2:] - box_px[:2]).clamp(min=0) * BOX_PROMPT_INNER
+    inside = ((centres - middle).abs() <= half).all(dim=-1)
+    if not bool(inside.any()):
+        return int(grid.cell_of(middle))
+    return int(heatmap.float().masked_fill(~inside, float("-inf")).argmax())
 
 
 def pointer_inputs(

@@ -39,6 +39,7 @@ return), candidates.py, sequence.py (the LLM side), batch_losses.py and located.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -236,19 +237,47 @@ class LLMI3D(nn.Module):
         cells: torch.Tensor | None = None,
         *,
         image_hr: torch.Tensor | None = None,
+        box2d: torch.Tensor | None = None,
     ) -> Candidates:
         """The K strongest heatmap peaks of each image (or the given cells (B, N)) as candidates.
 
         With the canvas `image_hr` and fitted crop heads, the candidates are also named, and
-        their 2D boxes corrected, from crops of their boxes (model/crops.py).
+        their 2D boxes corrected, from crops of their boxes (model/crops.py). `box2d` (B, N, 4),
+        normalised canvas xyxy, replaces the dense heads' 2D boxes (a box prompt's).
         """
         if cells is None:
             cells, _ = peaks(dense["heatmap"], self.config.detector.max_objects,
                              self.config.detector.nms_kernel)  # fmt: skip
         raw = {name: gather_cells(maps, cells) for name, maps in dense.items()}
         return self._candidates_at(
-            raw, gather_cells(hr_map, cells), cells, K, image_size, image_hr=image_hr
-        )
+            raw, gather_cells(hr_map, cells), cells, K, image_size, image_hr=image_hr,
+            box2d=box2d,
+        )  # fmt: skip
+
+    def box_prompt_candidate(
+        self, features: ImageFeatures, box_prompt: torch.Tensor
+    ) -> Candidates | None:
+        """The candidate a box prompt adds to its query (candidates.box_prompt_cell), or None.
+
+        Read at the strongest heatmap cell in the middle of the box, with the prompt as its 2D
+        box (corrected from a crop when the crop heads are fitted). `features`: one image's;
+        `box_prompt`: (4,) normalised canvas xyxy. None without the dense maps, or when the
+        prompt is NaN (a batch's "no prompt").
+        """
+        dense, hr_map = features.dense, features.hr_map
+        if dense is None or hr_map is None or not bool(torch.isfinite(box_prompt).all()):
+            return None
+        height, width = self.config.high_res.image_size
+        box = box_prompt.reshape(4).to(self.device, torch.float32)
+        scale = box.new_tensor([width, height, width, height])
+        grid = self._grid(hr_map, features.image_size)
+        cell = candidate_set.box_prompt_cell(dense["heatmap"][0].flatten(), grid, box * scale)
+        image_hr = None if features.image_hr is None else features.image_hr[:1]
+        return self.candidates(
+            hr_map[:1], {k: v[:1] for k, v in dense.items()}, features.K[:1],
+            features.image_size[:1], torch.tensor([[cell]], device=self.device),
+            image_hr=image_hr, box2d=box.reshape(1, 1, 4),
+        )  # fmt: skip
 
     def crop_outputs(
         self, image_hr: torch.Tensor, rows: torch.Tensor, boxes_px: torch.Tensor
@@ -282,13 +311,19 @@ class LLMI3D(nn.Module):
         image_size: torch.Tensor,
         *,
         image_hr: torch.Tensor | None = None,
+        box2d: torch.Tensor | None = None,
     ) -> Candidates:
-        """Candidates from the raw dense values (B, N, k) and F (B, N, C) at their cells (B, N)."""
+        """Candidates from the raw dense values (B, N, k) and F (B, N, C) at their cells (B, N).
+
+        `box2d` (B, N, 4), normalised canvas xyxy, replaces the dense heads' 2D boxes.
+        """
         height, width = self.config.high_res.image_size
         assert self.high_res is not None
         grid = CellGrid(float(self.high_res.stride), height // self.high_res.stride,
                         width // self.high_res.stride, float(width), float(height))  # fmt: skip
         outputs = cell_outputs(raw, cells, grid, self.log_priors, self.config)
+        if box2d is not None:
+            outputs["box2d"] = box2d.to(outputs["box2d"])
         heads = self.crop_heads
         if image_hr is not None and heads is not None and bool(heads.fitted):
             B, N = cells.shape
@@ -652,7 +687,12 @@ class LLMI3D(nn.Module):
             nan2 = torch.full((1, 2), float("nan"), device=self.device)
             box = nan4 if box_prompt is None else box_prompt.reshape(1, 4).to(self.device)
             point = nan2 if point_prompt is None else point_prompt.reshape(1, 2).to(self.device)
-            pointed = self.point(states, features.candidates, box, point)
+            candidates = features.candidates
+            extra = None if box_prompt is None else self.box_prompt_candidate(features, box_prompt)
+            if extra is not None:
+                candidates = candidates.extended(extra)
+                features = replace(features, candidates=candidates)
+            pointed = self.point(states, candidates, box, point)
             return located.ranked(
                 features, self.scores(pointed.logits[0]), pointed.residual[0], self.config,
                 answer=answer, answered=answered,

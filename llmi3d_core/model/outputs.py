@@ -47,6 +47,19 @@ class Candidates:
             valid=self.valid[rows],
         )
 
+    def extended(self, more: Candidates) -> Candidates:
+        """These candidates followed by `more` (same images), e.g. one a query's prompt adds."""
+        outputs, boxes = self.outputs, self.boxes
+        return Candidates(
+            cells=torch.cat([self.cells, more.cells], dim=1),
+            outputs={k: torch.cat([v, more.outputs[k].to(v)], dim=1) for k, v in outputs.items()},
+            boxes={k: torch.cat([v, more.boxes[k].to(v)], dim=1) for k, v in boxes.items()},
+            features=torch.cat([self.features, more.features.to(self.features)], dim=1),
+            geometry=torch.cat([self.geometry, more.geometry.to(self.geometry)], dim=1),
+            objectness=torch.cat([self.objectness, more.objectness.to(self.objectness)], dim=1),
+            valid=torch.cat([self.valid, more.valid], dim=1),
+        )
+
 
 @dataclass
 class ImageFeatures:

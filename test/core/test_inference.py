@@ -123,6 +123,14 @@ def test_prompts_are_pixels_of_the_input_image(predictor, image):
     assert not np.allclose(boxed.center, pointed.center)
 
 
+def test_a_box_prompt_is_answered_with_the_object_in_the_box(predictor, image):
+    """The prompt is a candidate of its own: its box comes back in pixels of the input image."""
+    box = [100.0, 50.0, 300.0, 250.0]
+    first = predictor.predict(image, K_VGA, "what is this", box2d=box)[0]
+    # letterboxed to the canvas and back (the tiny preset has no crop heads to correct it)
+    np.testing.assert_allclose(first.box2d, box, atol=0.05)
+
+
 @pytest.mark.parametrize(("policy", "passes"), [("ground", 1), ("answer", 3)])
 def test_answer_policy_sets_the_llm_passes(image, policy, passes):
     """ "ground" is one LLM pass per query; "answer" rewinds, generates, then reads the box."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmi3d_core.model import get_preset
+from llmi3d_core.model.candidates import box_prompt_cell
 from llmi3d_core.model.detector import (
     HEATMAP_PRIOR,
     CellGrid,
@@ -175,3 +176,18 @@ def test_focal_loss_hand_values():
     assert focal_loss(logits, target, ignore, one).item() == pytest.approx(positive)
     sure = torch.tensor([20.0, -20.0]).view(1, 1, 1, 2)
     assert focal_loss(sure, target, none, one).item() < 1e-6
+
+
+def test_box_prompt_cell_is_the_strongest_in_the_middle_of_the_box():
+    """A box prompt's candidate: its own object's peak, not a stronger neighbour's at the edge."""
+    grid = CellGrid(stride=8.0, height=6, width=10, canvas_w=80.0, canvas_h=48.0)
+    heatmap = torch.zeros(60)
+    box = torch.tensor([8.0, 8.0, 56.0, 40.0])  # centre (32, 24); middle |dx| <= 12, |dy| <= 8
+    heatmap[grid.cell_of(torch.tensor([36.0, 20.0]))] = 2.0  # in the middle
+    heatmap[grid.cell_of(torch.tensor([12.0, 12.0]))] = 5.0  # in the box, at its edge
+    heatmap[grid.cell_of(torch.tensor([70.0, 44.0]))] = 9.0  # outside the box
+    cell = box_prompt_cell(heatmap, grid, box)
+    assert cell == int(grid.cell_of(torch.tensor([36.0, 20.0])))
+    # a box smaller than a cell holds no cell centre: the cell of its centre
+    tiny = torch.tensor([17.0, 17.0, 18.0, 18.0])
+    assert box_prompt_cell(heatmap, grid, tiny) == int(grid.cell_of(torch.tensor([17.5, 17.5])))

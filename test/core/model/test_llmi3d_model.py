@@ -508,3 +508,22 @@ def test_teacher_forced_states_feed_the_answers_of_answer_types(make_model, synt
         [alone] = model.teacher_forced_states(context, [item])
         torch.testing.assert_close(states.f3d, alone.f3d, rtol=1e-4, atol=1e-5)
     assert context.cache.get_seq_length() == context.prefix_length
+
+
+def test_box_prompt_adds_its_own_candidate_with_the_prompt_as_its_box(make_model, make_batch):
+    """The detector may miss the prompted object or box it loosely: the prompt is a candidate."""
+    model = make_model().eval()
+    batch = make_batch(model.config, size=1)
+    context = model.prepare_context(_features(model, batch))
+    count = model.config.detector.max_objects
+    box = torch.tensor([0.2, 0.3, 0.5, 0.8])
+    located = model.locate(context, format_query("what is this?", box), "ground", box_prompt=box)
+    plain = model.locate(context, format_query("what is this?"), "ground")
+    assert plain.scores.shape == (count,) and located.scores.shape == (count + 1,)
+    height, width = model.config.high_res.image_size
+    prompt_px = box * torch.tensor([width, height, width, height])
+    # the tiny preset has no crop heads: the candidate keeps the prompt, and the pointer's prompt
+    # prior (IoU 1, centred) ranks it first
+    torch.testing.assert_close(located.boxes["box2d_px"][0], prompt_px)
+    matches = (located.boxes["box2d_px"] - prompt_px).abs().amax(dim=-1) < 1e-3
+    assert int(matches.sum()) == 1
