@@ -119,7 +119,8 @@ def block(benchmarks: str, indent: str = "  ", *, allow_standin: bool = False) -
         f"the default model exactly as the demo serves it (recipe `{recipe.group(1)}`"
         + (f", stages {stages.group(1)} steps x batch" if stages else "")
         + f") reaches **Acc@0.25 {row['Acc@0.25']} %** and grounding {row['grounding']} % (the "
-        f"right object chosen) on its held-out test set: {test.group(3)} queries on "
+        "right object chosen; a box prompt's answer is the object in its box by construction) "
+        f"on its held-out test set: {test.group(3)} queries on "
         f"{test.group(1)} synthetic images of a seed no recipe trains on (seed "
         f"{test.group(2)}), exact oriented 3D IoU. Read at the true object's cell, its heads "
         f"reach Acc@0.25 {upper['Acc@0.25']} % (the upper bound of pointing: the rest of the gap "
