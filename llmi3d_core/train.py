@@ -51,7 +51,12 @@ from llmi3d_core.rundir import (
 from llmi3d_core.train_config import StageConfig, TrainConfig, load_train_config
 from llmi3d_core.train_data import prepare_data
 from llmi3d_core.train_loop import StageTrainer
-from llmi3d_core.train_stages import make_task, model_config_for_data, size_priors
+from llmi3d_core.train_stages import (
+    check_crop_stage,
+    make_task,
+    model_config_for_data,
+    size_priors,
+)
 
 __all__ = ["add_arguments", "ensure_trained", "run", "train"]
 
@@ -145,6 +150,7 @@ def _train_model(config: TrainConfig, out_dir: Path, resuming: bool) -> Path:
     model_config = model_config_for_data(config, dataset)
     priors = size_priors(dataset, config.data.train_split, model_config.detector.categories)
     stages = _stages(config)
+    check_crop_stage(model_config, [stage.kind for stage in stages])
     init: Path | None = None
     best = out_dir / "best"
     for index, stage in enumerate(stages, start=1):

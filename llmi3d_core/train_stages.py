@@ -775,6 +775,32 @@ def make_task(config: TrainConfig, stage: StageConfig, dataset: Dataset | None =
     return TASKS[stage.kind](config, stage, dataset or read_dataset(config.data.root))
 
 
+def check_crop_stage(model: ModelConfig, kinds: Sequence[str]) -> None:
+    """Crop heads learn only in a "crops" stage, which needs them: refuse a run without both.
+
+    Checked before the first stage, so that a recipe that got it wrong fails in seconds rather
+    than after the detector stage (heads without the stage would never be fitted, and so would
+    change nothing while costing parameters).
+
+    Raises:
+        ConfigError: crop heads without a "crops" stage, or a "crops" stage without them.
+    """
+    detector = model.detector
+    has_heads = model.high_res.enabled and detector.crop_heads and bool(detector.categories)
+    has_stage = "crops" in kinds
+    if has_heads and not has_stage:
+        raise ConfigError(
+            "model.detector.crop_heads is true but no 'crops' stage trains the crop heads: add "
+            "one after the 'detector' stage (as config/train/smol_synth.yaml does) or set "
+            "model.detector.crop_heads: false"
+        )
+    if has_stage and not has_heads:
+        raise ConfigError(
+            "a 'crops' stage needs model.detector.crop_heads: true, the high-res branch "
+            "(high_res.enabled) and a category head (categories in the data)"
+        )
+
+
 __all__ = [
     "TASKS",
     "CropTask",
@@ -784,6 +810,7 @@ __all__ = [
     "PointerTask",
     "StageTask",
     "box_ious",
+    "check_crop_stage",
     "make_task",
     "model_config_for_data",
     "size_priors",

@@ -131,7 +131,8 @@ def test_shipped_configs_stages_suit_their_model(path):
     """A recipe's stages can train its model (checked without building the model).
 
     The pointer stage trains the candidate pointer alone, so it needs heads.pointer; the crops
-    stage trains the crop heads, so it needs detector.crop_heads (and the HR branch); Text3D
+    stage trains the crop heads, so it needs detector.crop_heads (and the HR branch), and crop
+    heads need it (nothing else fits them); Text3D
     (heads.readout: text) has no pointer (LLMI3D refuses text with heads.pointer).
     """
     config = load_train_config(path)
@@ -145,6 +146,8 @@ def test_shipped_configs_stages_suit_their_model(path):
         assert model.detector.crop_heads and model.high_res.enabled, (
             f"{path.name}: a crops stage, but no crop heads"
         )
+    if model.detector.crop_heads and model.high_res.enabled:
+        assert "crops" in kinds, f"{path.name}: crop heads, but no crops stage fits them"
     if model.heads.readout == "text":
         assert not model.heads.pointer, f"{path.name}: Text3D needs heads.pointer: false"
 

@@ -22,7 +22,7 @@ from llmi3d_core.model.crops import (
 )
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.train_config import StageConfig, load_train_config
-from llmi3d_core.train_stages import make_task
+from llmi3d_core.train_stages import check_crop_stage, make_task
 
 
 def test_a_crop_holds_its_box_and_edges_are_clipped():
@@ -192,3 +192,20 @@ def test_a_crops_stage_needs_the_crop_heads(synth_root):
     task = make_task(config, StageConfig(kind="crops", max_steps=1))
     with pytest.raises(ConfigError, match="crop_heads"):
         task.select_trainable(LLMI3D(get_preset("tiny")))
+
+
+def test_crop_heads_and_a_crops_stage_come_together():
+    """Checked before the first stage: heads no stage fits, or a stage with no heads to fit."""
+    tiny = get_preset("tiny").replace(**{"detector.categories": ("cup", "lamp")})
+    with_heads = tiny.replace(**{"detector.crop_heads": True})
+    check_crop_stage(with_heads, ["detector", "crops", "pointer"])
+    check_crop_stage(tiny, ["detector", "pointer"])
+    with pytest.raises(ConfigError, match="no 'crops' stage"):
+        check_crop_stage(with_heads, ["detector", "pointer"])
+    with pytest.raises(ConfigError, match=r"needs model\.detector\.crop_heads"):
+        check_crop_stage(tiny, ["detector", "crops"])
+    # without categories no crop heads are built: nothing to fit, and a crops stage is refused
+    no_names = with_heads.replace(**{"detector.categories": ()})
+    check_crop_stage(no_names, ["joint"])
+    with pytest.raises(ConfigError, match=r"needs model\.detector\.crop_heads"):
+        check_crop_stage(no_names, ["detector", "crops"])
