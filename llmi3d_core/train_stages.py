@@ -420,10 +420,7 @@ class CropTask(StageTask):
 
     def select_trainable(self, model: Any) -> None:
         """Train only the crop heads."""
-        if model.crop_heads is None:
-            raise ConfigError(
-                "a 'crops' stage needs model.detector.crop_heads: true and a category head"
-            )
+        check_crop_stage(model.config, [self.kind])
         for name, param in model.named_parameters():
             if not name.startswith("crop_heads."):
                 param.requires_grad_(False)
