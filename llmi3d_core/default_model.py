@@ -27,10 +27,10 @@ TEST_SEED = 9001
 TEST_IMAGES = 200
 # Bumped when the model's code changes what a checkpoint holds (new modules, new buffers) or how
 # its values are fitted (6: the score calibration; 7: the pointer stage's LLM pass runs queries
-# in groups of similar length, which moves their states by ~1e-5; 8: the crop heads), so that a
-# cached default model of an older release is retrained instead of failing to load or serving
-# the old values.
-MODEL_REVISION = 8
+# in groups of similar length, which moves their states by ~1e-5; 8: the crop heads; 9: the
+# spatial-relation heads), so that a cached default model of an older release is retrained
+# instead of failing to load or serving the old values.
+MODEL_REVISION = 9
 
 
 def default_recipe() -> Path:

@@ -37,7 +37,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from llmi3d_core.data.dataset import GroundingDataset, ImageDataset, collate_grounding
+from llmi3d_core.data.dataset import (
+    NAMED_KEYS,
+    GroundingDataset,
+    ImageDataset,
+    collate_grounding,
+)
 from llmi3d_core.data.format import Dataset
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
@@ -620,8 +625,7 @@ class PointerTask(StageTask):
             "target_boxes2d": item["obj_box2d"],  # every object's; target_mask says which
             "num_targets": item["target_mask"].sum(),
             "query_type": item["query_type"],
-            "query_category": item["query_category"],
-            "query_color": item["query_color"],
+            **{key: item[key] for key in NAMED_KEYS},
             "K": item["K"],
             "image_size": item["image_size"],
         }

@@ -54,12 +54,16 @@ from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import centre_segment, project, real_to_virtual_depth
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.inputs import prepare_inputs
+from llmi3d_core.model.spatial_relations import ANCHORS, relation_index
 from llmi3d_core.rotation import egocentric_to_allocentric, matrix_to_rotation_6d
 
 MAX_OBJECTS = 32
+# the item keys of what a query's words name (GroundingDataset.named_attributes)
+NAMED_KEYS = ("query_category", "query_color", "query_relation", "anchor_category", "anchor_color")
 NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_ANCHOR_MARKER = re.compile(r"\b(left of|right of|behind|between)\b")
 
 
 def _mirror_box(box: np.ndarray, width: int) -> np.ndarray:
@@ -100,6 +104,18 @@ def mirror_text(text: str) -> str:
         return other.capitalize() if word[0].isupper() else other
 
     return _LEFT_RIGHT.sub(swap, text)
+
+
+def _anchor_phrases(text: str) -> list[str]:
+    """The words naming a relation's anchors: after "of", "behind" or "between" (split at "and").
+
+    "the red chair to the left of the blue table" -> ["the blue table"]; none without a relation.
+    """
+    found = _ANCHOR_MARKER.search(text.lower())
+    if found is None:
+        return []
+    rest = text.lower()[found.end() :]
+    return rest.split(" and ", 1) if found.group(1) == "between" else [rest]
 
 
 def _f32(values: Any) -> torch.Tensor:
@@ -392,14 +408,25 @@ class GroundingDataset(_Base):
         return self.get(index, mirror=mirror, brightness=brightness)
 
     def named_attributes(
-        self, query: QueryRecord, text: str, targets: list[ObjectRecord]
+        self,
+        query: QueryRecord,
+        text: str,
+        targets: list[ObjectRecord],
+        anchors: Sequence[ObjectRecord] = (),
+        *,
+        mirror: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """The category and colour the query's words name, as class indices (pointer.py).
+        """What the query's words name, as class indices (pointer.py, spatial_relations.py).
 
         query_category: the answer's category for captions and questions (the last index,
         "any", for prompts, which name none, and for categories outside the head).
         query_color: the first target's colour when its word is in the text, for a negative the
         first colour word of the text; else "any".
+        query_relation: the index in RELATIONS of `extra["relation"]` (left and right swapped
+        for a mirrored image; "none" for questions and prompts), -1 for a caption whose dataset
+        does not record it.
+        anchor_category, anchor_color: (ANCHORS,) each anchor's category and its colour when
+        the words after the relation name it (else "any"); -1 where there is no such anchor.
         """
         categories = list(self.config.detector.categories)
         colors = list(self.config.detector.colors)
@@ -415,7 +442,22 @@ class GroundingDataset(_Base):
         else:
             named = [w for w in re.findall(r"[a-z]+", text.lower()) if w in colors]  # text order
             color = colors.index(named[0]) if named else len(colors)
-        return {"query_category": torch.tensor(category), "query_color": torch.tensor(color)}
+        relation = query.extra.get("relation") if query.type == "caption" else "none"
+        anchor_category, anchor_color = [-1] * ANCHORS, [-1] * ANCHORS
+        phrases = _anchor_phrases(text)
+        for k, (anchor, phrase) in enumerate(zip(anchors[:ANCHORS], phrases, strict=False)):
+            if anchor.category_name in categories:
+                anchor_category[k] = categories.index(anchor.category_name)
+                own = str(anchor.attributes.get("color", ""))
+                named_color = own in colors and own in re.findall(r"[a-z]+", phrase)
+                anchor_color[k] = colors.index(own) if named_color else len(colors)
+        return {
+            "query_category": torch.tensor(category),
+            "query_color": torch.tensor(color),
+            "query_relation": torch.tensor(relation_index(relation, mirror=mirror)),
+            "anchor_category": torch.tensor(anchor_category),
+            "anchor_color": torch.tensor(anchor_color),
+        }
 
     def get(self, index: int, *, mirror: bool = False, brightness: float = 1.0) -> dict[str, Any]:
         """Build item `index`, optionally mirrored left-right and with a brightness factor."""
@@ -442,6 +484,7 @@ class GroundingDataset(_Base):
         target_mask[targets] = True
         target = targets[0] if targets else 0
         nan4, nan2 = np.full(4, np.nan), np.full(2, np.nan)
+        anchor_ids = [a for a in query.extra.get("anchor_object_ids", ()) if a in ids]
         item.update(
             query=text,
             answer=query.answer,
@@ -453,7 +496,13 @@ class GroundingDataset(_Base):
             point_prompt=_f32(nan2 if point is None else lb.points_to_canvas(point) / canvas),
             target_index=torch.tensor(target if targets else -1),
             target_mask=target_mask,
-            **self.named_attributes(query, text, [objects[t] for t in targets]),
+            **self.named_attributes(
+                query,
+                text,
+                [objects[t] for t in targets],
+                [objects[ids.index(a)] for a in anchor_ids],
+                mirror=mirror,
+            ),
         )
         for key in (
             "center_uv", "virtual_depth", "dims_lwh", "rot6d_allo", "box2d", "keypoints",

@@ -98,16 +98,31 @@ def dense_losses(
 
 
 def text_losses(pointed: PointerOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Cross-entropy of the category and colour the query names (pointer.py), if present."""
+    """Cross-entropy of what the query's words name (pointer.py), for the heads present.
+
+    text_category / text_color: the target's category and colour. text_relation: the spatial
+    relation; text_anchor: the anchors' categories and colours (spatial_relations.py). Labels
+    of -1 (a relation the dataset does not record, a query without a second anchor) add nothing.
+    """
     losses: dict[str, torch.Tensor] = {}
-    for name, logits in (
-        ("text_category", pointed.category_logits),
-        ("text_color", pointed.color_logits),
+    for name, key, logits in (
+        ("text_category", "query_category", pointed.category_logits),
+        ("text_color", "query_color", pointed.color_logits),
+        ("text_relation", "query_relation", pointed.relation_logits),
+        ("text_anchor", "anchor_category", pointed.anchor_category_logits),
+        ("text_anchor", "anchor_color", pointed.anchor_color_logits),
     ):
-        key = "query_" + name.split("_")[1]
-        if logits is not None and key in batch:
-            target = batch[key].to(logits.device)
-            losses[name] = nn.functional.cross_entropy(logits.float(), target)
+        if logits is None or key not in batch:
+            continue
+        target = batch[key].to(logits.device).reshape(-1)
+        flat = logits.float().reshape(target.shape[0], -1)
+        labelled = target >= 0
+        term = (
+            nn.functional.cross_entropy(flat[labelled], target[labelled])
+            if bool(labelled.any())
+            else flat.sum() * 0.0
+        )
+        losses[name] = losses[name] + term if name in losses else term
     return losses
 
 

@@ -283,6 +283,9 @@ class HeadConfig:
         pointer_dim: width of the pointer's candidate encoder.
         pointer_layers: relation layers of the pointer (candidates attend to each other and to
             the query's words).
+        pointer_spatial: heads on the query's words name a spatial relation and its anchors,
+            and fixed geometric tests score the candidates by them (spatial_relations.py; needs
+            the detector's category head).
     """
 
     readout: str = "query"
@@ -298,6 +301,7 @@ class HeadConfig:
     pointer: bool = True
     pointer_dim: int = 128
     pointer_layers: int = 2
+    pointer_spatial: bool = True
 
     def __post_init__(self) -> None:
         if self.height_extent not in HEIGHT_EXTENTS:
@@ -337,6 +341,8 @@ class LossConfig:
     align: float = 0.5
     text_category: float = 0.5
     text_color: float = 0.5
+    text_relation: float = 0.5
+    text_anchor: float = 0.5
 
 
 @dataclass

@@ -157,6 +157,7 @@ class LLMI3D(nn.Module):
                     config.heads.pointer_layers,
                     categories=categories,
                     colors=len(config.detector.colors),
+                    spatial=config.heads.pointer_spatial,
                 )
             else:
                 self.heads = Heads(hidden, config.heads)

@@ -19,9 +19,11 @@ attention-pooled word states predict the category and the colour the query names
 extra "any" class: a box prompt names no category, most captions no colour), trained on the
 dataset's answers (`query_category`, `query_color`). Their agreement with each candidate's
 predicted category and colour, log sum_c q_c p_ic (+ the "any" mass), adds to the candidate's
-logit. This factorised
-match is what a few thousand training queries can learn; the relation layers add what it cannot
-say (left of, nearest, between).
+logit. This factorised match is what a few thousand training queries can learn. Spatial
+relations are factorised the same way (spatial_relations.py): heads on the words name the
+relation ("left of", "the nearest", ...) and its anchors' category and colour, fixed geometric
+tests score each candidate by them, and the log of that score joins the logit. The relation
+layers add what neither term can say.
 
 A learned "no object" candidate joins the K (a token of its own that takes part in the relation
 layers, so it can stand for "nothing here matches"); its logit comes last. Every logit is a
@@ -49,6 +51,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from llmi3d_core.model.spatial_relations import (
+    ANCHORS,
+    RELATIONS,
+    horizontal_overlap,
+    relation_scores,
+)
 
 GEOMETRY_WIDTH = 8  # u, v, log z, log volume, box x1, y1, x2, y2 (see `candidate_geometry`)
 RELATION_WIDTH = GEOMETRY_WIDTH + 1  # differences + horizontal overlap
@@ -100,12 +109,18 @@ class PointerOutput:
         residual: (B, K, RESIDUAL_WIDTH) corrections of each candidate's log depth and log size.
         category_logits: (B, C + 1) the category the query names (last: "any"), or None.
         color_logits: (B, N + 1) the colour it names (last: "any"), or None.
+        relation_logits: (B, len(RELATIONS)) the spatial relation it names, or None.
+        anchor_category_logits: (B, ANCHORS, C + 1) its anchors' categories, or None.
+        anchor_color_logits: (B, ANCHORS, N + 1) its anchors' colours, or None.
     """
 
     logits: torch.Tensor
     residual: torch.Tensor
     category_logits: torch.Tensor | None = None
     color_logits: torch.Tensor | None = None
+    relation_logits: torch.Tensor | None = None
+    anchor_category_logits: torch.Tensor | None = None
+    anchor_color_logits: torch.Tensor | None = None
 
 
 def candidate_geometry(
@@ -120,12 +135,7 @@ def candidate_geometry(
 def relations(geometry: torch.Tensor) -> torch.Tensor:
     """(B, K, G) -> (B, K, K, RELATION_WIDTH): g_i - g_j and the horizontal overlap of the boxes."""
     diff = geometry[:, :, None, :] - geometry[:, None, :, :]
-    x1, x2 = geometry[..., 4], geometry[..., 6]
-    inter = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(
-        x1[:, :, None], x1[:, None, :]
-    )).clamp(min=0)  # fmt: skip
-    width = (x2 - x1).clamp(min=1e-4)
-    overlap = inter / torch.minimum(width[:, :, None], width[:, None, :])
+    overlap = horizontal_overlap(geometry[..., 4:8])
     return torch.cat([diff, overlap.unsqueeze(-1)], dim=-1)
 
 
@@ -221,6 +231,7 @@ class CandidatePointer(nn.Module):
         layers: int,
         categories: int = 0,
         colors: int = 0,
+        spatial: bool = True,
     ) -> None:
         super().__init__()
         heads = 4 if dim % 4 == 0 else 1
@@ -258,6 +269,19 @@ class CandidatePointer(nn.Module):
         self.text_category = nn.Linear(dim, categories + 1) if categories else None
         self.text_color = nn.Linear(dim, colors + 1) if colors else None
         self.match_weight = nn.Parameter(torch.ones(2))
+        # spatial relations (spatial_relations.py): the relation and the anchors' category and
+        # colour, each read through an attention pooling of its own (the anchor is other words
+        # than the target); they need the category head to find anchors by.
+        self.spatial = spatial and self.text_category is not None
+        if self.spatial:
+            self.relation_word_score = nn.Linear(hidden, 1 + ANCHORS)
+            self.relation_pool = nn.Linear(hidden, dim)
+            self.text_relation = nn.Linear(dim, len(RELATIONS))
+            with torch.no_grad():  # start near "none": the term is then ~0 for every candidate
+                self.text_relation.bias[0] = 2.0
+            self.anchor_category = nn.Linear(dim, categories + 1)
+            self.anchor_color = nn.Linear(dim, colors + 1) if colors else None
+            self.relation_weight = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, inputs: PointerInputs) -> PointerOutput:
         """Score the candidates and "no object" (see PointerOutput)."""
@@ -281,25 +305,88 @@ class CandidatePointer(nn.Module):
         prompt = prompt.to(dtype)  # its flags are float32
         bias = bias + (self.prompt_prior(prompt) + self.prompt(prompt)).squeeze(-1)
         normed = self.word_norm(inputs.words.to(dtype))  # (B, T, hidden)
-        scores = self.word_score(normed).squeeze(-1).masked_fill(~inputs.word_mask, -1e4)
-        pooled = self.pool(torch.einsum("bt,bth->bh", scores.softmax(dim=-1), normed))  # (B, d)
+        pooled = self.pool(self._pooled(self.word_score(normed), normed, inputs.word_mask)[:, 0])
         named: list[torch.Tensor | None] = []
+        matches: list[torch.Tensor] = []
         for index, (head, probs) in enumerate(
             ((self.text_category, inputs.category_probs), (self.text_color, inputs.color_probs))
         ):
             text_logits = None if head is None else head(pooled)  # (B, C + 1), last: "any"
             named.append(text_logits)
             if text_logits is not None and probs is not None:
-                wanted = text_logits.softmax(dim=-1)
-                agree = torch.einsum("bc,bkc->bk", wanted[:, :-1], probs.to(dtype))
-                bias = (
-                    bias + self.match_weight[index] * (agree + wanted[:, -1:]).clamp(min=1e-4).log()
-                )
+                agree = _agreement(text_logits, probs.to(dtype))
+                matches.append(agree)
+                bias = bias + self.match_weight[index] * agree.log()
         category_logits, color_logits = named
+        relation_logits = anchor_category = anchor_color = None
+        if self.spatial:
+            term, relation_logits, anchor_category, anchor_color = self._spatial(
+                inputs, normed, geometry, matches
+            )
+            bias = bias + self.relation_weight * term
         logits = logits + torch.cat([bias, self.null_bias.to(dtype).expand(B, 1)], dim=1)
         logits = logits.masked_fill(~valid, float("-inf"))
         pair = torch.cat([cands[:, :K], query[:, None, :].expand(B, K, -1)], dim=-1)
-        return PointerOutput(logits, self.residual(pair), category_logits, color_logits)
+        return PointerOutput(
+            logits,
+            self.residual(pair),
+            category_logits,
+            color_logits,
+            relation_logits,
+            anchor_category,
+            anchor_color,
+        )
+
+    @staticmethod
+    def _pooled(scores: torch.Tensor, normed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """P attention poolings of word states (B, T, h) with scores (B, T, P) -> (B, P, h)."""
+        weights = scores.masked_fill(~mask[..., None], -1e4).softmax(dim=1)
+        return torch.einsum("btp,bth->bph", weights, normed)
+
+    def _spatial(
+        self,
+        inputs: PointerInputs,
+        normed: torch.Tensor,
+        geometry: torch.Tensor,
+        matches: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each candidate's relation term log s_i (B, K), and the relation and anchor logits.
+
+        (spatial_relations.py.) The anchors are the candidates matching the anchor heads'
+        category and colour, weighted by objectness; `matches` are the target's.
+        """
+        assert self.anchor_category is not None and inputs.category_probs is not None
+        dtype = normed.dtype
+        pools = self.relation_pool(
+            self._pooled(self.relation_word_score(normed), normed, inputs.word_mask)
+        )  # (B, 1 + ANCHORS, d)
+        relation_logits = self.text_relation(pools[:, 0])
+        anchor_category = self.anchor_category(pools[:, 1:])  # (B, ANCHORS, C + 1)
+        anchor_color = None if self.anchor_color is None else self.anchor_color(pools[:, 1:])
+        anchor_logits = _agreement(anchor_category, inputs.category_probs.to(dtype)).log()
+        if anchor_color is not None and inputs.color_probs is not None:
+            anchor_logits = (
+                anchor_logits + _agreement(anchor_color, inputs.color_probs.to(dtype)).log()
+            )
+        objectness = self.objectness_weight * inputs.objectness.to(dtype)
+        anchor_logits = anchor_logits + objectness[:, None]
+        anchors = anchor_logits.masked_fill(~inputs.valid[:, None], -1e4).softmax(dim=-1)
+        match = torch.ones_like(inputs.objectness, dtype=dtype)
+        for agree in matches:
+            match = match * agree
+        scores = relation_scores(geometry, inputs.valid, match.clamp(max=1.0), anchors)
+        mixed = torch.einsum("br,brk->bk", relation_logits.softmax(dim=-1), scores)
+        return mixed.clamp(min=1e-4).log(), relation_logits, anchor_category, anchor_color
+
+
+def _agreement(text_logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """How well each candidate matches what the words name: sum_c q_c p_kc + q_any.
+
+    text_logits (B, [A,] C + 1) (last: "any"), probs (B, K, C) -> (B, [A,] K), at least 1e-4.
+    """
+    wanted = text_logits.softmax(dim=-1)
+    agree = torch.einsum("b...c,bkc->b...k", wanted[..., :-1], probs) + wanted[..., -1:]
+    return agree.clamp(min=1e-4)
 
 
 def pointer_loss(

@@ -145,10 +145,11 @@ def test_staged_run_layout(small_run):
         assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in rows)
         assert log_lines(directory, "eval"), stage
     # the pointer stage trains the pointer alone, on cached LLM states: its scores, residual,
-    # and the category and colour the query's words name
+    # and the category, colour, spatial relation and anchors the query's words name
     pointer_rows = log_lines(out / "stages" / "3-pointer")
     assert {k for k in pointer_rows[0] if k.startswith("loss/")} == {
-        "loss/pointer", "loss/residual", "loss/text_category", "loss/text_color"
+        "loss/pointer", "loss/residual", "loss/text_category", "loss/text_color",
+        "loss/text_relation", "loss/text_anchor",
     }  # fmt: skip
     # its validation fits the score calibration (stored in the checkpoint)
     pointer_eval = log_lines(out / "stages" / "3-pointer", "eval")[-1]

@@ -28,6 +28,7 @@ from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import box3d_corners, centre_segment, project, virtual_to_real_depth
 from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.model import ModelConfig, get_preset
+from llmi3d_core.model.spatial_relations import ANCHORS
 from llmi3d_core.rotation import allocentric_to_egocentric, rotation_6d_to_matrix
 
 HR, LR = (96, 128), 64
@@ -82,7 +83,8 @@ def test_item_keys_shapes_and_types(root):
         assert isinstance(item[key], torch.Tensor) and item[key].dtype == torch.float32, key
         assert tuple(item[key].shape) == shape, key
     integers = {"assign": (h * w,), "obj_category": (MAX_OBJECTS,), "obj_color": (MAX_OBJECTS,),
-                "target_index": (), "query_category": (), "query_color": ()}  # fmt: skip
+                "target_index": (), "query_category": (), "query_color": (), "query_relation": (),
+                "anchor_category": (ANCHORS,), "anchor_color": (ANCHORS,)}  # fmt: skip
     for key, shape in integers.items():
         assert item[key].dtype == torch.int64 and tuple(item[key].shape) == shape, key
     for key in ("heat_ignore", "obj_valid", "target_mask"):

@@ -118,6 +118,9 @@ def test_pointer_stage_picks_the_target_of_the_training_queries(detector, handfu
     # slowly than the former softmax did in 80
     first, last = _fit(task, model, batch, steps=160, lr=3e-3)
     assert last["pointer"] < 0.05 * first["pointer"], (first, last)
+    # the spatial-relation heads read the relations and anchors of the generated captions
+    assert last["text_relation"] < 0.1 * first["text_relation"], (first, last)
+    assert last["text_anchor"] < 0.2 * first["text_anchor"], (first, last)
     # inference path (no teacher forcing): the detector's own candidates, the LLM run from the
     # image's KV cache, the best-ranked box
     model.eval()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from llmi3d_core.model.batch_losses import text_losses
 from llmi3d_core.model.config import HeadConfig
 from llmi3d_core.model.heads import KEYPOINT_SCALE, Heads
 from llmi3d_core.model.pointer import (
@@ -29,6 +30,7 @@ from llmi3d_core.model.positions import (
     map_centres,
     ray_map,
 )
+from llmi3d_core.model.spatial_relations import ANCHORS, RELATIONS
 
 NAN4, NAN2 = torch.full((1, 4), float("nan")), torch.full((1, 2), float("nan"))
 
@@ -315,7 +317,23 @@ def _match_only_pointer(category_bias: list[float]) -> CandidatePointer:
         assert pointer.text_category is not None
         pointer.text_category.weight.zero_()
         pointer.text_category.bias.copy_(torch.tensor(category_bias))
+        _name_relation(pointer, "none")
     return pointer.eval()
+
+
+def _name_relation(pointer: CandidatePointer, relation: str, anchor_category: int = 0) -> None:
+    """Make the relation heads name `relation` and an anchor of `anchor_category`, any colour."""
+    with torch.no_grad():
+        pointer.text_relation.weight.zero_()
+        pointer.text_relation.bias.fill_(-20.0)
+        pointer.text_relation.bias[RELATIONS.index(relation)] = 20.0
+        pointer.anchor_category.weight.zero_()
+        pointer.anchor_category.bias.fill_(-20.0)
+        pointer.anchor_category.bias[anchor_category] = 20.0
+        assert pointer.anchor_color is not None
+        pointer.anchor_color.weight.zero_()
+        pointer.anchor_color.bias.fill_(-20.0)
+        pointer.anchor_color.bias[-1] = 20.0  # "any"
 
 
 @pytest.mark.parametrize(
@@ -344,6 +362,60 @@ def test_named_category_raises_the_candidates_of_that_category(category_bias, fa
         others = [i for i in range(3) if i != favoured]
         assert logits[favoured].item() == pytest.approx(0.0, abs=1e-5)
         assert bool((logits[others] < -8.0).all())  # log(1e-4) at the floor
+
+
+@pytest.mark.parametrize(
+    ("relation", "anchor", "favoured"),
+    [("left_of", 1, 0), ("right_of", 1, 2), ("farthest", 0, 1), ("nearest", 0, 2),
+     ("largest", 0, 1), ("left_half", 0, 0), ("none", 0, None)],
+)  # fmt: skip
+def test_named_relation_raises_the_candidates_in_it(relation, anchor, favoured):
+    """The relation heads' term (spatial_relations.py): the query naming "left of the <category
+    1>" lifts the candidate left of candidate 1 over the anchor and the one to its right."""
+    pointer = _match_only_pointer([0.0, 0.0, 0.0, 20.0])  # the target: any category
+    _name_relation(pointer, relation, anchor)
+    uv = torch.tensor([[[0.2, 0.5], [0.6, 0.5], [0.85, 0.5]]])
+    dims = torch.tensor([[[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.5, 0.5, 0.5]]])
+    boxes = torch.tensor([[[0.1, 0.3, 0.3, 0.7], [0.5, 0.3, 0.7, 0.7], [0.75, 0.3, 0.95, 0.7]]])
+    geometry = candidate_geometry(uv, torch.tensor([[4.0, 6.0, 2.0]]), dims, boxes)
+    inputs = PointerInputs(
+        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
+        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, 3, 2),
+        geometry=geometry, objectness=torch.zeros(1, 3),
+        valid=torch.ones(1, 3, dtype=torch.bool), box_prompt=NAN4, point_prompt=NAN2,
+        category_probs=torch.eye(3)[None],
+    )  # fmt: skip
+    with torch.no_grad():
+        out = pointer(inputs)
+    assert out.relation_logits is not None and out.relation_logits.shape == (1, len(RELATIONS))
+    assert out.anchor_category_logits is not None
+    assert out.anchor_category_logits.shape == (1, ANCHORS, 4)
+    logits = out.logits[0, :3]
+    if favoured is None:
+        assert logits.tolist() == pytest.approx([0.0] * 3, abs=1e-5)
+    else:
+        others = [i for i in range(3) if i != favoured]
+        assert logits[favoured].item() > -0.1, logits
+        assert bool((logits[others] < -5.0).all()), logits
+    # without the spatial heads the term and its logits are gone
+    plain = CandidatePointer(4, 2, 4, 0, categories=3, colors=2, spatial=False)
+    assert plain(inputs).relation_logits is None
+
+
+def test_text_losses_skip_unlabelled_relations_and_anchors():
+    """-1 (no relation recorded, no second anchor) adds nothing; all unlabelled gives 0, not NaN."""
+    pointed = PointerOutput(
+        torch.zeros(2, 4), torch.zeros(2, 3, RESIDUAL_WIDTH),
+        relation_logits=torch.zeros(2, len(RELATIONS), requires_grad=True),
+        anchor_category_logits=torch.zeros(2, ANCHORS, 4), anchor_color_logits=None,
+    )  # fmt: skip
+    losses = text_losses(pointed, {
+        "query_relation": torch.tensor([-1, -1]),
+        "anchor_category": torch.tensor([[2, -1], [-1, -1]]),
+    })  # fmt: skip
+    assert float(losses["text_relation"].detach()) == 0.0
+    assert float(losses["text_anchor"]) == pytest.approx(math.log(4))  # uniform over 4 classes
+    losses["text_relation"].backward()  # still part of the graph
 
 
 def _zero_last_layers(heads: Heads) -> None:
