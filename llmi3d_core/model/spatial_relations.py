@@ -73,13 +73,12 @@ def horizontal_overlap(box2d: torch.Tensor) -> torch.Tensor:
     return inter / torch.minimum(width[:, :, None], width[:, None, :])
 
 
-def _superlative(key: torch.Tensor, match: torch.Tensor, others: torch.Tensor, scale: float) -> (
-    torch.Tensor
-):  # fmt: skip
+def _superlative(
+    key: torch.Tensor, match: torch.Tensor, others: torch.Tensor, scale: float
+) -> torch.Tensor:
     """(B, K): no other matching candidate j has a larger key (prod_j 1 - m_j sigmoid(...))."""
     beaten = torch.sigmoid((key[:, None, :] - key[:, :, None]) / scale)  # [i, j]: j above i
-    kept = (1 - match[:, None, :] * beaten * others).clamp(min=1e-6)
-    return kept.log().sum(-1).exp()
+    return (1 - match[:, None, :] * beaten * others).prod(dim=-1)
 
 
 def relation_scores(
