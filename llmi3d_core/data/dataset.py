@@ -50,6 +50,7 @@ from llmi3d_core.data.format import QUERY_TYPES, Dataset, ImageRecord, ObjectRec
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.splits import select_queries
+from llmi3d_core.data.synth.query_text import RELATION_WORDS
 from llmi3d_core.errors import DataFormatError, InvalidInputError
 from llmi3d_core.geometry import centre_segment, project, real_to_virtual_depth
 from llmi3d_core.model.config import ModelConfig
@@ -63,7 +64,10 @@ NAMED_KEYS = ("query_category", "query_color", "query_relation", "anchor_categor
 NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-_ANCHOR_MARKER = re.compile(r"\b(left of|right of|behind|between)\b")
+# the words before a relation's anchors, as the synthetic captions write them
+_ANCHOR_MARKER = re.compile(
+    r"\b(" + "|".join(re.escape(w) for w in (*RELATION_WORDS.values(), "between")) + r")\b"
+)
 
 
 def _mirror_box(box: np.ndarray, width: int) -> np.ndarray:
@@ -107,7 +111,7 @@ def mirror_text(text: str) -> str:
 
 
 def _anchor_phrases(text: str) -> list[str]:
-    """The words naming a relation's anchors: after "of", "behind" or "between" (split at "and").
+    """The words naming a relation's anchors: after RELATION_WORDS or "between" (split at "and").
 
     "the red chair to the left of the blue table" -> ["the blue table"]; none without a relation.
     """

@@ -16,7 +16,6 @@ from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.data.synth.query_text import SIZE_WORDS
 from llmi3d_core.data.synth.shapes import COLORS
-from llmi3d_core.model import get_preset
 from llmi3d_core.model.pointer import candidate_geometry
 from llmi3d_core.model.spatial_relations import (
     ANCHORS,
@@ -25,8 +24,6 @@ from llmi3d_core.model.spatial_relations import (
     relation_scores,
 )
 
-HR, LR = (96, 128), 64
-CONFIG = get_preset("tiny").replace(**{"high_res.image_size": HR, "low_res.image_size": LR})
 _MARKER = re.compile(r"\b(left of|right of|behind|between|nearest|farthest|largest|on the)\b")
 
 
@@ -106,7 +103,7 @@ def _target_phrase_matches(text: str, objects, target_category: str) -> torch.Te
 
 @pytest.mark.parametrize("mirror", [False, True])
 def test_ground_truth_geometry_through_the_tests_reproduces_every_verified_query(
-    relational_root, mirror
+    relational_root, tiny_config, mirror
 ):
     """The oracle: true geometry, true relation and anchors -> the query's targets, exactly.
 
@@ -114,7 +111,7 @@ def test_ground_truth_geometry_through_the_tests_reproduces_every_verified_query
     generated set: the objects its target words describe score > 0.5 exactly when they are
     targets. Mirrored, with the relation label swapped as training sees it.
     """
-    ds = GroundingDataset(relational_root, "train", CONFIG)
+    ds = GroundingDataset(relational_root, "train", tiny_config)
     data = read_dataset(relational_root)
     checked: dict[str, int] = {}
     for index, query in enumerate(ds.queries):
@@ -148,8 +145,8 @@ def test_ground_truth_geometry_through_the_tests_reproduces_every_verified_query
         assert checked.get(kind, 0) >= 3, checked
 
 
-def test_dataset_labels_the_relation_and_its_anchors(relational_root):
-    ds = GroundingDataset(relational_root, "train", CONFIG.replace(**{
+def test_dataset_labels_the_relation_and_its_anchors(relational_root, tiny_config):
+    ds = GroundingDataset(relational_root, "train", tiny_config.replace(**{
         "detector.categories": ("chair", "table", "lamp"), "detector.colors": ("red", "blue"),
     }))  # fmt: skip
     query = QueryRecord(
