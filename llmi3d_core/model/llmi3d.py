@@ -597,9 +597,12 @@ class LLMI3D(nn.Module):
         if injected is None:
             return cands, is_target
         cells, slots = injected
-        cands = self.candidates(features.hr_map, features.dense, features.K,
-                                features.image_size, cells, image_hr=features.image_hr)  # fmt: skip
-        return cands, self.target_slots(batch, cells) | slots
+        # the injected targets take the last slots: only those columns are read anew (a crop of
+        # each candidate runs through the backbone, which dominates the pointer stage's caching)
+        first = cells.shape[1] - int(slots.sum(dim=1).max())
+        fresh = self.candidates(features.hr_map, features.dense, features.K, features.image_size,
+                                cells[:, first:], image_hr=features.image_hr)  # fmt: skip
+        return cands.leading(first).extended(fresh), self.target_slots(batch, cells) | slots
 
     def _mlp_forward(
         self, batch: dict[str, Any], features: ImageFeatures, states: QueryStates,

@@ -47,6 +47,18 @@ class Candidates:
             valid=self.valid[rows],
         )
 
+    def leading(self, count: int) -> Candidates:
+        """The first `count` candidates of every image."""
+        return Candidates(
+            cells=self.cells[:, :count],
+            outputs={k: v[:, :count] for k, v in self.outputs.items()},
+            boxes={k: v[:, :count] for k, v in self.boxes.items()},
+            features=self.features[:, :count],
+            geometry=self.geometry[:, :count],
+            objectness=self.objectness[:, :count],
+            valid=self.valid[:, :count],
+        )
+
     def extended(self, more: Candidates) -> Candidates:
         """These candidates followed by `more` (same images), e.g. one a query's prompt adds."""
         outputs, boxes = self.outputs, self.boxes

@@ -302,8 +302,9 @@ def _object_cells(model, batch, features):
 def _with_cells(model, features, cells):
     """The features with the candidates at `cells` (B, K) instead of the detector's peaks."""
     features.candidates = model.candidates(
-        features.hr_map, features.dense, features.K, features.image_size, cells
-    )
+        features.hr_map, features.dense, features.K, features.image_size, cells,
+        image_hr=features.image_hr,
+    )  # fmt: skip
     return features
 
 
@@ -314,10 +315,20 @@ def _background_cells(batch, count):
     return torch.stack(rows)
 
 
-def test_with_target_cell_injects_every_missed_target(make_model, make_mixed_batch):
+@pytest.mark.parametrize("crops", [False, True], ids=["dense heads", "crop heads"])
+def test_with_target_cell_injects_every_missed_target(
+    make_model, make_mixed_batch, data_config, crops
+):
     """A multi-target query whose targets the detector all missed gets each of them, in the
     last slots; a negative query gets nothing; is_target marks exactly the injected slots."""
-    model = make_model().eval()
+    if crops:  # named and boxed from crops, as a trained model's candidates are
+        torch.manual_seed(0)
+        model = LLMI3D(
+            data_config.replace(**{"detector.crop_heads": True, "detector.crop_size": 32})
+        ).eval()
+        model.crop_heads.fitted.fill_(True)
+    else:
+        model = make_model().eval()
     batch = make_mixed_batch(model.config, ("multi", "negative"))
     targets = batch["target_mask"]
     count = int(targets[0].sum())
@@ -338,6 +349,14 @@ def test_with_target_cell_injects_every_missed_target(make_model, make_mixed_bat
     assert bool(candidates.valid.all())
     owners = batch["assign"][0, cells[0, K - count :]]
     assert set(owners.tolist()) <= set(torch.nonzero(targets[0])[:, 0].tolist())
+    # only the injected columns are read anew; the result is what reading every cell gives
+    with torch.no_grad():
+        full = model.candidates(features.hr_map, features.dense, features.K, features.image_size,
+                                cells, image_hr=features.image_hr)  # fmt: skip
+    for name in ("features", "geometry", "objectness"):
+        assert torch.allclose(getattr(candidates, name), getattr(full, name), atol=1e-5), name
+    for name, value in full.outputs.items():
+        assert torch.allclose(candidates.outputs[name], value, atol=1e-5), name
 
 
 def test_with_target_cell_injects_only_the_missed_targets(make_model, make_mixed_batch):
