@@ -1055,20 +1055,21 @@ def default_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The default model's main table: overall, with the negative and multi-target columns."""
     lines = [
         "| method | Acc@0.25 | Acc@0.5 | mIoU | grounding | depth err (m) | not here "
-        "| multi P / R (3D@0.25) | multi P / R (2D@0.5) | ECE | eval (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| multi P / R (3D@0.25) | multi P / R (2D@0.5) | targets boxed | ECE | eval (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in DEFAULT_ROWS:
         r = rows[f"default/{key}"]
         m = r["subsets"]["all"]
         if key == "true_cells":  # single-target queries only; its score is a constant 1
-            rest = "n/a | n/a | n/a | n/a"
+            rest = "n/a | n/a | n/a | n/a | n/a"
         else:
             ece = m.get("ece")
             rest = (
                 f"{_pct(m.get('not_here_rate'))} "
                 f"| {_pair(m.get('multi_precision@0.25'), m.get('multi_recall@0.25'))} "
                 f"| {_pair(m.get('multi_precision_2d@0.5'), m.get('multi_recall_2d@0.5'))} "
+                f"| {_pct(m.get('target_recall_2d@0.5'))} "
                 f"| {'-' if ece is None else f'{ece:.3f}'}"
             )
         lines.append(
@@ -1083,8 +1084,8 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Per query type (single-target queries) and for the held-out categories."""
     lines = [
         "| subset (single-target queries) | method | Acc@0.25 | Acc@0.5 | mIoU | grounding "
-        "| depth err (m) |",
-        "|---|---|---|---|---|---|---|",
+        "| depth err (m) | targets boxed (all its queries) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     first = rows["default/llmi3d"]["subsets"]
     for subset in DEFAULT_SUBSETS:
@@ -1096,7 +1097,8 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
                 f"| {SUBSET_LABELS[subset]} (n={int(m['single_count'])}) "
                 f"| {label} | {_pct(m['acc@0.25'])} | {_pct(m['acc@0.5'])} "
                 f"| {_pct(m['mean_iou'])} | {_pct(m.get('grounding_acc'))} "
-                f"| {_m(m['depth_mae'])} |"
+                f"| {_m(m['depth_mae'])} "
+                f"| {'n/a' if key == 'true_cells' else _pct(m.get('target_recall_2d@0.5'))} |"
             )
     return lines
 
@@ -1147,7 +1149,10 @@ def default_lines(result: dict[str, Any], size: Any) -> list[str]:
         "chosen). Acc, mIoU, grounding and depth error: single-target queries, first box (an "
         "empty answer scores 0). Not here: negative queries answered with no box. Multi P / R: "
         "boxes of multi-target queries matched one to one to their targets. ECE: calibration of "
-        "the score over every returned box. The 'rule of zeros' row is the same pass with "
+        "the score over every returned box. Targets boxed: the share of all targets (single and "
+        "multi-target queries) that one of the returned boxes matches (2D IoU > 0.5); on the "
+        "'rule of zeros' row, which returns every candidate, it is the most that any pointer "
+        "could ground with this detector. The 'rule of zeros' row is the same pass with "
         "nothing turned down (up to 10 boxes, best first): how well the model localises when "
         "it is never allowed to say 'not here'; the first row keeps what the node's answer "
         "rule keeps. The upper-bound row reads the dense heads at each "

@@ -105,8 +105,8 @@ def evaluate_results(
         "single_count", "empty_count", the negative keys "negative_count", "not_here_rate",
         the multi-target keys "multi_count", "multi_targets", "multi_predictions",
         "multi_precision@0.25", "multi_recall@0.25", "multi_precision_2d@0.5",
-        "multi_recall_2d@0.5", and "predictions", "ece" (see llmi3d_core.metrics); None where
-        a subset has nothing to average.
+        "multi_recall_2d@0.5", and "predictions", "ece", "target_recall_2d@0.5" (see
+        llmi3d_core.metrics); None where a subset has nothing to average.
 
     Raises:
         InvalidInputError: no results, or an unknown IoU variant.
@@ -180,8 +180,8 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
     if multi:
         header += " multi P / R (3D@0.25) | multi P / R (2D@0.5) |"
         columns += 2
-    header += " ECE |"
-    columns += 1
+    header += " targets boxed | ECE |"
+    columns += 2
     lines = [f"**{title}**", ""] if title else []
     lines += [header, "|" + "---|" * columns]
     for name, m in subsets.items():
@@ -202,6 +202,7 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
                     " - |" if precision is None and recall is None
                     else f" {_pct(precision)} / {_pct(recall)} |"
                 )  # fmt: skip
+        row += f" {_pct(m.get('target_recall_2d@0.5'))} |"
         ece = m.get("ece")
         row += " - |" if ece is None else f" {ece:.3f} |"
         lines.append(row)
@@ -213,7 +214,10 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
     empty = int(subsets.get("all", {}).get("empty_count") or 0)
     if empty:
         notes += f" ({empty} answered with no box: IoU 0, left out of the errors)"
-    notes += ". ECE: calibration of the score over every returned box."
+    notes += (
+        ". Targets boxed: targets of all queries that a returned box matches (2D IoU > 0.5)."
+        " ECE: calibration of the score over every returned box."
+    )
     if negatives:
         notes += " Not here: negative queries answered with no box."
     if multi:

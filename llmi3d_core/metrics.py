@@ -35,6 +35,10 @@ Queries with 0, 1 or several targets, each answered with a list of predictions (
   wrong); scores fall into 10 equal-width bins over [0, 1] (a score of 1 in the last), and
   ECE = sum over bins of (n_bin / n) * |accuracy_bin - mean score_bin|
   (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+* ``target_recall_2d@0.5``, over every query with a target: the fraction of its targets that
+  the same greedy 2D matching gives a prediction. Answered with every candidate (an AnswerRule
+  of zeros) it is the share of targets the detector boxes well enough at all: the most that
+  any pointer could ground with it.
 
 A value that has nothing to average (no query of that kind, no prediction) is None.
 """
@@ -361,7 +365,8 @@ def query_metrics(
         ``depth_mae``, ``length_mae``, ``width_mae``, ``height_mae``, ``rotation_err_deg``.
         Negative: ``not_here_rate``. Multi-target: ``multi_precision@0.25``,
         ``multi_recall@0.25``, ``multi_precision_2d@0.5``, ``multi_recall_2d@0.5``.
-        All: ``ece``. Fractions in [0, 1], errors in metres, None where undefined.
+        All: ``ece``, ``target_recall_2d@0.5``. Fractions in [0, 1], errors in metres, None
+        where undefined.
 
     Raises:
         InvalidInputError: lengths differ, no queries, an unknown IoU variant or a bad score.
@@ -448,7 +453,7 @@ def _multi_target_metrics(
 def _calibration_metrics(
     queries: Sequence[tuple[Sequence[Scored], Sequence[Scored]]],
 ) -> dict[str, float | int | None]:
-    """ECE over every returned prediction; correct: matched to a target by 2D IoU."""
+    """ECE over every returned prediction (right: matched to a target by 2D IoU), targets hit."""
     scores: list[float] = []
     correct: list[bool] = []
     for preds, targs in queries:
@@ -457,7 +462,9 @@ def _calibration_metrics(
         matched = greedy_match(ious_2d, GROUNDING_IOU_2D)
         scores += [float(p.score) for p in ranked]
         correct += (matched >= 0).tolist()
+    targets = sum(len(t) for _, t in queries)
     return {
         "predictions": len(scores),
         "ece": expected_calibration_error(scores, correct) if scores else None,
+        f"target_recall_2d@{GROUNDING_IOU_2D}": _ratio(sum(correct), targets),
     }

@@ -269,6 +269,19 @@ def test_duplicate_predictions_on_one_target_count_once():
     assert single["acc@0.5"] == 1.0 and single["ece"] == pytest.approx(0.45)
 
 
+def test_target_recall_counts_every_target_a_prediction_matches():
+    """Over single and multi-target queries alike; a duplicate matches nothing more; a target
+    found only by a later prediction still counts (the ceiling of pointing)."""
+    dup = scored([-2, 0, 10], [1, 1, 1], [100, 100, 200, 200], 0.9)
+    m = query_metrics(
+        [[RIGHT, LEFT], [LEFT, dup], [], [RIGHT]],  # found second; one of two; missed; negative
+        [[LEFT], [LEFT, RIGHT], [RIGHT], []],
+    )
+    assert m["target_recall_2d@0.5"] == pytest.approx(2 / 4)
+    assert m["grounding_acc"] == pytest.approx(0.0)  # the first boxes are wrong or missing
+    assert query_metrics([[]], [[]])["target_recall_2d@0.5"] is None  # no target at all
+
+
 def test_matching_goes_best_score_first():
     # a low-score box listed first must not take the target from a high-score one
     weak = scored([-2, 0, 10], [1, 1, 1], [100, 100, 200, 200], 0.1)
