@@ -385,7 +385,7 @@ def query_metrics(
     out |= _single_target_metrics([(p, t[0]) for p, t in queries if len(t) == 1], iou)
     out |= _negative_metrics([p for p, t in queries if not t])
     out |= _multi_target_metrics([(p, t) for p, t in queries if len(t) > 1], iou)
-    out |= _calibration_metrics(queries)
+    out |= _matching_metrics(queries)
     return out
 
 
@@ -450,10 +450,10 @@ def _multi_target_metrics(
     }
 
 
-def _calibration_metrics(
+def _matching_metrics(
     queries: Sequence[tuple[Sequence[Scored], Sequence[Scored]]],
 ) -> dict[str, float | int | None]:
-    """ECE over every returned prediction (right: matched to a target by 2D IoU), targets hit."""
+    """Predictions matched to targets by 2D IoU: the ECE of all of them, the targets matched."""
     scores: list[float] = []
     correct: list[bool] = []
     for preds, targs in queries:

@@ -7,6 +7,7 @@ ImageContext (one image and its KV cache), the LLM QueryStates (F_3D and the que
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,26 +38,22 @@ class Candidates:
 
     def select(self, rows: torch.Tensor) -> Candidates:
         """The candidates of images `rows` (B',), e.g. one row per query of a batch."""
-        return Candidates(
-            cells=self.cells[rows],
-            outputs={k: v[rows] for k, v in self.outputs.items()},
-            boxes={k: v[rows] for k, v in self.boxes.items()},
-            features=self.features[rows],
-            geometry=self.geometry[rows],
-            objectness=self.objectness[rows],
-            valid=self.valid[rows],
-        )
+        return self._indexed(lambda values: values[rows])
 
     def leading(self, count: int) -> Candidates:
         """The first `count` candidates of every image."""
+        return self._indexed(lambda values: values[:, :count])
+
+    def _indexed(self, take: Callable[[torch.Tensor], torch.Tensor]) -> Candidates:
+        """`take` applied to every tensor (each has images first, candidates second)."""
         return Candidates(
-            cells=self.cells[:, :count],
-            outputs={k: v[:, :count] for k, v in self.outputs.items()},
-            boxes={k: v[:, :count] for k, v in self.boxes.items()},
-            features=self.features[:, :count],
-            geometry=self.geometry[:, :count],
-            objectness=self.objectness[:, :count],
-            valid=self.valid[:, :count],
+            cells=take(self.cells),
+            outputs={k: take(v) for k, v in self.outputs.items()},
+            boxes={k: take(v) for k, v in self.boxes.items()},
+            features=take(self.features),
+            geometry=take(self.geometry),
+            objectness=take(self.objectness),
+            valid=take(self.valid),
         )
 
     def extended(self, more: Candidates) -> Candidates:
