@@ -182,7 +182,13 @@ class Answer:
     ) -> Answer:
         """Apply the rule to ranked predictions (best first): deduplicate, keep, cut."""
         nothing_score = float(getattr(located, "nothing_score", 0.0))
-        candidates = suppress_duplicates([p for p in ranked if p.score >= rule.min_score])
+        # Only what the rule can keep is deduplicated: it keeps the best and then others above
+        # its floor, and greedy suppression of a box depends on better boxes only. A single
+        # answer so needs no 3D IoU at all (~5 % of a repeated query's time).
+        floor = max(rule.min_score, rule.min_score_others)
+        best = [p for p in ranked[:1] if p.score >= rule.min_score]
+        others = [p for p in ranked[1:] if p.score >= floor] if best and max_results > 1 else []
+        candidates = suppress_duplicates(best + others)
         return cls(
             query=query,
             predictions=rule.keep(candidates, nothing_score)[:max_results],

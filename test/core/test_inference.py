@@ -403,6 +403,26 @@ def test_answer_select_thresholds_deduplicates_and_cuts():
     assert len(everything.predictions) == 4 and everything.nothing_score == 0.0
 
 
+def test_answer_select_equals_deduplicating_every_candidate_the_rule_passes():
+    """select deduplicates only what the rule can keep (a shortcut): the same answers as
+    suppressing every candidate above min_score, keeping, then cutting (random scenes)."""
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        count = int(rng.integers(0, 9))
+        scores = np.sort(rng.uniform(0.0, 1.0, count))[::-1]
+        ranked = [  # clustered centres, so that many boxes are duplicates of others
+            _box(f"o{i}", float(score), center=(*rng.integers(0, 3, 2) * 0.4, 5.0))
+            for i, score in enumerate(scores)
+        ]
+        rule = AnswerRule(*rng.choice([0.0, 0.2, 0.4, 0.6], 3))
+        max_results = int(rng.integers(1, 6))
+        located = _Located()
+        deduplicated = suppress_duplicates([p for p in ranked if p.score >= rule.min_score])
+        expected = rule.keep(deduplicated, located.nothing_score)[:max_results]
+        got = Answer.select("q", ranked, located, max_results=max_results, rule=rule)
+        assert got.predictions == expected, (trial, rule, max_results)
+
+
 def test_answer_not_here_keeps_the_best_candidate_and_says_why():
     ranked = [_box("lamp", 0.3), _box("chair", 0.1, center=(2.0, 0.0, 5.0))]
     answer = Answer.select("the lamp", ranked, _Located(), max_results=1, rule=AnswerRule(0.35))
