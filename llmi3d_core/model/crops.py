@@ -56,10 +56,10 @@ def crop_boxes(
         right = max(min(int(math.ceil(x2 + margin_x)), width), left + 2)
         bottom = max(min(int(math.ceil(y2 + margin_y)), height), top + 2)
         patch = images[row : row + 1, :, top:bottom, left:right]
-        resized = nn.functional.interpolate(
-            patch, size=(size, size), mode="bilinear", antialias=True
+        resized = nn.functional.interpolate(  # float32: no bfloat16 antialiasing on the CPU
+            patch.float(), size=(size, size), mode="bilinear", antialias=True
         )
-        crops.append(resized)
+        crops.append(resized.to(patch.dtype))
     if not crops:
         return images.new_zeros(0, 3, size, size)
     return torch.cat(crops)

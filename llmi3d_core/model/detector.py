@@ -161,7 +161,7 @@ def category_prior(category_logits: torch.Tensor | None, log_priors: torch.Tenso
     if category_logits is None or category_logits.shape[-1] == 0:
         return log_priors[-1]
     probs = category_logits.float().softmax(dim=-1)
-    return probs @ log_priors[:-1]
+    return probs @ log_priors[:-1].float()  # float32 also when the model runs in bfloat16
 
 
 def cell_outputs(

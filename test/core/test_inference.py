@@ -153,6 +153,25 @@ def test_bfloat16_on_cpu(image):
     assert pred.center.dtype == np.float64 and np.all(np.isfinite(pred.center))
 
 
+def test_bfloat16_on_cpu_runs_the_trained_models_parts(image):
+    """What a trained default model has and the bare preset lacks (category priors, fitted
+    crop heads) runs in bfloat16 too (it once raised). Random weights put their heatmap peaks
+    anywhere, and rounding moves them, so the answers are not compared with float32's."""
+    config = get_preset("tiny").replace(
+        **{"detector.crop_heads": True, "detector.crop_size": 32,
+           "detector.categories": ("lamp", "chair"), "detector.colors": ("red", "blue")}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LLMI3D(config)
+    model.crop_heads.fitted.fill_(True)  # candidates are named and boxed from crops
+    predictor = Predictor(model, dtype="bfloat16", answer_policy="ground")
+    answers = predictor.predict(image, K_VGA, "find the lamp", max_results=3)
+    assert len(answers) == 3 and predictor.model.crop_heads.mean.dtype == torch.bfloat16
+    for answer in answers:
+        assert np.all(np.isfinite(answer.center)) and np.all(np.isfinite(answer.box2d))
+        assert answer.category in ("lamp", "chair")
+
+
 def test_nan_model_output_raises(predictor, image):
     with torch.no_grad():
         predictor.model.dense_heads.outputs["dims"].bias.fill_(float("nan"))
