@@ -114,6 +114,17 @@ def timed(call: Callable[[], Any], expected: tuple[type[BaseException], ...] = (
     return time.perf_counter() - start
 
 
+def cpu_bfloat16_units() -> str:
+    """The CPU's bfloat16 matrix units as /proc/cpuinfo names them ('none'; '' off Linux)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    except OSError:
+        return ""
+    units = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+             if flag in flags]  # fmt: skip
+    return ", ".join(units) or "none"
+
+
 def median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
 
@@ -122,7 +133,8 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     """3D Query vs Text3D decoding and first vs repeated query on one `preset` backbone.
 
     Returns:
-        {"query": {"first": [s...], "repeated": [s...]}, "text": {...}, "text_tokens": int,
+        {"times": {"query": {"first": [s...], "repeated": [s...]}, "text": {...},
+         "query_bf16": {...} (the query model in bfloat16)}, "cpu_bf16": str, "text_tokens": int,
          "load_s": {...}, "stages_first"/"stages_repeated": median ms per Predictor stage
          of the 3D Query model}
     """
@@ -137,9 +149,13 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     load_text = time.perf_counter() - start
     probe_tokens = text3d_token_count(text_model)
     text_model.config.llm.max_text_tokens = probe_tokens  # read at each generation
+    low_model = build_model(preset, seed, served_overrides(preset))  # the same weights
     predictors = {
         "query": Predictor(query_model, device=device, answer_policy="ground"),
         "text": Predictor(text_model, device=device, answer_policy="ground"),
+        # the node's dtype=bfloat16: on a CPU with bfloat16 units (AVX512-BF16, AMX) its matrix
+        # products run there; elsewhere they are emulated and slower
+        "query_bf16": Predictor(low_model, device=device, dtype="bfloat16", answer_policy="ground"),
     }
     times: dict[str, dict[str, list[float]]] = {
         name: {"first": [], "repeated": []} for name in predictors
@@ -148,7 +164,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     rng = np.random.default_rng(seed)
     for run in range(runs + 1):  # run 0 warms up (first-call allocations) and is not counted
         image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-        order = ["query", "text"] if run % 2 else ["text", "query"]
+        order = list(predictors) if run % 2 else list(reversed(predictors))
         for name in order:
             predictor = predictors[name]
             first = timed(
@@ -167,6 +183,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     stage_names = [k for k in stages["first"][0] if k != "total"] if stages["first"] else []
     return {
         "preset": preset,
+        "cpu_bf16": cpu_bfloat16_units(),
         "runs": runs,
         "load_s": {"query": load_query, "text": load_text},
         "text_tokens": probe_tokens,

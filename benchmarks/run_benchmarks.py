@@ -224,6 +224,24 @@ def render_latency(result: dict[str, Any], size: BenchSize) -> list[str]:
         "the LLM's KV cache of the image prefix are reused).",
         "",
         *target_lines(dec),
+    ]
+    low = dec["times"].get("query_bf16")  # absent in results before 2026-12-02
+    if low is not None:
+        lines += [
+            "",
+            "**float32 vs bfloat16** (the node's `dtype`; the 3D Query model with the same "
+            "weights; bfloat16 matrix products run on the CPU's bfloat16 units where it has "
+            f"them: {dec.get('cpu_bf16') or 'unknown here'}; its accuracy is in section 1)",
+            "",
+            "| query | float32 (ms) | bfloat16 (ms) | float32 / bfloat16 |",
+            "|---|---|---|---|",
+        ]
+        for kind in ("first", "repeated"):
+            lines.append(
+                f"| {kind} | {_ms(q[kind]):.1f} | {_ms(low[kind]):.1f} "
+                f"| {_ms(q[kind]) / _ms(low[kind]):.1f}x |"
+            )
+    lines += [
         "",
         "**llmi3d_node end to end vs the bare Predictor** (same checkpoint, default "
         "answer_policy; node in its own process, service round trip from an rclpy client in "

@@ -235,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default=None,
-        help="dtype the model runs in: float32 (default), or bfloat16 / float16 with --device cuda",
+        help="dtype the model runs in: float32 (default); bfloat16 (faster on a CPU with "
+        "bfloat16 units, slightly less accurate: BENCHMARKS.md); float16 with --device cuda",
     )
     parser.add_argument(
         "--threads",

@@ -26,7 +26,8 @@ K is the intrinsic matrix of the image as given; the model works in the letterbo
 
 Thread safety: `predict` holds a lock, so the node may call it from several callback groups.
 Devices: device="cuda" (or "cuda:N") runs the model on a GPU; dtype "bfloat16" halves memory
-(CPU or CUDA), "float16" is CUDA-only; decoding always runs in float32.
+(CPU or CUDA) and, on a CPU with bfloat16 units (AMX), about halves a query's LLM time at a
+small cost in accuracy (BENCHMARKS.md); "float16" is CUDA-only; decoding always runs in float32.
 """
 
 from __future__ import annotations

@@ -39,7 +39,12 @@ class NodeParams:
     preset: str = _param("smol", "model preset used when `checkpoint` is empty: tiny, smol, hf")
     checkpoint: str = _param("", "checkpoint directory written by `llmi3d train`; overrides preset")
     device: str = _param("cpu", "torch device", choices=DEVICES)
-    dtype: str = _param("float32", "model dtype; bfloat16/float16 only on cuda", choices=DTYPES)
+    dtype: str = _param(
+        "float32",
+        "model dtype; bfloat16 is faster on a CPU with bfloat16 units (BENCHMARKS.md), float16 "
+        "runs only on cuda",
+        choices=DTYPES,
+    )
     num_threads: int = _param(
         0,
         "torch CPU threads; 0 = torch's default (all cores), 1 on a shared CPU",
