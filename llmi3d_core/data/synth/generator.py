@@ -381,8 +381,9 @@ def _iter_generated(
         return
     # spawn, not Linux's default fork: a caller may run threads (a ROS node's DDS threads, the
     # OpenMP pool of torch) whose locks a forked child inherits held, and then waits on forever.
-    # CI once hung here, in a test process that had talked DDS. Like every spawn pool, it needs
-    # a calling script's work under `if __name__ == "__main__":`.
+    # CI once hung 90 min in the one test that ran this pool after the ROS tests (not
+    # reproduced here). Like every spawn pool, it needs a calling script's work under
+    # `if __name__ == "__main__":`.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(_generate_encoded, jobs, chunksize=4)
 
