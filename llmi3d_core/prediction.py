@@ -124,9 +124,14 @@ class AnswerRule:
         """
         if not ranked or not self.answers_best(ranked[0].score, nothing_score):
             return []
-        floor = max(self.min_score, self.min_score_others)
+        floor = self.others_floor
         others = itertools.takewhile(lambda candidate: candidate.score >= floor, ranked[1:])
         return [ranked[0], *others]
+
+    @property
+    def others_floor(self) -> float:
+        """The score a box after the best needs: max(min_score, min_score_others)."""
+        return max(self.min_score, self.min_score_others)
 
     def answers_best(self, best_score: float, nothing_score: float) -> bool:
         """Whether a best candidate scoring `best_score` is answered."""
@@ -185,9 +190,12 @@ class Answer:
         # Only what the rule can keep is deduplicated: it keeps the best and then others above
         # its floor, and greedy suppression of a box depends on better boxes only. A single
         # answer so needs no 3D IoU at all (~5 % of a repeated query's time).
-        floor = max(rule.min_score, rule.min_score_others)
         best = [p for p in ranked[:1] if p.score >= rule.min_score]
-        others = [p for p in ranked[1:] if p.score >= floor] if best and max_results > 1 else []
+        others = (
+            [p for p in ranked[1:] if p.score >= rule.others_floor]
+            if best and max_results > 1
+            else []
+        )
         candidates = suppress_duplicates(best + others)
         return cls(
             query=query,
