@@ -114,17 +114,6 @@ def timed(call: Callable[[], Any], expected: tuple[type[BaseException], ...] = (
     return time.perf_counter() - start
 
 
-def cpu_bfloat16_units() -> str:
-    """The CPU's bfloat16 matrix units as /proc/cpuinfo names them ('none'; '' off Linux)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
-    except OSError:
-        return ""
-    units = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
-             if flag in flags]  # fmt: skip
-    return ", ".join(units) or "none"
-
-
 def median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
 
@@ -140,6 +129,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     """
     from llmi3d_core.errors import ModelOutputError
     from llmi3d_core.inference import Predictor
+    from llmi3d_core.precision import cpu_bfloat16_units
 
     start = time.perf_counter()
     query_model = build_model(preset, seed, served_overrides(preset))
@@ -183,7 +173,7 @@ def measure_decoding(preset: str, runs: int, seed: int = 0, device: str = "cpu")
     stage_names = [k for k in stages["first"][0] if k != "total"] if stages["first"] else []
     return {
         "preset": preset,
-        "cpu_bf16": cpu_bfloat16_units(),
+        "cpu_bf16": ", ".join(cpu_bfloat16_units()) or "none",
         "runs": runs,
         "load_s": {"query": load_query, "text": load_text},
         "text_tokens": probe_tokens,

@@ -28,9 +28,10 @@ TEST_IMAGES = 200
 # Bumped when the model's code changes what a checkpoint holds (new modules, new buffers) or how
 # its values are fitted (6: the score calibration; 7: the pointer stage's LLM pass runs queries
 # in groups of similar length, which moves their states by ~1e-5; 8: the crop heads; 9: the
-# spatial-relation heads), so that a cached default model of an older release is retrained
-# instead of failing to load or serving the old values.
-MODEL_REVISION = 9
+# spatial-relation heads; 10: the crop descriptors and the pointer stage's LLM states computed
+# in bfloat16 on a CPU with bfloat16 units), so that a cached default model of an older release
+# is retrained instead of failing to load or serving the old values.
+MODEL_REVISION = 10
 
 
 def default_recipe() -> Path:

@@ -267,8 +267,10 @@ class TrainConfig:
         log_interval: append a training line to log.jsonl every N steps.
         best_metric: "val_loss" (lower is better) or "val_acc25" (Acc@0.25 of the decoded boxes
             on the validation queries, higher is better) chooses `best`.
-        mixed_precision: "auto" (bf16 on a GPU that has it, else fp16 on GPU, none on CPU),
-            "no", "bf16" or "fp16".
+        mixed_precision: "auto" (bf16 on a GPU that has it, else fp16 on a GPU; on a CPU,
+            bf16 where it has bfloat16 units, else none), "no", "bf16" or "fp16" (GPU only).
+            On a CPU, bf16 runs the frozen passes that feed the crop heads and the pointer in
+            bfloat16; trained weights, losses and the detector stay float32 (precision.py).
         device: "auto", "cpu" or "cuda".
         threads: torch CPU threads; 0 keeps torch's default.
         tensorboard: also write TensorBoard events when the package is installed.

@@ -40,6 +40,7 @@ from llmi3d_core.model.checkpoint import (
 )
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.llmi3d import LLMI3D
+from llmi3d_core.precision import resolve_mixed_precision
 from llmi3d_core.rundir import (
     CHECKPOINTS,
     TRAINER_FILE,
@@ -87,14 +88,11 @@ def _make_accelerator(config: TrainConfig) -> Any:
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device is 'cuda' but torch sees no GPU; use device=cpu or auto")
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if precision != "no" and not cuda:
-        raise ConfigError(f"mixed_precision {precision!r} needs a GPU; use 'no' or 'auto' on CPU")
+    precision = resolve_mixed_precision(config.mixed_precision, cuda)
     return Accelerator(
         cpu=not cuda,
-        mixed_precision=precision,
+        # on a CPU the stages apply bfloat16 themselves, to the passes it pays on (precision.py)
+        mixed_precision=precision if cuda else "no",
         gradient_accumulation_steps=config.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
