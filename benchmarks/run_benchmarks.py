@@ -10,7 +10,7 @@ BENCHMARKS.md is generated, never edited by hand: it states the machine (CPU mod
 torch version, devices), and for every figure the preset, data sizes and seeds. Sections:
 
     1 accuracy     the default model as the demo serves it (ensure_default_model: the demo's
-                   cached model, trained first when absent: ~23 min more on a 2-core CPU) on
+                   cached model, trained first when absent: ~12 min more on a 2-core CPU) on
                    its held-out test set (default_test_data): LLMI3D, heads at the true cell
                    (upper bound of pointing), mean box, back-projection of the true 2D box, per
                    query type, negatives, multi-target, calibration; decoding ablations of the
