@@ -85,7 +85,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str) and _FLOAT.match(value.strip()):
         return float(value)
-    if hint is str and isinstance(value, bool):  # YAML 1.1 reads a bare no/yes/off/on so
+    if hint is str and isinstance(value, bool):  # a bare no/yes/off/on, read by YAML 1.1
         raise ConfigError(
             f"{where}: expected a string, got {value!r}: YAML reads an unquoted no, yes, off or"
             f" on as a boolean; quote it ('{'yes' if value else 'no'}')"

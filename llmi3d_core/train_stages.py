@@ -252,7 +252,8 @@ class JointTask(StageTask):
 class FrozenBackbone:
     """A frozen HR backbone for caching: BatchNorm folded, channels-last, float16 outputs.
 
-    `bfloat16` computes in bfloat16 (precision.py: 7x faster on an AMX CPU).
+    `bfloat16` computes in bfloat16 (the pointer stage's caching, precision.py): on the 2-core AMX
+    CPU, 8 canvases took 0.06 s against 0.43 s in float32.
     """
 
     def __init__(self, model: Any, bfloat16: bool = False) -> None:
@@ -314,7 +315,7 @@ BACKBONE_CHUNK = 8
 def cache_backbone(model: Any, items: Sequence[Batch], desc: str, progress: bool) -> None:
     """Add each item's backbone maps ("backbone": list of (C, h, w) float16), dropping image_hr.
 
-    Computed in float32 (the detector stage's: precision.py).
+    Computed in float32: the detector trains on them (precision.py says why).
     """
     backbone = FrozenBackbone(model)
     chunk = BACKBONE_CHUNK
@@ -479,7 +480,10 @@ class CropTask(StageTask):
     def _chunk_items(
         model: Any, parts: list[Batch], generator: torch.Generator, bfloat16: bool = False
     ) -> list[Batch]:
-        """The items of the objects of a few images (one backbone call, in `bfloat16` autocast)."""
+        """The items of the objects of a few images (one backbone call).
+
+        `bfloat16`: the descriptors are computed under bfloat16 autocast.
+        """
         rows, truth, boxes, categories, colors = [], [], [], [], []
         for row, item in enumerate(parts):
             keep = item["obj_valid"] & (item["obj_category"] >= 0)
