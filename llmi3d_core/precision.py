@@ -20,8 +20,6 @@ instead of 600).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -70,15 +68,7 @@ def cpu_bfloat16(mixed_precision: str, device: str) -> bool:
     return not cuda and resolve_mixed_precision(mixed_precision, cuda) == "bf16"
 
 
-@contextlib.contextmanager
-def cpu_autocast(enabled: bool) -> Iterator[None]:
-    """bfloat16 autocast on the CPU when `enabled`, else nothing."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-        yield
-
-
 __all__ = [
-    "cpu_autocast",
     "cpu_bfloat16",
     "cpu_bfloat16_units",
     "cpu_flags",

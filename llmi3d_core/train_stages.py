@@ -57,7 +57,7 @@ from llmi3d_core.model.losses import Batch, box_iou_2d, weighted_total
 from llmi3d_core.model.outputs import Candidates, QueryStates
 from llmi3d_core.model.pointer import fit_calibration, pointer_loss
 from llmi3d_core.model.vision import colour_map
-from llmi3d_core.precision import cpu_autocast, cpu_bfloat16
+from llmi3d_core.precision import cpu_bfloat16
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
 from llmi3d_core.train_data import CachedItems, batch_size, to_device
 
@@ -494,7 +494,7 @@ class CropTask(StageTask):
             colors.append(item["obj_color"][keep])
         true_boxes, jittered = torch.cat(truth), torch.cat(boxes)
         image_hr = torch.stack([item["image_hr"] for item in parts])
-        with cpu_autocast(bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             descriptors = model.crop_descriptors(image_hr, torch.cat(rows), jittered)
         descriptors = descriptors.float().cpu()
         columns = {
