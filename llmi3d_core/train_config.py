@@ -217,6 +217,9 @@ class StageConfig:
         max_images: train on the queries (the objects, for "crops") of the first N training
             images only; 0 = all. The pointer stage runs the LLM once per cached query, which
             bounds what a CPU can do.
+        hide_targets: pointer stage only: the probability that a training caption or question
+            is shown without its targets, labelled "no object" (train_stages.hide_targets):
+            negatives made from positives, free since the LLM states are cached. 0 = never.
     """
 
     kind: str = "joint"
@@ -226,6 +229,7 @@ class StageConfig:
     warmup_steps: int = -1
     eval_interval: int = -1
     max_images: int = 0
+    hide_targets: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -237,6 +241,12 @@ class StageConfig:
                 f"stage {self.kind}: max_steps must be >= 1, batch_size and lr >= 0, got "
                 f"{self.max_steps}, {self.batch_size}, {self.lr}"
             )
+        if not 0.0 <= self.hide_targets < 1.0:
+            raise ConfigError(f"stage {self.kind}: hide_targets must be in [0, 1), "
+                              f"got {self.hide_targets}")  # fmt: skip
+        if self.hide_targets and self.kind != "pointer":
+            raise ConfigError(f"stage {self.kind}: hide_targets is an option of the pointer stage "
+                              "(its candidates are cached); remove it here")  # fmt: skip
 
 
 @dataclass

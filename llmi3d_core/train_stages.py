@@ -56,6 +56,7 @@ from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.losses import Batch, box_iou_2d, weighted_total
 from llmi3d_core.model.outputs import Candidates, QueryStates
 from llmi3d_core.model.pointer import fit_calibration, pointer_loss
+from llmi3d_core.model.spatial_relations import RELATIONS
 from llmi3d_core.model.vision import colour_map
 from llmi3d_core.precision import cpu_bfloat16
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
@@ -557,6 +558,41 @@ CANDIDATE_KEYS = ("features", "geometry", "objectness", "valid", "cells")
 QUERY_CHUNK = 8  # queries of one image run through the LLM together
 
 
+# Relations whose target another object becomes when the target is hidden ("the nearest car"
+# without the nearest car is the next one): their queries are never hidden.
+SUPERLATIVES = ("nearest", "farthest", "largest")
+
+
+def hide_targets(batch: Batch, rate: float) -> Batch:
+    """A pointer batch where some captions and questions lose their targets: "no object".
+
+    Each caption or question with a target (never a box or point prompt, never a superlative)
+    is picked with probability `rate`; its target slots and every candidate whose 2D box matches
+    one of its targets (IoU > 0.5: a second peak on the same object) stop being candidates, and
+    "no object" becomes its answer. The dataset's captions hold for exactly one object (for a
+    plural caption, exactly its targets) and a question is asked only when one object serves
+    it, so what is left matches the words nowhere, often only just: the same category in
+    another colour, size or place. Those are the hard negatives of issue 14 ("wrong colour",
+    "wrong relation"), a few times more of them than the data has, for no LLM pass.
+    Draws from the global RNG (restored on resume).
+    """
+    is_target = batch["is_target"]
+    device = is_target.device
+    worded = [kind in ("caption", "question") for kind in batch["query_type"]]
+    eligible = (batch["num_targets"] > 0) & torch.tensor(worded, device=device)
+    relation = batch["query_relation"].reshape(-1)
+    for name in SUPERLATIVES:
+        eligible &= relation != RELATIONS.index(name)
+    picked = eligible & (torch.rand(eligible.shape, device=device) < rate)
+    if not bool(picked.any()):
+        return batch
+    boxes, targets = batch["out_box2d"].float(), batch["target_boxes2d"].float()
+    ious = box_iou_2d(boxes[:, :, None], targets[:, None])  # (B, K, M)
+    on_target = ((ious > GROUNDING_IOU_2D) & batch["target_mask"][:, None]).any(dim=-1)  # (B, K)
+    hidden = (is_target | on_target) & picked[:, None]
+    return {**batch, "cand_valid": batch["cand_valid"] & ~hidden, "is_target": is_target & ~hidden}
+
+
 class PointerTask(StageTask):
     """The pointer on cached LLM states and candidates (module docstring).
 
@@ -693,7 +729,9 @@ class PointerTask(StageTask):
         return pointed, candidates
 
     def losses(self, model: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        """Loss terms and "total" of a batch."""
+        """Loss terms and "total" of a batch (in training, some targets hidden: `hide_targets`)."""
+        if model.training and self.stage.hide_targets:
+            batch = hide_targets(batch, self.stage.hide_targets)
         pointed, candidates = self._forward(model, batch)
         logits, residual = pointed.logits, pointed.residual
         is_target = batch["is_target"]

@@ -12,16 +12,19 @@ from accelerate import Accelerator
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.data.synth.query_config import QueryConfig
+from llmi3d_core.errors import ConfigError
 from llmi3d_core.iou import box2d_iou_matrix
 from llmi3d_core.metrics import GROUNDING_IOU_2D
 from llmi3d_core.model import get_preset
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.model.pointer import fit_calibration
+from llmi3d_core.model.spatial_relations import RELATIONS
 from llmi3d_core.train_config import StageConfig, load_train_config
 from llmi3d_core.train_stages import (
     BACKBONE_CHUNK,
     FrozenBackbone,
     cache_backbone,
+    hide_targets,
     load_items,
     make_task,
 )
@@ -196,3 +199,91 @@ def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
     assert tuple(model.score_calibration.tolist()) == pytest.approx(expected)
     assert metrics["val/temperature"] == pytest.approx(expected[0])
     assert metrics["val/score_bias"] == pytest.approx(expected[1])
+
+
+@pytest.fixture(scope="module")
+def pointer_items(mixed_root):
+    """The pointer stage's training items of the mixed images (tiny random model) and its task."""
+    config = load_train_config(
+        "config/train/tiny_synth.yaml", [f"data.root={mixed_root}", "data.synth=null"]
+    )
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    task = make_task(config, StageConfig(kind="pointer", max_steps=1, hide_targets=0.5))
+    train, _ = task.datasets(model)
+    return model, task, train
+
+
+def test_hide_targets_turns_captions_and_questions_into_negatives(pointer_items):
+    """A picked caption or question keeps no candidate on any of its targets, so "no object"
+    is its answer; prompts, negatives and superlatives ("the nearest car": without it, the
+    next one is meant) are never picked; every other candidate stays."""
+    _, task, train = pointer_items
+    batch = task.collate(train)
+    superlatives = [RELATIONS.index(name) for name in ("nearest", "farthest", "largest")]
+    worded = [kind in ("caption", "question") for kind in batch["query_type"]]
+    single = [
+        row
+        for row, is_worded in enumerate(worded)
+        if is_worded and int(batch["num_targets"][row]) == 1
+        and int(batch["query_relation"][row]) not in superlatives
+    ]  # fmt: skip
+    superlative, doubled = single[:2]
+    batch["query_relation"][superlative] = superlatives[0]
+    # a second candidate on the target of another one (two peaks on one object)
+    twin = int((batch["cand_valid"][doubled] & ~batch["is_target"][doubled]).nonzero()[0])
+    target_box = batch["target_boxes2d"][doubled][batch["target_mask"][doubled]][0]
+    batch["out_box2d"][doubled, twin] = target_box
+
+    hidden = hide_targets(batch, 1.0)  # every eligible query
+
+    ious = box_iou_matrices(batch)
+    on_target = ((ious > GROUNDING_IOU_2D) & batch["target_mask"][:, None]).any(dim=-1)
+    kinds = set()
+    for row, kind in enumerate(batch["query_type"]):
+        relation = int(batch["query_relation"][row])
+        picked = worded[row] and int(batch["num_targets"][row]) > 0 and relation not in superlatives
+        if picked:
+            expected = batch["cand_valid"][row] & ~batch["is_target"][row] & ~on_target[row]
+            assert not bool(hidden["is_target"][row].any())
+            assert torch.equal(hidden["cand_valid"][row], expected)
+            kinds.add(("picked", int(batch["num_targets"][row].clamp(max=2))))
+        else:
+            assert torch.equal(hidden["cand_valid"][row], batch["cand_valid"][row])
+            assert torch.equal(hidden["is_target"][row], batch["is_target"][row])
+            kinds.add(("kept", kind))
+    # single- and multi-target captions were hidden; prompts and the superlative were not
+    assert {("picked", 1), ("picked", 2), ("kept", "box_prompt"), ("kept", "point_prompt")} <= kinds
+    assert bool(hidden["is_target"][superlative].any())
+    assert not bool(hidden["cand_valid"][doubled, twin])
+    assert hide_targets(batch, 0.0) is batch
+
+
+def box_iou_matrices(batch):
+    """(B, K, M) 2D IoU of every candidate with every object of its query's image."""
+    boxes, objects = batch["out_box2d"].numpy(), batch["target_boxes2d"].numpy()
+    pairs = zip(boxes, objects, strict=True)
+    return torch.tensor(np.stack([box2d_iou_matrix(cands, objs) for cands, objs in pairs]))
+
+
+def test_hide_targets_acts_in_training_only(pointer_items):
+    """The pointer stage hides targets in its training losses, never in validation."""
+    model, task, train = pointer_items
+    plain = make_task(task.config, StageConfig(kind="pointer", max_steps=1))
+    batch = task.collate(train)
+    model.train()
+    torch.manual_seed(0)
+    hiding = float(task.losses(model, batch)["pointer"])
+    assert hiding != pytest.approx(float(plain.losses(model, batch)["pointer"]))
+    model.eval()
+    assert float(task.losses(model, batch)["pointer"]) == float(
+        plain.losses(model, batch)["pointer"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "rate"), [("pointer", 1.0), ("pointer", -0.1), ("detector", 0.5), ("joint", 0.5)]
+)
+def test_hide_targets_is_a_rate_of_the_pointer_stage(kind, rate):
+    with pytest.raises(ConfigError, match="hide_targets"):
+        StageConfig(kind=kind, hide_targets=rate)
