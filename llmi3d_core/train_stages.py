@@ -14,7 +14,9 @@ A run is one or more stages (TrainConfig.stages, STAGE_KINDS); each is a `StageT
               computed once, with the inference code path (KV cache of the image prefix, one
               pass over the query); training then touches only small tensors. This is what makes
               the pretrained LLM usable on a CPU: one LLM pass per query instead of one forward
-              and backward per query and epoch.
+              and backward per query and epoch. With `hide_targets`, some training captions and
+              questions are shown without their targets: "not here" negatives made from
+              positives (`hide_targets`).
     joint     the whole teacher-forced model (model.forward): LoRA, projectors, pointer or MLP
               heads, and the image side, for GPUs and for the tiny test model.
 
