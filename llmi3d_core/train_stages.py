@@ -560,6 +560,17 @@ CANDIDATE_KEYS = ("features", "geometry", "objectness", "valid", "cells")
 QUERY_CHUNK = 8  # queries of one image run through the LLM together
 
 
+def matches_a_target(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B, ...) bool: each 2D box (B, ..., 4) overlaps one of its query's targets by IoU > 0.5."""
+    targets, mask = batch["target_boxes2d"].float(), batch["target_mask"]  # (B, M, 4), (B, M)
+    inner = (1,) * (box2d.dim() - 2)  # the boxes' dims between B and the box
+    targets = targets.view(targets.shape[0], *inner, *targets.shape[1:])
+    mask = mask.view(mask.shape[0], *inner, -1)
+    ious = box_iou_2d(box2d.float().unsqueeze(-2), targets)  # (B, ..., M)
+    matched: torch.Tensor = ((ious > GROUNDING_IOU_2D) & mask).any(dim=-1)
+    return matched
+
+
 # Relations whose target another object becomes when the target is hidden ("the nearest car"
 # without the nearest car is the next one): their queries are never hidden.
 SUPERLATIVES = ("nearest", "farthest", "largest")
@@ -588,9 +599,7 @@ def hide_targets(batch: Batch, rate: float) -> Batch:
     picked = eligible & (torch.rand(eligible.shape, device=device) < rate)
     if not bool(picked.any()):
         return batch
-    boxes, targets = batch["out_box2d"].float(), batch["target_boxes2d"].float()
-    ious = box_iou_2d(boxes[:, :, None], targets[:, None])  # (B, K, M)
-    on_target = ((ious > GROUNDING_IOU_2D) & batch["target_mask"][:, None]).any(dim=-1)  # (B, K)
+    on_target = matches_a_target(batch["out_box2d"], batch)  # (B, K)
     hidden = (is_target | on_target) & picked[:, None]
     return {**batch, "cand_valid": batch["cand_valid"] & ~hidden, "is_target": is_target & ~hidden}
 
@@ -765,7 +774,7 @@ class PointerTask(StageTask):
             logits, choice, chosen = self._best(model, batch)
             rows = torch.arange(choice.shape[0], device=choice.device)
             best_logits.append(logits[rows, choice])
-            right.append(self._matches_a_target(chosen["box2d"], batch))
+            right.append(matches_a_target(chosen["box2d"], batch))
         model.train(was_training)
         raw = accelerator.unwrap_model(model)
         if best_logits:
@@ -793,13 +802,6 @@ class PointerTask(StageTask):
         )
         return logits, choice, chosen
 
-    @staticmethod
-    def _matches_a_target(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """(B,) bool: the 2D box (B, 4) overlaps one of the query's targets by IoU > 0.5."""
-        ious = box_iou_2d(box2d[:, None].float(), batch["target_boxes2d"].float())  # (B, M)
-        matched: torch.Tensor = ((ious > GROUNDING_IOU_2D) & batch["target_mask"]).any(dim=-1)
-        return matched
-
     def batch_metrics(self, model: Any, batch: Batch) -> dict[str, Any]:
         """Validation metrics of a batch (see `StageTask.batch_metrics`).
 
@@ -814,7 +816,7 @@ class PointerTask(StageTask):
         ious = ious.to(logits.device)
         single = batch["num_targets"] == 1
         n_single = int(single.sum())
-        hit = self._matches_a_target(chosen["box2d"], batch)  # read on single-target rows
+        hit = matches_a_target(chosen["box2d"], batch)  # read on single-target rows
         metrics["acc@0.25"] = (float((ious > 0.25)[single].sum()), n_single)
         metrics["mean_iou"] = (float(ious[single].sum()), n_single)
         metrics["grounding_acc"] = (float(hit[single].sum()), n_single)
