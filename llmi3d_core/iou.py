@@ -24,6 +24,7 @@ from llmi3d_core.arrays import (
 from llmi3d_core.errors import InvalidInputError
 
 __all__ = [
+    "box2d_area",
     "box2d_iou_matrix",
     "box3d_iou",
     "box3d_iou_batch",
@@ -404,6 +405,12 @@ def _boxes2d(value: npt.ArrayLike, name: str) -> FloatArray:
             f"shape {array.shape}"
         )
     return array.reshape(-1, 4)
+
+
+def box2d_area(box: npt.ArrayLike) -> float:
+    """Area of one [x1, y1, x2, y2] box in px^2 (0 for an empty box)."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
 
 
 def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:

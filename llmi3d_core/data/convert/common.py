@@ -25,6 +25,7 @@ import numpy as np
 from llmi3d_core.data.format import SPLITS, ImageRecord, ObjectRecord, QueryRecord
 from llmi3d_core.data.writer import DatasetWriter
 from llmi3d_core.errors import DataFormatError, InvalidInputError
+from llmi3d_core.iou import box2d_area
 
 # ---------------------------------------------------------------------------------------------
 # JSON validators: `where` names the file and the JSON path (or line)
@@ -180,11 +181,6 @@ def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
     )
 
 
-def box_area(box: np.ndarray) -> float:
-    """Area of an [x1, y1, x2, y2] box in px^2 (0 for an empty box)."""
-    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
-
-
 @dataclass(frozen=True)
 class ProjectedBox:
     """What the converters derive from a 3D box and K (all px of the image).
@@ -235,9 +231,9 @@ def project_box(
     uv = project_points(corners, K)  # (8, 2)
     full = np.concatenate([uv.min(axis=0), uv.max(axis=0)])
     clipped = clip_box(full, width, height)
-    if box_area(clipped) <= 0.0:
+    if box2d_area(clipped) <= 0.0:
         return None
-    truncation = 1.0 - box_area(clipped) / max(box_area(full), 1e-12)
+    truncation = 1.0 - box2d_area(clipped) / max(box2d_area(full), 1e-12)
     return ProjectedBox(
         corners=corners,
         center_2D=project_points(np.asarray(center, dtype=np.float64), K),
