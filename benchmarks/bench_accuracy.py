@@ -1114,6 +1114,34 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+# the rows of `default_size_depth_table` (the bf16 and mean-box rows say nothing more there)
+SIZE_DEPTH_ROWS = ("llmi3d", "llmi3d_best", "true_cells", "backproject")
+
+
+def default_size_depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """By the target's 2D size and depth (eval_report.SIZE_NAMES, DEPTH_NAMES): Acc@0.25 /
+    grounding / targets boxed of single-target queries ([] for results without them)."""
+    from llmi3d_core.eval_report import DEPTH_NAMES, SIZE_NAMES
+
+    first = rows["default/llmi3d"]["subsets"]
+    names = [n for n in (*SIZE_NAMES.values(), *DEPTH_NAMES.values()) if n in first]
+    if not names:
+        return []
+    header = " | ".join(f"{name} (n={int(first[name]['single_count'])})" for name in names)
+    lines = [f"| method | {header} |", "|---|" + "---|" * len(names)]
+    for key in SIZE_DEPTH_ROWS:
+        if f"default/{key}" not in rows:
+            continue
+        subsets = rows[f"default/{key}"]["subsets"]
+        cells = []
+        for name in names:
+            m = subsets[name]
+            boxed = "n/a" if key == "true_cells" else _pct(m.get("target_recall_2d@0.5"))
+            cells.append(f"{_pct(m['acc@0.25'])} / {_pct(m.get('grounding_acc'))} / {boxed}")
+        lines.append(f"| {DEFAULT_ROWS[key]} | {' | '.join(cells)} |")
+    return lines
+
+
 def decoding_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The decoding ablations: as served (pointer) and at the true cell."""
     lines = [
@@ -1179,6 +1207,11 @@ def default_lines(result: dict[str, Any], size: Any) -> list[str]:
         "its 2D box (model/candidates.py), so LLMI3D's grounding of box prompts says that it "
         "answered with the object in the box, and can exceed the upper-bound row, whose 2D "
         "box is the dense heads'; its Acc@0.25 says how good the 3D box is.",
+        "",
+        "By the target's size (COCO's areas of its 2D box, px of the input image) and depth "
+        "(Omni3D's ranges), single-target queries, Acc@0.25 / grounding / targets boxed:",
+        "",
+        *default_size_depth_table(rows),
         "",
         *_claim_lines(result["default_claims"], rows),
         "",

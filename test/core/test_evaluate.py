@@ -32,6 +32,11 @@ from llmi3d_core.eval_predict import (
 )
 from llmi3d_core.eval_predict import Answer as EvalAnswer
 from llmi3d_core.eval_report import (
+    DEPTH_BUCKETS,
+    DEPTH_NAMES,
+    SIZE_BUCKETS,
+    SIZE_NAMES,
+    bucket,
     evaluate_results,
     first_ious,
     markdown_table,
@@ -40,6 +45,7 @@ from llmi3d_core.eval_report import (
 )
 from llmi3d_core.evaluate import run_evaluation
 from llmi3d_core.geometry import Box3D, project
+from llmi3d_core.iou import box2d_area
 from llmi3d_core.prediction import Answer, AnswerRule, Prediction
 
 
@@ -334,6 +340,22 @@ def test_query_result_views_and_subsets(mixed):
     assert set(subsets["negative"]) == {i for i, r in enumerate(results) if r.kind == "negative"}
     single_types = {results[i].kind for i in subsets["caption"]}
     assert single_types == {"single"}
+    # the size rows and the depth rows each split the single-target queries
+    single = {i for i, r in enumerate(results) if r.kind == "single"}
+    for names in (SIZE_NAMES, DEPTH_NAMES):
+        rows = [subsets.get(name, []) for name in names.values()]
+        assert sum(len(row) for row in rows) == len(single) and set().union(*rows) == single
+    near = subsets.get(DEPTH_NAMES["near"], [])
+    assert all(results[i].targets[0].box.center[2] < 10.0 for i in near)
+
+
+def test_size_and_depth_buckets_hand_values():
+    """COCO's areas and Omni3D's depths; a value on a bound goes to the upper bucket."""
+    assert [bucket(box2d_area(box), SIZE_BUCKETS) for box in (
+        [0, 0, 32, 31.9], [10, 10, 42, 42], [0, 0, 96, 95], [0, 0, 96, 96], [5, 5, 4, 9],
+    )] == ["small", "medium", "medium", "large", "small"]  # fmt: skip
+    depths = [bucket(z, DEPTH_BUCKETS) for z in (0.5, 9.99, 10.0, 34.9, 35.0, 120.0)]
+    assert depths == ["near", "near", "medium", "medium", "far", "far"]
 
 
 def test_projected_box2d():
