@@ -407,10 +407,17 @@ def _boxes2d(value: npt.ArrayLike, name: str) -> FloatArray:
     return array.reshape(-1, 4)
 
 
+def _areas(boxes: FloatArray) -> FloatArray:
+    """Areas (N,) of boxes (N, 4) [x1, y1, x2, y2]; 0 for an empty box."""
+    out: FloatArray = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(
+        boxes[:, 3] - boxes[:, 1], 0, None
+    )
+    return out
+
+
 def box2d_area(box: npt.ArrayLike) -> float:
     """Area of one [x1, y1, x2, y2] box in px^2 (0 for an empty box)."""
-    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
-    return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    return float(_areas(np.asarray(box, dtype=np.float64).reshape(1, 4))[0])
 
 
 def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
@@ -432,8 +439,6 @@ def box2d_iou_matrix(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArr
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)  # (N, M)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
-    union = area_a[:, None] + area_b[None, :] - inter  # (N, M)
+    union = _areas(a)[:, None] + _areas(b)[None, :] - inter  # (N, M)
     out: FloatArray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return out
