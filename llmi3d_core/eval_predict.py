@@ -303,7 +303,7 @@ def predict_at_true_cells(
                         boxes["R"][0].double().cpu().numpy(),
                     )
                     box2d = inputs.letterbox.boxes_to_image(
-                        boxes["box2d_px"][0].double().cpu().numpy()
+                        boxes["box2d_px"][0].double().cpu().numpy(), clip=True
                     )
                     answers.append(Answer(box, box2d, 1.0, target.category_name, ""))
                 results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)

@@ -28,6 +28,7 @@ from llmi3d_core.visualize import draw_boxes, label_color_u8
 
 __all__ = [
     "IOU_DESCRIPTIONS",
+    "base_subset",
     "evaluate_results",
     "first_ious",
     "markdown_table",
@@ -78,6 +79,11 @@ def bucket(value: float, buckets: Sequence[tuple[str, float]]) -> str:
     return next(name for name, upper in buckets if value < upper)
 
 
+def base_subset(type_name: str) -> str:
+    """The subset of a query type's single-target queries whose target's category was trained."""
+    return f"{type_name}, base categories"
+
+
 def query_subsets(results: Sequence[QueryResult], dataset: Dataset) -> dict[str, list[int]]:
     """Subset name -> indices into `results`, in table order (empty subsets left out).
 
@@ -85,7 +91,8 @@ def query_subsets(results: Sequence[QueryResult], dataset: Dataset) -> dict[str,
     their meaning when a split also has negative and multi-target queries); "negative" and
     "multi-target"; single-target queries by their target's 2D size and depth (SIZE_NAMES,
     DEPTH_NAMES); "novel categories" / "base categories" when the split has novel
-    queries; "camera: <domain>" for each camera domain of dataset.json and
+    queries, and then each query type's row of base categories only (`base_subset`);
+    "camera: <domain>" for each camera domain of dataset.json and
     "camera group: <name>" for each camera group, when there is more than one. "all", the
     category and the camera subsets hold every kind of query.
     """
@@ -108,6 +115,10 @@ def query_subsets(results: Sequence[QueryResult], dataset: Dataset) -> dict[str,
         subsets["base categories"] = [
             i for i, r in enumerate(results) if not r.query.novel_category
         ]
+        for name in TYPE_NAMES.values():  # what naming can reach: no query of an unseen name
+            subsets[base_subset(name)] = [
+                i for i in subsets[name] if not results[i].query.novel_category
+            ]
     groups = dataset.info.camera_groups
     domain_of = {g: str(d.get("domain")) for g, d in groups.items() if "domain" in d}
     domains = sorted({domain_of.get(r.query.camera_group, "") for r in results} - {""})

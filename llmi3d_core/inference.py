@@ -554,7 +554,7 @@ class Predictor:
                     dims=boxes["dims"][index],
                     rotation=boxes["R"][index],
                     score=float(scores[index]),
-                    box2d=item.letterbox.boxes_to_image(boxes["box2d_px"][index]),
+                    box2d=item.letterbox.boxes_to_image(boxes["box2d_px"][index], clip=True),
                     center_uv=item.letterbox.points_to_image(boxes["center_uv_px"][index]),
                     category=category,
                 )

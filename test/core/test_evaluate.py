@@ -36,6 +36,7 @@ from llmi3d_core.eval_report import (
     DEPTH_NAMES,
     SIZE_BUCKETS,
     SIZE_NAMES,
+    base_subset,
     bucket,
     evaluate_results,
     first_ious,
@@ -347,6 +348,24 @@ def test_query_result_views_and_subsets(mixed):
         assert sum(len(row) for row in rows) == len(single) and set().union(*rows) == single
     near = subsets.get(DEPTH_NAMES["near"], [])
     assert all(results[i].targets[0].box.center[2] < 10.0 for i in near)
+
+
+def test_base_category_rows(mixed):
+    """With novel-category queries, each type also has a row of its base-category queries."""
+    baseline = fit_baseline("mean-box", mixed, select_queries(mixed, "train"))
+    results = predict_with_baseline(baseline, mixed, select_queries(mixed, "test"))
+    subsets = query_subsets(results, mixed)
+    novel = set(subsets["novel categories"])
+    assert novel == {i for i, r in enumerate(results) if r.query.novel_category}
+    for name in ("caption", "question", "box prompt", "point prompt"):
+        base = subsets.get(base_subset(name), [])
+        assert base == [i for i in subsets.get(name, []) if i not in novel]
+    assert subsets[base_subset("caption")] and len(subsets[base_subset("caption")]) < len(
+        subsets["caption"]
+    )  # the fixture has captions of both kinds
+    # a split without novel queries has none of these rows
+    seen = [r for r in results if not r.query.novel_category]
+    assert not [name for name in query_subsets(seen, mixed) if "categories" in name]
 
 
 def test_size_and_depth_buckets_hand_values():

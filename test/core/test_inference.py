@@ -207,14 +207,16 @@ def test_max_results_ranks_the_detected_objects(predictor, image):
 
 @pytest.mark.parametrize("size", [(375, 1242), (480, 640), (900, 1600), (300, 200)])
 def test_2d_outputs_are_pixels_of_the_input_image(predictor, size):
-    """The letterbox is undone: each box's projected centre is the 3D centre seen with K."""
+    """The letterbox is undone: each box's projected centre is the 3D centre seen with K, and
+    its 2D box lies in the image (clipped there: Letterbox.boxes_to_image)."""
     height, width = size
     image = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
     K = np.array([[0.8 * width, 0, width / 2 - 3], [0, 0.8 * width, height / 2 + 2], [0, 0, 1]])
     for pred in predictor.predict(image, K, "find the car", max_results=4):
         projected = K @ pred.center
         np.testing.assert_allclose(projected[:2] / projected[2], pred.center_uv, atol=1e-3)
-        assert pred.box2d[0] < pred.box2d[2] and pred.box2d[1] < pred.box2d[3]
+        x1, y1, x2, y2 = pred.box2d
+        assert -0.5 <= x1 <= x2 <= width - 0.5 and -0.5 <= y1 <= y2 <= height - 0.5
 
 
 def test_category_head_names_the_object(image):

@@ -52,6 +52,21 @@ def test_kitti_strip_in_a_square_canvas_hand_values():
     assert same.scale.tolist() == [1.0, 1.0] and same.offset.tolist() == [0.0, 0.0]
 
 
+def test_boxes_clipped_to_the_image_hand_values():
+    """A box that leaves the image (regressed near its border) is cut at the image's edges."""
+    box = Letterbox.fit(1242, 375, 256, 256)
+    # in the canvas: x from before the left edge to inside, y from inside to the grey padding
+    leaving = box.boxes_to_canvas(np.array([[-40.0, 100.0, 90.0, 420.0]]))
+    np.testing.assert_allclose(box.boxes_to_image(leaving), [[-40.0, 100.0, 90.0, 420.0]])
+    np.testing.assert_allclose(box.boxes_to_image(leaving, clip=True), [[-0.5, 100.0, 90.0, 374.5]])
+    outside = box.boxes_to_canvas(np.array([[1300.0, 10.0, 1400.0, 20.0]]))  # right of it
+    np.testing.assert_allclose(
+        box.boxes_to_image(outside, clip=True), [[1241.5, 10.0, 1241.5, 20.0]]
+    )  # empty: IoU 0 with everything (iou.box2d_iou_matrix)
+    inside = np.array([[10.0, 20.0, 300.0, 200.0]])
+    np.testing.assert_allclose(box.boxes_to_image(box.boxes_to_canvas(inside), clip=True), inside)
+
+
 @SETTINGS
 @given(w=sides, h=sides, cw=canvas_sides, ch=canvas_sides)
 def test_round_trips_and_the_canvas_k(w, h, cw, ch):
