@@ -316,7 +316,8 @@ class LLMI3D(nn.Module):
     ) -> Candidates:
         """Candidates from the raw dense values (B, N, k) and F (B, N, C) at their cells (B, N).
 
-        `box2d` (B, N, 4), normalised canvas xyxy, replaces the dense heads' 2D boxes.
+        `box2d` (B, N, 4), normalised canvas xyxy, replaces the dense heads' 2D boxes (a box
+        prompt's candidate: corrected once from its crop, whatever `detector.crop_passes` says).
         """
         height, width = self.config.high_res.image_size
         assert self.high_res is not None
@@ -331,11 +332,15 @@ class LLMI3D(nn.Module):
             rows = torch.arange(B, device=cells.device).repeat_interleave(N)
             scale = outputs["box2d"].new_tensor([width, height, width, height])
             boxes_px = (outputs["box2d"].float() * scale).reshape(B * N, 4)
-            seen = self.crop_outputs(image_hr, rows, boxes_px)
-            for name in ("category", "color"):
-                if name in outputs and name in seen:
-                    outputs[name] = mix(outputs[name], seen[name].reshape(B, N, -1))
-            refined = refine(boxes_px, seen["box"].float()) / scale
+            passes = 1 if box2d is not None else self.config.detector.crop_passes
+            for index in range(passes):
+                seen = self.crop_outputs(image_hr, rows, boxes_px)
+                if index == 0:
+                    for name in ("category", "color"):
+                        if name in outputs and name in seen:
+                            outputs[name] = mix(outputs[name], seen[name].reshape(B, N, -1))
+                boxes_px = refine(boxes_px, seen["box"].float())
+            refined = boxes_px / scale
             outputs["box2d"] = refined.reshape(B, N, 4).to(outputs["box2d"].dtype)
         return candidate_set.candidates_from_outputs(
             outputs, feature_at, cells, K, image_size, dense_config=self._dense_config

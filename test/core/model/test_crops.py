@@ -84,6 +84,8 @@ def test_crop_settings_are_validated():
         DetectorConfig(crop_size=8)
     with pytest.raises(ConfigError, match="crop_context"):
         DetectorConfig(crop_context=2.0)
+    with pytest.raises(ConfigError, match="crop_passes must be >= 1, got 0"):
+        DetectorConfig(crop_passes=0)
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +185,23 @@ def test_the_crops_stage_learns_its_objects_and_then_changes_the_candidates(synt
     torch.testing.assert_close(cands.outputs["category"][0].softmax(-1), expected)
     torch.testing.assert_close(cands.outputs["box2d"][0], refine(boxes_px, seen["box"]) / scale)
     assert not torch.allclose(cands.outputs["box2d"], dense["box2d"])
+
+    # detector.crop_passes = 2: the corrected box is cropped and corrected again; the names
+    # stay those of the first crop, and a box prompt's candidate is still corrected once
+    once = refine(boxes_px, seen["box"])
+    prompt = torch.tensor([0.2, 0.3, 0.6, 0.7])
+    with torch.no_grad():
+        prompted = model.box_prompt_candidate(fitted, prompt)
+        model.config = model.config.replace(**{"detector.crop_passes": 2})
+        twice = model.encode_image(image["image_lr"][None], image["image_hr"][None], K, size)
+        again = model.crop_outputs(image["image_hr"][None], rows, once)
+        prompted_twice = model.box_prompt_candidate(twice, prompt)
+    assert twice.candidates is not None and prompted is not None and prompted_twice is not None
+    torch.testing.assert_close(twice.candidates.outputs["box2d"][0],
+                               refine(once, again["box"]) / scale)  # fmt: skip
+    assert not torch.allclose(twice.candidates.outputs["box2d"][0], once / scale)
+    torch.testing.assert_close(twice.candidates.outputs["category"], cands.outputs["category"])
+    torch.testing.assert_close(prompted_twice.outputs["box2d"], prompted.outputs["box2d"])
 
 
 def test_a_crops_stage_needs_the_crop_heads(synth_root):
