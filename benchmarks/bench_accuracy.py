@@ -917,18 +917,12 @@ SUBSET_LABELS = {
     "novel categories": "novel categories",
     UNSEEN_SUBSET: "unseen cameras",
 }
+DEFAULT_SUBSETS = ("caption", "question", "box prompt", "point prompt", "novel categories")
 # the default model's test split holds queries of categories it never trained on ("novel"): a
-# caption or question naming one can only be grounded by luck, so the base-category rows show
-# what naming reaches (box and point prompts name no category)
-DEFAULT_SUBSET_LABELS = {
-    **SUBSET_LABELS,
-    "caption, base categories": "captions, base categories",
-    "question, base categories": "questions, base categories",
-}
-DEFAULT_SUBSETS = (
-    "caption", "caption, base categories", "question", "question, base categories",
-    "box prompt", "point prompt", "novel categories",
-)  # fmt: skip
+# caption or question naming one can only be grounded by luck, so these types are followed by
+# their base-category rows (eval_report.base_subset), what naming reaches (box and point prompts
+# name no category)
+WITH_BASE_ROWS = ("caption", "question")
 
 
 def _subset_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -1107,8 +1101,15 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         "| depth err (m) | targets boxed (all its queries) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    from llmi3d_core.eval_report import base_subset
+
     first = rows["default/llmi3d"]["subsets"]
+    labelled = []
     for subset in DEFAULT_SUBSETS:
+        labelled.append((subset, SUBSET_LABELS[subset]))
+        if subset in WITH_BASE_ROWS:
+            labelled.append((base_subset(subset), f"{SUBSET_LABELS[subset]}, base categories"))
+    for subset, subset_label in labelled:
         if subset not in first or not first[subset].get("single_count"):
             continue
         for key, label in DEFAULT_ROWS.items():
@@ -1116,7 +1117,7 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             m = rows[f"default/{key}"]["subsets"][subset]
             lines.append(
-                f"| {DEFAULT_SUBSET_LABELS[subset]} (n={int(m['single_count'])}) "
+                f"| {subset_label} (n={int(m['single_count'])}) "
                 f"| {label} | {_pct(m['acc@0.25'])} | {_pct(m['acc@0.5'])} "
                 f"| {_pct(m['mean_iou'])} | {_pct(m.get('grounding_acc'))} "
                 f"| {_m(m['depth_mae'])} "
