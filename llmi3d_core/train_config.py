@@ -276,7 +276,9 @@ class TrainConfig:
         keep_checkpoints: periodic checkpoints kept on disk (older ones are deleted).
         log_interval: append a training line to log.jsonl every N steps.
         best_metric: "val_loss" (lower is better) or "val_acc25" (Acc@0.25 of the decoded boxes
-            on the validation queries, higher is better) chooses `best`.
+            on the validation queries, higher is better) chooses `best`. A stage that scores no
+            boxes chooses on its own key (train_stages.StageTask.selection_key: the loss, or
+            the crop heads' error rate).
         mixed_precision: "auto" (bf16 on a GPU that has it, else fp16 on a GPU; on a CPU,
             bf16 where it has bfloat16 units, else none), "no", "bf16" or "fp16" (GPU only).
             On a CPU, bf16 runs the frozen passes that feed the crop heads and the pointer in

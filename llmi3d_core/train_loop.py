@@ -181,7 +181,7 @@ class StageTrainer:
         if not task.scores_boxes or (
             self.best_metric == "val_acc25" and self.raw_model.readout.offset is None
         ):
-            self.best_metric = "val_loss"  # no boxes to score: choose on the loss
+            self.best_metric = "val_loss"  # no boxes to score: the task's selection_key
         self.sign = -1.0 if self.best_metric == "val_acc25" else 1.0  # minimise sign * value
 
         self.log = RunLog(
@@ -354,7 +354,7 @@ class StageTrainer:
             return
         metrics = self.task.evaluate(self.model, self.val_loader, self.accelerator)
         self.log.write("eval", step, metrics)
-        key = "val/acc@0.25" if self.best_metric == "val_acc25" else "val/loss"
+        key = "val/acc@0.25" if self.best_metric == "val_acc25" else self.task.selection_key
         value = (self.sign * metrics[key], metrics["val/loss"])
         if value < self.best_value:
             self.best_value, self.best_step = value, step

@@ -179,6 +179,14 @@ def test_staged_run_layout(small_run):
     assert {k for k in crop_rows[0] if k.startswith("loss/")} == {
         "loss/category", "loss/color", "loss/box"
     }  # fmt: skip
+    # the crops stage keeps the step whose heads err least (val/error), not the lowest loss
+    evals = log_lines(out / "stages" / "2-crops", "eval")
+    for row in evals:
+        rates = [row[f"val/{k}"] for k in ("box_match", "category_acc", "color_acc")]
+        assert row["val/error"] == pytest.approx(1.0 - sum(rates) / 3)
+    least = min(evals, key=lambda row: (row["val/error"], row["val/loss"]))
+    best_dir = (out / "stages" / "2-crops" / "best").resolve()
+    assert best_dir.name == f"best-{least['step']:06d}"
     assert torch.equal(
         best["1-detector"]["llm.new_embeddings"], best["3-pointer"]["llm.new_embeddings"]
     )
