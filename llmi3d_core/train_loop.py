@@ -183,6 +183,8 @@ class StageTrainer:
         ):
             self.best_metric = "val_loss"  # no boxes to score: the task's selection_key
         self.sign = -1.0 if self.best_metric == "val_acc25" else 1.0  # minimise sign * value
+        # the validation metric that chooses `best` (done.json names it)
+        self.best_key = "val/acc@0.25" if self.best_metric == "val_acc25" else task.selection_key
 
         self.log = RunLog(
             out_dir, self.main, config.tensorboard, self.start_step if resuming else -1
@@ -337,6 +339,7 @@ class StageTrainer:
                 "step": step,
                 "best_step": self.best_step if self.best_step >= 0 else step,
                 "best_metric": self.best_metric,
+                "best_key": self.best_key,
                 "best_value": None if self.best_step < 0 else self.sign * self.best_value[0],
             }
             write_done(out_dir, summary)
@@ -354,8 +357,7 @@ class StageTrainer:
             return
         metrics = self.task.evaluate(self.model, self.val_loader, self.accelerator)
         self.log.write("eval", step, metrics)
-        key = "val/acc@0.25" if self.best_metric == "val_acc25" else self.task.selection_key
-        value = (self.sign * metrics[key], metrics["val/loss"])
+        value = (self.sign * metrics[self.best_key], metrics["val/loss"])
         if value < self.best_value:
             self.best_value, self.best_step = value, step
             if self.main:

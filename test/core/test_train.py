@@ -187,6 +187,9 @@ def test_staged_run_layout(small_run):
     least = min(evals, key=lambda row: (row["val/error"], row["val/loss"]))
     best_dir = (out / "stages" / "2-crops" / "best").resolve()
     assert best_dir.name == f"best-{least['step']:06d}"
+    crops_done = json.loads((out / "stages" / "2-crops" / "done.json").read_text())
+    assert crops_done["best_key"] == "val/error"
+    assert crops_done["best_value"] == pytest.approx(least["val/error"])
     assert torch.equal(
         best["1-detector"]["llm.new_embeddings"], best["3-pointer"]["llm.new_embeddings"]
     )
