@@ -136,6 +136,9 @@ class HighResConfig:
             )
 
 
+CANDIDATE_NMS = ("heatmap", "box2d")  # DetectorConfig.candidate_nms
+
+
 @dataclass
 class DetectorConfig:
     """The candidate objects the detector hands to the LLM and the pointer.
@@ -147,6 +150,14 @@ class DetectorConfig:
             split by `llmi3d train` (stored in the checkpoint's config). Empty: no category head.
         colors: colour words of the colour head, likewise; empty for data without colours.
         nms_kernel: peaks are local maxima of the heatmap in this window (CenterNet's 3 x 3).
+        candidate_nms: how the K candidates are picked from the heatmap: "heatmap", its local
+            maxima (`nms_kernel`, CenterNet), strongest first; "box2d", its strongest cells,
+            each kept when it is such a local maximum or when its dense 2D box overlaps no
+            kept cell's by more than `candidate_nms_iou` (detector.py `distinct_boxes`). A
+            small object beside a larger one (a cup on a table) has no local maximum of its
+            own at stride 8, but its cell regresses a box of its own.
+        candidate_nms_iou: "box2d": the 2D IoU above which a cell that is no local maximum
+            is dropped.
         crop_heads: also name each candidate, and correct its 2D box, from a crop of the box run
             through the HR backbone (model/crops.py), trained by a "crops" stage; their category
             and colour probabilities are averaged with the dense heads'.
@@ -165,6 +176,8 @@ class DetectorConfig:
     categories: tuple[str, ...] = ()
     colors: tuple[str, ...] = ()
     nms_kernel: int = 3
+    candidate_nms: str = "heatmap"
+    candidate_nms_iou: float = 0.3
     crop_heads: bool = False
     crop_size: int = 96
     crop_context: float = 0.25
@@ -176,6 +189,13 @@ class DetectorConfig:
             raise ConfigError(f"detector.max_objects must be >= 1, got {self.max_objects}")
         if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
             raise ConfigError(f"detector.nms_kernel must be odd and >= 1, got {self.nms_kernel}")
+        if self.candidate_nms not in CANDIDATE_NMS:
+            raise ConfigError(f"detector.candidate_nms {self.candidate_nms!r} is unknown; "
+                              f"allowed: {', '.join(CANDIDATE_NMS)}")  # fmt: skip
+        if not 0.0 < self.candidate_nms_iou < 1.0:
+            raise ConfigError(
+                f"detector.candidate_nms_iou must be in (0, 1), got {self.candidate_nms_iou}"
+            )
         if self.crop_size < 32:
             raise ConfigError(f"detector.crop_size must be >= 32 px, got {self.crop_size}")
         if not 0.0 <= self.crop_context <= 1.0:

@@ -20,7 +20,9 @@ cell predicts, for an object whose projected 3D centre falls in it:
 
 `cell_outputs` turns the raw values at chosen cells into the physical outputs that
 decode.decode_boxes reads (the same names the MLP heads of heads.py give): the two read-outs share
-one decoding. `peaks` finds the candidate objects (local maxima of the heatmap).
+one decoding. `peaks` finds the candidate objects (local maxima of the heatmap); with
+detector.candidate_nms "box2d", `distinct_boxes` lets strong cells that are no maxima join them
+when their 2D boxes are new.
 
 Training targets come from the dataset (data/dataset.py `dense_targets`): a heatmap, an ignore
 mask (objects whose category is held out of training: neither object nor background), and for
@@ -38,6 +40,7 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch idiom)
 from torch import nn
 
 from llmi3d_core.model.config import ModelConfig
+from llmi3d_core.model.losses import box_iou_2d
 
 HEATMAP_PRIOR = 0.1  # initial objectness probability (CenterNet initialises the bias to -2.19)
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -115,13 +118,51 @@ def peaks(heatmap: torch.Tensor, k: int, kernel: int = 3) -> tuple[torch.Tensor,
         cells (B, k) flat indices (row-major) and their logits (B, k), strongest first. When the
         map has fewer than k local maxima, the remaining slots hold the next-strongest cells.
     """
-    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=kernel // 2)
-    is_peak = heatmap >= pooled
+    flat = heatmap.flatten(1)
     # non-peaks sort after every peak but keep their order among themselves
-    ranked = torch.where(is_peak, heatmap, heatmap - 1e4).flatten(1)  # (B, h*w)
+    ranked = torch.where(local_maxima(heatmap, kernel), flat, flat - 1e4)  # (B, h*w)
     k = min(k, ranked.shape[1])
     _, cells = ranked.topk(k, dim=1)
     return cells, heatmap.flatten(1).gather(1, cells)
+
+
+def local_maxima(heatmap: torch.Tensor, kernel: int = 3) -> torch.Tensor:
+    """Which cells of heatmap logits (B, 1, h, w) top their kernel x kernel window: (B, h * w).
+
+    CenterNet's peaks; the flat cell order is row-major.
+    """
+    pooled = F.max_pool2d(heatmap, kernel, stride=1, padding=kernel // 2)
+    return (heatmap >= pooled).flatten(1)
+
+
+def distinct_boxes(
+    boxes: torch.Tensor, k: int, max_iou: float, protected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Greedy 2D non-maximum suppression of boxes (B, P, 4) xyxy ranked best first -> (B, k).
+
+    The indices of the first k boxes whose IoU with every box kept before them is at most
+    `max_iou`, in rank order; a `protected` box (B, P) bool is kept whatever it overlaps. When
+    fewer are left, the best of the dropped ones fill the slots (as `peaks` fills them with
+    non-peaks). Hand-written: torchvision's nms is not a dependency.
+    """
+    B, P = boxes.shape[:2]
+    k = min(k, P)
+    ious = box_iou_2d(boxes.float().unsqueeze(2), boxes.float().unsqueeze(1))  # (B, P, P)
+    if protected is None:
+        protected = torch.zeros(B, P, dtype=torch.bool, device=boxes.device)
+    chosen = []
+    for image in range(B):
+        dropped = torch.zeros(P, dtype=torch.bool, device=boxes.device)
+        kept: list[int] = []
+        for index in range(P):
+            if len(kept) == k:
+                break
+            if bool(protected[image, index]) or not bool(dropped[index]):
+                kept.append(index)
+                dropped |= ious[image, index] > max_iou
+        fill = [index for index in range(P) if index not in kept][: k - len(kept)]
+        chosen.append(torch.tensor(kept + fill, dtype=torch.long, device=boxes.device))
+    return torch.stack(chosen)
 
 
 @dataclass

@@ -68,7 +68,9 @@ from llmi3d_core.model.detector import (
     CellGrid,
     DenseHeads,
     cell_outputs,
+    distinct_boxes,
     gather_cells,
+    local_maxima,
     peaks,
     values_at,
 )
@@ -89,6 +91,10 @@ from llmi3d_core.model.secba import build_fusion
 from llmi3d_core.model.vision import HighResBranch, LowResBranch
 
 DEFAULT_LOG_PRIOR = (0.0, 0.0, 0.0)  # 1 m cubes until set_size_priors is called
+# detector.candidate_nms "box2d" ranks this many of the strongest cells (of 1,056 on the default
+# 192 x 352 canvas): the local maxima among them are kept, and an object's other cells, which
+# regress near-identical boxes, are dropped.
+CANDIDATE_POOL = 256
 
 
 class LLMI3D(nn.Module):
@@ -247,13 +253,29 @@ class LLMI3D(nn.Module):
         normalised canvas xyxy, replaces the dense heads' 2D boxes (a box prompt's).
         """
         if cells is None:
-            cells, _ = peaks(dense["heatmap"], self.config.detector.max_objects,
-                             self.config.detector.nms_kernel)  # fmt: skip
+            cells = self._candidate_cells(dense, image_size)
         raw = {name: gather_cells(maps, cells) for name, maps in dense.items()}
         return self._candidates_at(
             raw, gather_cells(hr_map, cells), cells, K, image_size, image_hr=image_hr,
             box2d=box2d,
         )  # fmt: skip
+
+    def _candidate_cells(
+        self, dense: dict[str, torch.Tensor], image_size: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K) the cells whose outputs become the candidates (detector.candidate_nms)."""
+        detector = self.config.detector
+        if detector.candidate_nms == "heatmap":
+            cells, _ = peaks(dense["heatmap"], detector.max_objects, detector.nms_kernel)
+            return cells
+        grid = self._grid(dense["heatmap"], image_size)
+        heatmap = dense["heatmap"]
+        pool, _ = peaks(heatmap, CANDIDATE_POOL, kernel=1)  # the strongest cells
+        raw = {name: gather_cells(maps, pool) for name, maps in dense.items()}
+        boxes = cell_outputs(raw, pool, grid, self.log_priors, self.config)["box2d"]
+        maxima = local_maxima(heatmap, detector.nms_kernel).gather(1, pool)
+        chosen = distinct_boxes(boxes, detector.max_objects, detector.candidate_nms_iou, maxima)
+        return pool.gather(1, chosen)
 
     def box_prompt_candidate(
         self, features: ImageFeatures, box_prompt: torch.Tensor

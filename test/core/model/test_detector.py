@@ -15,8 +15,10 @@ from llmi3d_core.model.detector import (
     DenseHeads,
     category_prior,
     cell_outputs,
+    distinct_boxes,
     focal_loss,
     gather_cells,
+    local_maxima,
     output_widths,
     peaks,
     values_at,
@@ -94,6 +96,32 @@ def test_peaks_hand_values():
     batched = torch.cat([_heat(), _heat().flip(-1)])
     cells, _ = peaks(batched, 3)
     assert cells.shape == (2, 3) and cells[1].tolist() == [11, 4, 19]
+
+
+def test_local_maxima_are_what_peaks_ranks_first():
+    maxima = local_maxima(_heat())
+    assert maxima.shape == (1, 20) and maxima[0].nonzero().flatten().tolist() == [0, 13, 15]
+    assert bool(local_maxima(_heat(), kernel=1).all())
+
+
+def test_distinct_boxes_hand_values():
+    boxes = torch.tensor([[
+        [0.0, 0.0, 10.0, 10.0],  # kept
+        [1.0, 0.0, 11.0, 10.0],  # IoU 0.82 with 0: dropped
+        [4.0, 4.0, 6.0, 6.0],  # a small box inside 0 (IoU 0.04): kept
+        [20.0, 0.0, 30.0, 10.0],  # apart: kept
+        [4.0, 4.0, 6.5, 6.0],  # IoU 0.8 with 2: dropped
+    ]])  # fmt: skip
+    assert distinct_boxes(boxes, 3, 0.5).tolist() == [[0, 2, 3]]
+    # fewer distinct boxes than k: the best dropped ones fill the slots, in rank order
+    assert distinct_boxes(boxes, 5, 0.5).tolist() == [[0, 2, 3, 1, 4]]
+    assert distinct_boxes(boxes, 2, 0.9).tolist() == [[0, 1]]  # nothing overlaps by > 0.9
+    # a protected box is kept whatever it overlaps
+    protected = torch.tensor([[False, True, False, False, False]])
+    assert distinct_boxes(boxes, 4, 0.5, protected).tolist() == [[0, 1, 2, 3]]
+    assert distinct_boxes(torch.cat([boxes, boxes.flip(1)]), 3, 0.5).tolist() == [
+        [0, 2, 3], [0, 1, 3]  # flipped: boxes 4, 3, 1 kept; 2 (IoU 0.8 with 4), 0 (0.82 with 1)
+    ]  # fmt: skip
 
 
 def test_cell_grid_hand_values_and_round_trip():

@@ -8,6 +8,7 @@ import torch
 from llmi3d_core.data.dataset import GroundingDataset, collate_grounding
 from llmi3d_core.errors import ConfigError
 from llmi3d_core.model import LLMI3D, format_query, sequence
+from llmi3d_core.model.detector import output_widths
 from llmi3d_core.model.sequence import length_groups, query_tails
 from llmi3d_core.model.sequence import rewind_cache as _rewind
 
@@ -546,3 +547,30 @@ def test_box_prompt_adds_its_own_candidate_with_the_prompt_as_its_box(make_model
     torch.testing.assert_close(located.boxes["box2d_px"][0], prompt_px)
     matches = (located.boxes["box2d_px"] - prompt_px).abs().amax(dim=-1) < 1e-3
     assert int(matches.sum()) == 1
+
+
+@pytest.mark.parametrize("mode", ["heatmap", "box2d"])
+def test_a_small_object_beside_a_larger_one_gets_a_candidate_by_box_nms(make_model, mode):
+    """Hand-made dense maps: a large box peaks at one cell, a small box at the next cell on
+    its right, weaker, and the cell on its left repeats the large box (moved by 8 of its 80
+    px); one background cell is a local maximum. With K = 3, "heatmap" takes the two local
+    maxima and fills the last slot with the strongest other cell, the repeat; "box2d" keeps the
+    small box (IoU 0.01 with the large one) and drops the repeat (IoU 0.82)."""
+    model = make_model(**{"detector.candidate_nms": mode, "detector.max_objects": 3})
+    height, width = model.config.high_res.image_size
+    h, w = height // model.high_res.stride, width // model.high_res.stride
+    dense = {name: torch.zeros(1, size, h, w) for name, size in output_widths(model.config).items()}
+    dense["heatmap"] -= torch.linspace(5.0, 6.0, h * w).reshape(1, 1, h, w)  # background
+    large, small, twin = 2 * w + 3, 2 * w + 4, 2 * w + 2
+    for cell, logit, log_size in ((large, 4.0, 2.3), (small, 3.0, 0.0), (twin, 3.5, 2.3)):
+        dense["heatmap"].view(-1)[cell] = logit
+        dense["box2d"][0, 2:].view(2, -1)[:, cell] = log_size  # side exp(2.3) = 10 strides
+    hr_map = torch.zeros(1, model.config.high_res.neck_channels, h, w)
+    K = torch.tensor([[[100.0, 0, width / 2], [0, 100.0, height / 2], [0, 0, 1]]])
+    size = torch.tensor([[float(width), float(height)]])
+    with torch.no_grad():
+        cells = model.candidates(hr_map, dense, K, size).cells[0].tolist()
+    if mode == "heatmap":
+        assert cells[0] == large and cells[2] == twin and small not in cells
+    else:
+        assert cells[:2] == [large, small] and twin not in cells

@@ -51,6 +51,8 @@ def test_lists_become_tuples_and_ints_floats():
         ({"high_res": {"image_size": [32, 48]}}, r"\(32, 48\) must be multiples of 32"),
         ({"detector": {"max_objects": 0}}, "detector.max_objects must be >= 1, got 0"),
         ({"detector": {"nms_kernel": 2}}, "detector.nms_kernel must be odd and >= 1, got 2"),
+        ({"detector": {"candidate_nms": "soft"}}, "detector.candidate_nms 'soft' is unknown"),
+        ({"detector": {"candidate_nms_iou": 1.0}}, r"candidate_nms_iou must be in \(0, 1\)"),
         ({"heads": {"height_extent": "box"}}, "heads.height_extent 'box' is unknown; allowed"),
         ({"heads": {"depth_fusion": "max"}}, "heads.depth_fusion 'max' is unknown; allowed"),
         ({"heads": {"location": "xyz"}}, "heads.location 'xyz' needs heads.pointer: false"),
