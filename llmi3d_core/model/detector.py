@@ -123,7 +123,7 @@ def peaks(heatmap: torch.Tensor, k: int, kernel: int = 3) -> tuple[torch.Tensor,
     ranked = torch.where(local_maxima(heatmap, kernel), flat, flat - 1e4)  # (B, h*w)
     k = min(k, ranked.shape[1])
     _, cells = ranked.topk(k, dim=1)
-    return cells, heatmap.flatten(1).gather(1, cells)
+    return cells, flat.gather(1, cells)
 
 
 def local_maxima(heatmap: torch.Tensor, kernel: int = 3) -> torch.Tensor:

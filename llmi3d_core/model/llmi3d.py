@@ -268,8 +268,8 @@ class LLMI3D(nn.Module):
         if detector.candidate_nms == "heatmap":
             cells, _ = peaks(dense["heatmap"], detector.max_objects, detector.nms_kernel)
             return cells
-        grid = self._grid(dense["heatmap"], image_size)
         heatmap = dense["heatmap"]
+        grid = self._grid(heatmap, image_size)
         pool, _ = peaks(heatmap, CANDIDATE_POOL, kernel=1)  # the strongest cells
         raw = {name: gather_cells(maps, pool) for name, maps in dense.items()}
         boxes = cell_outputs(raw, pool, grid, self.log_priors, self.config)["box2d"]
