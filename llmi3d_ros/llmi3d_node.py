@@ -74,7 +74,7 @@ from llmi3d_ros.params import (
     read_params,
     validate,
 )
-from llmi3d_ros.spinning import run_until_shutdown
+from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
 
 NODE_NAME = "llmi3d_node"
 ASPECT_TOLERANCE = 0.01
@@ -554,7 +554,7 @@ def _empty_device_cache() -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run llmi3d_node (console script `llmi3d_node`)."""
-    rclpy.init(args=args)
+    init_rclpy(args)
     node = Llmi3dNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)

@@ -30,7 +30,7 @@ from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.paths import cache_dir
 from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
-from llmi3d_ros.spinning import run_until_shutdown
+from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
 
 
 def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
@@ -114,7 +114,7 @@ class SyntheticCameraNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the synthetic camera (console script `llmi3d_synthetic_camera`)."""
-    rclpy.init(args=args)
+    init_rclpy(args)
     node = None
     try:
         node = SyntheticCameraNode()

@@ -1,10 +1,14 @@
 """run_until_shutdown: a callback caught by the stop ends spinning quietly; real faults still raise.
 
 Reproduces what a SIGTERM does to a publishing node (the CI failure of 2026-12-01): the context
-is shut down while a timer callback runs, and that callback's publish fails.
+is shut down while a timer callback runs, and that callback's publish fails. init_rclpy: Ctrl-C
+while spinning raises no KeyboardInterrupt inside rclpy (the CI failure of 2026-12-03).
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import rclpy
@@ -65,3 +69,73 @@ def test_publish_after_shutdown_raises_without_the_guard() -> None:
 def test_a_fault_while_running_still_raises() -> None:
     with pytest.raises(RuntimeError, match="a real bug"):
         spin_timer_node("bug")
+
+
+# Run in a process of its own: signal handlers and rclpy's default context belong to `main`.
+SIGINT_SCRIPT = """
+import os, signal, sys
+import rclpy
+from std_msgs.msg import String
+from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
+
+if sys.argv[1] == "init_rclpy":
+    init_rclpy([])
+else:
+    rclpy.init()
+try:
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before spinning, e.g. while a model loads
+    [None for _ in range(1000)]  # the handler runs between bytecodes
+except KeyboardInterrupt:
+    print("before spinning: KeyboardInterrupt")
+rclpy.shutdown()
+rclpy.init()  # a fresh context: the one above was shut down by rclpy's handler
+
+node = rclpy.create_node("sigint_test")
+publisher = node.create_publisher(String, "sigint_test", 10)
+
+def on_timer():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while a callback runs
+        [None for _ in range(1000)]
+        publisher.publish(String(data="after the signal"))
+    except KeyboardInterrupt:
+        print("in a callback: KeyboardInterrupt")
+        raise
+
+node.create_timer(0.01, on_timer)
+run_until_shutdown(lambda: rclpy.spin(node))
+node.destroy_node()
+rclpy.try_shutdown()
+print("stopped")
+"""
+
+
+def run_sigint_script(init: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGINT_SCRIPT, init],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_sigint_while_spinning_stops_without_an_asynchronous_keyboard_interrupt() -> None:
+    """Ctrl-C inside spin ends it through rclpy alone; outside spin it still interrupts.
+
+    An asynchronous KeyboardInterrupt could land halfway through rclpy building a Task, whose
+    `__del__` then printed a traceback at exit (the CI failure of 2026-12-03).
+    """
+    output = run_sigint_script("init_rclpy")
+    assert "before spinning: KeyboardInterrupt" in output
+    assert "in a callback" not in output
+    assert "stopped" in output
+    assert "Traceback" not in output
+
+
+def test_plain_rclpy_init_raises_keyboard_interrupt_inside_callbacks() -> None:
+    """What init_rclpy avoids is real in this rclpy (else the test above proves nothing)."""
+    output = run_sigint_script("rclpy.init")
+    assert "in a callback: KeyboardInterrupt" in output
