@@ -22,7 +22,7 @@ from rclpy.publisher import Publisher
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
-from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
+from llmi3d_ros.spinning import run_until_shutdown
 
 
 def message_class(msgtype: str) -> Any:
@@ -111,7 +111,7 @@ class BagReplayNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the bag player (console script `llmi3d_bag_replay`)."""
-    init_rclpy(args)
+    rclpy.init(args=args)  # not init_rclpy: Ctrl-C must cut run()'s sleeps short
     node = None
     try:
         node = BagReplayNode()

@@ -35,7 +35,10 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def init_rclpy(args: list[str] | None = None) -> None:
-    """`rclpy.init(args=args)` for a node's `main`, with SIGINT handled as the module says.
+    """`rclpy.init(args=args)` for a spinning node's `main`, with SIGINT as the module says.
+
+    Only for a node that spins an executor. A `main` whose loop sleeps instead (the bag player)
+    keeps plain rclpy.init: there Ctrl-C must cut the sleep short, and no executor builds Tasks.
 
     The Python handler must be in place before rclpy.init, which keeps it and calls it after its
     own; `signal.signal` after init would replace rclpy's handler instead.
