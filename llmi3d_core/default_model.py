@@ -30,10 +30,11 @@ TEST_IMAGES = 200
 # in groups of similar length, which moves their states by ~1e-5; 8: the crop heads; 9: the
 # spatial-relation heads; 10: the crop descriptors and the pointer stage's LLM states computed
 # in bfloat16 on a CPU with bfloat16 units; 11: the crops stage keeps the step whose heads err
-# least, not the lowest loss; 12: the candidates are picked by 2D-box NMS), so that a cached
+# least, not the lowest loss; 12: the candidates are picked by 2D-box NMS; 13: the candidates
+# after the best have a score calibration of their own), so that a cached
 # default model of an older release is retrained instead of failing to load or serving the old
 # values.
-MODEL_REVISION = 12
+MODEL_REVISION = 13
 
 
 def default_recipe() -> Path:

@@ -37,6 +37,7 @@ from llmi3d_core.model.checkpoint import (
     is_stored,
     referenced_prefixes,
     save_checkpoint,
+    with_older_tensors,
 )
 from llmi3d_core.model.config import ModelConfig
 from llmi3d_core.model.llmi3d import LLMI3D
@@ -113,7 +114,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 def load_model_tensors(model: Any, directory: Path) -> None:
     """Load a checkpoint's stored tensors into an already built model (strict on stored keys)."""
-    state = load_file(str(directory / WEIGHTS_FILE))
+    state = with_older_tensors(load_file(str(directory / WEIGHTS_FILE)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     prefixes = referenced_prefixes(model.config)
     missing = [k for k in missing if is_stored(k, prefixes)]

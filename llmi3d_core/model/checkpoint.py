@@ -73,6 +73,16 @@ def trained_state(model: torch.nn.Module, config: ModelConfig) -> dict[str, torc
     return state
 
 
+def with_older_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with what checkpoints of older releases lack filled in, as they meant it.
+
+    Before `others_calibration` (model revision 13), every candidate used `score_calibration`.
+    """
+    if "score_calibration" in state and "others_calibration" not in state:
+        return {**state, "others_calibration": state["score_calibration"].clone()}
+    return state
+
+
 def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `model` (an LLMI3D) to `directory`, creating it; returns the directory.
 
@@ -154,7 +164,7 @@ def load_checkpoint(directory: str | Path) -> Any:
     config, _ = read_checkpoint_meta(directory)
     weights = Path(directory) / WEIGHTS_FILE
     try:
-        state = load_file(str(weights))
+        state = with_older_tensors(load_file(str(weights)))
     except (OSError, SafetensorError) as err:
         raise CheckpointError(f"Could not read checkpoint weights {weights}: {err}") from err
     model = LLMI3D(config, load_pretrained=True)

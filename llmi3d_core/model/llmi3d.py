@@ -102,6 +102,7 @@ class LLMI3D(nn.Module):
 
     log_priors: torch.Tensor
     score_calibration: torch.Tensor
+    others_calibration: torch.Tensor
 
     def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -169,8 +170,10 @@ class LLMI3D(nn.Module):
                 self.heads = Heads(hidden, config.heads)
         priors = torch.tensor([DEFAULT_LOG_PRIOR] * (categories + 1), dtype=torch.float32)
         self.register_buffer("log_priors", priors)
-        # temperature and bias of the pointer's scores, fitted on validation queries (pointer.py)
+        # temperature and bias of the pointer's scores, fitted on validation queries (pointer.py):
+        # of each query's best candidate ("no object" too), and of the candidates after it
         self.register_buffer("score_calibration", torch.tensor([1.0, 0.0]))
+        self.register_buffer("others_calibration", torch.tensor([1.0, 0.0]))
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
         self._word_targets: torch.Tensor | None = None
 
@@ -213,8 +216,21 @@ class LLMI3D(nn.Module):
         )
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities of pointer logits: sigmoid(logit / T + b)."""
+        """Calibrated probabilities of pointer logits: sigmoid(logit / T + b).
+
+        The calibration of a query's best candidate and of "no object"; `other_scores` holds
+        the one of the candidates ranked after the best.
+        """
         temperature, bias = self.score_calibration.float()
+        return torch.sigmoid(logits.float() / temperature + bias)
+
+    def other_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of pointer logits read as a candidate after the best.
+
+        A second box is right far less often than a best box of the same logit (another
+        object must match too), so it has a temperature and bias of its own (pointer.py).
+        """
+        temperature, bias = self.others_calibration.float()
         return torch.sigmoid(logits.float() / temperature + bias)
 
     def category_names(self, indices: torch.Tensor) -> list[str]:
@@ -724,9 +740,10 @@ class LLMI3D(nn.Module):
                 candidates = candidates.extended(extra)
                 features = replace(features, candidates=candidates)
             pointed = self.point(states, candidates, box, point)
+            logits = pointed.logits[0]
             return located.ranked(
-                features, self.scores(pointed.logits[0]), pointed.residual[0], self.config,
-                answer=answer, answered=answered,
+                features, self.scores(logits), pointed.residual[0], self.config,
+                answer=answer, answered=answered, other_probabilities=self.other_scores(logits),
             )  # fmt: skip
         finally:
             sequence.rewind_cache(context.cache, context.prefix_length)

@@ -22,6 +22,7 @@ def ranked(
     *,
     answer: str,
     answered: bool,
+    other_probabilities: torch.Tensor | None = None,
 ) -> Located:
     """Located of every valid candidate of one image, best first.
 
@@ -32,12 +33,19 @@ def ranked(
         config: decodes the corrected outputs.
         answer: the generated answer phrase.
         answered: whether an answer was generated.
+        other_probabilities: (K + 1,) the same logits under the calibration of the candidates
+            after the best (LLMI3D.other_scores); every candidate but the best takes its score
+            from them, at most the best's, so the order stays. None: `probabilities` for all.
     """
     cands = features.candidates
     assert cands is not None
     scores, nothing = probabilities[:-1], float(probabilities[-1])
     order = torch.argsort(scores, descending=True)
     order = order[cands.valid[0, order]]
+    ranked_scores = scores[order]
+    if other_probabilities is not None and len(order) > 1:
+        later = other_probabilities[:-1][order[1:]].clamp(max=float(ranked_scores[0]))
+        ranked_scores = torch.cat([ranked_scores[:1], later])
     outputs = corrected({k: v[0, order].float() for k, v in cands.outputs.items()}, residual[order])
     n = len(order)
     boxes = decode_boxes(
@@ -49,7 +57,7 @@ def ranked(
         else torch.full((n,), -1, dtype=torch.long, device=probabilities.device)
     )  # fmt: skip
     return Located(
-        boxes=boxes, scores=scores[order], categories=categories, answer=answer,
+        boxes=boxes, scores=ranked_scores, categories=categories, answer=answer,
         answered=answered, nothing_score=nothing,
     )  # fmt: skip
 

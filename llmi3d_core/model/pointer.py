@@ -31,8 +31,10 @@ probability of its own (sigmoid, trained with binary cross-entropy): a query may
 ("the fire extinguisher" in a room without one), one, or several ("all the chairs"). The
 probabilities are calibrated afterwards by a temperature and a bias (`fit_calibration`, stored in
 the model as `score_calibration`), fitted on each validation query's best candidate: is its 2D box
-one of the query's targets (train_stages.PointerTask.evaluate)? One temperature and bias serve
-every logit, "no object" included, so the ranking does not change.
+one of the query's targets (train_stages.PointerTask.evaluate)? The same temperature and bias
+serve "no object". The candidates after the best have their own (`others_calibration`, fitted on
+whether each matches a target the best misses; a second box of a given logit is right far less
+often than a best one), capped at the best's score, so the ranking does not change.
 
 r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
 extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"

@@ -164,7 +164,8 @@ def mixed_root(tmp_path_factory):
 def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
     """The pointer stage's validation fits score_calibration on each query's best candidate,
     labelled right when its 2D box overlaps one of the query's targets by IoU > 0.5: the
-    boxes that get answered, judged as `llmi3d eval`'s ECE judges them."""
+    boxes that get answered, judged as `llmi3d eval`'s ECE judges them; and
+    others_calibration on the candidates after it."""
     config = load_train_config(
         "config/train/tiny_synth.yaml",
         [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=60",
@@ -177,28 +178,41 @@ def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
     kinds = {int(item["num_targets"].clamp(max=2)) for item in val}
     assert kinds == {0, 1, 2}  # negative, single- and multi-target queries
     # an untrained detector's boxes match nothing: every candidate of every other query
-    # that has a target gets the 2D box of its last target
-    for item in val[::2]:
-        if bool(item["target_mask"].any()):
-            last = item["target_boxes2d"][item["target_mask"]][-1]
-            item["out_box2d"][:] = last
+    # that has a target gets the 2D box of its last target, and of every multi-target query,
+    # every other candidate its first target's and the rest its last's
+    for index, item in enumerate(val):
+        targets = item["target_boxes2d"][item["target_mask"]]
+        if len(targets) > 1 or (len(targets) == 1 and index % 2 == 0):
+            item["out_box2d"][:] = targets[-1]
+            item["out_box2d"][::2] = targets[0]
     loader = torch.utils.data.DataLoader(val, batch_size=16, collate_fn=task.collate)
     metrics = task.evaluate(model, loader, Accelerator(cpu=True))
 
-    # the same fit, query by query, with the evaluation's own 2D IoU
-    best_logits, right = [], []
+    # the same fits, query by query, with the evaluation's own 2D IoU; a candidate after the
+    # best is right when it matches a target the best one does not
+    best_logits, right, other_logits, other_right = [], [], [], []
     with torch.no_grad():
         for item in val:
-            logits, choice, chosen = task._best(model, task.collate([item]))
-            best_logits.append(float(logits[0, choice[0]]))
-            targets = item["target_boxes2d"][item["target_mask"]].numpy()
-            ious = box2d_iou_matrix(chosen["box2d"].numpy(), targets) if len(targets) else []
-            right.append(bool(np.any(np.asarray(ious) > GROUNDING_IOU_2D)))
+            logits, choice, _ = task._best(model, task.collate([item]))
+            best = int(choice[0])
+            best_logits.append(float(logits[0, best]))
+            targets = item["target_boxes2d"][item["target_mask"]].numpy().reshape(-1, 4)
+            ious = box2d_iou_matrix(item["out_box2d"].numpy(), targets) > GROUNDING_IOU_2D
+            right.append(bool(ious[best].any()))
+            for k in np.flatnonzero(item["cand_valid"].numpy()):
+                if k != best:
+                    other_logits.append(float(logits[0, k]))
+                    other_right.append(bool((ious[k] & ~ious[best]).any()))
     expected = fit_calibration(torch.tensor(best_logits), torch.tensor(right))
     assert 0 < sum(right) < len(right)  # both labels, so the fit says something
     assert tuple(model.score_calibration.tolist()) == pytest.approx(expected)
     assert metrics["val/temperature"] == pytest.approx(expected[0])
     assert metrics["val/score_bias"] == pytest.approx(expected[1])
+    expected = fit_calibration(torch.tensor(other_logits), torch.tensor(other_right))
+    assert 0 < sum(other_right) < len(other_right)
+    assert tuple(model.others_calibration.tolist()) == pytest.approx(expected)
+    assert metrics["val/others_temperature"] == pytest.approx(expected[0])
+    assert metrics["val/others_bias"] == pytest.approx(expected[1])
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in stored), prefix
     for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors",
-                "score_calibration"):  # fmt: skip
+                "score_calibration", "others_calibration"):  # fmt: skip
         assert key in stored
     config, extra = read_checkpoint_meta(tmp_path / "ckpt")
     assert config == model.config and extra == {"step": 2}
@@ -65,6 +65,23 @@ def test_score_calibration_is_kept(make_model, tmp_path):
     assert torch.equal(loaded.score_calibration, torch.tensor([1.7, -0.4]))
     logits = torch.tensor([-1.0, 0.5, 2.0])
     torch.testing.assert_close(loaded.scores(logits), model.scores(logits))
+
+
+def test_others_calibration_is_kept_and_filled_in_for_older_checkpoints(make_model, tmp_path):
+    """others_calibration travels with the checkpoint; a checkpoint of an older release, which
+    has none, loads with score_calibration in its place (what every candidate used then)."""
+    model = make_model()
+    model.score_calibration.copy_(torch.tensor([1.7, -0.4]))
+    model.others_calibration.copy_(torch.tensor([0.9, -1.6]))
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt").others_calibration,
+                       torch.tensor([0.9, -1.6]))  # fmt: skip
+    weights = tmp_path / "ckpt" / WEIGHTS_FILE
+    stored = load_file(str(weights))
+    del stored["others_calibration"]
+    save_file(stored, str(weights))
+    older = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(older.others_calibration, torch.tensor([1.7, -0.4]))
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)

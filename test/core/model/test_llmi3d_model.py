@@ -208,9 +208,34 @@ def test_scores_apply_the_fitted_calibration(make_model, make_batch):
     plain = model.locate(context, "find the lamp", policy="ground")
     torch.testing.assert_close(calibrated.boxes["center"], plain.boxes["center"])
     raw = torch.logit(plain.scores.double())
-    torch.testing.assert_close(
-        calibrated.scores.double(), torch.sigmoid(raw / 2.0 - 1.0), rtol=1e-4, atol=1e-6
-    )
+    # the best candidate takes score_calibration; the others keep others_calibration's (1, 0),
+    # capped at the best's score
+    best = torch.sigmoid(raw[:1] / 2.0 - 1.0)
+    expected = torch.cat([best, torch.sigmoid(raw[1:]).clamp(max=float(best))])
+    torch.testing.assert_close(calibrated.scores.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [-2.0, 3.0])
+def test_candidates_after_the_best_take_their_own_calibration(make_model, make_batch, bias):
+    """Every candidate after the best is scored by others_calibration (saved with the model),
+    at most the best's score, so the order and the boxes stay; "no object" keeps
+    score_calibration."""
+    model = make_model().eval()
+    assert model.others_calibration.tolist() == [1.0, 0.0]
+    assert "others_calibration" in model.state_dict()
+    context = model.prepare_context(_features(model, make_batch(model.config, size=1)))
+    plain = model.locate(context, "find the lamp", policy="ground")
+    model.others_calibration.copy_(torch.tensor([0.5, bias]))
+    other = model.locate(context, "find the lamp", policy="ground")
+    torch.testing.assert_close(other.boxes["center"], plain.boxes["center"])
+    assert other.nothing_score == pytest.approx(plain.nothing_score)
+    raw = torch.logit(plain.scores.double())
+    later = torch.sigmoid(raw[1:] / 0.5 + bias).clamp(max=float(plain.scores[0]))
+    torch.testing.assert_close(other.scores[:1], plain.scores[:1])
+    torch.testing.assert_close(other.scores[1:].double(), later, rtol=1e-4, atol=1e-6)
+    assert bool((other.scores[:-1] >= other.scores[1:]).all())
+    if bias > 0:  # the cap binds: a later candidate never outranks the best
+        assert bool((other.scores[1:] == other.scores[0]).any())
 
 
 def test_locate_restores_the_image_cache(make_model, make_batch):
