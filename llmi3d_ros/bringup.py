@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -223,12 +223,21 @@ class StopSignals:
     stops `processes`: a signal that arrives then kills them at once instead of raising again
     (an impatient second Ctrl-C must not cut the clean-up short). The previous handlers are
     restored on exit.
+
+    Inside `deferred()` (around a call into rclpy's executor) a signal is only recorded, and
+    StopRequested is raised when the call returns: raised inside a callback that rclpy's C++
+    code runs, pybind11 would turn it into an unrelated RuntimeError ("Unable to convert call
+    argument '0' to Python object") and the stop would end in a traceback and exit status 1.
     """
+
+    active: StopSignals | None = None  # the instance entered last, for `deferred_stop_signals`
 
     def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
         self.processes = processes
         self.stopping = False
         self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending: int | None = None
 
     def _handler(self, signum: int, frame: object) -> None:
         if self.stopping:
@@ -236,16 +245,39 @@ class StopSignals:
                 if proc.poll() is None:
                     proc.kill()
             return
+        if self._deferring:
+            self._pending = self._pending or signum
+            return
         self.stopping = True
         raise StopRequested(signum)
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stop signal that arrives inside is raised as StopRequested on leaving."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None and not self.stopping:
+            self.stopping = True
+            raise StopRequested(self._pending)
+
     def __enter__(self) -> StopSignals:
         self._previous = {signum: signal.signal(signum, self._handler) for signum in STOP_SIGNALS}
+        StopSignals.active = self
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, old in self._previous.items():
             signal.signal(signum, old)
+        StopSignals.active = None
+
+
+def deferred_stop_signals() -> contextlib.AbstractContextManager[None]:
+    """`StopSignals.deferred` of the StopSignals in force; nothing when there is none."""
+    active = StopSignals.active
+    return active.deferred() if active is not None else contextlib.nullcontext()
 
 
 def exit_by_signal(signum: int) -> NoReturn:

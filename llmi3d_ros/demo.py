@@ -45,6 +45,7 @@ from llmi3d_ros.bringup import (
     BringupOptions,
     StopRequested,
     StopSignals,
+    deferred_stop_signals,
     exit_by_signal,
     start,
     stop,
@@ -178,10 +179,14 @@ class DemoClient(Node):
 def spin_until(
     executor: SingleThreadedExecutor, done: Callable[[], bool], timeout_s: float
 ) -> bool:
-    """Spin until done() or timeout; return done()."""
+    """Spin until done() or timeout; return done().
+
+    A stop signal waits until spin_once returns (bringup.StopSignals.deferred).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not done():
-        executor.spin_once(timeout_sec=0.05)
+        with deferred_stop_signals():
+            executor.spin_once(timeout_sec=0.05)
     return bool(done())
 
 
@@ -352,7 +357,8 @@ def run_queries(
         latest = client.truth[max(client.truth)]
         image = scene_shown(latest, image_of_object)
         if image is None or image.image_id in done_images:
-            executor.spin_once(timeout_sec=0.2)
+            with deferred_stop_signals():
+                executor.spin_once(timeout_sec=0.2)
             continue
         done_images.add(image.image_id)
         queries = [q for q in dataset.queries if q.image_id == image.image_id]

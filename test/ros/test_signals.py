@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from llmi3d_ros.bringup import StopRequested, StopSignals, deferred_stop_signals
+
 GONE_WITHIN_S = 8.0  # the bringup's SIGINT -> SIGKILL grace is 5 s
 
 
@@ -139,3 +141,29 @@ def test_synthetic_camera_stops_cleanly_on_sigterm(ros_context: None, tmp_path: 
             proc.kill()
             proc.wait()
     assert "Traceback" not in log.read_text(errors="replace")
+
+
+def test_a_stop_signal_raises_at_once_outside_deferred() -> None:
+    with StopSignals([]) as signals, pytest.raises(StopRequested) as raised:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)
+        pytest.fail("SIGTERM did not raise")
+    assert raised.value.signum == signal.SIGTERM and signals.stopping
+
+
+def test_a_stop_signal_inside_deferred_is_raised_on_leaving() -> None:
+    """Around spin_once the demo defers the stop: raised inside a callback that rclpy's C++
+    runs, it became pybind11's "Unable to convert call argument" RuntimeError (exit status 1)."""
+    reached = False
+    with (
+        StopSignals([]) as signals,
+        pytest.raises(StopRequested) as raised,
+        deferred_stop_signals(),
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler has run by now, and raised nothing here
+        reached = True
+    assert reached and raised.value.signum == signal.SIGTERM and signals.stopping
+    assert StopSignals.active is None
+    with deferred_stop_signals():  # no StopSignals in force: nothing to defer
+        pass
