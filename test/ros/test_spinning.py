@@ -73,10 +73,17 @@ def test_a_fault_while_running_still_raises() -> None:
 
 # Run in a process of its own: signal handlers and rclpy's default context belong to `main`.
 SIGINT_SCRIPT = """
-import os, signal, sys
+import os, signal, sys, time
 import rclpy
 from std_msgs.msg import String
 from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
+
+def wait_for_the_handler():
+    # Python runs the handler between bytecodes, once the signal has reached it (rclpy's C
+    # handler comes first): a fixed count of bytecodes was too few on a loaded machine
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        pass
 
 if sys.argv[1] == "init_rclpy":
     init_rclpy([])
@@ -84,7 +91,7 @@ else:
     rclpy.init()
 try:
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before spinning, e.g. while a model loads
-    [None for _ in range(1000)]  # the handler runs between bytecodes
+    wait_for_the_handler()
 except KeyboardInterrupt:
     print("before spinning: KeyboardInterrupt")
 rclpy.shutdown()
@@ -96,7 +103,7 @@ publisher = node.create_publisher(String, "sigint_test", 10)
 def on_timer():
     try:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while a callback runs
-        [None for _ in range(1000)]
+        wait_for_the_handler()
         publisher.publish(String(data="after the signal"))
     except KeyboardInterrupt:
         print("in a callback: KeyboardInterrupt")
