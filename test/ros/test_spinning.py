@@ -78,6 +78,9 @@ import rclpy
 from std_msgs.msg import String
 from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
 
+# as under a shell: a test runner may pass SIGINT on ignored, and Python then keeps it ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def wait_for_the_handler():
     # Python runs the handler between bytecodes, once the signal has reached it (rclpy's C
     # handler comes first): a fixed count of bytecodes was too few on a loaded machine
