@@ -578,15 +578,20 @@ CANDIDATE_KEYS = ("features", "geometry", "objectness", "valid", "cells")
 QUERY_CHUNK = 8  # queries of one image run through the LLM together
 
 
-def matches_a_target(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """(B, ...) bool: each 2D box (B, ..., 4) overlaps one of its query's targets by IoU > 0.5."""
+def target_matches(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B, ..., M) bool: each 2D box (B, ..., 4) overlaps each target of its query by IoU > 0.5."""
     targets, mask = batch["target_boxes2d"].float(), batch["target_mask"]  # (B, M, 4), (B, M)
     inner = (1,) * (box2d.dim() - 2)  # the boxes' dims between B and the box
     targets = targets.view(targets.shape[0], *inner, *targets.shape[1:])
     mask = mask.view(mask.shape[0], *inner, -1)
     ious = box_iou_2d(box2d.float().unsqueeze(-2), targets)  # (B, ..., M)
-    matched: torch.Tensor = ((ious > GROUNDING_IOU_2D) & mask).any(dim=-1)
-    return matched
+    matches: torch.Tensor = (ious > GROUNDING_IOU_2D) & mask
+    return matches
+
+
+def matches_a_target(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B, ...) bool: each 2D box (B, ..., 4) overlaps one of its query's targets by IoU > 0.5."""
+    return target_matches(box2d, batch).any(dim=-1)
 
 
 # Relations whose target another object becomes when the target is hidden ("the nearest car"
@@ -821,10 +826,7 @@ class PointerTask(StageTask):
 
         A match is 2D IoU > 0.5, as `llmi3d eval` judges answers (the residual leaves 2D boxes).
         """
-        boxes = batch["out_box2d"]  # (B, K, 4)
-        targets, mask = batch["target_boxes2d"].float(), batch["target_mask"]  # (B, M, 4), (B, M)
-        ious = box_iou_2d(boxes.float().unsqueeze(-2), targets.unsqueeze(1))  # (B, K, M)
-        matches = (ious > GROUNDING_IOU_2D) & mask.unsqueeze(1)
+        matches = target_matches(batch["out_box2d"], batch)  # (B, K, M)
         rows = torch.arange(choice.shape[0], device=choice.device)
         taken = matches[rows, choice]  # (B, M) the targets the best one matches
         hits = (matches & ~taken.unsqueeze(1)).any(dim=-1)
