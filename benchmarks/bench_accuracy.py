@@ -120,6 +120,8 @@ DEFAULT_ROWS: dict[str, str] = {
     "llmi3d": "LLMI3D (default)",
     "llmi3d_best": "LLMI3D (default), always its best box (rule of zeros)",
     "llmi3d_bf16": "LLMI3D (default) run in bfloat16 (node parameter dtype)",
+    "llmi3d_floor": "LLMI3D (default), the camera's floor given (node parameters "
+    "camera_height_m, camera_pitch_deg)",
     "true_cells": "heads at the true cell (upper bound of pointing)",
     "mean_box": "mean box",
     "backproject": "back-projection of the true 2D box",
@@ -129,6 +131,8 @@ DEFAULT_CLAIMS: tuple[Claim, ...] = (
     ("default/llmi3d", "default/mean_box", "sanity: LLMI3D beats the mean-box prior"),
     ("default/true_cells", "default/llmi3d",
      "ours: the pointer loses accuracy to wrong objects (the upper bound is above LLMI3D)"),
+    ("default/llmi3d_floor", "default/llmi3d",
+     "ours: a calibrated camera's floor places the boxes better than the model's depth"),
 )  # fmt: skip
 # inference-time decoding of the same weights: key -> (label, set_decoding arguments)
 DECODINGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -660,6 +664,11 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
                          dtype="bfloat16")  # fmt: skip
     add("llmi3d_bf16", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
         low, dataset, queries, progress=False, rule=AnswerRule())])  # fmt: skip
+    # the same answers, each image's boxes stood on its camera's floor (the scene's camera
+    # height and pitch, as the node's camera_height_m / camera_pitch_deg give them)
+    add("llmi3d_floor", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
+        predictor, dataset, queries, progress=False, rule=AnswerRule(), ground_plane=True,
+    )])  # fmt: skip
     true = add("true_cells", lambda: predict_at_true_cells(predictor, dataset, queries,
                                                           progress=False))  # fmt: skip
     for key in ("mean_box", "backproject"):
@@ -1127,7 +1136,7 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 # the rows of `default_size_depth_table` (the bf16 and mean-box rows say nothing more there)
-SIZE_DEPTH_ROWS = ("llmi3d", "llmi3d_best", "true_cells", "backproject")
+SIZE_DEPTH_ROWS = ("llmi3d", "llmi3d_best", "llmi3d_floor", "true_cells", "backproject")
 
 
 def default_size_depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:

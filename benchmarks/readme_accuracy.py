@@ -33,6 +33,7 @@ DEFAULT_HEADING = "### Default model on its held-out test set"  # bench_accuracy
 MODEL_ROW = "LLMI3D (default)"
 BEST_BOX_ROW = "LLMI3D (default), always its best box"  # absent before 2026-12-01 13:10
 UPPER_ROW = "heads at the true cell"
+FLOOR_ROW = "LLMI3D (default), the camera's floor given"  # absent before 2026-12-04
 REGENERATE = (
     "regenerate it with `python benchmarks/run_benchmarks.py` (size reduced, ~25 min with the "
     "default model cached), which also rewrites README.md's paragraph; "
@@ -134,6 +135,16 @@ def block(benchmarks: str, indent: str = "  ", *, allow_standin: bool = False) -
         paragraph += (
             f' Made to answer its best box every time (never "not here"), it reaches Acc@0.25 '
             f"{best['Acc@0.25']} % and grounding {best['grounding']} %."
+        )
+    try:
+        floor = _table_row(lines, start, FLOOR_ROW)
+    except ValueError:
+        floor = None
+    if floor is not None:
+        paragraph += (
+            " With the camera's floor given (node parameters camera_height_m and "
+            "camera_pitch_deg, for a camera fixed on the robot), Acc@0.25 is "
+            f"{floor['Acc@0.25']} %."
         )
     if first_run:
         paragraph += f" Training it on the demo's first run took {first_run.group(1)} there."

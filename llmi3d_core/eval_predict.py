@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmi3d_core.data.format import Dataset, QueryRecord
+from llmi3d_core.data.format import Dataset, ImageRecord, QueryRecord
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D, project
+from llmi3d_core.ground_plane import GroundPlane, record_ground_plane
 from llmi3d_core.inference import Predictor
 from llmi3d_core.metrics import ScoredBox
 from llmi3d_core.model.checkpoint import load_checkpoint, read_checkpoint_meta
@@ -216,12 +217,15 @@ def predict_with_model(
     progress: bool = True,
     max_results: int = MAX_RESULTS,
     rule: AnswerRule | None = None,
+    ground_plane: bool = False,
 ) -> list[QueryResult]:
     """Run a `Predictor` on every query, the queries of one image in one batch (one encoding).
 
     Every prediction the predictor answers for a query is kept, in its order (best first); an
     empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
-    node would. `rule` None takes the node's (AnswerRule.SERVED).
+    node would. `rule` None takes the node's (AnswerRule.SERVED). With `ground_plane`, each
+    image's boxes are stood on the floor its record gives (`record_ground_plane`); an image
+    without one is an error.
     """
     rule = AnswerRule.SERVED if rule is None else rule
     by_image: dict[str, list[QueryRecord]] = {}
@@ -232,6 +236,8 @@ def predict_with_model(
         for image_id, group in by_image.items():
             image = load_rgb(dataset.image_path(image_id))
             record = dataset.image(image_id)
+            # only when asked: a predictor-like without floors (a test's) keeps working
+            floors = {"ground_planes": [_record_plane(record)] * len(group)} if ground_plane else {}
             answered = predictor.answer_batch(
                 [image] * len(group),
                 [record.K] * len(group),
@@ -240,6 +246,7 @@ def predict_with_model(
                 [q.point_prompt for q in group],
                 max_results=max_results,
                 **asdict(rule),  # the rule's fields are the Predictor's keyword names
+                **floors,
             )
             for query, answer in zip(group, answered, strict=True):
                 boxes = [
@@ -250,6 +257,17 @@ def predict_with_model(
                 )
             bar.update(len(group))
     return [results[q.query_id] for q in queries]
+
+
+def _record_plane(record: ImageRecord) -> GroundPlane:
+    """The ground plane an image record gives; InvalidInputError when it gives none."""
+    plane = record_ground_plane(record.extra)
+    if plane is None:
+        raise InvalidInputError(
+            f"image {record.image_id!r} has no camera_height_m in its record: the ground plane "
+            "is unknown (only the synthetic generator writes it)"
+        )
+    return plane
 
 
 def predict_at_true_cells(

@@ -224,6 +224,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="upper bound of pointing: read the heads at each target's own cell instead of "
         "where the model points (single-target queries only)",
     )
+    parser.add_argument(
+        "--ground-plane",
+        action="store_true",
+        help="stand every box on the floor given by each image's camera height and pitch "
+        "(camera_height_m, camera_pitch_deg in the image record, as the synthetic generator "
+        "writes them): what a robot with a calibrated camera gets (llmi3d_core.ground_plane)",
+    )
     parser.add_argument("--fit-split", default="train", help="split a --baseline is fitted on")
     parser.add_argument(
         "--baseline-depth",
@@ -306,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
             args.data = default_test_data(progress=not args.no_progress)
     if args.data is None:
         raise InvalidInputError("--data DIR is required (only --checkpoint default has one)")
+    if args.ground_plane and (args.baseline is not None or args.true_cells):
+        raise InvalidInputError("--ground-plane moves the model's answers: not with --baseline or "
+                                "--true-cells")  # fmt: skip
     dataset = read_dataset(args.data)
     predict: Callable[[Dataset, list[QueryRecord]], list[QueryResult]]
     if args.baseline is not None:
@@ -328,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             max_results=args.max_results,
             rule=rule,
+            ground_plane=args.ground_plane,
         )
         if args.true_cells:
             predict = partial(predict_at_true_cells, predictor, progress=not args.no_progress)
@@ -335,7 +346,10 @@ def run(args: argparse.Namespace) -> int:
         source = {"name": f"LLMI3D {name}", "checkpoint": str(args.checkpoint)}
         if args.true_cells:
             source["name"] += " (heads at the true cell)"
-        else:
+        elif args.ground_plane:
+            source["name"] += " (camera's ground plane given)"
+            source["ground_plane"] = "from the image records"
+        if not args.true_cells:
             source["answer_rule"] = asdict(rule)
         out = args.out or args.checkpoint / "eval" / _safe(args.split)
     report = run_evaluation(

@@ -32,6 +32,7 @@ small cost in accuracy (BENCHMARKS.md); "float16" is CUDA-only; decoding always 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import threading
@@ -46,6 +47,8 @@ import numpy as np
 import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
+from llmi3d_core.geometry import Box3D
+from llmi3d_core.ground_plane import GroundPlane
 from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.model.checkpoint import load_checkpoint
 from llmi3d_core.model.config import ModelConfig
@@ -211,6 +214,21 @@ def checked_prompt(values: Any, size: tuple[int, int], what: str) -> np.ndarray 
     return np.clip(array, -0.5, limit)
 
 
+def _per_item(values: Sequence[Any] | None, count: int, name: str) -> list[Any]:
+    """One value per item (None: None for each); a sequence of another length is an error."""
+    if values is None:
+        return [None] * count
+    if len(values) != count:
+        raise InvalidInputError(f"{name} has {len(values)} entries for {count} queries")
+    return list(values)
+
+
+def _on_ground(prediction: Prediction, plane: GroundPlane) -> Prediction:
+    """The prediction with its box stood on the floor (GroundPlane.place); 2D outputs kept."""
+    box = plane.place(Box3D(prediction.center, prediction.dims, prediction.rotation))
+    return dataclasses.replace(prediction, center=box.center, dims=box.dims_lwh, rotation=box.R)
+
+
 @dataclass(frozen=True)
 class _Item:
     """One checked request: the image, its K (float64), the raw query, the model text, its key.
@@ -342,6 +360,7 @@ class Predictor:
         *,
         min_ratio_to_nothing: float = 0.0,
         min_score_others: float = 0.0,
+        ground_plane: GroundPlane | None = None,
     ) -> list[Prediction]:
         """Find the object described by `query` in one image.
 
@@ -358,6 +377,8 @@ class Predictor:
             min_ratio_to_nothing: the AnswerRule's: the best prediction is returned only when it
                 scores at least this many times the probability that nothing matches.
             min_score_others: the AnswerRule's: the predictions after the best need at least it.
+            ground_plane: where the floor is relative to this camera, when known: every box is
+                moved along its viewing ray to stand on it (llmi3d_core.ground_plane).
 
         Returns:
             At most `max_results` predictions, best first, duplicates of one object removed.
@@ -369,6 +390,7 @@ class Predictor:
         answers = self.answer_batch(
             [image_rgb], [K], [query], [box2d], [point2d], max_results, min_score,
             min_ratio_to_nothing=min_ratio_to_nothing, min_score_others=min_score_others,
+            ground_planes=[ground_plane],
         )  # fmt: skip
         return answers[0].predictions
 
@@ -384,11 +406,13 @@ class Predictor:
         *,
         min_ratio_to_nothing: float = 0.0,
         min_score_others: float = 0.0,
+        ground_planes: Sequence[GroundPlane | None] | None = None,
     ) -> list[list[Prediction]]:
         """Batched `predict`: item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i])."""
         answers = self.answer_batch(
             images, Ks, queries, box2ds, point2ds, max_results, min_score,
             min_ratio_to_nothing=min_ratio_to_nothing, min_score_others=min_score_others,
+            ground_planes=ground_planes,
         )  # fmt: skip
         return [answer.predictions for answer in answers]
 
@@ -404,11 +428,14 @@ class Predictor:
         *,
         min_ratio_to_nothing: float = 0.0,
         min_score_others: float = 0.0,
+        ground_planes: Sequence[GroundPlane | None] | None = None,
     ) -> list[Answer]:
         """Answer queries: their predictions and, for "not here", the best candidate turned down.
 
         Item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]). The three thresholds
         make the AnswerRule (llmi3d_core.prediction; AnswerRule.SERVED holds the node's).
+        `ground_planes[i]`, when given and not None, stands item i's boxes on that floor
+        (`predict`).
 
         New images are encoded together in one vision pass; identical images (same bytes and K)
         are encoded once. Each query then runs on its image's cached LLM prefix.
@@ -422,12 +449,13 @@ class Predictor:
             raise InvalidInputError(f"max_results must be an integer >= 1, got {max_results!r}")
         rule = AnswerRule(min_score, min_ratio_to_nothing, min_score_others)
         items = self._validate(images, Ks, queries, box2ds, point2ds)
+        planes = _per_item(ground_planes, len(items), "ground_planes")
         timings = dict.fromkeys(("preprocess", "encode_image", "prefill", "llm", "decode"), 0.0)
         timings["validate"] = time.perf_counter() - start
         with self._lock:
             contexts = self._contexts(items, timings)
             results = []
-            for item in items:
+            for item, plane in zip(items, planes, strict=True):
                 tick = time.perf_counter()
                 context = contexts[item.key]
                 located = self.model.locate(
@@ -440,9 +468,14 @@ class Predictor:
                 timings["llm"] += time.perf_counter() - tick
                 tick = time.perf_counter()
                 ranked = self._to_predictions(located, item)
-                results.append(
-                    Answer.select(item.query, ranked, located, max_results=max_results, rule=rule)
+                answer = Answer.select(
+                    item.query, ranked, located, max_results=max_results, rule=rule
                 )
+                if plane is not None:  # after the choice: the floor moves boxes, not answers
+                    answer.predictions = [_on_ground(p, plane) for p in answer.predictions]
+                    if answer.best is not None:
+                        answer.best = _on_ground(answer.best, plane)
+                results.append(answer)
                 timings["decode"] += time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         self.last_timings = timings

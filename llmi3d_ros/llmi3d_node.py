@@ -459,6 +459,7 @@ class Llmi3dNode(LifecycleNode):
             min_score=min(max(params.min_score, 0.0), 1.0),
             min_ratio_to_nothing=min(max(params.min_ratio_to_nothing, 0.0), MAX_RATIO_TO_NOTHING),
             min_score_others=min(max(params.min_score_others, 0.0), 1.0),
+            ground_planes=[params.ground_plane()],
         )
         timings.update(self._predictor.last_timings)
         return FrameAnswer(header=image_msg.header, answer=answer, rgb=rgb, K=K, timings_s=timings)

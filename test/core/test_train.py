@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.errors import ConfigError
+from llmi3d_core.ground_plane import record_ground_plane
 from llmi3d_core.rundir import point_link, write_dir_atomically
 from llmi3d_core.train import ensure_trained, train
 from llmi3d_core.train_config import load_train_config
@@ -393,6 +394,43 @@ def test_tiny_synth_beats_mean_box_on_held_out_images(tiny_run, tmp_path):
     assert model["acc@0.25"] > 2 * mean_box["acc@0.25"] + 0.02, (model, mean_box)
     gallery = sorted((tmp_path / "model" / "gallery").glob("*.png"))
     assert len(gallery) == 4
+
+
+def test_eval_with_the_ground_plane_stands_the_answers_on_each_images_floor(tiny_run, tmp_path):
+    """`llmi3d eval --ground-plane`: the same answers (the same objects, scores and 2D boxes),
+    each 3D box moved along its ray onto the floor its image record gives, or left alone."""
+    config = tiny_run["config"]
+    rows = {}
+    for name, extra in (("plain", []), ("floor", ["--ground-plane"])):
+        out = tmp_path / name
+        done = cli("eval", "--checkpoint", tiny_run["best"], "--answer-all", *extra, "--data",
+                   config.data.root, "--split", "test", "--out", out, "--gallery", "0",
+                   "--limit", "40", "--no-progress")  # fmt: skip
+        assert "| all |" in done.stdout
+        rows[name] = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+        report = json.loads((out / "report.json").read_text())
+    assert report["source"]["name"].endswith("(camera's ground plane given)")
+    dataset = read_dataset(Path(config.data.root))
+    image_of = {q.query_id: q.image_id for q in dataset.queries}
+    moved = 0
+    for plain, floor in zip(rows["plain"], rows["floor"], strict=True):
+        assert plain["query_id"] == floor["query_id"]
+        assert len(plain["predictions"]) == len(floor["predictions"])
+        plane = record_ground_plane(dataset.image(image_of[plain["query_id"]]).extra)
+        for before, after in zip(plain["predictions"], floor["predictions"], strict=True):
+            assert after["score"] == before["score"] and after["box2d"] == before["box2d"]
+            if np.allclose(after["center"], before["center"]):
+                continue
+            moved += 1
+            centre, height = np.asarray(after["center"]), after["dims_lwh"][2]
+            # predictions.jsonl rounds to 4 decimals
+            assert float(plane.down @ centre) + height / 2 == pytest.approx(
+                plane.height_m, abs=2e-3
+            )
+    assert moved >= 5, moved
+    done = cli("eval", "--baseline", "mean-box", "--ground-plane", "--data", config.data.root,
+               "--out", tmp_path / "baseline", check=False)  # fmt: skip
+    assert done.returncode != 0 and "--ground-plane" in done.stderr
 
 
 def test_ensure_trained_returns_finished_run(tiny_run):

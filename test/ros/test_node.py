@@ -36,7 +36,8 @@ from std_msgs.msg import Header, String
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from llmi3d_core.messages import stamp_to_ns
+from llmi3d_core.ground_plane import GroundPlane
+from llmi3d_core.messages import detection_box, stamp_to_ns
 from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image
 
 K = np.array([[200.0, 0.0, 80.0], [0.0, 200.0, 60.0], [0.0, 0.0, 1.0]])
@@ -593,3 +594,57 @@ def test_14_standing_query_failure_clears_its_boxes(harness: Harness) -> None:
     finally:
         harness.standing_pub.publish(String(data=""))
         spin_until(harness.executor, lambda: False, 0.3)
+
+
+def test_15_the_camera_height_stands_the_boxes_on_the_floor(harness: Harness) -> None:
+    """camera_height_m / camera_pitch_deg set at run time: each box is moved along its viewing ray
+    so that its bottom face lies on that floor (or, if the floor would move it more than 2x, left
+    as it was); 0 turns it off again. Out-of-range values are refused.
+
+    Mechanics only (the tiny model's boxes are arbitrary); the gain of a true floor is measured by
+    `llmi3d eval --ground-plane` (BENCHMARKS.md).
+    """
+    harness.publish_frame()
+    plain = harness.query("the lamp", max_results=5).detections.detections
+    assert len(plain) >= 2
+    down = GroundPlane(1.0, 10.0).down
+    # a floor 1.3x as far below as the lowest box's bottom, so that this box moves
+    belows = [float(down @ _bottom(*detection_box(d))) for d in plain]
+    assert max(belows) > 0.01, "every box of the tiny model is above the horizon"
+    height = round(1.3 * max(belows), 6)
+    assert harness.set_param("camera_height_m", height).successful
+    assert harness.set_param("camera_pitch_deg", 10.0).successful
+    try:
+        placed = harness.query("the lamp", max_results=5).detections.detections
+        result = harness.set_param("camera_pitch_deg", 95.0)
+        assert not result.successful and "out of range" in result.reason, result.reason
+        assert not harness.set_param("camera_height_m", -1.0).successful
+    finally:
+        assert harness.set_param("camera_height_m", 0.0).successful
+        assert harness.set_param("camera_pitch_deg", 0.0).successful
+    assert [d.results[0].hypothesis.score for d in placed] == _scores_of(plain)
+    moved = 0
+    for before, after in zip(plain, placed, strict=True):
+        center, dims_lwh, R = detection_box(after)
+        old_center, _, _ = detection_box(before)
+        if np.allclose(center, old_center, atol=1e-6):
+            continue
+        moved += 1
+        assert float(down @ _bottom(center, dims_lwh, R)) == pytest.approx(height, rel=1e-4)
+        # along the same viewing ray: the centre's direction from the camera is unchanged
+        np.testing.assert_allclose(
+            center / np.linalg.norm(center), old_center / np.linalg.norm(old_center), atol=1e-5
+        )
+    assert moved >= 1, "the floor moved none of the tiny model's boxes"
+    again = harness.query("the lamp", max_results=5).detections.detections
+    for before, after in zip(plain, again, strict=True):
+        np.testing.assert_allclose(detection_box(after)[0], detection_box(before)[0])
+
+
+def _bottom(center: np.ndarray, dims_lwh: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """The centre of a box's bottom face (local y, the height axis, points down)."""
+    return center + dims_lwh[2] / 2 * R[:, 1]
+
+
+def _scores_of(detections: list) -> list[float]:
+    return [d.results[0].hypothesis.score for d in detections]
