@@ -10,12 +10,17 @@
 3. asks several queries per scene through the ~/query service from a client in this process,
    prints each answer, its 3D box and the IoU against the ground truth the camera publishes, and
 4. saves the debug images (prediction in colour, ground truth in white) as PNGs, in a new
-   folder out/demo/<date>-<time>/ for each run (printed at the start and at the end).
+   folder out/demo/<date>-<time>/ for each run (printed at the start and at the end), and
+5. asks each scene's queries again with the node told where the floor is (its parameters
+   camera_height_m / camera_pitch_deg, set to the scene's camera, as a robot's calibration gives
+   them), so that both are seen side by side: the model's own boxes and the boxes stood on the
+   floor (`--no-floor` skips this).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -29,8 +34,10 @@ import cv2
 import numpy as np
 import rclpy
 from llmi3d_msgs.srv import Query
+from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection3DArray
@@ -38,6 +45,7 @@ from vision_msgs.msg import Detection3DArray
 from llmi3d_core.data.format import QUERY_TYPES, ImageRecord, QueryRecord
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.geometry import Box3D, box3d_corners
+from llmi3d_core.ground_plane import GroundPlane, record_ground_plane
 from llmi3d_core.iou import box3d_iou
 from llmi3d_core.messages import detection_box, image_to_rgb, stamp_to_ns
 from llmi3d_core.visualize import draw_box3d
@@ -71,6 +79,8 @@ class Outcome:
     message: str
     grounded: bool | None = None  # the box is on the asked-for object (None: no ground truth)
     held_out: str = ""  # the asked-for category when the served model was not trained on it
+    floor_iou: float | None = None  # the same query, the node told where the floor is
+    floor_grounded: bool | None = None
 
 
 def trained_categories(checkpoint: str) -> frozenset[str]:
@@ -157,6 +167,7 @@ class DemoClient(Node):
         self.debug_received = 0  # debug images received so far
         self.answered = 0  # successful answers received so far (the node draws one for each)
         self.client = self.create_client(Query, "llmi3d_node/query")
+        self.set_parameters = self.create_client(SetParameters, "llmi3d_node/set_parameters")
         self.create_subscription(
             Detection3DArray, "llmi3d_synthetic_camera/ground_truth", self.on_truth, 10
         )
@@ -230,6 +241,32 @@ def call(
     if response.success:
         client.answered += 1
     return response, time.monotonic() - start_s
+
+
+FLOOR_PARAMS = ("camera_height_m", "camera_pitch_deg", "camera_roll_deg")
+
+
+def set_floor(
+    client: DemoClient, executor: SingleThreadedExecutor, floor: GroundPlane | None
+) -> bool:
+    """Tell llmi3d_node where the floor is (None: unknown, 0 m), as `ros2 param set` would.
+
+    Returns whether the node took every value.
+    """
+    values = (0.0, 0.0, 0.0) if floor is None else (
+        floor.height_m, floor.pitch_deg, floor.roll_deg)  # fmt: skip
+    request = SetParameters.Request(
+        parameters=[
+            Parameter(name, value=float(value)).to_parameter_msg()
+            for name, value in zip(FLOOR_PARAMS, values, strict=True)
+        ]
+    )
+    if not client.set_parameters.wait_for_service(timeout_sec=5.0):
+        return False
+    future = client.set_parameters.call_async(request)
+    if not spin_until(executor, future.done, 10.0):
+        return False
+    return all(result.successful for result in future.result().results)
 
 
 def wait_for_first_frame(
@@ -368,6 +405,7 @@ def run_queries(
             print(f"  llmi3d_node answered on no frame of this scene within {SCENE_WAIT_S:.0f} s "
                   "(the camera moved on first); skipped")  # fmt: skip
             continue
+        asked: list[tuple[QueryRecord, Outcome]] = []
         for query in pick_queries(queries, args.queries_per_image):
             response, latency_s = ask(client, executor, query, args.query_timeout_s)
             if response is not None and response.success:
@@ -385,7 +423,93 @@ def run_queries(
             if outcome.held_out:
                 print(f"     ('{outcome.held_out}' was held out of the model's training)")
             outcomes.append(outcome)
+            asked.append((query, outcome))
+        floor = None if args.no_floor else record_ground_plane(image.extra)
+        if floor is not None and asked:
+            ask_on_floor(client, executor, image_of_object, image, floor, asked, args)
     return outcomes
+
+
+def ask_on_floor(  # noqa: PLR0917 (the scene's context, every argument named by its one caller)
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    image_of_object: dict[str, ImageRecord],
+    image: ImageRecord,
+    floor: GroundPlane,
+    asked: list[tuple[QueryRecord, Outcome]],
+    args: argparse.Namespace,
+) -> None:
+    """Ask a scene's answered queries again with the node told where the floor is.
+
+    Fills each outcome's floor_iou / floor_grounded; the node's floor is unknown again after.
+    """
+    if not set_floor(client, executor, floor):
+        print("  (llmi3d_node did not take the floor parameters: no second answers)")
+        return
+    print(f"  asked again with the node told where the floor is (camera_height_m "
+          f"{floor.height_m:.2f}, camera_pitch_deg {floor.pitch_deg:.1f}):")  # fmt: skip
+    try:
+        for query, outcome in asked:
+            if outcome.message not in ANSWERED:
+                continue
+            response, _ = ask(client, executor, query, args.query_timeout_s)
+            if response is None or not response.success:
+                print(f"  Q ({query.type}): no answer this time; not counted")
+                continue
+            stamp = stamp_to_ns(response.detections.header.stamp)
+            if scene_of_stamp(client, executor, image_of_object, stamp) != image.image_id:
+                print(f"  Q ({query.type}): answered on a frame of another scene; not counted")
+                continue
+            outcome.floor_iou, outcome.floor_grounded = report_on_floor(
+                client, executor, query, response, image, args
+            )
+    finally:
+        set_floor(client, executor, None)
+
+
+def truth_of(
+    client: DemoClient, response: Query.Response, query: QueryRecord
+) -> tuple[Detection3DArray | None, Box3D | None]:
+    """The ground truth of the answer's frame, and the query's target box in it."""
+    truth = client.truth.get(stamp_to_ns(response.detections.header.stamp))
+    if truth is None:
+        return None, None
+    for det in truth.detections:
+        if det.id == query.target_object_id:
+            return truth, Box3D(*detection_box(det))
+    return truth, None
+
+
+def report_on_floor(  # noqa: PLR0917 (mirrors report)
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    query: QueryRecord,
+    response: Query.Response,
+    image: ImageRecord,
+    args: argparse.Namespace,
+) -> tuple[float | None, bool | None]:
+    """Print a floor answer's box and IoU, save its picture (*_floor.png); (IoU, grounded)."""
+    truth, truth_box = truth_of(client, response, query)
+    stamp = stamp_to_ns(response.detections.header.stamp)
+    spin_until(executor, lambda: stamp in client.debug, 2.0)
+    picture = (
+        args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}_floor.png"
+    )
+    saved = save_picture(client, response, truth_box, image.K, picture)
+    if not response.detections.detections:
+        print(f"  Q ({query.type}): {response.answer}")
+        return (None if truth_box is None else 0.0), (None if truth_box is None else False)
+    center, dims, R = detection_box(response.detections.detections[0])
+    iou = None
+    if truth_box is not None:
+        iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
+    shown = "-" if iou is None else f"{iou:.3f}"
+    print(f"  Q ({query.type}): box: centre {np.round(center, 2).tolist()} m, "
+          f"L W H {np.round(dims, 2).tolist()} m, 3D IoU {shown}")  # fmt: skip
+    if saved:
+        print(f"     picture: {picture}")
+    grounded = None if truth is None else chosen_object(center, truth) == query.target_object_id
+    return iou, grounded
 
 
 def report(
@@ -413,12 +537,7 @@ def report(
         return Outcome(
             image.image_id, query.type, query.text, "", None, latency_s, response.message
         )
-    truth = client.truth.get(stamp_to_ns(response.detections.header.stamp))
-    truth_box = None
-    if truth is not None:
-        for det in truth.detections:
-            if det.id == query.target_object_id:
-                truth_box = Box3D(*detection_box(det))
+    truth, truth_box = truth_of(client, response, query)
     if not response.detections.detections:
         return report_not_found(
             client, executor, response,
@@ -489,13 +608,17 @@ def summary(outcomes: list[Outcome]) -> str:
     Queries that name a category held out of the model's training are starred, and the numbers
     are given again without them.
     """
-    lines = ["| scene | type | query | answer | 3D IoU | latency |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| scene | type | query | answer | 3D IoU | 3D IoU, floor given | latency |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for o in outcomes:
         iou = f"{o.iou:.3f}" if o.iou is not None else "-"
+        floor_iou = f"{o.floor_iou:.3f}" if o.floor_iou is not None else "-"
         kind = f"{o.kind} *" if o.held_out else o.kind
         lines.append(
             f"| {o.image_id} | {kind} | {o.text[:48]} | {o.answer or o.message[:30]} | {iou} "
-            f"| {o.latency_s:.2f} s |"
+            f"| {floor_iou} | {o.latency_s:.2f} s |"
         )
     answered = sum(o.message in ANSWERED for o in outcomes)
     lines.append("")
@@ -503,6 +626,17 @@ def summary(outcomes: list[Outcome]) -> str:
     overall = headline(outcomes)
     if overall:
         lines.append(f"summary: {overall}")
+    on_floor = [
+        dataclasses.replace(o, iou=o.floor_iou, grounded=o.floor_grounded)
+        for o in outcomes
+        if o.floor_iou is not None
+    ]
+    floor_line = headline(on_floor)
+    if floor_line:
+        lines.append(
+            "with the camera's floor given (node parameters camera_height_m, camera_pitch_deg; "
+            f"README): {floor_line}"
+        )
     held_out = sorted({o.held_out for o in outcomes if o.held_out})
     if held_out:
         lines.append(
@@ -551,6 +685,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=3, help="scenes to ask about")
     parser.add_argument("--queries-per-image", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1000, help="seed of the demo scenes")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not ask each scene's queries again with the node told where the floor is",
+    )
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
     parser.add_argument("--query-timeout-s", type=float, default=60.0)
     parser.add_argument("--run-timeout-s", type=float, default=300.0)

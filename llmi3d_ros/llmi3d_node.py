@@ -17,6 +17,10 @@ detections and a message naming the best candidate turned down and why; the topi
 Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without boxes,
 so no stale box stays on screen. These parameters may change at run time (SetParameters).
 
+Floor: with `camera_height_m` > 0 (and `camera_pitch_deg`, `camera_roll_deg`: a camera fixed on
+the robot), every answered box is moved along its viewing ray to stand on that floor
+(llmi3d_core.ground_plane); which boxes are answered does not change. Also changeable at run time.
+
 Concurrency: one MultiThreadedExecutor with four callback groups.
   sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
             cheap, they only store the newest message.

@@ -22,7 +22,7 @@ def ranked(
     *,
     answer: str,
     answered: bool,
-    other_probabilities: torch.Tensor | None = None,
+    other_probabilities: torch.Tensor,
 ) -> Located:
     """Located of every valid candidate of one image, best first.
 
@@ -35,7 +35,7 @@ def ranked(
         answered: whether an answer was generated.
         other_probabilities: (K + 1,) the same logits under the calibration of the candidates
             after the best (LLMI3D.other_scores); every candidate but the best takes its score
-            from them, at most the best's, so the order stays. None: `probabilities` for all.
+            from them, at most the best's, so the order stays.
     """
     cands = features.candidates
     assert cands is not None
@@ -43,7 +43,7 @@ def ranked(
     order = torch.argsort(scores, descending=True)
     order = order[cands.valid[0, order]]
     ranked_scores = scores[order]
-    if other_probabilities is not None and len(order) > 1:
+    if len(order) > 1:
         later = other_probabilities[:-1][order[1:]].clamp(max=float(ranked_scores[0]))
         ranked_scores = torch.cat([ranked_scores[:1], later])
     outputs = corrected({k: v[0, order].float() for k, v in cands.outputs.items()}, residual[order])

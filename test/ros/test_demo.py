@@ -67,6 +67,24 @@ def test_queries_of_held_out_categories_are_starred_and_counted_apart(tmp_path: 
     assert plain[-1].startswith("summary: Acc@0.25 1/3 ") and " * " not in "\n".join(plain)
 
 
+def test_the_summary_gives_the_floor_answers_apart() -> None:
+    """Queries asked again with the node told where the floor is: their own column and line."""
+    outcomes = [
+        Outcome("000001", "caption", "The car.", "car", 0.1, 0.1, "ok", True, "", 0.4, True),
+        Outcome("000001", "question", "What seats one?", "car", 0.0, 0.1, "ok", False, "", 0.3),
+        Outcome("000002", "caption", "The lamp.", "lamp", 0.2, 0.1, "ok", True),  # not asked
+    ]
+    lines = summary(outcomes).splitlines()
+    assert lines[0] == "| scene | type | query | answer | 3D IoU | 3D IoU, floor given | latency |"
+    assert lines[2] == "| 000001 | caption | The car. | car | 0.100 | 0.400 | 0.10 s |"
+    assert lines[4] == "| 000002 | caption | The lamp. | lamp | 0.200 | - | 0.10 s |"
+    assert lines[-2].startswith("summary: Acc@0.25 0/3 (0 %), grounding 2/3 ")
+    assert lines[-1].startswith(
+        "with the camera's floor given (node parameters camera_height_m, camera_pitch_deg; "
+        "README): Acc@0.25 2/2 (100 %), grounding 1/1 "
+    )
+
+
 def test_demo_prints_its_domain_and_writes_pictures_to_its_own_folder(
     ros_context: None, tmp_path: Path
 ) -> None:
@@ -94,8 +112,13 @@ def test_demo_prints_its_domain_and_writes_pictures_to_its_own_folder(
     # scene's queries on the previous scene's frame: wrong pictures, no IoU)
     assert "answered on a frame of another scene" not in result.stdout
     assert "answered on no frame of this scene" not in result.stdout
-    assert len([line for line in lines if line.startswith("  Q (")]) == 2
+    # each query twice: as the model places it, then with the node told where the floor is
+    assert len([line for line in lines if line.startswith("  Q (")]) == 4
+    again = "  asked again with the node told where the floor is"
+    assert any(line.startswith(again) for line in lines)
+    assert any(line.startswith("with the camera's floor given") for line in lines)
     pictures = sorted(p.name for p in run_dir.glob("*.png"))
-    assert len(pictures) == 2, pictures
+    assert len(pictures) == 4, pictures
+    assert len([name for name in pictures if name.endswith("_floor.png")]) == 2, pictures
     assert sorted(p.name for p in out.iterdir()) == sorted(["old_run", run_dir.name])
     assert stale.exists()  # other runs' folders are left alone
