@@ -66,6 +66,14 @@ def _table_row(lines: list[str], start: int, first_cell: str) -> dict[str, str]:
     raise ValueError(f"no row starting with {first_cell!r} in the table at line {header_at + 1}")
 
 
+def _optional_row(lines: list[str], start: int, first_cell: str) -> dict[str, str] | None:
+    """`_table_row`, or None for a row that older runs' tables lack."""
+    try:
+        return _table_row(lines, start, first_cell)
+    except ValueError:
+        return None
+
+
 def _search(pattern: str, text: str, what: str) -> re.Match[str]:
     found = re.search(pattern, text)
     if found is None:
@@ -127,19 +135,13 @@ def block(benchmarks: str, indent: str = "  ", *, allow_standin: bool = False) -
         f"reach Acc@0.25 {upper['Acc@0.25']} % (the upper bound of pointing: the rest of the gap "
         "is box error)."
     )
-    try:
-        best = _table_row(lines, start, BEST_BOX_ROW)
-    except ValueError:
-        best = None
+    best = _optional_row(lines, start, BEST_BOX_ROW)
     if best is not None:
         paragraph += (
             f' Made to answer its best box every time (never "not here"), it reaches Acc@0.25 '
             f"{best['Acc@0.25']} % and grounding {best['grounding']} %."
         )
-    try:
-        floor = _table_row(lines, start, FLOOR_ROW)
-    except ValueError:
-        floor = None
+    floor = _optional_row(lines, start, FLOOR_ROW)
     if floor is not None:
         paragraph += (
             " With the camera's floor given (node parameters camera_height_m and "

@@ -492,24 +492,36 @@ def report_on_floor(  # noqa: PLR0917 (mirrors report)
     truth, truth_box = truth_of(client, response, query)
     stamp = stamp_to_ns(response.detections.header.stamp)
     spin_until(executor, lambda: stamp in client.debug, 2.0)
-    picture = (
-        args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}_floor.png"
-    )
+    picture = picture_path(args.run_dir, image, query, "_floor")
     saved = save_picture(client, response, truth_box, image.K, picture)
     if not response.detections.detections:
         print(f"  Q ({query.type}): {response.answer}")
         return (None if truth_box is None else 0.0), (None if truth_box is None else False)
-    center, dims, R = detection_box(response.detections.detections[0])
-    iou = None
-    if truth_box is not None:
-        iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
+    center, dims, iou, grounded = judged(response, truth, truth_box, query)
     shown = "-" if iou is None else f"{iou:.3f}"
     print(f"  Q ({query.type}): box: centre {np.round(center, 2).tolist()} m, "
           f"L W H {np.round(dims, 2).tolist()} m, 3D IoU {shown}")  # fmt: skip
     if saved:
         print(f"     picture: {picture}")
-    grounded = None if truth is None else chosen_object(center, truth) == query.target_object_id
     return iou, grounded
+
+
+def judged(
+    response: Query.Response,
+    truth: Detection3DArray | None,
+    truth_box: Box3D | None,
+    query: QueryRecord,
+) -> tuple[np.ndarray, np.ndarray, float | None, bool | None]:
+    """The answer's first box (centre, dims), its 3D IoU with the target, whether it is on it.
+
+    IoU and grounded are None where the ground truth is missing.
+    """
+    center, dims, R = detection_box(response.detections.detections[0])
+    iou = None
+    if truth_box is not None:
+        iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
+    grounded = None if truth is None else chosen_object(center, truth) == query.target_object_id
+    return center, dims, iou, grounded
 
 
 def report(
@@ -543,25 +555,20 @@ def report(
             client, executor, response,
             latency_s=latency_s, image=image, query=query, truth_box=truth_box, args=args,
         )  # fmt: skip
-    center, dims, R = detection_box(response.detections.detections[0])
-    predicted = Box3D(center, dims, R)
-    iou = None
-    if truth_box is not None:
-        iou = float(box3d_iou(box3d_corners(center, dims, R), truth_box.corners()))
+    center, dims, iou, grounded = judged(response, truth, truth_box, query)
     spin_until(executor, lambda: stamp_to_ns(response.detections.header.stamp) in client.debug, 2.0)
-    picture = args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}.png"
+    picture = picture_path(args.run_dir, image, query)
     saved = save_picture(client, response, truth_box, image.K, picture)
     score = response.detections.detections[0].results[0].hypothesis.score
     print(f"  -> answer: {response.answer!r} (expected {query.answer!r}), score {score:.2f}, "
           f"{latency_s:.2f} s")  # fmt: skip
-    print(f"     box: centre {np.round(predicted.center, 2).tolist()} m, "
-          f"L W H {np.round(predicted.dims_lwh, 2).tolist()} m")  # fmt: skip
+    print(f"     box: centre {np.round(center, 2).tolist()} m, "
+          f"L W H {np.round(dims, 2).tolist()} m")  # fmt: skip
     if truth_box is not None:
         print(f"     truth: centre {np.round(truth_box.center, 2).tolist()} m, "
               f"L W H {np.round(truth_box.dims_lwh, 2).tolist()} m, 3D IoU {iou:.3f}")  # fmt: skip
     if saved:
         print(f"     picture: {picture}")
-    grounded = None if truth is None else chosen_object(center, truth) == query.target_object_id
     return Outcome(
         image.image_id, query.type, query.text, response.answer, iou, latency_s, "ok", grounded
     )
@@ -585,7 +592,7 @@ def report_not_found(
     """
     stamp = stamp_to_ns(response.detections.header.stamp)
     spin_until(executor, lambda: stamp in client.debug, 2.0)
-    picture = args.run_dir / f"{_picture_index(args.run_dir):02d}_{image.image_id}_{query.type}.png"
+    picture = picture_path(args.run_dir, image, query)
     saved = save_picture(client, response, truth_box, image.K, picture)
     print(f"  -> {response.answer} (expected {query.answer!r}): {response.message}, "
           f"{latency_s:.2f} s")  # fmt: skip
@@ -598,8 +605,10 @@ def report_not_found(
     )  # fmt: skip
 
 
-def _picture_index(run_dir: Path) -> int:
-    return len(list(run_dir.glob("*.png"))) if run_dir.is_dir() else 0
+def picture_path(run_dir: Path, image: ImageRecord, query: QueryRecord, suffix: str = "") -> Path:
+    """The next picture's path: NN_<image>_<query type><suffix>.png, NN counting the run's."""
+    index = len(list(run_dir.glob("*.png"))) if run_dir.is_dir() else 0
+    return run_dir / f"{index:02d}_{image.image_id}_{query.type}{suffix}.png"
 
 
 def summary(outcomes: list[Outcome]) -> str:
