@@ -30,11 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmi3d_core.errors import InvalidInputError
+from llmi3d_core.frame_tree import RigidTransform
 from llmi3d_core.geometry import Box3D
 
 # s outside [1 / MAX_SCALE, MAX_SCALE]: the object is not on the floor (or the box is wrong);
 # measured on the synthetic test split, the bound changes no answer there.
 MAX_SCALE = 2.0
+# the steepest camera whose roll from_camera_pose reads: at +-90 the roll is undefined
+MAX_PITCH_DEG = 89.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class GroundPlane:
         height_m: the optical centre's height above the floor, m (> 0).
         pitch_deg: tilt of the optical axis below the horizon, degrees (positive: looking down).
         roll_deg: rotation about the optical axis, degrees (positive: the image's right side, +x,
-            tilted towards the floor).
+            tilted towards the floor; 180: a camera mounted upside down).
         max_scale: boxes that would move along their ray by more than this factor either way are
             left alone (module docstring).
 
@@ -62,18 +65,66 @@ class GroundPlane:
         limits = {
             "height_m": (0.0, math.inf),
             "pitch_deg": (-90.0, 90.0),
-            "roll_deg": (-90.0, 90.0),
+            "roll_deg": (-180.0, 180.0),
             "max_scale": (1.0, math.inf),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             is_number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (is_number and math.isfinite(value) and low < value < high):
+            closed = name == "roll_deg"  # every roll is a camera's; +-180 are the same one
+            finite = is_number and math.isfinite(value)
+            inside = finite and (low <= value <= high if closed else low < value < high)
+            if not inside:
+                interval = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
                 raise InvalidInputError(
-                    f"ground plane {name} must be a finite number in ({low:g}, {high:g}), "
-                    f"got {value!r}"
+                    f"ground plane {name} must be a finite number in {interval}, got {value!r}"
                 )
             object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def from_camera_pose(
+        cls, camera_in_floor: RigidTransform, max_scale: float = MAX_SCALE
+    ) -> GroundPlane:
+        """The floor z = 0 of a frame whose z points up, from the optical frame's pose in it.
+
+        That frame is a robot's base_footprint (REP 120: on the ground under the robot, z up),
+        and the pose is what TF gives for the camera's optical frame (REP 103: x right, y down,
+        z forward) in it.
+
+        Raises:
+            InvalidInputError: the camera is not above z = 0, or looks straight up or down.
+        """
+        height = float(camera_in_floor.translation[2])
+        if not (math.isfinite(height) and height > 0.0):
+            raise InvalidInputError(
+                f"the camera is {height:.3f} m above the floor frame's z = 0; it must be above "
+                "it (is the floor frame on the ground, with z up, like base_footprint?)"
+            )
+        down = -np.asarray(camera_in_floor.rotation, dtype=np.float64)[2, :]  # R^T (0, 0, -1)
+        pitch = math.degrees(math.asin(float(np.clip(down[2], -1.0, 1.0))))
+        if abs(pitch) > MAX_PITCH_DEG:
+            raise InvalidInputError(
+                f"the camera's optical axis is {pitch:.1f} degrees below the horizon; the floor "
+                f"is used up to {MAX_PITCH_DEG:g} degrees either way"
+            )
+        roll = math.degrees(math.atan2(float(down[0]), float(down[1])))
+        return cls(height, pitch, roll, max_scale)
+
+    def camera_pose(self) -> RigidTransform:
+        """The optical frame's pose in a floor frame under the camera (from_camera_pose's inverse).
+
+        The floor frame has z up, x along the camera's heading and its origin on the floor under
+        the camera: what TF gives in base_footprint for a camera looking straight ahead.
+        """
+        pitch, roll = math.radians(self.pitch_deg), math.radians(self.roll_deg)
+        cp, sp, cr, sr = math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+        # the body frame (x forward, y left, z up) pitched about y, then rolled about x ...
+        tilt = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]]) @ np.array(
+            [[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]]
+        )
+        # ... and its optical frame: x right = -y, y down = -z, z forward = x (REP 103)
+        body_to_optical = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+        return RigidTransform(tilt @ body_to_optical, np.array([0.0, 0.0, self.height_m]))
 
     @property
     def down(self) -> np.ndarray:
@@ -124,4 +175,4 @@ def record_ground_plane(extra: dict[str, object]) -> GroundPlane | None:
     )
 
 
-__all__ = ["MAX_SCALE", "GroundPlane", "record_ground_plane", "upright"]
+__all__ = ["MAX_PITCH_DEG", "MAX_SCALE", "GroundPlane", "record_ground_plane", "upright"]

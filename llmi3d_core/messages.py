@@ -1,9 +1,9 @@
 """ROS message fields <-> numpy, for live rclpy messages and recorded rosbags messages alike.
 
-Duck-typed on the field names of sensor_msgs/Image, CompressedImage, builtin_interfaces/Time and
-vision_msgs/Detection3D, so that the node (rclpy objects) and the bag converter (rosbags
-dataclasses) share one implementation and neither side imports ROS here. Errors are
-InvalidInputError with a message that names the field that is wrong.
+Duck-typed on the field names of sensor_msgs/Image, CompressedImage, builtin_interfaces/Time,
+geometry_msgs/Transform and vision_msgs/Detection3D, so that the node (rclpy objects) and the bag
+converter (rosbags dataclasses) share one implementation and neither side imports ROS here.
+Errors are InvalidInputError with a message that names the field that is wrong.
 
 cv_bridge is not installable from PyPI for ROS 2; the colour conversions of every encoding come
 from rosbags-image (a maintained cv_bridge equivalent), after our own checks of size, step and
@@ -24,6 +24,7 @@ from rosbags.image.image import convert_color, to_cvtype
 from scipy.spatial.transform import Rotation
 
 from llmi3d_core.errors import InvalidInputError
+from llmi3d_core.frame_tree import RigidTransform
 
 __all__ = [
     "COLOUR_ENCODINGS",
@@ -38,6 +39,7 @@ __all__ = [
     "quaternion_to_matrix",
     "scale_intrinsics",
     "stamp_to_ns",
+    "transform_of",
 ]
 
 # cv_bridge reads the generic OpenCV encodings of an 8-bit image as grey or BGR
@@ -92,6 +94,19 @@ def quaternion_to_matrix(q_xyzw: Any) -> np.ndarray:
         raise InvalidInputError(f"quaternion (x, y, z, w) must be non-zero and finite, got {q}")
     matrix: np.ndarray = Rotation.from_quat(q / norm).as_matrix()
     return matrix
+
+
+def transform_of(msg: Any) -> RigidTransform:
+    """A geometry_msgs/Transform (translation, rotation quaternion) as a RigidTransform.
+
+    Raises:
+        InvalidInputError: a non-finite translation, or a zero or non-finite quaternion.
+    """
+    t, q = msg.translation, msg.rotation
+    translation = np.array([t.x, t.y, t.z], dtype=np.float64)
+    if not np.isfinite(translation).all():
+        raise InvalidInputError(f"transform translation must be finite, got {translation}")
+    return RigidTransform(quaternion_to_matrix([q.x, q.y, q.z, q.w]), translation)
 
 
 def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from geometry_msgs.msg import Pose
+from geometry_msgs.msg import Pose, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
+from llmi3d_core.frame_tree import RigidTransform
 from llmi3d_core.messages import dims_lwh_to_bbox_size, matrix_to_quaternion
 from llmi3d_core.prediction import Prediction
 
@@ -37,6 +38,15 @@ def box_pose(center: np.ndarray, R: np.ndarray) -> Pose:
     q = matrix_to_quaternion(R)
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
     return pose
+
+
+def transform_stamped(header: Header, child_frame: str, pose: RigidTransform) -> TransformStamped:
+    """A TF transform: `child_frame`'s pose in header.frame_id (read by messages.transform_of)."""
+    stamped = TransformStamped(header=header, child_frame_id=child_frame)
+    t, q = stamped.transform.translation, stamped.transform.rotation
+    t.x, t.y, t.z = (float(v) for v in pose.translation)
+    q.x, q.y, q.z, q.w = matrix_to_quaternion(pose.rotation)
+    return stamped
 
 
 def box_detection(

@@ -17,9 +17,11 @@ detections and a message naming the best candidate turned down and why; the topi
 Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without boxes,
 so no stale box stays on screen. These parameters may change at run time (SetParameters).
 
-Floor: with `camera_height_m` > 0 (and `camera_pitch_deg`, `camera_roll_deg`: a camera fixed on
-the robot), every answered box is moved along its viewing ray to stand on that floor
-(llmi3d_core.ground_plane); which boxes are answered does not change. Also changeable at run time.
+Floor: with `floor_frame` set (e.g. base_footprint), each query looks up the image's frame in it
+through TF (llmi3d_ros.tf_floor) and every answered box is moved along its viewing ray to stand on
+that floor (llmi3d_core.ground_plane); which boxes are answered does not change. Without TF, or
+while TF has no answer (the message says why), `camera_height_m` > 0 with `camera_pitch_deg` and
+`camera_roll_deg` give the floor of a camera fixed on the robot. All changeable at run time.
 
 Concurrency: one MultiThreadedExecutor with four callback groups.
   sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
@@ -55,8 +57,10 @@ from std_msgs.msg import Header, String
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from llmi3d_core.errors import Llmi3dError
+from llmi3d_core.errors import InvalidInputError, Llmi3dError
+from llmi3d_core.frame_tree import FrameLookupError
 from llmi3d_core.geometry import box3d_corners
+from llmi3d_core.ground_plane import GroundPlane
 from llmi3d_core.inference import Predictor, not_found_answer
 from llmi3d_core.messages import (
     camera_info_k,
@@ -79,6 +83,7 @@ from llmi3d_ros.params import (
     validate,
 )
 from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
+from llmi3d_ros.tf_floor import TfFloor
 
 NODE_NAME = "llmi3d_node"
 ASPECT_TOLERANCE = 0.01
@@ -94,7 +99,8 @@ class QueryRejectedError(Llmi3dError):
 class FrameAnswer:
     """What one query produced on one frame, ready to publish.
 
-    `answer.predictions` is empty when nothing matching was found ("not here").
+    `answer.predictions` is empty when nothing matching was found ("not here"). `floor_note`
+    says why the floor of `floor_frame` was not used, when it was asked for and was not.
     """
 
     header: Header
@@ -102,6 +108,7 @@ class FrameAnswer:
     rgb: np.ndarray
     K: np.ndarray
     timings_s: dict[str, float]
+    floor_note: str = ""
 
 
 class Llmi3dNode(LifecycleNode):
@@ -125,6 +132,8 @@ class Llmi3dNode(LifecycleNode):
         self._input_timers: list[Any] = []
         self._outputs: dict[str, Any] = {}
         self._query_service: Any = None
+        self._tf_floor: TfFloor | None = None  # listening to TF while active with floor_frame
+        self._tf_lock = threading.Lock()
         super().__init__(NODE_NAME, **kwargs)
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -153,6 +162,8 @@ class Llmi3dNode(LifecycleNode):
                     self.get_logger().info(
                         f"parameter {parameter.name}: {old!r} -> {parameter.value!r}{later}"
                     )
+            if parameter.name == "floor_frame" and parameter.value and self._active:
+                self._floor_listener()  # so that TF is heard before the next query
         return SetParametersResult(successful=True)
 
     @property
@@ -238,6 +249,8 @@ class Llmi3dNode(LifecycleNode):
             self.create_timer(0.05, self._on_standing_timer, callback_group=self._standing_group),
             self.create_timer(1.0, self._on_watchdog),
         ]
+        if params.floor_frame:
+            self._floor_listener()
         self._activated_s = time.monotonic()
         self._last_image_s = None
         self._images_received, self._last_image_stamp_ns = 0, 0
@@ -279,6 +292,10 @@ class Llmi3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
+        with self._tf_lock:
+            if self._tf_floor is not None:
+                self._tf_floor.destroy()
+                self._tf_floor = None
         for subscription in self._input_subs:
             self.destroy_subscription(subscription)
         for timer in self._input_timers:
@@ -373,6 +390,8 @@ class Llmi3dNode(LifecycleNode):
         else:
             response.answer = not_found_answer(request.query)
         response.message = answer.message
+        if result.floor_note:
+            response.message += f"; {result.floor_note}"
         self.get_logger().info(
             f"query {request.query[:80]!r} -> {response.answer!r}: {answer.message[:160]} "
             f"({_format_timings(result.timings_s)})"
@@ -450,6 +469,7 @@ class Llmi3dNode(LifecycleNode):
         else:
             rgb = image_to_rgb(image_msg)
         K = self._intrinsics_for(info, rgb.shape[1], rgb.shape[0])
+        floor, floor_note = self._floor(params, image_msg.header.frame_id)
         timings["decode_s"] = time.perf_counter() - start
 
         [answer] = self._predictor.answer_batch(
@@ -463,10 +483,36 @@ class Llmi3dNode(LifecycleNode):
             min_score=min(max(params.min_score, 0.0), 1.0),
             min_ratio_to_nothing=min(max(params.min_ratio_to_nothing, 0.0), MAX_RATIO_TO_NOTHING),
             min_score_others=min(max(params.min_score_others, 0.0), 1.0),
-            ground_planes=[params.ground_plane()],
+            ground_planes=[floor],
         )
         timings.update(self._predictor.last_timings)
-        return FrameAnswer(header=image_msg.header, answer=answer, rgb=rgb, K=K, timings_s=timings)
+        return FrameAnswer(
+            header=image_msg.header, answer=answer, rgb=rgb, K=K, timings_s=timings,
+            floor_note=floor_note,
+        )  # fmt: skip
+
+    def _floor(self, params: NodeParams, camera_frame: str) -> tuple[GroundPlane | None, str]:
+        """The floor to stand the boxes on, and why TF's was not used when it was asked for."""
+        fallback = params.ground_plane()
+        if not params.floor_frame:
+            return fallback, ""
+        try:
+            return self._floor_listener().ground_plane(params.floor_frame, camera_frame), ""
+        except (FrameLookupError, InvalidInputError) as err:
+            reason = str(err)
+        used = "camera_height_m's floor" if fallback is not None else "no floor"
+        note = f"floor_frame {params.floor_frame!r} not used ({reason}); {used} instead"
+        self.get_logger().warning(note, throttle_duration_sec=5.0)
+        return fallback, note
+
+    def _floor_listener(self) -> TfFloor:
+        """The TF listener, started on first need (floor_frame may be set at run time)."""
+        with self._tf_lock:
+            if self._tf_floor is None:
+                self._tf_floor = TfFloor(self)
+                how = "tf2_ros" if self._tf_floor.uses_tf2_ros else "its own /tf, /tf_static"
+                self.get_logger().info(f"listening to TF ({how}) for floor_frame")
+            return self._tf_floor
 
     def _why_no_frame(self, params: NodeParams, has_info: bool) -> str:
         image_topic = self.resolve_topic_name(params.image_topic)

@@ -119,8 +119,15 @@ class NodeParams:
     camera_roll_deg: float = _param(
         0.0,
         "rotation about the optical axis, degrees (positive: the image's right side towards "
-        "the floor)",
-        float_range=(-89.0, 89.0),
+        "the floor; 180: mounted upside down)",
+        float_range=(-180.0, 180.0),
+    )
+    floor_frame: str = _param(
+        "",
+        "TF frame on the floor with z up (e.g. base_footprint); when set, each query takes the "
+        "camera's height, pitch and roll from TF (the image's frame_id in this frame) instead of "
+        "camera_height_m / camera_pitch_deg / camera_roll_deg, which are used only while TF has "
+        "no answer; empty = not used",
     )
     standing_query_max_rate_hz: float = _param(
         2.0, "most standing-query answers per second", float_range=(0.01, 100.0)
@@ -137,7 +144,10 @@ class NodeParams:
     )
 
     def ground_plane(self) -> GroundPlane | None:
-        """The floor under the camera, or None when camera_height_m is 0 (unknown)."""
+        """The floor of camera_height_m and the angles, or None when it is 0 (unknown).
+
+        With floor_frame set the node asks TF first (llmi3d_ros.tf_floor).
+        """
         if self.camera_height_m <= 0.0:
             return None
         return GroundPlane(self.camera_height_m, self.camera_pitch_deg, self.camera_roll_deg)

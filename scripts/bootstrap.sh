@@ -4,8 +4,8 @@
 #   scripts/bootstrap.sh            # creates or updates ./.venv (override with LLMI3D_VENV=/path)
 #
 # Steps: create the venv, install pinned Python and ROS 2 (PyPI wheel) dependencies, build and install
-# the interface packages msg/vision_msgs (only when no vision_msgs is importable) and msg/llmi3d_msgs
-# into the venv, install this package editable. A stamp of the inputs makes a second run with nothing
+# the interface packages msg/vision_msgs and msg/tf2_msgs (each only when the system has none) and
+# msg/llmi3d_msgs into the venv, install this package editable. A stamp of the inputs makes a second run with nothing
 # changed a quick check. Full log: <venv>/bootstrap.log.
 set -euo pipefail
 
@@ -39,7 +39,7 @@ inputs_hash() {
 }
 
 check_env() {
-  "$VENV/bin/python" -c "import rclpy, vision_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" \
+  "$VENV/bin/python" -c "import rclpy, vision_msgs.msg, tf2_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" \
     >/dev/null 2>&1
 }
 
@@ -86,11 +86,13 @@ STEP="building interface packages"
 say "3/5 $STEP (about 15 s each)"
 command -v cmake >/dev/null || { echo "[bootstrap] cmake not found: apt-get install cmake" >&2; exit 1; }
 command -v gcc >/dev/null || { echo "[bootstrap] gcc not found: apt-get install build-essential" >&2; exit 1; }
-if [ -d "$VENV/share/vision_msgs" ] || ! "$VENV/bin/python" -c "import vision_msgs.msg" >/dev/null 2>&1; then
-  build_interfaces vision_msgs
-else
-  say "    vision_msgs is already provided by the system; not building ours"
-fi
+for pkg in vision_msgs tf2_msgs; do  # ours only where the system has none
+  if [ -d "$VENV/share/$pkg" ] || ! "$VENV/bin/python" -c "import $pkg.msg" >/dev/null 2>&1; then
+    build_interfaces "$pkg"
+  else
+    say "    $pkg is already provided by the system; not building ours"
+  fi
+done
 build_interfaces llmi3d_msgs
 
 STEP="installing llmi3d_ros (editable)"
@@ -99,6 +101,6 @@ say "4/5 $STEP"
 
 STEP="checking the environment"
 say "5/5 $STEP"
-"$VENV/bin/python" -c "import rclpy, vision_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" >>"$LOG" 2>&1
+"$VENV/bin/python" -c "import rclpy, vision_msgs.msg, tf2_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" >>"$LOG" 2>&1
 echo "$WANT" >"$STAMP"
 say "done: $VENV"

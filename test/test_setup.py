@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROS_MODULES = {
     "rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "vision_msgs", "visualization_msgs",
     "diagnostic_msgs", "lifecycle_msgs", "llmi3d_msgs", "llmi3d_ros", "launch", "launch_ros",
+    "tf2_msgs", "tf2_ros",
 }  # fmt: skip
 
 

@@ -109,6 +109,7 @@ def test_down_follows_pitch_and_roll():
         ({"height_m": True}, "height_m"),
         ({"height_m": 1.0, "pitch_deg": 95.0}, "pitch_deg"),
         ({"height_m": 1.0, "roll_deg": "3"}, "roll_deg"),
+        ({"height_m": 1.0, "roll_deg": 181.0}, "roll_deg"),
         ({"height_m": 1.0, "max_scale": 1.0}, "max_scale"),
     ],
 )

@@ -10,6 +10,7 @@ evaluation (`llmi3d eval`, report.json's not_here_rate), not here.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import spin_until, stop_process
+from geometry_msgs.msg import TransformStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from llmi3d_msgs.srv import Query
@@ -30,15 +32,17 @@ from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
+from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
+from llmi3d_core.frame_tree import RigidTransform
 from llmi3d_core.ground_plane import GroundPlane
 from llmi3d_core.messages import detection_box, stamp_to_ns
-from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image
+from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image, transform_stamped
 
 K = np.array([[200.0, 0.0, 80.0], [0.0, 200.0, 60.0], [0.0, 0.0, 1.0]])
 WIDTH, HEIGHT = 160, 120
@@ -639,6 +643,80 @@ def test_15_the_camera_height_stands_the_boxes_on_the_floor(harness: Harness) ->
     again = harness.query("the lamp", max_results=5).detections.detections
     for before, after in zip(plain, again, strict=True):
         np.testing.assert_allclose(detection_box(after)[0], detection_box(before)[0])
+
+
+def _camera_link_to_optical() -> np.ndarray:
+    """camera_link (x forward, y left, z up) -> its optical frame: optical axes as columns."""
+    return np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def _transform(parent: str, child: str, R: np.ndarray, t: tuple[float, ...]) -> TransformStamped:
+    return transform_stamped(Header(frame_id=parent), child, RigidTransform(R, np.asarray(t)))
+
+
+def _pitched(pitch_deg: float) -> np.ndarray:
+    """A body frame pitched about its y axis (positive: looking down), as a URDF's rpy."""
+    c, s = math.cos(math.radians(pitch_deg)), math.sin(math.radians(pitch_deg))
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def test_16_the_floor_comes_from_tf(harness: Harness) -> None:
+    """floor_frame set: the camera's height and pitch come from TF as a robot publishes them (the
+    optical frame on /tf_static, camera_link moved on /tf like a pan-tilt head), giving the same
+    boxes as camera_height_m / camera_pitch_deg; the boxes follow the head as it tilts. A frame TF
+    does not know leaves the boxes where the model put them, and the answer says why.
+    """
+    frame = harness.publish_frame(frame_id="cam_opt")
+    plain = harness.query("the lamp", max_results=5).detections.detections
+    belows = [float(GroundPlane(1.0, 10.0).down @ _bottom(*detection_box(d))) for d in plain]
+    height = round(1.3 * max(belows), 6)
+
+    def by_params(pitch_deg: float) -> list:
+        assert harness.set_param("camera_height_m", height).successful
+        assert harness.set_param("camera_pitch_deg", pitch_deg).successful
+        try:
+            return harness.query("the lamp", max_results=5).detections.detections
+        finally:
+            assert harness.set_param("camera_height_m", 0.0).successful
+            assert harness.set_param("camera_pitch_deg", 0.0).successful
+
+    expected = {pitch: by_params(pitch) for pitch in (10.0, 20.0)}
+    latched = QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )  # fmt: skip
+    static_pub = harness.node.create_publisher(TFMessage, "/tf_static", latched)
+    tf_pub = harness.node.create_publisher(TFMessage, "/tf", RELIABLE)
+    optical = _transform("camera_link", "cam_opt", _camera_link_to_optical(), (0.0, 0.0, 0.0))
+    static_pub.publish(TFMessage(transforms=[optical]))
+
+    def tilt_head(pitch_deg: float) -> None:
+        head = _transform("base_footprint", "camera_link", _pitched(pitch_deg), (0.3, 0.0, height))
+        head.header.stamp = frame.stamp
+        tf_pub.publish(TFMessage(transforms=[head]))
+        spin_until(harness.executor, lambda: False, 0.3)
+
+    try:
+        assert harness.set_param("floor_frame", "base_footprint").successful
+        assert spin_until(harness.executor, lambda: tf_pub.get_subscription_count() > 0, 10.0)
+        for pitch in (10.0, 20.0):
+            tilt_head(pitch)
+            response = harness.query("the lamp", max_results=5)
+            assert "not used" not in response.message, response.message
+            for got, want in zip(response.detections.detections, expected[pitch], strict=True):
+                np.testing.assert_allclose(detection_box(got)[0], detection_box(want)[0], atol=1e-5)
+                np.testing.assert_allclose(detection_box(got)[1], detection_box(want)[1], atol=1e-5)
+        assert harness.set_param("floor_frame", "nowhere").successful
+        response = harness.query("the lamp", max_results=5)
+        assert response.success
+        assert "floor_frame 'nowhere' not used" in response.message, response.message
+        assert "base_footprint" in response.message  # the known frames are listed
+        for got, want in zip(response.detections.detections, plain, strict=True):
+            np.testing.assert_allclose(detection_box(got)[0], detection_box(want)[0])
+    finally:
+        assert harness.set_param("floor_frame", "").successful
+        harness.node.destroy_publisher(static_pub)
+        harness.node.destroy_publisher(tf_pub)
 
 
 def _bottom(center: np.ndarray, dims_lwh: np.ndarray, R: np.ndarray) -> np.ndarray:
