@@ -11,10 +11,10 @@
    prints each answer, its 3D box and the IoU against the ground truth the camera publishes, and
 4. saves the debug images (prediction in colour, ground truth in white) as PNGs, in a new
    folder out/demo/<date>-<time>/ for each run (printed at the start and at the end), and
-5. asks each scene's queries again with the node told where the floor is (its parameters
-   camera_height_m / camera_pitch_deg, set to the scene's camera, as a robot's calibration gives
-   them), so that both are seen side by side: the model's own boxes and the boxes stood on the
-   floor (`--no-floor` skips this).
+5. asks each scene's queries again with the node told where the floor is: its parameter
+   floor_frame set to base_footprint, under which the camera publishes its pose on /tf as a
+   robot's robot_state_publisher would, so that both are seen side by side: the model's own boxes
+   and the boxes stood on the floor (`--no-floor` skips this).
 """
 
 from __future__ import annotations
@@ -243,23 +243,14 @@ def call(
     return response, time.monotonic() - start_s
 
 
-FLOOR_PARAMS = ("camera_height_m", "camera_pitch_deg", "camera_roll_deg")
+# the TF frame under which llmi3d_synthetic_camera publishes its pose (its floor_frame default)
+FLOOR_FRAME = "base_footprint"
 
 
-def set_floor(
-    client: DemoClient, executor: SingleThreadedExecutor, floor: GroundPlane | None
-) -> bool:
-    """Tell llmi3d_node where the floor is (None: unknown, 0 m), as `ros2 param set` would.
-
-    Returns whether the node took every value.
-    """
-    values = (0.0, 0.0, 0.0) if floor is None else (
-        floor.height_m, floor.pitch_deg, floor.roll_deg)  # fmt: skip
+def set_floor_frame(client: DemoClient, executor: SingleThreadedExecutor, frame: str) -> bool:
+    """Set llmi3d_node's floor_frame ("" : none), as `ros2 param set` would; whether it took it."""
     request = SetParameters.Request(
-        parameters=[
-            Parameter(name, value=float(value)).to_parameter_msg()
-            for name, value in zip(FLOOR_PARAMS, values, strict=True)
-        ]
+        parameters=[Parameter("floor_frame", value=frame).to_parameter_msg()]
     )
     if not client.set_parameters.wait_for_service(timeout_sec=5.0):
         return False
@@ -439,15 +430,17 @@ def ask_on_floor(  # noqa: PLR0917 (the scene's context, every argument named by
     asked: list[tuple[QueryRecord, Outcome]],
     args: argparse.Namespace,
 ) -> None:
-    """Ask a scene's answered queries again with the node told where the floor is.
+    """Ask a scene's answered queries again with the node told where the floor is (TF).
 
+    `floor` is the scene's own, for the printout; the node reads it from the camera's /tf.
     Fills each outcome's floor_iou / floor_grounded; the node's floor is unknown again after.
     """
-    if not set_floor(client, executor, floor):
-        print("  (llmi3d_node did not take the floor parameters: no second answers)")
+    if not set_floor_frame(client, executor, FLOOR_FRAME):
+        print("  (llmi3d_node did not take floor_frame: no second answers)")
         return
-    print(f"  asked again with the node told where the floor is (camera_height_m "
-          f"{floor.height_m:.2f}, camera_pitch_deg {floor.pitch_deg:.1f}):")  # fmt: skip
+    print(f"  asked again with the node told where the floor is (floor_frame {FLOOR_FRAME}: "
+          f"the camera's pose on /tf, {floor.height_m:.2f} m up, pitched "
+          f"{floor.pitch_deg:.1f} deg):")  # fmt: skip
     try:
         for query, outcome in asked:
             if outcome.message not in ANSWERED:
@@ -460,11 +453,14 @@ def ask_on_floor(  # noqa: PLR0917 (the scene's context, every argument named by
             if scene_of_stamp(client, executor, image_of_object, stamp) != image.image_id:
                 print(f"  Q ({query.type}): answered on a frame of another scene; not counted")
                 continue
+            if "floor_frame" in response.message:  # TF had no answer: the node says why
+                print(f"  Q ({query.type}): {response.message}; not counted")
+                continue
             outcome.floor_iou, outcome.floor_grounded = report_on_floor(
                 client, executor, query, response, image, args
             )
     finally:
-        set_floor(client, executor, None)
+        set_floor_frame(client, executor, "")
 
 
 def truth_of(
@@ -643,8 +639,8 @@ def summary(outcomes: list[Outcome]) -> str:
     floor_line = headline(on_floor)
     if floor_line:
         lines.append(
-            "with the camera's floor given (node parameters camera_height_m, camera_pitch_deg; "
-            f"README): {floor_line}"
+            "with the camera's floor given (node parameter floor_frame, the camera's pose on "
+            f"/tf; README): {floor_line}"
         )
     held_out = sorted({o.held_out for o in outcomes if o.held_out})
     if held_out:

@@ -4,6 +4,9 @@ Lets you try the whole pipeline without a camera: `image_raw` (rgb8) and `camera
 stamps, plus `~/ground_truth` (Detection3DArray: class_id = category, id = object id, same header)
 so RViz can show the true boxes next to the predicted ones. Each image is held for `hold_s`
 seconds and republished at `rate_hz` with fresh stamps, like a camera looking at a still scene.
+Where the scene's record says where the floor is (the generator's camera height and pitch), the
+camera's optical frame is also published on /tf under `floor_frame` (base_footprint), as a robot's
+robot_state_publisher would: llmi3d_node's `floor_frame` parameter reads it.
 
 The scenes come from a dataset directory (`dataset`); when it is empty, a small one is generated
 from `seed` into the user cache (~/.cache/llmi3d/synthetic_camera/seed<seed>_n<num_images>).
@@ -23,13 +26,20 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.format import Dataset, ImageRecord
 from llmi3d_core.data.images import load_rgb
 from llmi3d_core.data.reader import read_dataset
+from llmi3d_core.ground_plane import record_ground_plane
 from llmi3d_core.paths import cache_dir
-from llmi3d_ros.conversions import box_detection, camera_info_from_k, rgb_to_image
+from llmi3d_ros.conversions import (
+    box_detection,
+    camera_info_from_k,
+    rgb_to_image,
+    transform_stamped,
+)
 from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
 
 
@@ -73,6 +83,10 @@ class SyntheticCameraNode(Node):
         self.hold_s = declare("hold_s", 8.0, "seconds each image is shown before the next")
         self.frame_id = declare("frame_id", "camera_optical_frame", "frame_id of every header")
         self.loop = declare("loop", True, "start again after the last image")
+        self.floor_frame = declare(
+            "floor_frame", "base_footprint",
+            "TF parent of frame_id on /tf: on the floor under the camera, z up; empty = no TF",
+        )  # fmt: skip
 
         root = ensure_dataset(dataset, seed, num_images)
         self.dataset: Dataset = read_dataset(root)
@@ -86,6 +100,7 @@ class SyntheticCameraNode(Node):
         self.image_pub = self.create_publisher(Image, "image_raw", qos_profile_sensor_data)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
         self.truth_pub = self.create_publisher(Detection3DArray, "~/ground_truth", 10)
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
         self.timer = self.create_timer(1.0 / self.rate_hz, self.on_timer)
         self.get_logger().info(
             f"playing {len(self.images)} image(s) of {root} at {self.rate_hz} Hz, "
@@ -99,7 +114,7 @@ class SyntheticCameraNode(Node):
         return self._pictures[image.image_id]
 
     def on_timer(self) -> None:
-        """Publish the current image, CameraInfo and ground truth with one stamp."""
+        """Publish the current image, CameraInfo, ground truth and camera pose with one stamp."""
         now = time.monotonic()
         if now - self.shown_since >= self.hold_s:
             self.shown_since = now
@@ -107,6 +122,11 @@ class SyntheticCameraNode(Node):
                 self.index = (self.index + 1) % len(self.images)
         image = self.images[self.index]
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        floor = record_ground_plane(image.extra)
+        if floor is not None and self.floor_frame:  # first, so that it is there for the image
+            parent = Header(stamp=header.stamp, frame_id=self.floor_frame)
+            pose = transform_stamped(parent, self.frame_id, floor.camera_pose())
+            self.tf_pub.publish(TFMessage(transforms=[pose]))
         self.image_pub.publish(rgb_to_image(self.picture(image), header))
         self.info_pub.publish(camera_info_from_k(image.K, image.width, image.height, header))
         self.truth_pub.publish(ground_truth_message(image, header))

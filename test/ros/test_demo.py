@@ -80,7 +80,7 @@ def test_the_summary_gives_the_floor_answers_apart() -> None:
     assert lines[4] == "| 000002 | caption | The lamp. | lamp | 0.200 | - | 0.10 s |"
     assert lines[-2].startswith("summary: Acc@0.25 0/3 (0 %), grounding 2/3 ")
     assert lines[-1].startswith(
-        "with the camera's floor given (node parameters camera_height_m, camera_pitch_deg; "
+        "with the camera's floor given (node parameter floor_frame, the camera's pose on /tf; "
         "README): Acc@0.25 2/2 (100 %), grounding 1/1 "
     )
 
@@ -113,6 +113,7 @@ def test_demo_prints_its_domain_and_writes_pictures_to_its_own_folder(
     assert "answered on a frame of another scene" not in result.stdout
     assert "answered on no frame of this scene" not in result.stdout
     # each query twice: as the model places it, then with the node told where the floor is
+    # (through TF: the camera's pose on /tf under base_footprint)
     assert len([line for line in lines if line.startswith("  Q (")]) == 4
     again = "  asked again with the node told where the floor is"
     assert any(line.startswith(again) for line in lines)

@@ -14,11 +14,19 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
+from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
-from llmi3d_core.messages import camera_info_k, detection_box, image_to_rgb, stamp_to_ns
+from llmi3d_core.ground_plane import GroundPlane, record_ground_plane
+from llmi3d_core.messages import (
+    camera_info_k,
+    detection_box,
+    image_to_rgb,
+    stamp_to_ns,
+    transform_of,
+)
 
 
 def test_camera_publishes_dataset_frames_with_ground_truth(
@@ -33,7 +41,9 @@ def test_camera_publishes_dataset_frames_with_ground_truth(
     images: list[Image] = []
     infos: list[CameraInfo] = []
     truths: list[Detection3DArray] = []
+    poses: list[TFMessage] = []
     node = Node(f"camera_client_{time.monotonic_ns()}")
+    node.create_subscription(TFMessage, "/tf", poses.append, 100)
     node.create_subscription(Image, "image_raw", images.append, qos_profile_sensor_data)
     node.create_subscription(CameraInfo, "camera_info", infos.append, qos_profile_sensor_data)
     node.create_subscription(
@@ -54,6 +64,7 @@ def test_camera_publishes_dataset_frames_with_ground_truth(
         flight when its ground truth lands: compare only frames that arrived whole.
         """
         stamps = [{stamp_to_ns(m.header.stamp) for m in ms} for ms in (images, infos, truths)]
+        stamps.append({stamp_to_ns(m.transforms[0].header.stamp) for m in poses})
         return set.intersection(*stamps)
 
     try:
@@ -74,6 +85,16 @@ def test_camera_publishes_dataset_frames_with_ground_truth(
     assert np.allclose(camera_info_k(info), record.K)
     assert image_to_rgb(image).shape == (record.height, record.width, 3)
     assert [d.id for d in truth.detections] == [o.object_id for o in record.objects]
+    # the camera's pose on /tf: the record's floor lies under it (every object stands on it)
+    [pose] = next(m for m in poses if stamp_to_ns(m.transforms[0].header.stamp) == stamp).transforms
+    assert (pose.header.frame_id, pose.child_frame_id) == ("base_footprint", "camera_optical_frame")
+    floor = GroundPlane.from_camera_pose(transform_of(pose.transform))
+    expected = record_ground_plane(record.extra)
+    assert floor.height_m == pytest.approx(expected.height_m)
+    assert floor.pitch_deg == pytest.approx(expected.pitch_deg)
+    for obj in record.objects:  # (the records keep 6 digits)
+        bottom = np.asarray(obj.center_cam) + obj.dims_lwh[2] / 2 * np.asarray(obj.R_cam)[:, 1]
+        assert float(floor.down @ bottom) == pytest.approx(floor.height_m, abs=1e-4)
     for detection, obj in zip(truth.detections, record.objects, strict=True):
         center, dims_lwh, R = detection_box(detection)
         assert detection.results[0].hypothesis.class_id == obj.category_name
