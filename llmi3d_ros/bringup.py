@@ -43,6 +43,7 @@ class BringupOptions:
     checkpoint: str = ""
     preset: str = ""  # "" = as in params_file
     device: str = ""  # "" = as in params_file
+    floor_frame: str = ""  # "" = as in params_file
     image_topic: str = "image_raw"
     camera_info_topic: str = "camera_info"
     use_sim_time: bool = False
@@ -59,6 +60,8 @@ ARGUMENT_HELP: dict[str, str] = {
     "checkpoint": "checkpoint directory written by `llmi3d train` (default: preset in params_file)",
     "preset": "model preset when no checkpoint: tiny, smol, hf (default: as in params_file)",
     "device": "cpu or cuda (default: as in params_file)",
+    "floor_frame": "TF frame on the floor, z up, e.g. base_footprint: stands the boxes on the "
+    "floor (default: as in params_file, none)",
     "image_topic": "sensor_msgs/Image topic",
     "camera_info_topic": "sensor_msgs/CameraInfo topic",
     "use_sim_time": "use /clock (true when replaying a bag with publish_clock)",
@@ -84,7 +87,7 @@ def plan(options: BringupOptions) -> list[NodeSpec]:
     """The nodes to start for `options`, in start order."""
     params_file = options.params_file or str(config_path("params.yaml"))
     overrides: dict[str, object] = {"use_sim_time": options.use_sim_time}
-    for key in ("checkpoint", "preset", "device"):
+    for key in ("checkpoint", "preset", "device", "floor_frame"):
         value = getattr(options, key)
         if value:
             overrides[key] = value

@@ -23,12 +23,14 @@ that floor (llmi3d_core.ground_plane); which boxes are answered does not change.
 while TF has no answer (the message says why), `camera_height_m` > 0 with `camera_pitch_deg` and
 `camera_roll_deg` give the floor of a camera fixed on the robot. All changeable at run time.
 
-Concurrency: one MultiThreadedExecutor with four callback groups.
+Concurrency: one MultiThreadedExecutor (four threads) with four callback groups, five with TF.
   sensors   (mutually exclusive): image, compressed image, CameraInfo and standing-query callbacks;
             cheap, they only store the newest message.
   service   (mutually exclusive): the ~/query service.
   standing  (mutually exclusive): the standing-query timer.
   default:  lifecycle services, parameter services and the no-input watchdog.
+  TF        (mutually exclusive, only with floor_frame and without tf2_ros): /tf and /tf_static,
+            cheap; a query that waits for a transform (the listener's first second) waits on them.
 The model runs one call at a time (the Predictor holds a lock). Service calls come first: the
 standing query skips its turn while a call waits, since rclpy hands ready timers out before
 services and a standing query answered twice a second would otherwise starve ~/query.

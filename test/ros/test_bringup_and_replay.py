@@ -34,12 +34,14 @@ def test_plan_overrides_remaps_and_synthetic_camera() -> None:
     options = BringupOptions(
         namespace="/robot", checkpoint="/ck", device="cuda", image_topic="/cam/image",
         camera_info_topic="/cam/info", synthetic_camera=True, use_sim_time=True,
+        floor_frame="base_footprint",
     )  # fmt: skip
     specs = plan(options)
     assert [s.executable for s in specs] == ["llmi3d_synthetic_camera", "llmi3d_node"]
     args = command_line(specs[1], options)
     for expected in ("__ns:=/robot", "checkpoint:=/ck", "device:=cuda", "use_sim_time:=true",
-                     "image_raw:=/cam/image", "camera_info:=/cam/info"):  # fmt: skip
+                     "image_raw:=/cam/image", "camera_info:=/cam/info",
+                     "floor_frame:=base_footprint"):  # fmt: skip
         assert expected in args
 
 
