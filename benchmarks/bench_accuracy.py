@@ -120,8 +120,8 @@ DEFAULT_ROWS: dict[str, str] = {
     "llmi3d": "LLMI3D (default)",
     "llmi3d_best": "LLMI3D (default), always its best box (rule of zeros)",
     "llmi3d_bf16": "LLMI3D (default) run in bfloat16 (node parameter dtype)",
-    "llmi3d_floor": "LLMI3D (default), the camera's floor given (node parameters "
-    "camera_height_m, camera_pitch_deg)",
+    "llmi3d_floor": "LLMI3D (default), the camera's floor given (node parameter floor_frame "
+    "through TF, or camera_height_m, camera_pitch_deg)",
     "true_cells": "heads at the true cell (upper bound of pointing)",
     "mean_box": "mean box",
     "backproject": "back-projection of the true 2D box",
@@ -665,7 +665,8 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     add("llmi3d_bf16", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
         low, dataset, queries, progress=False, rule=AnswerRule())])  # fmt: skip
     # the same answers, each image's boxes stood on its camera's floor (the scene's camera
-    # height and pitch, as the node's camera_height_m / camera_pitch_deg give them)
+    # height and pitch, as the node's floor_frame or camera_height_m / camera_pitch_deg give
+    # them), with their 2D boxes' bottom edges (GroundPlane.place)
     add("llmi3d_floor", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
         predictor, dataset, queries, progress=False, rule=AnswerRule(), ground_plane=True,
     )])  # fmt: skip

@@ -144,8 +144,8 @@ def block(benchmarks: str, indent: str = "  ", *, allow_standin: bool = False) -
     floor = _optional_row(lines, start, FLOOR_ROW)
     if floor is not None:
         paragraph += (
-            " With the camera's floor given (node parameters camera_height_m and "
-            "camera_pitch_deg, for a camera fixed on the robot), Acc@0.25 is "
+            " With the camera's floor given (node parameter floor_frame through TF, or "
+            "camera_height_m and camera_pitch_deg for a camera fixed on the robot), Acc@0.25 is "
             f"{floor['Acc@0.25']} %."
         )
     if first_run:

@@ -48,7 +48,7 @@ import torch
 
 from llmi3d_core.errors import ConfigError, InvalidInputError, ModelOutputError
 from llmi3d_core.geometry import Box3D
-from llmi3d_core.ground_plane import GroundPlane
+from llmi3d_core.ground_plane import GroundPlane, seen_bottom
 from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.model.checkpoint import load_checkpoint
 from llmi3d_core.model.config import ModelConfig
@@ -223,9 +223,10 @@ def _per_item(values: Sequence[Any] | None, count: int, name: str) -> list[Any]:
     return list(values)
 
 
-def _on_ground(prediction: Prediction, plane: GroundPlane) -> Prediction:
+def _on_ground(prediction: Prediction, plane: GroundPlane, item: _Item) -> Prediction:
     """The prediction with its box stood on the floor (GroundPlane.place); 2D outputs kept."""
-    box = plane.place(Box3D(prediction.center, prediction.dims, prediction.rotation))
+    seen = seen_bottom(item.K, prediction.box2d, item.image.shape[0])
+    box = plane.place(Box3D(prediction.center, prediction.dims, prediction.rotation), seen)
     return dataclasses.replace(prediction, center=box.center, dims=box.dims_lwh, rotation=box.R)
 
 
@@ -472,9 +473,9 @@ class Predictor:
                     item.query, ranked, located, max_results=max_results, rule=rule
                 )
                 if plane is not None:  # after the choice: the floor moves boxes, not answers
-                    answer.predictions = [_on_ground(p, plane) for p in answer.predictions]
+                    answer.predictions = [_on_ground(p, plane, item) for p in answer.predictions]
                     if answer.best is not None:
-                        answer.best = _on_ground(answer.best, plane)
+                        answer.best = _on_ground(answer.best, plane, item)
                 results.append(answer)
                 timings["decode"] += time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start

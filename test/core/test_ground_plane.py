@@ -13,7 +13,14 @@ from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.eval_predict import predict_with_model
 from llmi3d_core.geometry import Box3D, project
-from llmi3d_core.ground_plane import GroundPlane, record_ground_plane, upright
+from llmi3d_core.ground_plane import (
+    EDGE_WEIGHT,
+    GroundPlane,
+    SeenBottom,
+    record_ground_plane,
+    seen_bottom,
+    upright,
+)
 from llmi3d_core.inference import Predictor
 from llmi3d_core.model import LLMI3D, get_preset
 
@@ -55,6 +62,62 @@ def test_a_box_moved_along_its_ray_is_put_back_on_the_floor(scale, pitch):
     np.testing.assert_allclose(placed.R, truth.R, atol=1e-9)
     # the image of the box does not change: the model read it from the image
     np.testing.assert_allclose(_corners_2d(placed), _corners_2d(seen), atol=1e-6)
+
+
+def _edge(box: Box3D, shift_px: float = 0.0) -> SeenBottom:
+    """The bottom edge of a box's tight 2D box (its lowest projected corner), shifted down."""
+    return SeenBottom(K_VGA, float(_corners_2d(box)[:, 1].max()) + shift_px)
+
+
+@pytest.mark.parametrize("scale", [0.7, 1.0, 1.4])
+@pytest.mark.parametrize(("z", "yaw"), [(12.0, 0.3), (20.0, -1.2), (9.0, 2.0)])
+def test_the_true_bottom_edge_puts_a_far_box_back_where_it_stands(scale, z, yaw):
+    """With the true 2D box, both rows `place` blends are the truth's, so the box lands there."""
+    plane = GroundPlane(1.4, 4.0)
+    truth = _standing(1.4, 4.0, x=1.0, z=z, dims=(1.8, 0.8, 1.2), yaw=yaw)
+    model = Box3D(truth.center * scale, truth.dims_lwh * scale, truth.R)
+    placed = plane.place(model, _edge(truth))
+    np.testing.assert_allclose(placed.center, truth.center, atol=1e-6)
+    np.testing.assert_allclose(placed.dims_lwh, truth.dims_lwh, atol=1e-6)
+
+
+def test_the_bottom_edge_moves_a_far_box_part_of_the_way():
+    """An edge 2 px lower than the box's own lowest corner: the box comes nearer, EDGE_WEIGHT of
+    the way in rows, and stays the same size in the image."""
+    plane = GroundPlane(1.4, 4.0)
+    truth = _standing(1.4, 4.0, x=1.0, z=15.0, dims=(1.8, 0.8, 1.2), yaw=0.3)
+    lower = plane.place(truth, _edge(truth, 2.0))
+    assert lower.center[2] < truth.center[2]
+
+    def foot(box: Box3D) -> np.ndarray:  # the bottom face's centre
+        return box.center + box.dims_lwh[2] / 2 * plane.down
+
+    rows = project(np.stack([foot(lower), foot(truth)]), K_VGA)[:, 1]
+    # rows of the foot against rows of the lowest corner: nearly 1:1 for a far box
+    assert float(rows[0] - rows[1]) == pytest.approx(EDGE_WEIGHT * 2.0, rel=0.1)
+    np.testing.assert_allclose(
+        lower.dims_lwh / np.linalg.norm(foot(lower)),
+        truth.dims_lwh / np.linalg.norm(foot(truth)),
+        rtol=1e-9,
+    )
+    higher = plane.place(truth, _edge(truth, -2.0))
+    assert higher.center[2] > truth.center[2]
+
+
+def test_the_bottom_edge_is_not_used_where_it_would_hurt():
+    plane = GroundPlane(1.4, 4.0)
+    # a near box: its footprint spans many rows against its distance below the horizon
+    near = _standing(1.4, 4.0, x=0.3, z=2.5, dims=(1.0, 0.8, 0.9), yaw=0.5)
+    assert plane.place(near, _edge(near, 5.0)).center == pytest.approx(near.center)
+    # an upside-down camera: the floor is above the horizon in the image
+    flipped = GroundPlane(1.4, 4.0, 180.0)
+    far = Box3D(flipped.down * 1.4 * 10 - 0.6 * flipped.down, np.array([1.8, 0.8, 1.2]), np.eye(3))
+    np.testing.assert_allclose(
+        flipped.place(far, SeenBottom(K_VGA, 300.0)).center, flipped.place(far).center
+    )
+    # an edge on the image's border is the border's, not the object's
+    assert seen_bottom(K_VGA, np.array([10.0, 20.0, 50.0, 478.5]), 480) is None
+    assert seen_bottom(K_VGA, np.array([10.0, 20.0, 50.0, 400.0]), 480) == SeenBottom(K_VGA, 400.0)
 
 
 def test_a_tilted_box_is_stood_upright_with_its_heading_kept():

@@ -40,6 +40,7 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from llmi3d_core.frame_tree import RigidTransform
+from llmi3d_core.geometry import project
 from llmi3d_core.ground_plane import GroundPlane
 from llmi3d_core.messages import detection_box, stamp_to_ns
 from llmi3d_ros.conversions import camera_info_from_k, rgb_to_image, transform_stamped
@@ -601,9 +602,9 @@ def test_14_standing_query_failure_clears_its_boxes(harness: Harness) -> None:
 
 
 def test_15_the_camera_height_stands_the_boxes_on_the_floor(harness: Harness) -> None:
-    """camera_height_m / camera_pitch_deg set at run time: each box is moved along its viewing ray
-    so that its bottom face lies on that floor (or, if the floor would move it more than 2x, left
-    as it was); 0 turns it off again. Out-of-range values are refused.
+    """camera_height_m / camera_pitch_deg set at run time: each box is moved towards or away from
+    the camera so that its bottom face lies on that floor (or, if the floor would move it more
+    than 2x, left as it was); 0 turns it off again. Out-of-range values are refused.
 
     Mechanics only (the tiny model's boxes are arbitrary); the gain of a true floor is measured by
     `llmi3d eval --ground-plane` (BENCHMARKS.md).
@@ -635,10 +636,13 @@ def test_15_the_camera_height_stands_the_boxes_on_the_floor(harness: Harness) ->
             continue
         moved += 1
         assert float(down @ _bottom(center, dims_lwh, R)) == pytest.approx(height, rel=1e-4)
-        # along the same viewing ray: the centre's direction from the camera is unchanged
-        np.testing.assert_allclose(
-            center / np.linalg.norm(center), old_center / np.linalg.norm(old_center), atol=1e-5
-        )
+        # straight towards or away from the camera in the image: the foot (the bottom face's
+        # centre, upright) keeps its column; along its viewing ray, or up or down the column to
+        # the row its 2D box's bottom edge gives (GroundPlane.place)
+        old_dims = detection_box(before)[1]
+        feet = [old_center + old_dims[2] / 2 * down, center + dims_lwh[2] / 2 * down]
+        columns = project(np.stack(feet), K)[:, 0]
+        assert columns[1] == pytest.approx(columns[0], abs=1e-3)
     assert moved >= 1, "the floor moved none of the tiny model's boxes"
     again = harness.query("the lamp", max_results=5).detections.detections
     for before, after in zip(plain, again, strict=True):
