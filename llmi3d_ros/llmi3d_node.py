@@ -18,8 +18,8 @@ Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image
 so no stale box stays on screen. These parameters may change at run time (SetParameters).
 
 Floor: with `floor_frame` set (e.g. base_footprint), each query looks up the image's frame in it
-through TF (llmi3d_ros.tf_floor) and every answered box is moved along its viewing ray to stand on
-that floor (llmi3d_core.ground_plane); which boxes are answered does not change. Without TF, or
+through TF at the image's stamp (llmi3d_ros.tf_floor) and every answered box is moved to stand
+on that floor (llmi3d_core.ground_plane); which boxes are answered does not change. Without TF, or
 while TF has no answer (the message says why), `camera_height_m` > 0 with `camera_pitch_deg` and
 `camera_roll_deg` give the floor of a camera fixed on the robot. All changeable at run time.
 
@@ -471,7 +471,7 @@ class Llmi3dNode(LifecycleNode):
         else:
             rgb = image_to_rgb(image_msg)
         K = self._intrinsics_for(info, rgb.shape[1], rgb.shape[0])
-        floor, floor_note = self._floor(params, image_msg.header.frame_id)
+        floor, floor_note = self._floor(params, image_msg.header)
         timings["decode_s"] = time.perf_counter() - start
 
         [answer] = self._predictor.answer_batch(
@@ -493,13 +493,15 @@ class Llmi3dNode(LifecycleNode):
             floor_note=floor_note,
         )  # fmt: skip
 
-    def _floor(self, params: NodeParams, camera_frame: str) -> tuple[GroundPlane | None, str]:
+    def _floor(self, params: NodeParams, image: Header) -> tuple[GroundPlane | None, str]:
         """The floor to stand the boxes on, and why TF's was not used when it was asked for."""
         fallback = params.ground_plane()
         if not params.floor_frame:
             return fallback, ""
+        listener = self._floor_listener()
         try:
-            return self._floor_listener().ground_plane(params.floor_frame, camera_frame), ""
+            stamp_ns = stamp_to_ns(image.stamp)
+            return listener.ground_plane(params.floor_frame, image.frame_id, stamp_ns), ""
         except (FrameLookupError, InvalidInputError) as err:
             reason = str(err)
         used = "camera_height_m's floor" if fallback is not None else "no floor"

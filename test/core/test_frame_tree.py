@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from llmi3d_core.errors import InvalidInputError
-from llmi3d_core.frame_tree import FrameLookupError, FrameTree, RigidTransform
+from llmi3d_core.frame_tree import HISTORY_S, FrameLookupError, FrameTree, RigidTransform
 from llmi3d_core.ground_plane import GroundPlane
 from llmi3d_core.messages import matrix_to_quaternion, transform_of
 
@@ -70,6 +70,39 @@ def test_a_newer_transform_of_an_edge_replaces_the_old():
     tree.set("base", "camera", RigidTransform(np.eye(3), np.array([0.0, 0.0, 1.0])))
     tree.set("base", "camera", RigidTransform(np.eye(3), np.array([0.0, 0.0, 1.5])))
     np.testing.assert_allclose(tree.lookup("base", "camera").translation, [0.0, 0.0, 1.5])
+
+
+def _lift(z: float) -> RigidTransform:
+    return RigidTransform(np.eye(3), np.array([0.0, 0.0, z]))
+
+
+def test_a_moving_edge_is_read_at_the_asked_time():
+    """Each moving edge gives its sample nearest the asked time; static ones hold at every time."""
+    second = 1_000_000_000
+    tree = FrameTree()
+    tree.set("head", "camera", _lift(0.1))  # static
+    tree.set("base", "head", _lift(1.0), stamp_ns=10 * second)
+    tree.set("base", "head", _lift(1.2), stamp_ns=11 * second)
+    tree.set("base", "head", _lift(1.1), stamp_ns=int(10.5 * second))  # late, kept in order
+    height = lambda stamp: tree.lookup("base", "camera", stamp).translation[2]  # noqa: E731
+    assert height(10 * second) == pytest.approx(1.1)
+    tree.set("base", "head", _lift(1.05), stamp_ns=10 * second)  # the same instant: replaced
+    assert height(10 * second) == pytest.approx(1.15)
+    assert height(int(10.2 * second)) == pytest.approx(1.15)
+    assert height(int(10.9 * second)) == pytest.approx(1.3)
+    assert height(None) == pytest.approx(1.3)  # the newest
+    assert height(int(11.9 * second)) == pytest.approx(1.3)  # within MAX_GAP_S
+    with pytest.raises(FrameLookupError, match=r"'base' -> 'head' is 1.50 s before the asked"):
+        height(int(12.5 * second))
+    with pytest.raises(FrameLookupError, match=r"is 2.00 s after the asked"):
+        height(8 * second)
+    # samples more than HISTORY_S older than the newest are dropped
+    tree.set("base", "head", _lift(2.0), stamp_ns=int((12 + HISTORY_S) * second))
+    with pytest.raises(FrameLookupError, match="after the asked"):
+        height(10 * second)
+    # an edge that turns static holds at every time again
+    tree.set("base", "head", _lift(0.5))
+    assert height(10 * second) == pytest.approx(0.6)
 
 
 def test_lookups_that_cannot_be_made_say_why():
