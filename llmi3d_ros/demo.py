@@ -59,8 +59,8 @@ from llmi3d_ros.bringup import (
     stop,
 )
 from llmi3d_ros.dds_env import startup_lines
-from llmi3d_ros.llmi3d_node import NO_IMAGE_YET
-from llmi3d_ros.synthetic_camera_node import ensure_dataset
+from llmi3d_ros.llmi3d_node import NO_IMAGE_YET, floor_not_used
+from llmi3d_ros.synthetic_camera_node import FLOOR_FRAME, ensure_dataset
 
 NOT_FOUND = "not found"  # the node answered "not here" (success, no box)
 ANSWERED = ("ok", NOT_FOUND)  # Outcome.message of a query the node answered
@@ -241,10 +241,6 @@ def call(
     if response.success:
         client.answered += 1
     return response, time.monotonic() - start_s
-
-
-# the TF frame under which llmi3d_synthetic_camera publishes its pose (its floor_frame default)
-FLOOR_FRAME = "base_footprint"
 
 
 def set_floor_frame(client: DemoClient, executor: SingleThreadedExecutor, frame: str) -> bool:
@@ -453,7 +449,7 @@ def ask_on_floor(  # noqa: PLR0917 (the scene's context, every argument named by
             if scene_of_stamp(client, executor, image_of_object, stamp) != image.image_id:
                 print(f"  Q ({query.type}): answered on a frame of another scene; not counted")
                 continue
-            if "floor_frame" in response.message:  # TF had no answer: the node says why
+            if floor_not_used(FLOOR_FRAME) in response.message:  # the node says why
                 print(f"  Q ({query.type}): {response.message}; not counted")
                 continue
             outcome.floor_iou, outcome.floor_grounded = report_on_floor(

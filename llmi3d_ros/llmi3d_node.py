@@ -505,7 +505,7 @@ class Llmi3dNode(LifecycleNode):
         except (FrameLookupError, InvalidInputError) as err:
             reason = str(err)
         used = "camera_height_m's floor" if fallback is not None else "no floor"
-        note = f"floor_frame {params.floor_frame!r} not used ({reason}); {used} instead"
+        note = f"{floor_not_used(params.floor_frame)} ({reason}); {used} instead"
         self.get_logger().warning(note, throttle_duration_sec=5.0)
         return fallback, note
 
@@ -596,6 +596,11 @@ class Llmi3dNode(LifecycleNode):
         return DiagnosticArray(
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]
         )
+
+
+def floor_not_used(floor_frame: str) -> str:
+    """The start of what a query's message adds when floor_frame is set but TF had no answer."""
+    return f"floor_frame {floor_frame!r} not used"
 
 
 def _format_timings(timings_s: dict[str, float]) -> str:

@@ -42,6 +42,9 @@ from llmi3d_ros.conversions import (
 )
 from llmi3d_ros.spinning import init_rclpy, run_until_shutdown
 
+# the TF parent of the camera's pose: a robot's frame on the floor under it (REP 120)
+FLOOR_FRAME = "base_footprint"
+
 
 def ensure_dataset(dataset: str, seed: int, num_images: int) -> Path:
     """Return the dataset directory to play, generating a synthetic one when none is given."""
@@ -84,7 +87,7 @@ class SyntheticCameraNode(Node):
         self.frame_id = declare("frame_id", "camera_optical_frame", "frame_id of every header")
         self.loop = declare("loop", True, "start again after the last image")
         self.floor_frame = declare(
-            "floor_frame", "base_footprint",
+            "floor_frame", FLOOR_FRAME,
             "TF parent of frame_id on /tf: on the floor under the camera, z up; empty = no TF",
         )  # fmt: skip
 
