@@ -471,8 +471,8 @@ class Llmi3dNode(LifecycleNode):
         else:
             rgb = image_to_rgb(image_msg)
         K = self._intrinsics_for(info, rgb.shape[1], rgb.shape[0])
-        floor, floor_note = self._floor(params, image_msg.header)
         timings["decode_s"] = time.perf_counter() - start
+        floor, floor_note = self._floor(params, image_msg.header)  # may wait for TF: not decode
 
         [answer] = self._predictor.answer_batch(
             [rgb],

@@ -5,8 +5,8 @@
 #
 # Steps: create the venv, install pinned Python and ROS 2 (PyPI wheel) dependencies, build and install
 # the interface packages msg/vision_msgs and msg/tf2_msgs (each only when the system has none) and
-# msg/llmi3d_msgs into the venv, install this package editable. A stamp of the inputs makes a second run with nothing
-# changed a quick check. Full log: <venv>/bootstrap.log.
+# msg/llmi3d_msgs into the venv, install this package editable. A stamp of the inputs makes a second
+# run with nothing changed a quick check. Full log: <venv>/bootstrap.log.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,9 +38,11 @@ inputs_hash() {
   ) | sha256sum | cut -d' ' -f1
 }
 
+# what a working environment imports (checked before skipping the set-up and after it)
+ENV_IMPORTS="import rclpy, vision_msgs.msg, tf2_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros"
+
 check_env() {
-  "$VENV/bin/python" -c "import rclpy, vision_msgs.msg, tf2_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" \
-    >/dev/null 2>&1
+  "$VENV/bin/python" -c "$ENV_IMPORTS" >/dev/null 2>&1
 }
 
 STEP="checking Python"
@@ -101,6 +103,6 @@ say "4/5 $STEP"
 
 STEP="checking the environment"
 say "5/5 $STEP"
-"$VENV/bin/python" -c "import rclpy, vision_msgs.msg, tf2_msgs.msg, llmi3d_msgs.srv, llmi3d_core, llmi3d_ros" >>"$LOG" 2>&1
+"$VENV/bin/python" -c "$ENV_IMPORTS" >>"$LOG" 2>&1
 echo "$WANT" >"$STAMP"
 say "done: $VENV"
