@@ -14,14 +14,14 @@ Two parts, both through the library (`llmi3d_core.train.train`, what `llmi3d tra
   benchmark run reuses the demo's model and trains it only when it is not cached yet),
   evaluated on `default_model.default_test_data()` (synthetic scenes of a seed no recipe trains
   on, all in its "test" split, with negative and multi-target queries) as the node answers:
-  `predict_with_model` with the node's answer rule (AnswerRule.SERVED), and the same pass with
-  every best box kept (the all-zero rule: localisation without the "not here" answer). Next to
-  it: the same heads read at each target's own cell (`predict_at_true_cells`, the upper bound
-  of pointing: what a perfect pointer reaches with this detector), the mean box and the
-  back-projection of the true 2D box (llmi3d_core.baselines, fitted on the model's own training
-  split). Then decoding ablations of the same weights at inference (`model.set_decoding`): eq.
-  20 as the paper writes it (height from the tight 2D box, plain mean of the two depths) and
-  virtual depth alone.
+  `predict_with_model` with the node's answer rule (the predictor's `served_rule`), and the same
+  pass with every best box kept (the all-zero rule: localisation without the "not here"
+  answer). Next to it: the same heads read at each target's own cell (`predict_at_true_cells`,
+  the upper bound of pointing: what a perfect pointer reaches with this detector), the mean box
+  and the back-projection of the true 2D box (llmi3d_core.baselines, fitted on the model's own
+  training split). Then decoding ablations of the same weights at inference
+  (`model.set_decoding`): eq. 20 as the paper writes it (height from the tight 2D box, plain
+  mean of the two depths) and virtual depth alone.
   At size `smoke` the ladders' tiny `llmi3d` row stands in for the default model (training the
   default model takes ~23 min), so only the pipeline is checked there.
 * The ablation ladders (paper Tables X-XIII and the pointer), on an IG3D-Synth set rendered for
@@ -656,18 +656,19 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     # (QueryResult.under: exactly what a pass under that rule returns)
     best = add("llmi3d_best", lambda: predict_with_model(
         predictor, dataset, queries, progress=False, rule=AnswerRule()))  # fmt: skip
-    served = add("llmi3d", lambda: [r.under(AnswerRule.SERVED) for r in best],
+    rule = predictor.served_rule  # the node's: AnswerRule.SERVED with the model's own ratio
+    served = add("llmi3d", lambda: [r.under(rule) for r in best],
                  eval_s=rows["default/llmi3d_best"]["eval_s"])  # fmt: skip
     # the same weights in bfloat16 (the node's `dtype`): faster where the CPU has bfloat16
     # units, as section 2 measures; what it costs in accuracy is this row
     low = load_predictor(Path(model["checkpoint"]), device=resolve_device(size.device),
                          dtype="bfloat16")  # fmt: skip
-    add("llmi3d_bf16", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
+    add("llmi3d_bf16", lambda: [r.under(rule) for r in predict_with_model(
         low, dataset, queries, progress=False, rule=AnswerRule())])  # fmt: skip
     # the same answers, each image's boxes stood on its camera's floor (the scene's camera
     # height and pitch, as the node's floor_frame or camera_height_m / camera_pitch_deg give
     # them), with their 2D boxes' bottom edges (GroundPlane.place)
-    add("llmi3d_floor", lambda: [r.under(AnswerRule.SERVED) for r in predict_with_model(
+    add("llmi3d_floor", lambda: [r.under(rule) for r in predict_with_model(
         predictor, dataset, queries, progress=False, rule=AnswerRule(), ground_plane=True,
     )])  # fmt: skip
     true = add("true_cells", lambda: predict_at_true_cells(predictor, dataset, queries,
@@ -717,7 +718,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
             "kinds": kinds,
             "novel_categories": list(dataset.info.novel_categories),
             "fit_queries": len(fit_on),
-            "answer_rule": asdict(AnswerRule.SERVED),
+            "answer_rule": asdict(rule),
         },
         "decoding": {
             "images": len({q.image_id for q in subset}),

@@ -211,7 +211,6 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
 
     from llmi3d_core.inference import Predictor
     from llmi3d_core.model.checkpoint import save_checkpoint
-    from llmi3d_core.prediction import AnswerRule
 
     model = build_model(preset, seed, served_overrides(preset))
     checkpoint = save_checkpoint(model, workdir / f"checkpoint_{preset}", {"seed": seed})
@@ -242,7 +241,7 @@ def measure_node_overhead(  # noqa: PLR0917 (the measurement's knobs)
                             answers[name].append(response.answer)
                         else:
                             start = time.perf_counter()
-                            found = bare.predict(image, client.K, text, **asdict(AnswerRule.SERVED))
+                            found = bare.predict(image, client.K, text, **asdict(bare.served_rule))
                             seconds = time.perf_counter() - start
                             answers[name].append(node_answer_text(found, text))
                         row[name][kind] = seconds

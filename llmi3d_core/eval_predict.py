@@ -223,11 +223,12 @@ def predict_with_model(
 
     Every prediction the predictor answers for a query is kept, in its order (best first); an
     empty list is the answer "not here". Prompts are passed in pixels of the image, as the ROS
-    node would. `rule` None takes the node's (AnswerRule.SERVED). With `ground_plane`, each
-    image's boxes are stood on the floor its record gives (`record_ground_plane`); an image
-    without one is an error.
+    node would. `rule` None takes the node's (the predictor's `served_rule`). With
+    `ground_plane`, each image's boxes are stood on the floor its record gives
+    (`record_ground_plane`); an image without one is an error.
     """
-    rule = AnswerRule.SERVED if rule is None else rule
+    if rule is None:  # a predictor-like without a rule of its own (a test's) gets the default
+        rule = getattr(predictor, "served_rule", AnswerRule.SERVED)
     by_image: dict[str, list[QueryRecord]] = {}
     for query in queries:
         by_image.setdefault(query.image_id, []).append(query)

@@ -205,9 +205,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rule.add_argument(
         "--min-ratio-to-nothing",
         type=float,
-        default=served.min_ratio_to_nothing,
+        default=None,
         help="the best box is answered only when it scores at least this many times the "
-        "probability that nothing matches; default: the node's, %(default)s",
+        "probability that nothing matches; default: the node's, the model's own (fitted on its "
+        f"validation split) or else {served.min_ratio_to_nothing}",
     )
     rule.add_argument(
         "--min-score-others",
@@ -280,20 +281,23 @@ def set_threads(threads: int) -> None:
     )
 
 
-def answer_rule(args: argparse.Namespace) -> AnswerRule:
-    """The AnswerRule of the command line.
+def answer_rule(args: argparse.Namespace, fitted_ratio: float | None = None) -> AnswerRule:
+    """The AnswerRule of the command line for a model with this fitted ratio (None: none).
 
     Raises:
         InvalidInputError: a threshold out of range, or --answer-all with a threshold.
     """
     if not args.answer_all:
-        return AnswerRule(args.min_score, args.min_ratio_to_nothing, args.min_score_others)
+        ratio = args.min_ratio_to_nothing
+        if ratio is None:
+            ratio = AnswerRule.served(fitted_ratio).min_ratio_to_nothing
+        return AnswerRule(args.min_score, ratio, args.min_score_others)
     served = AnswerRule.SERVED
     given = [
         flag
         for flag, value, default in (
             ("--min-score", args.min_score, served.min_score),
-            ("--min-ratio-to-nothing", args.min_ratio_to_nothing, served.min_ratio_to_nothing),
+            ("--min-ratio-to-nothing", args.min_ratio_to_nothing, None),
             ("--min-score-others", args.min_score_others, served.min_score_others),
         )
         if value != default
@@ -306,7 +310,7 @@ def answer_rule(args: argparse.Namespace) -> AnswerRule:
 def run(args: argparse.Namespace) -> int:
     """Run `llmi3d eval`."""
     set_threads(args.threads)
-    rule = answer_rule(args)
+    rule = answer_rule(args)  # bad thresholds fail before a model loads
     if args.checkpoint is not None and str(args.checkpoint) == DEFAULT_CHECKPOINT:
         args.checkpoint = ensure_default_model()
         if args.data is None:
@@ -332,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or args.checkpoint / "eval" / _safe(args.split)
     else:
         predictor = load_predictor(args.checkpoint, args.device, args.dtype)
+        rule = answer_rule(args, predictor.model.fitted_answer_ratio)
         predict = partial(
             predict_with_model,
             predictor,

@@ -342,6 +342,11 @@ class Predictor:
         """The model's configuration."""
         return self.model.config  # type: ignore[no-any-return]
 
+    @property
+    def served_rule(self) -> AnswerRule:
+        """The node's answer rule for this model: its own fitted ratio when it has one."""
+        return AnswerRule.served(self.model.fitted_answer_ratio)
+
     def clear_cache(self) -> None:
         """Forget all cached image features (frees their memory)."""
         with self._lock:
@@ -434,7 +439,7 @@ class Predictor:
         """Answer queries: their predictions and, for "not here", the best candidate turned down.
 
         Item i is (images[i], Ks[i], queries[i], box2ds[i], point2ds[i]). The three thresholds
-        make the AnswerRule (llmi3d_core.prediction; AnswerRule.SERVED holds the node's).
+        make the AnswerRule (llmi3d_core.prediction; `served_rule` holds the node's).
         `ground_planes[i]`, when given and not None, stands item i's boxes on that floor
         (`predict`).
 

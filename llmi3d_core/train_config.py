@@ -220,6 +220,10 @@ class StageConfig:
         hide_targets: pointer stage only: the probability that a training caption or question
             is shown without its targets, labelled "no object" (train_stages.hide_targets):
             negatives made from positives, free since the LLM states are cached. 0 = never.
+        not_here_rate: pointer stage only: fit the model's own answer rule on the validation
+            split: the lowest min_ratio_to_nothing that says "not here" to this share of its
+            negative queries (LLMI3D.answer_ratio; every negative of the split is read, not only
+            the first data.val_queries). 0 = none: the node's default ratio serves the model.
     """
 
     kind: str = "joint"
@@ -230,6 +234,7 @@ class StageConfig:
     eval_interval: int = -1
     max_images: int = 0
     hide_targets: float = 0.0
+    not_here_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -247,6 +252,12 @@ class StageConfig:
         if self.hide_targets and self.kind != "pointer":
             raise ConfigError(f"stage {self.kind}: hide_targets is an option of the pointer stage "
                               "(its candidates are cached); remove it here")  # fmt: skip
+        if not 0.0 <= self.not_here_rate < 1.0:
+            raise ConfigError(f"stage {self.kind}: not_here_rate must be in [0, 1), "
+                              f"got {self.not_here_rate}")  # fmt: skip
+        if self.not_here_rate and self.kind != "pointer":
+            raise ConfigError(f"stage {self.kind}: not_here_rate is an option of the pointer stage "
+                              "(it fits the pointer's answer rule); remove it here")  # fmt: skip
 
 
 @dataclass

@@ -61,6 +61,7 @@ from llmi3d_core.model.pointer import fit_calibration, pointer_loss
 from llmi3d_core.model.spatial_relations import RELATIONS
 from llmi3d_core.model.vision import colour_map
 from llmi3d_core.precision import cpu_bfloat16
+from llmi3d_core.prediction import NO_ANSWER_RATIO, AnswerRule, fit_min_ratio_to_nothing
 from llmi3d_core.train_config import StageConfig, TrainConfig, resolve_model_config
 from llmi3d_core.train_data import CachedItems, batch_size, to_device
 
@@ -659,6 +660,17 @@ class PointerTask(StageTask):
         train_items = self.cache(model, train, indices, True, "LLM states (train)", progress)
         count = min(len(val), data.val_queries or len(val))
         val_items = self.cache(model, val, range(count), False, "LLM states (val)", progress)
+        if self.stage.not_here_rate:
+            # the answer rule is fitted on every negative of the split (`evaluate`); those after
+            # the first `count` queries do not join the calibration, which keeps the split's mix
+            negatives = [i for i in range(count, len(val)) if not val.queries[i].target_object_ids]
+            extra = self.cache(model, val, negatives, False, "LLM states (val negatives)",
+                               progress)  # fmt: skip
+            for item in val_items:
+                item["calibrate"] = torch.tensor(True)
+            for item in extra:
+                item["calibrate"] = torch.tensor(False)
+            val_items += extra
         return train_items, (val_items or None)
 
     @torch.no_grad()
@@ -793,19 +805,29 @@ class PointerTask(StageTask):
         labelled right when its 2D box matches a target the best one does not: under the best's
         calibration, the boxes answered after the best on the served model's single-target test
         queries scored 0.65 on average and were right 11 % of the time.
+
+        With the stage's `not_here_rate`, the model's own answer rule is fitted last, on the
+        calibrated scores of every negative validation query (`answer_ratio`); the negatives read
+        for it alone (`datasets`) do not join the calibration.
         """
         best_logits, right, other_logits, other_right = [], [], [], []
+        negative_best, negative_nothing = [], []  # logits of the queries with no target
         was_training = model.training
         model.eval()
         for cpu_batch in loader:
             batch = to_device(cpu_batch, accelerator.device)
             logits, choice, chosen = self._best(model, batch)
             rows = torch.arange(choice.shape[0], device=choice.device)
-            best_logits.append(logits[rows, choice])
-            right.append(matches_a_target(chosen["box2d"], batch))
+            calibrate = batch.get("calibrate", torch.ones_like(choice, dtype=torch.bool))
+            best_logits.append(logits[rows, choice][calibrate])
+            right.append(matches_a_target(chosen["box2d"], batch)[calibrate])
             others, hits = self._others(batch, choice)
+            others &= calibrate[:, None]
             other_logits.append(logits[:, :-1][others])
             other_right.append(hits[others])
+            negative = batch["num_targets"] == 0
+            negative_best.append(logits[rows, choice][negative])
+            negative_nothing.append(logits[:, -1][negative])
         model.train(was_training)
         raw = accelerator.unwrap_model(model)
         if best_logits:
@@ -813,7 +835,16 @@ class PointerTask(StageTask):
             raw.score_calibration.copy_(torch.tensor([temperature, bias]))
             temperature, bias = fit_calibration(torch.cat(other_logits), torch.cat(other_right))
             raw.others_calibration.copy_(torch.tensor([temperature, bias]))
+        if self.stage.not_here_rate and negative_best:
+            ratio = fit_min_ratio_to_nothing(
+                raw.scores(torch.cat(negative_best)).cpu().numpy(),
+                raw.scores(torch.cat(negative_nothing)).cpu().numpy(),
+                self.stage.not_here_rate,
+                AnswerRule.SERVED.min_score,
+            )
+            raw.answer_ratio.fill_(NO_ANSWER_RATIO if ratio is None else ratio)
         metrics = super().evaluate(model, loader, accelerator)
+        metrics["val/answer_ratio"] = float(raw.answer_ratio)
         metrics["val/temperature"] = float(raw.score_calibration[0])
         metrics["val/score_bias"] = float(raw.score_calibration[1])
         metrics["val/others_temperature"] = float(raw.others_calibration[0])

@@ -10,12 +10,14 @@ With `autostart` (default true) `main` configures and activates at start-up.
 
 Answers: each query (service or standing) returns its best candidate when that scores at least
 `min_score` (a calibrated probability) and at least `min_ratio_to_nothing` times the model's
-probability that nothing matches, then the others scoring at least `min_score_others`, best first,
-each object once, at most `max_results` (the request's, or the parameter when it asks for 0); see
-llmi3d_core.prediction.AnswerRule. An empty answer is "not here": the service succeeds with no
-detections and a message naming the best candidate turned down and why; the topics get an empty
-Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug image without boxes,
-so no stale box stays on screen. These parameters may change at run time (SetParameters).
+probability that nothing matches (by default the ratio fitted for the loaded model on its
+validation split: Predictor.served_rule), then the others scoring at least `min_score_others`,
+best first, each object once, at most `max_results` (the request's, or the parameter when it asks
+for 0); see llmi3d_core.prediction.AnswerRule. An empty answer is "not here": the service
+succeeds with no detections and a message naming the best candidate turned down and why; the
+topics get an empty Detection3DArray, a MarkerArray that only clears (DELETEALL) and the debug
+image without boxes, so no stale box stays on screen. These parameters may change at run time
+(SetParameters).
 
 Floor: with `floor_frame` set (e.g. base_footprint), each query looks up the image's frame in it
 through TF at the image's stamp (llmi3d_ros.tf_floor) and every answered box is moved to stand
@@ -71,7 +73,7 @@ from llmi3d_core.messages import (
     scale_intrinsics,
     stamp_to_ns,
 )
-from llmi3d_core.prediction import MAX_RATIO_TO_NOTHING, Answer
+from llmi3d_core.prediction import Answer
 from llmi3d_core.visualize import draw_boxes
 from llmi3d_ros.conversions import predictions_to_detections, rgb_to_image
 from llmi3d_ros.frame_pairing import StampPairer
@@ -81,6 +83,7 @@ from llmi3d_ros.params import (
     RECONFIGURE_ONLY,
     NodeParams,
     declare_params,
+    effective_ratio,
     read_params,
     validate,
 )
@@ -213,10 +216,18 @@ class Llmi3dNode(LifecycleNode):
         self._query_service = self.create_service(
             Query, "~/query", self._on_query, callback_group=self._service_group
         )
+        fitted = predictor.model.fitted_answer_ratio
+        model_ratio = predictor.served_rule.min_ratio_to_nothing
+        ratio_source = (
+            "given"
+            if params.min_ratio_to_nothing >= 0
+            else f"the model's: {model_ratio:g}, "
+            + ("fitted on its validation split" if fitted is not None else "the default")
+        )
         self.get_logger().info(
             f"configured: model from {source} on {params.device}/{params.dtype} in {load_s:.1f} s; "
             f"answering with min_score={params.min_score}, "
-            f"min_ratio_to_nothing={params.min_ratio_to_nothing}, "
+            f"min_ratio_to_nothing={params.min_ratio_to_nothing} ({ratio_source}), "
             f"min_score_others={params.min_score_others}, max_results={params.max_results} "
             "(all may change at run time)"
         )
@@ -483,7 +494,9 @@ class Llmi3dNode(LifecycleNode):
             max_results=max_results or params.max_results,
             # rclpy accepts values within a relative 1e-6 of the range's ends; the core does not
             min_score=min(max(params.min_score, 0.0), 1.0),
-            min_ratio_to_nothing=min(max(params.min_ratio_to_nothing, 0.0), MAX_RATIO_TO_NOTHING),
+            min_ratio_to_nothing=effective_ratio(
+                params.min_ratio_to_nothing, self._predictor.served_rule
+            ),
             min_score_others=min(max(params.min_score_others, 0.0), 1.0),
             ground_planes=[floor],
         )

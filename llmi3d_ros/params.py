@@ -1,10 +1,11 @@
 """The node's parameters: one table with defaults, descriptions and allowed values.
 
 `NodeParams` holds the defaults in one place; config/params.yaml repeats them for users to edit (a
-test keeps the two equal). The answer rule's defaults (min_score, min_ratio_to_nothing,
-min_score_others) come from llmi3d_core.prediction.AnswerRule.SERVED, which `llmi3d eval` uses
-too. The node declares every field as a ROS parameter with a ParameterDescriptor, validates
-changes with `validate`, and reads them back with `read_params`.
+test keeps the two equal). The answer rule's defaults (min_score, min_score_others) come from
+llmi3d_core.prediction.AnswerRule.SERVED, which `llmi3d eval` uses too; min_ratio_to_nothing's
+(negative) takes the loaded model's own (`Predictor.served_rule`), as `llmi3d eval` does. The
+node declares every field as a ROS parameter with a ParameterDescriptor, validates changes with
+`validate`, and reads them back with `read_params`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": Reliabi
 HISTORY = {"keep_last": HistoryPolicy.KEEP_LAST, "keep_all": HistoryPolicy.KEEP_ALL}
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+# min_ratio_to_nothing's default: any negative value takes the loaded model's own ratio
+# (AnswerRule.served; `effective_ratio`)
+MODEL_RATIO = -1.0
+
+
+def effective_ratio(param: float, model_rule: AnswerRule) -> float:
+    """The min_ratio_to_nothing answered with: the parameter, or the model's when negative.
+
+    Clamped into the core's range: rclpy accepts values within a relative 1e-6 of the range's
+    ends.
+    """
+    ratio = model_rule.min_ratio_to_nothing if param < 0 else param
+    return min(max(ratio, 0.0), MAX_RATIO_TO_NOTHING)
 
 
 def _param(default: Any, description: str, **constraints: Any) -> Any:
@@ -80,10 +96,12 @@ class NodeParams:
         float_range=(0.0, 1.0),
     )
     min_ratio_to_nothing: float = _param(
-        AnswerRule.SERVED.min_ratio_to_nothing,
+        MODEL_RATIO,
         "the best candidate is answered only when its score is at least this many times the "
-        "model's probability that nothing in the frame matches (0: no such test)",
-        float_range=(0.0, MAX_RATIO_TO_NOTHING),
+        "model's probability that nothing in the frame matches (0: no such test; negative: the "
+        f"model's own, fitted on its validation split, or {AnswerRule.SERVED.min_ratio_to_nothing} "
+        "for a model without one)",
+        float_range=(MODEL_RATIO, MAX_RATIO_TO_NOTHING),
     )
     min_score_others: float = _param(
         AnswerRule.SERVED.min_score_others,

@@ -89,6 +89,7 @@ from llmi3d_core.model.pointer import CandidatePointer, PointerOutput, pointer_l
 from llmi3d_core.model.positions import FOURIER_WIDTH
 from llmi3d_core.model.secba import build_fusion
 from llmi3d_core.model.vision import HighResBranch, LowResBranch
+from llmi3d_core.prediction import NO_ANSWER_RATIO
 
 DEFAULT_LOG_PRIOR = (0.0, 0.0, 0.0)  # 1 m cubes until set_size_priors is called
 # detector.candidate_nms "box2d" ranks this many of the strongest cells (of 1,056 on the default
@@ -103,6 +104,7 @@ class LLMI3D(nn.Module):
     log_priors: torch.Tensor
     score_calibration: torch.Tensor
     others_calibration: torch.Tensor
+    answer_ratio: torch.Tensor
 
     def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -174,6 +176,10 @@ class LLMI3D(nn.Module):
         # of each query's best candidate ("no object" too), and of the candidates after it
         self.register_buffer("score_calibration", torch.tensor([1.0, 0.0]))
         self.register_buffer("others_calibration", torch.tensor([1.0, 0.0]))
+        # the answer rule's min_ratio_to_nothing fitted for this model on validation queries
+        # (prediction.fit_min_ratio_to_nothing); negative (NO_ANSWER_RATIO): none, the node's
+        # default serves it
+        self.register_buffer("answer_ratio", torch.tensor(NO_ANSWER_RATIO))
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
         self._word_targets: torch.Tensor | None = None
 
@@ -223,6 +229,12 @@ class LLMI3D(nn.Module):
         """
         temperature, bias = self.score_calibration.float()
         return torch.sigmoid(logits.float() / temperature + bias)
+
+    @property
+    def fitted_answer_ratio(self) -> float | None:
+        """The min_ratio_to_nothing fitted for this model (`answer_ratio`), None without one."""
+        value = float(self.answer_ratio)
+        return value if value >= 0 else None
 
     def other_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of pointer logits read as a candidate after the best.

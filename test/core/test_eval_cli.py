@@ -46,12 +46,13 @@ def test_eval_rejects_negative_threads(synth, tmp_path) -> None:
     assert "--threads must be >= 0 (0: torch's default), got -1" in done.stderr
 
 
-def _rule(*argv: str):
+def _rule(*argv: str, fitted: float | None = None):
     from llmi3d_core.evaluate import answer_rule
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return answer_rule(parser.parse_args(["--baseline", "mean-box", "--data", "d", *argv]))
+    args = parser.parse_args(["--baseline", "mean-box", "--data", "d", *argv])
+    return answer_rule(args, fitted)
 
 
 def test_eval_answer_rule_defaults_to_the_node_and_answer_all_to_zeros() -> None:
@@ -67,6 +68,12 @@ def test_eval_answer_rule_defaults_to_the_node_and_answer_all_to_zeros() -> None
         _rule("--answer-all", "--min-score", "0.3")
     with pytest.raises(InvalidInputError, match="min_ratio_to_nothing must be a number"):
         _rule("--min-ratio-to-nothing", "-2")
+    # a model with a ratio of its own is evaluated with it, as the node serves it
+    assert _rule(fitted=0.8) == AnswerRule.served(0.8) != AnswerRule.SERVED
+    assert _rule("--min-ratio-to-nothing", "0.5", fitted=0.8).min_ratio_to_nothing == 0.5
+    assert _rule("--answer-all", fitted=0.8) == AnswerRule()
+    with pytest.raises(InvalidInputError, match=r"drop --min-ratio-to-nothing$"):
+        _rule("--answer-all", "--min-ratio-to-nothing", "0.65")
 
 
 def test_eval_rejects_an_answer_rule_out_of_range(synth, tmp_path) -> None:

@@ -14,9 +14,12 @@ from llmi3d_core.model import LLMI3D, get_preset
 from llmi3d_core.prediction import (
     DEFAULT_MIN_SCORE,
     DUPLICATE_IOU_2D,
+    MIN_NEGATIVES_TO_FIT,
+    RATIO_STEP,
     Answer,
     AnswerRule,
     Prediction,
+    fit_min_ratio_to_nothing,
     suppress_duplicates,
 )
 
@@ -505,6 +508,43 @@ def test_answer_rule_weighs_the_best_against_nothing_and_the_others_by_their_own
 def test_answer_rule_refuses_values_out_of_range(values, name):
     with pytest.raises(InvalidInputError, match=name):
         AnswerRule(**values)
+
+
+def refused_share(best: np.ndarray, nothing: np.ndarray, ratio: float, min_score: float) -> float:
+    rule = AnswerRule(min_score, ratio)
+    return float(np.mean([not rule.answers_best(b, n) for b, n in zip(best, nothing, strict=True)]))
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.8, 0.85, 0.95])
+def test_the_fitted_ratio_is_the_lowest_that_refuses_the_rate(rate):
+    """On negative queries' scores, the fitted ratio makes AnswerRule refuse at least `rate` of
+    them, and the next lower multiple of RATIO_STEP does not."""
+    rng = np.random.default_rng(int(rate * 100))
+    best, nothing = rng.uniform(0.0, 0.9, 300), rng.uniform(0.3, 0.9, 300)
+    ratio = fit_min_ratio_to_nothing(best, nothing, rate, 0.15)
+    assert ratio is not None and ratio > 0
+    assert round(ratio / RATIO_STEP, 6).is_integer()
+    assert refused_share(best, nothing, ratio, 0.15) >= rate
+    assert refused_share(best, nothing, ratio - RATIO_STEP, 0.15) < rate
+
+
+def test_the_ratio_is_not_fitted_on_too_few_negatives_nor_past_its_range():
+    """Fewer than MIN_NEGATIVES_TO_FIT negatives: no ratio (the default serves); a rate the
+    range cannot reach (nothing scores 0): none; one min_score reaches alone: ratio 0."""
+    few = np.full(MIN_NEGATIVES_TO_FIT - 1, 0.3)
+    assert fit_min_ratio_to_nothing(few, few, 0.8, 0.15) is None
+    many = np.full(100, 0.3)
+    assert fit_min_ratio_to_nothing(many, np.zeros(100), 0.8, 0.15) is None
+    assert fit_min_ratio_to_nothing(many, many, 0.8, 0.5) == 0.0
+
+
+def test_served_rule_takes_the_models_ratio_when_it_has_one():
+    assert AnswerRule.served(None) == AnswerRule.served(-1.0) == AnswerRule.SERVED
+    own = AnswerRule.served(0.8)
+    assert own.min_ratio_to_nothing == 0.8
+    assert (own.min_score, own.min_score_others) == (
+        AnswerRule.SERVED.min_score, AnswerRule.SERVED.min_score_others
+    )  # fmt: skip
 
 
 def test_answer_batch_applies_min_score_and_reports_nothing(predictor, image):

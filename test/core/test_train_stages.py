@@ -9,6 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from llmi3d_core import prediction
 from llmi3d_core.data.dataset import GroundingDataset, ImageDataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.data.synth.query_config import QueryConfig
@@ -19,6 +20,7 @@ from llmi3d_core.model import get_preset
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.model.pointer import fit_calibration
 from llmi3d_core.model.spatial_relations import RELATIONS
+from llmi3d_core.prediction import AnswerRule, fit_min_ratio_to_nothing
 from llmi3d_core.train_config import StageConfig, load_train_config
 from llmi3d_core.train_stages import (
     BACKBONE_CHUNK,
@@ -27,6 +29,7 @@ from llmi3d_core.train_stages import (
     hide_targets,
     load_items,
     make_task,
+    matches_a_target,
 )
 
 CONFIG = get_preset("tiny")
@@ -213,6 +216,76 @@ def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
     assert tuple(model.others_calibration.tolist()) == pytest.approx(expected)
     assert metrics["val/others_temperature"] == pytest.approx(expected[0])
     assert metrics["val/others_bias"] == pytest.approx(expected[1])
+
+
+def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root, monkeypatch):
+    """With not_here_rate the pointer stage's validation reads every negative query of the split
+    (not only the first data.val_queries), keeps the ones read for the rule alone out of the
+    calibration, and stores the lowest ratio that refuses that share of the negatives under the
+    calibration just fitted (the node's answer rule for this model)."""
+    monkeypatch.setattr(prediction, "MIN_NEGATIVES_TO_FIT", 1)  # 8 negatives in these images
+    config = load_train_config(
+        "config/train/tiny_synth.yaml",
+        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=12",
+         "data.synth=null"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    task = make_task(config, StageConfig(kind="pointer", max_steps=1, not_here_rate=0.75))
+    _, val = task.datasets(model)
+    split = GroundingDataset(mixed_root, "train", model.config)
+    negatives = sum(not q.target_object_ids for q in split.queries)
+    assert negatives == 8 and len(val) == 12 + sum(
+        not q.target_object_ids for q in split.queries[12:]
+    )
+    assert [bool(item["calibrate"]) for item in val] == [True] * 12 + [False] * (len(val) - 12)
+    assert all(int(item["num_targets"]) == 0 for item in val[12:])
+    loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=task.collate)
+    metrics = task.evaluate(model, loader, Accelerator(cpu=True))
+
+    best_logits, right, best, nothing = [], [], [], []
+    with torch.no_grad():
+        for item in val:
+            logits, choice, chosen = task._best(model, task.collate([item]))
+            if bool(item["calibrate"]):
+                best_logits.append(float(logits[0, int(choice[0])]))
+                right.append(bool(matches_a_target(chosen["box2d"], task.collate([item]))[0]))
+            if int(item["num_targets"]) == 0:
+                scores = model.scores(logits[0])
+                best.append(float(scores[int(choice[0])]))
+                nothing.append(float(scores[-1]))
+    expected = fit_calibration(torch.tensor(best_logits), torch.tensor(right))
+    assert tuple(model.score_calibration.tolist()) == pytest.approx(expected)
+    ratio = model.fitted_answer_ratio
+    assert ratio is not None and metrics["val/answer_ratio"] == pytest.approx(ratio)
+    assert ratio == fit_min_ratio_to_nothing(
+        np.array(best), np.array(nothing), 0.75, AnswerRule.SERVED.min_score
+    )
+    rule = AnswerRule.served(ratio)
+    refused = [not rule.answers_best(b, n) for b, n in zip(best, nothing, strict=True)]
+    assert np.mean(refused) >= 0.75
+
+
+def test_without_a_rate_the_stage_fits_no_ratio(mixed_root):
+    config = load_train_config(
+        "config/train/tiny_synth.yaml",
+        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=12",
+         "data.synth=null"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    task = make_task(config, StageConfig(kind="pointer", max_steps=1))
+    _, val = task.datasets(model)
+    assert len(val) == 12 and "calibrate" not in val[0]
+    loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=task.collate)
+    task.evaluate(model, loader, Accelerator(cpu=True))
+    assert model.fitted_answer_ratio is None
+
+
+@pytest.mark.parametrize(("kind", "rate"), [("pointer", 1.0), ("pointer", -0.1), ("crops", 0.8)])
+def test_not_here_rate_is_a_share_of_the_pointer_stage(kind, rate):
+    with pytest.raises(ConfigError, match="not_here_rate"):
+        StageConfig(kind=kind, not_here_rate=rate)
 
 
 @pytest.fixture(scope="module")

@@ -388,6 +388,48 @@ def test_09_model_nan_output_is_reported(ros_context: None, tmp_path: Path) -> N
     assert "Traceback" not in output, output
 
 
+def test_09b_the_models_own_answer_ratio_is_the_default(ros_context: None, tmp_path: Path) -> None:
+    """A checkpoint carrying a fitted min_ratio_to_nothing (here 100: nearly every best box is
+    "not here") is answered with it while the parameter is negative (its default), the node
+    says so at configure, and a given value overrides it."""
+    import torch
+
+    from llmi3d_core.model.checkpoint import save_checkpoint
+    from llmi3d_core.model.llmi3d import LLMI3D
+    from llmi3d_core.model.presets import get_preset
+
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    model.answer_ratio.fill_(100.0)
+    save_checkpoint(model, tmp_path / "ratio_ckpt")
+
+    log = tmp_path / "llmi3d_node.log"
+    proc = start_node(
+        log, f"checkpoint:={tmp_path / 'ratio_ckpt'}", "min_ratio_to_nothing:=-1.0",
+        namespace="/ratio",
+    )  # fmt: skip
+    node = Node(f"ratio_client_{time.monotonic_ns()}", namespace="/ratio")
+    h = Harness(node)
+    try:
+        h.wait_ready()
+        h.publish_frame()
+        own = h.query("the lamp", max_results=5)
+        assert h.set_param("min_ratio_to_nothing", 100.0).successful
+        given = h.query("the lamp", max_results=5)
+        assert h.set_param("min_ratio_to_nothing", 0.0).successful
+        every = h.query("the lamp", max_results=5)
+    finally:
+        h.executor.shutdown()
+        node.destroy_node()
+        output = stop_node(proc, log)
+    assert own.success and len(own.detections.detections) == 0, own.message
+    assert "< min_ratio_to_nothing 100.00 x" in own.message, own.message
+    assert (given.message, len(given.detections.detections)) == (own.message, 0)
+    assert len(every.detections.detections) >= 1, every.message
+    assert "min_ratio_to_nothing=-1.0 (the model's: 100, fitted on its validation split)" in output
+    assert "Traceback" not in output, output
+
+
 # ---------------------------------------------------------------- "not here" and "all of them"
 # Issue 14. The tiny model's scores are arbitrary, so these tests drive min_score through
 # SetParameters and check the mechanics; the semantic "not here" of a trained model is measured by

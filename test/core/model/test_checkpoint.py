@@ -39,7 +39,7 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in stored), prefix
     for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors",
-                "score_calibration", "others_calibration"):  # fmt: skip
+                "score_calibration", "others_calibration", "answer_ratio"):  # fmt: skip
         assert key in stored
     config, extra = read_checkpoint_meta(tmp_path / "ckpt")
     assert config == model.config and extra == {"step": 2}
@@ -82,6 +82,21 @@ def test_others_calibration_is_kept_and_filled_in_for_older_checkpoints(make_mod
     save_file(stored, str(weights))
     older = load_checkpoint(tmp_path / "ckpt")
     assert torch.equal(older.others_calibration, torch.tensor([1.7, -0.4]))
+
+
+def test_the_answer_ratio_is_kept_and_none_for_older_checkpoints(make_model, tmp_path):
+    """The answer rule's ratio fitted for a model travels with it; a model without one (a new
+    one, or a checkpoint of a release before it) has none, and the node's default serves it."""
+    model = make_model()
+    assert model.fitted_answer_ratio is None
+    model.answer_ratio.fill_(0.7)
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert load_checkpoint(tmp_path / "ckpt").fitted_answer_ratio == pytest.approx(0.7)
+    weights = tmp_path / "ckpt" / WEIGHTS_FILE
+    stored = load_file(str(weights))
+    del stored["answer_ratio"]
+    save_file(stored, str(weights))
+    assert load_checkpoint(tmp_path / "ckpt").fitted_answer_ratio is None
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
