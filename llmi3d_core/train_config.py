@@ -246,18 +246,17 @@ class StageConfig:
                 f"stage {self.kind}: max_steps must be >= 1, batch_size and lr >= 0, got "
                 f"{self.max_steps}, {self.batch_size}, {self.lr}"
             )
-        if not 0.0 <= self.hide_targets < 1.0:
-            raise ConfigError(f"stage {self.kind}: hide_targets must be in [0, 1), "
-                              f"got {self.hide_targets}")  # fmt: skip
-        if self.hide_targets and self.kind != "pointer":
-            raise ConfigError(f"stage {self.kind}: hide_targets is an option of the pointer stage "
-                              "(its candidates are cached); remove it here")  # fmt: skip
-        if not 0.0 <= self.not_here_rate < 1.0:
-            raise ConfigError(f"stage {self.kind}: not_here_rate must be in [0, 1), "
-                              f"got {self.not_here_rate}")  # fmt: skip
-        if self.not_here_rate and self.kind != "pointer":
-            raise ConfigError(f"stage {self.kind}: not_here_rate is an option of the pointer stage "
-                              "(it fits the pointer's answer rule); remove it here")  # fmt: skip
+        # the pointer stage's shares, and why they belong to it alone
+        for name, why in (
+            ("hide_targets", "its candidates are cached"),
+            ("not_here_rate", "it fits the pointer's answer rule"),
+        ):
+            share = getattr(self, name)
+            if not 0.0 <= share < 1.0:
+                raise ConfigError(f"stage {self.kind}: {name} must be in [0, 1), got {share}")
+            if share and self.kind != "pointer":
+                raise ConfigError(f"stage {self.kind}: {name} is an option of the pointer stage "
+                                  f"({why}); remove it here")  # fmt: skip
 
 
 @dataclass

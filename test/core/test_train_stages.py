@@ -164,20 +164,27 @@ def mixed_root(tmp_path_factory):
     return generate_dataset(config, root, progress=False)
 
 
+def pointer_val(mixed_root: Any, val_queries: int, **stage: Any) -> tuple[Any, Any, list[Any]]:
+    """A tiny random model, a pointer task (with `stage`'s options) and its validation items: the
+    first `val_queries` of the mixed images' queries (their only split)."""
+    config = load_train_config(
+        "config/train/tiny_synth.yaml",
+        [f"data.root={mixed_root}", "data.val_split=train", f"data.val_queries={val_queries}",
+         "data.synth=null"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LLMI3D(get_preset("tiny"))
+    task = make_task(config, StageConfig(kind="pointer", max_steps=1, **stage))
+    _, val = task.datasets(model)
+    return model, task, val
+
+
 def test_pointer_stage_calibrates_scores_on_the_best_candidates(mixed_root):
     """The pointer stage's validation fits score_calibration on each query's best candidate,
     labelled right when its 2D box overlaps one of the query's targets by IoU > 0.5: the
     boxes that get answered, judged as `llmi3d eval`'s ECE judges them; and
     others_calibration on the candidates after it."""
-    config = load_train_config(
-        "config/train/tiny_synth.yaml",
-        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=60",
-         "data.synth=null"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LLMI3D(get_preset("tiny"))
-    task = make_task(config, StageConfig(kind="pointer", max_steps=1))
-    _, val = task.datasets(model)
+    model, task, val = pointer_val(mixed_root, 60)
     kinds = {int(item["num_targets"].clamp(max=2)) for item in val}
     assert kinds == {0, 1, 2}  # negative, single- and multi-target queries
     # an untrained detector's boxes match nothing: every candidate of every other query
@@ -224,20 +231,10 @@ def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root
     calibration, and stores the lowest ratio that refuses that share of the negatives under the
     calibration just fitted (the node's answer rule for this model)."""
     monkeypatch.setattr(prediction, "MIN_NEGATIVES_TO_FIT", 1)  # 8 negatives in these images
-    config = load_train_config(
-        "config/train/tiny_synth.yaml",
-        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=12",
-         "data.synth=null"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LLMI3D(get_preset("tiny"))
-    task = make_task(config, StageConfig(kind="pointer", max_steps=1, not_here_rate=0.75))
-    _, val = task.datasets(model)
+    model, task, val = pointer_val(mixed_root, 12, not_here_rate=0.75)
     split = GroundingDataset(mixed_root, "train", model.config)
-    negatives = sum(not q.target_object_ids for q in split.queries)
-    assert negatives == 8 and len(val) == 12 + sum(
-        not q.target_object_ids for q in split.queries[12:]
-    )
+    negative = [not q.target_object_ids for q in split.queries]
+    assert sum(negative) == 8 and len(val) == 12 + sum(negative[12:])
     assert [bool(item["calibrate"]) for item in val] == [True] * 12 + [False] * (len(val) - 12)
     assert all(int(item["num_targets"]) == 0 for item in val[12:])
     loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=task.collate)
@@ -246,10 +243,11 @@ def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root
     best_logits, right, best, nothing = [], [], [], []
     with torch.no_grad():
         for item in val:
-            logits, choice, chosen = task._best(model, task.collate([item]))
+            batch = task.collate([item])
+            logits, choice, chosen = task._best(model, batch)
             if bool(item["calibrate"]):
                 best_logits.append(float(logits[0, int(choice[0])]))
-                right.append(bool(matches_a_target(chosen["box2d"], task.collate([item]))[0]))
+                right.append(bool(matches_a_target(chosen["box2d"], batch)[0]))
             if int(item["num_targets"]) == 0:
                 scores = model.scores(logits[0])
                 best.append(float(scores[int(choice[0])]))
@@ -267,15 +265,7 @@ def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root
 
 
 def test_without_a_rate_the_stage_fits_no_ratio(mixed_root):
-    config = load_train_config(
-        "config/train/tiny_synth.yaml",
-        [f"data.root={mixed_root}", "data.val_split=train", "data.val_queries=12",
-         "data.synth=null"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LLMI3D(get_preset("tiny"))
-    task = make_task(config, StageConfig(kind="pointer", max_steps=1))
-    _, val = task.datasets(model)
+    model, task, val = pointer_val(mixed_root, 12)
     assert len(val) == 12 and "calibrate" not in val[0]
     loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=task.collate)
     task.evaluate(model, loader, Accelerator(cpu=True))
