@@ -32,10 +32,11 @@ TEST_IMAGES = 200
 # in bfloat16 on a CPU with bfloat16 units; 11: the crops stage keeps the step whose heads err
 # least, not the lowest loss; 12: the candidates are picked by 2D-box NMS; 13: the candidates
 # after the best have a score calibration of their own; 14: the model's own answer ratio,
-# `answer_ratio`), so that a cached
+# `answer_ratio`; 15: a worded query's best candidate scored from its evidence,
+# `answer_calibration`), so that a cached
 # default model of an older release is retrained instead of failing to load or serving the old
 # values.
-MODEL_REVISION = 14
+MODEL_REVISION = 15
 
 
 def default_recipe() -> Path:

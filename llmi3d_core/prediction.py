@@ -67,6 +67,8 @@ class Prediction:
 # Since revision 14 a trained model carries a ratio of its own (`fit_min_ratio_to_nothing`, fitted
 # by the pointer stage on its validation split: LLMI3D.answer_ratio), and the node and `llmi3d
 # eval` use it unless told otherwise (`AnswerRule.served`); 0.65 serves a model without one.
+# Since revision 15 the best box of a query without a box or point prompt is scored from more
+# than its logit (pointer.EVIDENCE, LLMI3D.answer_calibration), fitted before the ratio.
 # The boxes after the best ("all the chairs") need min_score_others, 0.2: of the thresholds whose
 # val ECE (every returned box) is below issue 14's 0.1, the one whose worse of multi-target
 # precision and recall (2D@0.5, with the 2D duplicate test below) is highest. Re-chosen so for

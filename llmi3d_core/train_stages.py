@@ -57,7 +57,13 @@ from llmi3d_core.model.crops import box_corrections, refine
 from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.losses import Batch, box_iou_2d, weighted_total
 from llmi3d_core.model.outputs import Candidates, QueryStates
-from llmi3d_core.model.pointer import fit_calibration, pointer_loss
+from llmi3d_core.model.pointer import (
+    PointerOutput,
+    fit_answer_calibration,
+    fit_calibration,
+    pointer_loss,
+    prompted,
+)
 from llmi3d_core.model.spatial_relations import RELATIONS
 from llmi3d_core.model.vision import colour_map
 from llmi3d_core.precision import cpu_bfloat16
@@ -600,6 +606,12 @@ def matches_a_target(box2d: torch.Tensor, batch: Batch) -> torch.Tensor:
 SUPERLATIVES = ("nearest", "farthest", "largest")
 
 
+def _rows(pointed: PointerOutput, rows: torch.Tensor) -> PointerOutput:
+    """The logits, residuals and evidence of some queries of a pointer output."""
+    evidence = None if pointed.evidence is None else pointed.evidence[rows]
+    return PointerOutput(pointed.logits[rows], pointed.residual[rows], evidence=evidence)
+
+
 def hide_targets(batch: Batch, rate: float) -> Batch:
     """A pointer batch where some captions and questions lose their targets: "no object".
 
@@ -806,28 +818,42 @@ class PointerTask(StageTask):
         calibration, the boxes answered after the best on the served model's single-target test
         queries scored 0.65 on average and were right 11 % of the time.
 
+        A worded query's best candidate is then scored from its evidence (`answer_calibration`,
+        pointer.fit_answer_calibration): fitted on every worded query read, the negatives beyond
+        the calibration's share among them, and Platt-scaled on the calibration's share.
+
         With the stage's `not_here_rate`, the model's own answer rule is fitted last, on the
         calibrated scores of every negative validation query (`answer_ratio`); the negatives read
         for it alone (`datasets`) do not join the calibration.
         """
         best_logits, right, other_logits, other_right = [], [], [], []
-        negative_best, negative_nothing = [], []  # logits of the queries with no target
+        evidence, worded_right, worded_negative, worded_calibrate = [], [], [], []
+        # the negative queries' pointer outputs, best candidates and whether they are worded
+        negatives: list[tuple[PointerOutput, torch.Tensor, torch.Tensor]] = []
         was_training = model.training
         model.eval()
         for cpu_batch in loader:
             batch = to_device(cpu_batch, accelerator.device)
-            logits, choice, chosen = self._best(model, batch)
+            pointed, choice, chosen = self._pointed_best(model, batch)
+            logits = pointed.logits
             rows = torch.arange(choice.shape[0], device=choice.device)
             calibrate = batch.get("calibrate", torch.ones_like(choice, dtype=torch.bool))
+            hit = matches_a_target(chosen["box2d"], batch)
             best_logits.append(logits[rows, choice][calibrate])
-            right.append(matches_a_target(chosen["box2d"], batch)[calibrate])
+            right.append(hit[calibrate])
             others, hits = self._others(batch, choice)
             others &= calibrate[:, None]
             other_logits.append(logits[:, :-1][others])
             other_right.append(hits[others])
             negative = batch["num_targets"] == 0
-            negative_best.append(logits[rows, choice][negative])
-            negative_nothing.append(logits[:, -1][negative])
+            worded = ~prompted(batch["box_prompt"], batch["point_prompt"])
+            if pointed.evidence is not None:
+                evidence.append(pointed.evidence[rows, choice][worded])
+                worded_right.append(hit[worded])
+                worded_negative.append(negative[worded])
+                worded_calibrate.append(calibrate[worded])
+            if bool(negative.any()):
+                negatives.append((_rows(pointed, negative), choice[negative], worded[negative]))
         model.train(was_training)
         raw = accelerator.unwrap_model(model)
         if best_logits:
@@ -835,10 +861,23 @@ class PointerTask(StageTask):
             raw.score_calibration.copy_(torch.tensor([temperature, bias]))
             temperature, bias = fit_calibration(torch.cat(other_logits), torch.cat(other_right))
             raw.others_calibration.copy_(torch.tensor([temperature, bias]))
-        if self.stage.not_here_rate and negative_best:
+        if evidence:
+            raw.answer_calibration.copy_(
+                fit_answer_calibration(
+                    torch.cat(evidence).cpu(),
+                    torch.cat(worded_right).cpu(),
+                    torch.cat(worded_negative).cpu(),
+                    torch.cat(worded_calibrate).cpu(),
+                )
+            )
+        if self.stage.not_here_rate and negatives:
+            best, nothing = [], []
+            for pointed, choice, worded in negatives:
+                best.append(raw.best_scores(pointed, choice, worded))
+                nothing.append(raw.scores(pointed.logits[:, -1]))
             ratio = fit_min_ratio_to_nothing(
-                raw.scores(torch.cat(negative_best)).cpu().numpy(),
-                raw.scores(torch.cat(negative_nothing)).cpu().numpy(),
+                torch.cat(best).cpu().numpy(),
+                torch.cat(nothing).cpu().numpy(),
                 self.stage.not_here_rate,
                 AnswerRule.SERVED.min_score,
             )
@@ -872,6 +911,13 @@ class PointerTask(StageTask):
 
         The outputs are the dense heads' at the candidate's cell, corrected by the residual.
         """
+        pointed, choice, chosen = self._pointed_best(model, batch)
+        return pointed.logits, choice, chosen
+
+    def _pointed_best(
+        self, model: Any, batch: Batch
+    ) -> tuple[PointerOutput, torch.Tensor, dict[str, torch.Tensor]]:
+        """`_best` with the whole pointer output in place of its logits."""
         pointed, candidates = self._forward(model, batch)
         logits, residual = pointed.logits, pointed.residual
         K = candidates.cells.shape[1]
@@ -880,7 +926,7 @@ class PointerTask(StageTask):
         chosen = model.corrected(
             {k: v[rows, choice] for k, v in candidates.outputs.items()}, residual[rows, choice]
         )
-        return logits, choice, chosen
+        return pointed, choice, chosen
 
     def batch_metrics(self, model: Any, batch: Batch) -> dict[str, Any]:
         """Validation metrics of a batch (see `StageTask.batch_metrics`).
@@ -889,8 +935,8 @@ class PointerTask(StageTask):
         with the best candidate; not_here over negative queries (no candidate scores >= 0.5).
         """
         metrics = super().batch_metrics(model, batch)
-        logits, _, chosen = self._best(model, batch)
-        K = logits.shape[1] - 1
+        pointed, choice, chosen = self._pointed_best(model, batch)
+        logits = pointed.logits
         boxes = decode_boxes(chosen, batch["K"].float(), batch["image_size"].float(), model.config)
         ious = box_ious(boxes, batch["center_cam"], batch["dims_lwh"], batch["R_cam"])
         ious = ious.to(logits.device)
@@ -906,7 +952,8 @@ class PointerTask(StageTask):
             metrics[f"grounding/{kind}"] = (float(hit[mask].sum()), int(mask.sum()))
         negative = batch["num_targets"] == 0
         if bool(negative.any()):
-            best = model.scores(logits[:, :K]).max(dim=-1).values
+            worded = ~prompted(batch["box_prompt"], batch["point_prompt"])
+            best = model.best_scores(pointed, choice, worded)
             metrics["not_here"] = (float((best < 0.5)[negative].sum()), int(negative.sum()))
         return metrics
 

@@ -27,6 +27,7 @@ from llmi3d_core.errors import CheckpointError, ConfigError
 from llmi3d_core.model.config import ModelConfig, config_from_dict
 from llmi3d_core.model.llm import LLM_SOURCES
 from llmi3d_core.model.llmi3d import LLMI3D
+from llmi3d_core.model.pointer import EVIDENCE
 from llmi3d_core.prediction import NO_ANSWER_RATIO
 
 FORMAT = "llmi3d-checkpoint"
@@ -78,12 +79,14 @@ def with_older_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """A state dict with what checkpoints of older releases lack filled in, as they meant it.
 
     Before `others_calibration` (model revision 13), every candidate used `score_calibration`;
-    before `answer_ratio` (revision 14) no model had an answer rule of its own.
+    before `answer_ratio` (revision 14) no model had an answer rule of its own; before
+    `answer_calibration` (revision 15) every best candidate was scored from its logit.
     """
     state = dict(state)
     if "score_calibration" in state and "others_calibration" not in state:
         state["others_calibration"] = state["score_calibration"].clone()
     state.setdefault("answer_ratio", torch.tensor(NO_ANSWER_RATIO))
+    state.setdefault("answer_calibration", torch.zeros(len(EVIDENCE) + 1))
     return state
 
 

@@ -85,7 +85,7 @@ from llmi3d_core.model.outputs import (
     ModelOutput,
     QueryStates,
 )
-from llmi3d_core.model.pointer import CandidatePointer, PointerOutput, pointer_loss
+from llmi3d_core.model.pointer import EVIDENCE, CandidatePointer, PointerOutput, pointer_loss
 from llmi3d_core.model.positions import FOURIER_WIDTH
 from llmi3d_core.model.secba import build_fusion
 from llmi3d_core.model.vision import HighResBranch, LowResBranch
@@ -105,6 +105,7 @@ class LLMI3D(nn.Module):
     score_calibration: torch.Tensor
     others_calibration: torch.Tensor
     answer_ratio: torch.Tensor
+    answer_calibration: torch.Tensor
 
     def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -180,6 +181,10 @@ class LLMI3D(nn.Module):
         # (prediction.fit_min_ratio_to_nothing); negative (NO_ANSWER_RATIO): none, the node's
         # default serves it
         self.register_buffer("answer_ratio", torch.tensor(NO_ANSWER_RATIO))
+        # weights and bias over pointer.EVIDENCE of a worded query's best candidate's score,
+        # fitted on validation queries (pointer.fit_answer_calibration); zeros: none, the
+        # logit's calibration (score_calibration) serves
+        self.register_buffer("answer_calibration", torch.zeros(len(EVIDENCE) + 1))
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
         self._word_targets: torch.Tensor | None = None
 
@@ -229,6 +234,24 @@ class LLMI3D(nn.Module):
         """
         temperature, bias = self.score_calibration.float()
         return torch.sigmoid(logits.float() / temperature + bias)
+
+    def best_scores(
+        self, pointed: PointerOutput, choice: torch.Tensor, worded: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) calibrated scores of each query's best candidate `choice` (B,).
+
+        A worded query's best candidate (`worded` (B,): no box or point prompt) is scored from
+        its evidence when the model has an answer calibration (pointer.py); any other from its
+        logit (`scores`).
+        """
+        rows = torch.arange(choice.shape[0], device=choice.device)
+        plain = self.scores(pointed.logits[rows, choice])
+        weights = self.answer_calibration.float()
+        if pointed.evidence is None or not bool(weights.any()):
+            return plain
+        evidence = pointed.evidence[rows, choice].float()  # (B, E)
+        from_evidence = torch.sigmoid(evidence @ weights[:-1] + weights[-1])
+        return torch.where(worded.to(plain.device), from_evidence, plain)
 
     @property
     def fitted_answer_ratio(self) -> float | None:
@@ -753,9 +776,13 @@ class LLMI3D(nn.Module):
                 features = replace(features, candidates=candidates)
             pointed = self.point(states, candidates, box, point)
             logits = pointed.logits[0]
+            K = logits.shape[0] - 1
+            choice = logits[:K].argmax().reshape(1)
+            worded = torch.tensor([box_prompt is None and point_prompt is None])
             return located.ranked(
                 features, self.scores(logits), pointed.residual[0], self.config,
                 answer=answer, answered=answered, other_probabilities=self.other_scores(logits),
+                best_score=float(self.best_scores(pointed, choice, worded)[0]),
             )  # fmt: skip
         finally:
             sequence.rewind_cache(context.cache, context.prefix_length)

@@ -23,6 +23,7 @@ def ranked(
     answer: str,
     answered: bool,
     other_probabilities: torch.Tensor,
+    best_score: float | None = None,
 ) -> Located:
     """Located of every valid candidate of one image, best first.
 
@@ -36,6 +37,8 @@ def ranked(
         other_probabilities: (K + 1,) the same logits under the calibration of the candidates
             after the best (LLMI3D.other_scores); every candidate but the best takes its score
             from them, at most the best's, so the order stays.
+        best_score: the best candidate's score when it is not its entry of `probabilities`
+            (LLMI3D.best_scores: a worded query's best is scored from its evidence).
     """
     cands = features.candidates
     assert cands is not None
@@ -43,6 +46,9 @@ def ranked(
     order = torch.argsort(scores, descending=True)
     order = order[cands.valid[0, order]]
     ranked_scores = scores[order]
+    if best_score is not None and len(order):
+        ranked_scores = ranked_scores.clone()
+        ranked_scores[0] = best_score
     if len(order) > 1:
         later = other_probabilities[:-1][order[1:]].clamp(max=float(ranked_scores[0]))
         ranked_scores = torch.cat([ranked_scores[:1], later])

@@ -34,7 +34,11 @@ the model as `score_calibration`), fitted on each validation query's best candid
 one of the query's targets (train_stages.PointerTask.evaluate)? The same temperature and bias
 serve "no object". The candidates after the best have their own (`others_calibration`, fitted on
 whether each matches a target the best misses; a second box of a given logit is right far less
-often than a best one), capped at the best's score, so the ranking does not change.
+often than a best one), capped at the best's score, so the ranking does not change. The best
+candidate of a worded query (no box or point prompt) is scored from more than its logit
+(`fit_answer_calibration`, stored as `answer_calibration`): the `EVIDENCE` of the pointer's own
+text and match heads tells a right answer from a query whose object is absent better than the
+logit alone, which was trained to rank candidates, not to answer.
 
 r_ij is the relative geometry of candidates i and j (image position, log depth, log volume, box
 extent, horizontal overlap), which lets "the chair to the left of the table", "the nearest car"
@@ -71,6 +75,19 @@ RESIDUAL_WIDTH = 4  # log depth, log (L, W, H)
 # start, a few thousand queries left the term nearly flat (0.2 logits between IoU 1 and 0) and
 # box prompts found their object no more often than captions.
 PROMPT_PRIOR = (8.0, -1.5, -1.5, 0.0, 2.0, -1.5, -1.5, 0.0, 0.0, 0.0)
+# What a worded query's answer score reads of each candidate (`PointerOutput.evidence`): its
+# logit, how well its category and its colour match the words (the log agreements the logit
+# sums with learned weights), how sure the words are of one category (low for a word no
+# training query used: "the bus", "the fire hydrant"), and how much they name no colour.
+# Measured on the default model's val split (2,520 queries, the answer rule refusing 85 % of
+# negatives, its held-out queries; see fit_answer_calibration): single-target queries answered
+# right 62.2 -> 65.5 % (always answering: 71.8 %), captions 54.2 -> 58.5, questions 55.6 ->
+# 61.5, held-out categories 26.3 -> 34.7, ECE 0.031 -> 0.042. The pointer's logit alone with the
+# "no object" logit, the second-best logit or the candidate's objectness next to it: within
+# 1 point of it; all 13 statistics tried: 65.7 %.
+EVIDENCE = ("logit", "category_match", "color_match", "category_certainty", "no_color")
+# fewer right answers or negative queries than this and no answer calibration is fitted
+MIN_ANSWER_EXAMPLES = 20
 
 
 @dataclass
@@ -114,6 +131,8 @@ class PointerOutput:
         relation_logits: (B, len(RELATIONS)) the spatial relation it names, or None.
         anchor_category_logits: (B, ANCHORS, C + 1) its anchors' categories, or None.
         anchor_color_logits: (B, ANCHORS, N + 1) its anchors' colours, or None.
+        evidence: (B, K, len(EVIDENCE)) what a worded query's answer score reads of each
+            candidate (`EVIDENCE`), or None without the category and colour heads.
     """
 
     logits: torch.Tensor
@@ -123,6 +142,7 @@ class PointerOutput:
     relation_logits: torch.Tensor | None = None
     anchor_category_logits: torch.Tensor | None = None
     anchor_color_logits: torch.Tensor | None = None
+    evidence: torch.Tensor | None = None
 
 
 def candidate_geometry(
@@ -329,6 +349,9 @@ class CandidatePointer(nn.Module):
         logits = logits + torch.cat([bias, self.null_bias.to(dtype).expand(B, 1)], dim=1)
         logits = logits.masked_fill(~valid, float("-inf"))
         pair = torch.cat([cands[:, :K], query[:, None, :].expand(B, K, -1)], dim=-1)
+        evidence = None
+        if category_logits is not None and color_logits is not None and len(matches) == 2:
+            evidence = _evidence(logits[:, :K], matches, category_logits, color_logits)
         return PointerOutput(
             logits,
             self.residual(pair),
@@ -337,6 +360,7 @@ class CandidatePointer(nn.Module):
             relation_logits,
             anchor_category,
             anchor_color,
+            evidence,
         )
 
     @staticmethod
@@ -379,6 +403,32 @@ class CandidatePointer(nn.Module):
         scores = relation_scores(geometry, inputs.valid, match.clamp(max=1.0), anchors)
         mixed = torch.einsum("br,brk->bk", relation_logits.softmax(dim=-1), scores)
         return mixed.clamp(min=1e-4).log(), relation_logits, anchor_category, anchor_color
+
+
+def _evidence(
+    logits: torch.Tensor,
+    matches: list[torch.Tensor],
+    category_logits: torch.Tensor,
+    color_logits: torch.Tensor,
+) -> torch.Tensor:
+    """(B, K, len(EVIDENCE)) of candidate logits (B, K), agreements and the words' heads."""
+    B, K = logits.shape
+    certainty = category_logits.float().softmax(-1)[:, :-1].max(-1).values  # (B,)
+    no_color = color_logits.float().softmax(-1)[:, -1]
+    columns = [
+        logits.float().clamp(min=-30.0),  # an invalid candidate is never a best one
+        matches[0].float().log(),
+        matches[1].float().log(),
+        certainty[:, None].expand(B, K),
+        no_color[:, None].expand(B, K),
+    ]
+    return torch.stack(columns, dim=-1)
+
+
+def prompted(box_prompt: torch.Tensor, point_prompt: torch.Tensor) -> torch.Tensor:
+    """(B,) whether each query has a box or a point prompt (NaN rows: none)."""
+    has_box = torch.isfinite(box_prompt).all(-1)
+    return has_box | torch.isfinite(point_prompt).all(-1)
 
 
 def _agreement(text_logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -432,15 +482,63 @@ def fit_calibration(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float,
     return float(temperatures[t]), float(biases[b])
 
 
+def fit_answer_calibration(
+    evidence: torch.Tensor, right: torch.Tensor, negative: torch.Tensor, calibrate: torch.Tensor
+) -> torch.Tensor:
+    """Weights w (E,) and bias c (last) of a worded query's answer score sigmoid(w . e + c).
+
+    Fitted on validation queries' best candidates, in two steps:
+    1. which combination of the evidence (N, E) tells a right best candidate from the best one of
+       a query with no target (`negative`): a logistic regression (L2 of weight 1 per example
+       on standardised evidence) on those two kinds; a positive query whose best candidate is
+       wrong is left out, as answering or refusing it changes no answer's correctness;
+    2. Platt scaling (`fit_calibration`) of that combination on the `calibrate` queries, right
+       ones and wrong ones alike, so that the score is the probability of being right.
+    Returns zeros (none: the logit's calibration serves) with fewer than MIN_ANSWER_EXAMPLES
+    right answers or negatives. LBFGS on a convex loss: deterministic, a few ms.
+    """
+    evidence = evidence.double()
+    right, negative, calibrate = right.bool(), negative.bool(), calibrate.bool()
+    keep = (right & ~negative) | negative
+    width = evidence.shape[-1]
+    if int((right & ~negative).sum()) < MIN_ANSWER_EXAMPLES or int(negative.sum()) < (
+        MIN_ANSWER_EXAMPLES
+    ):
+        return torch.zeros(width + 1)
+    x, y = evidence[keep], (right & ~negative)[keep].double()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    weights = torch.zeros(width + 1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        logit = z @ weights[:-1] + weights[-1]
+        loss = nn.functional.binary_cross_entropy_with_logits(logit, y)
+        loss = loss + (weights[:-1] ** 2).sum() / len(y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimiser.step(closure)  # type: ignore[no-untyped-call]
+    w = weights.detach()[:-1] / std
+    c = weights.detach()[-1] - (w * mean).sum()
+    combined = evidence[calibrate] @ w + c
+    temperature, bias = fit_calibration(combined, right[calibrate])
+    return torch.cat([w / temperature, (c / temperature + bias).reshape(1)]).float()
+
+
 __all__ = [
+    "EVIDENCE",
     "GEOMETRY_WIDTH",
     "RESIDUAL_WIDTH",
     "CandidatePointer",
     "PointerInputs",
     "PointerOutput",
     "candidate_geometry",
+    "fit_answer_calibration",
     "fit_calibration",
     "pointer_loss",
     "prompt_features",
+    "prompted",
     "relations",
 ]

@@ -17,8 +17,9 @@ from llmi3d_core.errors import ConfigError
 from llmi3d_core.iou import box2d_iou_matrix
 from llmi3d_core.metrics import GROUNDING_IOU_2D
 from llmi3d_core.model import get_preset
+from llmi3d_core.model import pointer as pointer_module
 from llmi3d_core.model.llmi3d import LLMI3D
-from llmi3d_core.model.pointer import fit_calibration
+from llmi3d_core.model.pointer import fit_answer_calibration, fit_calibration, prompted
 from llmi3d_core.model.spatial_relations import RELATIONS
 from llmi3d_core.prediction import AnswerRule, fit_min_ratio_to_nothing
 from llmi3d_core.train_config import StageConfig, load_train_config
@@ -30,6 +31,7 @@ from llmi3d_core.train_stages import (
     load_items,
     make_task,
     matches_a_target,
+    model_config_for_data,
 )
 
 CONFIG = get_preset("tiny")
@@ -164,17 +166,21 @@ def mixed_root(tmp_path_factory):
     return generate_dataset(config, root, progress=False)
 
 
-def pointer_val(mixed_root: Any, val_queries: int, **stage: Any) -> tuple[Any, Any, list[Any]]:
+def pointer_val(
+    mixed_root: Any, val_queries: int, named: bool = False, **stage: Any
+) -> tuple[Any, Any, list[Any]]:
     """A tiny random model, a pointer task (with `stage`'s options) and its validation items: the
-    first `val_queries` of the mixed images' queries (their only split)."""
+    first `val_queries` of the mixed images' queries (their only split). `named`: the model has
+    the data's category and colour heads, as a trained one has (model_config_for_data)."""
     config = load_train_config(
         "config/train/tiny_synth.yaml",
         [f"data.root={mixed_root}", "data.val_split=train", f"data.val_queries={val_queries}",
          "data.synth=null"],
     )  # fmt: skip
     torch.manual_seed(0)
-    model = LLMI3D(get_preset("tiny"))
     task = make_task(config, StageConfig(kind="pointer", max_steps=1, **stage))
+    model_config = model_config_for_data(config, task.dataset) if named else get_preset("tiny")
+    model = LLMI3D(model_config)
     _, val = task.datasets(model)
     return model, task, val
 
@@ -249,9 +255,8 @@ def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root
                 best_logits.append(float(logits[0, int(choice[0])]))
                 right.append(bool(matches_a_target(chosen["box2d"], batch)[0]))
             if int(item["num_targets"]) == 0:
-                scores = model.scores(logits[0])
-                best.append(float(scores[int(choice[0])]))
-                nothing.append(float(scores[-1]))
+                best.append(float(model.scores(logits[0])[int(choice[0])]))
+                nothing.append(float(model.scores(logits[0])[-1]))
     expected = fit_calibration(torch.tensor(best_logits), torch.tensor(right))
     assert tuple(model.score_calibration.tolist()) == pytest.approx(expected)
     ratio = model.fitted_answer_ratio
@@ -262,6 +267,54 @@ def test_pointer_stage_fits_the_models_answer_ratio_on_every_negative(mixed_root
     rule = AnswerRule.served(ratio)
     refused = [not rule.answers_best(b, n) for b, n in zip(best, nothing, strict=True)]
     assert np.mean(refused) >= 0.75
+
+
+def test_pointer_stage_scores_worded_answers_from_their_evidence(mixed_root, monkeypatch):
+    """The stage's validation fits answer_calibration (pointer.fit_answer_calibration) on every
+    worded query's best candidate: right or not, negative or not, in the calibration's share
+    or read for the answer rule alone; prompted queries stay out. The answer ratio is then
+    fitted on the negatives' scores under it (LLMI3D.best_scores)."""
+    monkeypatch.setattr(prediction, "MIN_NEGATIVES_TO_FIT", 1)
+    monkeypatch.setattr(pointer_module, "MIN_ANSWER_EXAMPLES", 2)
+    model, task, val = pointer_val(mixed_root, 40, named=True, not_here_rate=0.75)
+    for index, item in enumerate(val):  # half the positives answered right (see above)
+        targets = item["target_boxes2d"][item["target_mask"]]
+        if len(targets) and index % 2 == 0:
+            item["out_box2d"][:] = targets[0]
+    loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=task.collate)
+    task.evaluate(model, loader, Accelerator(cpu=True))
+
+    evidence, right, negative, calibrate, prompted_count = [], [], [], [], 0
+    best, nothing = [], []
+    with torch.no_grad():
+        for item in val:
+            batch = task.collate([item])
+            pointed, choice, chosen = task._pointed_best(model, batch)
+            assert pointed.evidence is not None
+            if int(item["num_targets"]) == 0:
+                worded = ~prompted(batch["box_prompt"], batch["point_prompt"])
+                best.append(float(model.best_scores(pointed, choice, worded)[0]))
+                nothing.append(float(model.scores(pointed.logits[0, -1])))
+            if bool(prompted(batch["box_prompt"], batch["point_prompt"])[0]):
+                prompted_count += 1
+                continue
+            evidence.append(pointed.evidence[0, int(choice[0])])
+            right.append(bool(matches_a_target(chosen["box2d"], batch)[0]))
+            negative.append(int(item["num_targets"]) == 0)
+            calibrate.append(bool(item["calibrate"]))
+    assert prompted_count > 0 and sum(right) >= 2 and sum(negative) >= 2
+    assert not all(calibrate)  # some negatives were read for the rule alone
+    expected = fit_answer_calibration(
+        torch.stack(evidence), torch.tensor(right), torch.tensor(negative), torch.tensor(calibrate)
+    )
+    assert expected.any()
+    # (batches of 8 against one query at a time: float32 sums in another order)
+    assert model.answer_calibration.tolist() == pytest.approx(expected.tolist(), rel=1e-3)
+    assert model.fitted_answer_ratio == pytest.approx(
+        fit_min_ratio_to_nothing(
+            np.array(best), np.array(nothing), 0.75, AnswerRule.SERVED.min_score
+        )
+    )
 
 
 def test_without_a_rate_the_stage_fits_no_ratio(mixed_root):

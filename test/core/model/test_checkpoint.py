@@ -39,7 +39,8 @@ def test_only_trained_parts_are_stored(make_model, make_batch, tmp_path):
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in stored), prefix
     for key in ("query_embedding", "llm.new_embeddings", "llm.pos_head.weight", "log_priors",
-                "score_calibration", "others_calibration", "answer_ratio"):  # fmt: skip
+                "score_calibration", "others_calibration", "answer_ratio",
+                "answer_calibration"):  # fmt: skip
         assert key in stored
     config, extra = read_checkpoint_meta(tmp_path / "ckpt")
     assert config == model.config and extra == {"step": 2}
@@ -97,6 +98,23 @@ def test_the_answer_ratio_is_kept_and_none_for_older_checkpoints(make_model, tmp
     del stored["answer_ratio"]
     save_file(stored, str(weights))
     assert load_checkpoint(tmp_path / "ckpt").fitted_answer_ratio is None
+
+
+def test_the_answer_calibration_is_kept_and_none_for_older_checkpoints(make_model, tmp_path):
+    """A worded query's answer calibration travels with the model; a checkpoint of a release
+    before it loads with none (zeros: its best candidates are scored from their logits)."""
+    model = make_model()
+    weights = torch.tensor([0.7, 0.6, 1.2, -2.5, -1.1, 4.3])
+    model.answer_calibration.copy_(weights)
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert load_checkpoint(tmp_path / "ckpt").answer_calibration.tolist() == pytest.approx(
+        weights.tolist()
+    )
+    stored_path = tmp_path / "ckpt" / WEIGHTS_FILE
+    stored = load_file(str(stored_path))
+    del stored["answer_calibration"]
+    save_file(stored, str(stored_path))
+    assert not load_checkpoint(tmp_path / "ckpt").answer_calibration.any()
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)

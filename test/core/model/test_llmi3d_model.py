@@ -215,6 +215,34 @@ def test_scores_apply_the_fitted_calibration(make_model, make_batch):
     torch.testing.assert_close(calibrated.scores.double(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_worded_querys_best_is_scored_from_its_evidence(make_model, make_batch):
+    """With an answer calibration (saved with the model), the best candidate of a query without
+    a box or point prompt scores sigmoid(w . evidence + c); the order, the boxes, "no object"
+    and the other candidates' scores (capped at the best's) follow as before; a prompted
+    query keeps its logit's score."""
+    names = {"detector.categories": ("chair", "lamp", "bin"), "detector.colors": ("red", "blue")}
+    model = make_model(**names).eval()
+    assert not model.answer_calibration.any() and "answer_calibration" in model.state_dict()
+    context = model.prepare_context(_features(model, make_batch(model.config, size=1)))
+    box = torch.tensor([0.2, 0.2, 0.6, 0.7])
+    plain = model.locate(context, "find the lamp", policy="ground")
+    prompted = model.locate(context, "what is this?", policy="ground", box_prompt=box)
+    # the logit alone with weight 1 and the identity score_calibration: the same scores
+    model.answer_calibration.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    same = model.locate(context, "find the lamp", policy="ground")
+    torch.testing.assert_close(same.scores, plain.scores, rtol=1e-5, atol=1e-6)
+    # a bias alone: every worded query's best scores sigmoid(-3)
+    model.answer_calibration.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -3.0]))
+    low = model.locate(context, "find the lamp", policy="ground")
+    torch.testing.assert_close(low.boxes["center"], plain.boxes["center"])
+    assert low.nothing_score == pytest.approx(plain.nothing_score)
+    best = torch.sigmoid(torch.tensor(-3.0))
+    assert float(low.scores[0]) == pytest.approx(float(best), rel=1e-5)
+    torch.testing.assert_close(low.scores[1:], plain.scores[1:].clamp(max=float(best)))
+    again = model.locate(context, "what is this?", policy="ground", box_prompt=box)
+    torch.testing.assert_close(again.scores, prompted.scores)
+
+
 @pytest.mark.parametrize("bias", [-2.0, 3.0])
 def test_candidates_after_the_best_take_their_own_calibration(make_model, make_batch, bias):
     """Every candidate after the best is scored by others_calibration (saved with the model),

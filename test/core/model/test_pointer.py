@@ -11,15 +11,18 @@ from llmi3d_core.model.batch_losses import text_losses
 from llmi3d_core.model.config import HeadConfig
 from llmi3d_core.model.heads import KEYPOINT_SCALE, Heads
 from llmi3d_core.model.pointer import (
+    EVIDENCE,
     GEOMETRY_WIDTH,
     RESIDUAL_WIDTH,
     CandidatePointer,
     PointerInputs,
     PointerOutput,
     candidate_geometry,
+    fit_answer_calibration,
     fit_calibration,
     pointer_loss,
     prompt_features,
+    prompted,
     relations,
 )
 from llmi3d_core.model.positions import (
@@ -160,6 +163,87 @@ def test_fit_calibration_without_data_is_the_identity():
     assert fit_calibration(torch.empty(0), torch.empty(0)) == (1.0, 0.0)
     only_invalid = torch.full((2, 3), float("-inf"))
     assert fit_calibration(only_invalid, torch.zeros(2, 3)) == (1.0, 0.0)
+
+
+def answer_examples(count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Evidence of worded queries' best candidates where the logit (column 0) says little and
+    column 2 tells right answers from negative queries; positives answered wrong have evidence
+    of their own (column 3 high), which must not sway the first step of the fit."""
+    generator = torch.Generator().manual_seed(seed)
+    width = len(EVIDENCE)
+    evidence = torch.randn(count, width, generator=generator)
+    kind = torch.randint(0, 3, (count,), generator=generator)  # 0 negative, 1 right, 2 wrong
+    evidence[:, 2] += 2.0 * (kind == 1) - 2.0 * (kind == 0)
+    evidence[:, 3] += 4.0 * (kind == 2)
+    calibrate = torch.rand(count, generator=generator) < 0.6
+    return {"evidence": evidence, "right": kind == 1, "negative": kind == 0,
+            "calibrate": calibrate}  # fmt: skip
+
+
+def answer_scores(weights: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(evidence @ weights[:-1] + weights[-1])
+
+
+def test_fit_answer_calibration_tells_right_answers_from_negatives():
+    """The fitted score ranks right answers above negative queries by the evidence that tells
+    them apart (not by the logit here), and is a probability of being right on the queries it
+    was calibrated on."""
+    data = answer_examples(4000)
+    weights = fit_answer_calibration(**data)
+    assert weights.shape == (len(EVIDENCE) + 1,)
+    scores = answer_scores(weights, data["evidence"])
+    right, negative = data["right"], data["negative"]
+    ranked_above = (scores[right][:, None] > scores[negative][None, :]).float().mean()
+    assert ranked_above > 0.97  # two unit normals 4 apart: 0.998
+    assert abs(weights[2]) > 5 * abs(weights[0])
+    calibrate = data["calibrate"]
+    assert float(scores[calibrate].mean()) == pytest.approx(
+        float(right[calibrate].float().mean()), abs=0.03
+    )
+    # in bins of score, the share right is near the score
+    for low in (0.1, 0.3, 0.5, 0.7):
+        in_bin = calibrate & (scores >= low) & (scores < low + 0.2)
+        if int(in_bin.sum()) > 100:
+            assert float(right[in_bin].float().mean()) == pytest.approx(low + 0.1, abs=0.1)
+
+
+def test_fit_answer_calibration_leaves_wrong_answers_out_of_its_direction():
+    """Which evidence separates is learned from right answers and negatives alone: moving the
+    wrong answers' evidence anywhere changes only the Platt step (a scale and a bias)."""
+    data = answer_examples(3000)
+    weights = fit_answer_calibration(**data)
+    wrong = ~data["right"] & ~data["negative"]
+    moved = dict(data, evidence=data["evidence"].clone())
+    moved["evidence"][wrong] = 3.0 * torch.randn(int(wrong.sum()), len(EVIDENCE))
+    other = fit_answer_calibration(**moved)
+    cosine = torch.nn.functional.cosine_similarity(weights[:-1], other[:-1], dim=0)
+    assert float(cosine) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_fit_answer_calibration_does_not_depend_on_units():
+    """A column in other units (x 100) gives the same scores: the fit standardises."""
+    data = answer_examples(2000)
+    scaled = dict(data, evidence=data["evidence"] * torch.tensor([1.0, 100.0, 1.0, 0.01, 1.0]))
+    first = answer_scores(fit_answer_calibration(**data), data["evidence"])
+    second = answer_scores(fit_answer_calibration(**scaled), scaled["evidence"])
+    assert torch.allclose(first, second, atol=1e-3)
+
+
+def test_fit_answer_calibration_needs_both_kinds():
+    """Too few right answers or too few negatives: zeros, which means none (the logit's
+    calibration serves)."""
+    data = answer_examples(200)
+    for kind in ("right", "negative"):
+        few = dict(data)
+        few[kind] = data[kind] & (torch.cumsum(data[kind].int(), 0) <= 19)
+        assert not fit_answer_calibration(**few).any()
+    assert fit_answer_calibration(**data).any()
+
+
+def test_prompted_reads_the_nan_rows():
+    box = torch.tensor([[0.1, 0.1, 0.5, 0.5], [float("nan")] * 4, [float("nan")] * 4])
+    point = torch.tensor([[float("nan")] * 2, [0.3, 0.4], [float("nan")] * 2])
+    assert prompted(box, point).tolist() == [True, True, False]
 
 
 def test_candidate_geometry_and_relations_hand_values():
@@ -362,6 +446,38 @@ def test_named_category_raises_the_candidates_of_that_category(category_bias, fa
         others = [i for i in range(3) if i != favoured]
         assert logits[favoured].item() == pytest.approx(0.0, abs=1e-5)
         assert bool((logits[others] < -8.0).all())  # log(1e-4) at the floor
+
+
+def test_evidence_holds_each_candidates_logit_matches_and_the_words_certainty():
+    """pointer.EVIDENCE, column by column, against the pointer's own outputs; none without the
+    candidates' colours (a model that cannot match colours has no answer calibration)."""
+    pointer = _match_only_pointer([3.0, 1.0, 0.0, 0.0])
+    colors = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]])
+    inputs = PointerInputs(
+        f3d=torch.zeros(1, 4), words=torch.zeros(1, 1, 4),
+        word_mask=torch.ones(1, 1, dtype=torch.bool), features=torch.zeros(1, 3, 2),
+        geometry=torch.zeros(1, 3, GEOMETRY_WIDTH), objectness=torch.zeros(1, 3),
+        valid=torch.tensor([[True, True, False]]), box_prompt=NAN4, point_prompt=NAN2,
+        category_probs=torch.eye(3)[None], color_probs=colors,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = pointer(inputs)
+    assert out.evidence is not None and out.evidence.shape == (1, 3, len(EVIDENCE))
+    assert out.category_logits is not None and out.color_logits is not None
+    named = out.category_logits.softmax(-1)[0]
+    colour = out.color_logits.softmax(-1)[0]
+    evidence = out.evidence[0]
+    assert evidence[:2, 0].tolist() == pytest.approx(out.logits[0, :2].tolist())
+    assert float(evidence[2, 0]) == -30.0  # an invalid candidate: finite, never a best one
+    for k in range(3):
+        assert float(evidence[k, 1]) == pytest.approx(math.log(named[k] + named[-1]), abs=1e-5)
+        agree = float(colour[:-1] @ colors[0, k] + colour[-1])
+        assert float(evidence[k, 2]) == pytest.approx(math.log(agree), abs=1e-5)
+    assert evidence[:, 3].tolist() == pytest.approx([float(named[:-1].max())] * 3)
+    assert evidence[:, 4].tolist() == pytest.approx([float(colour[-1])] * 3)
+    inputs.color_probs = None
+    with torch.no_grad():
+        assert pointer(inputs).evidence is None
 
 
 @pytest.mark.parametrize(
