@@ -84,7 +84,9 @@ PROMPT_PRIOR = (8.0, -1.5, -1.5, 0.0, 2.0, -1.5, -1.5, 0.0, 0.0, 0.0)
 # right 62.2 -> 65.5 % (always answering: 71.8 %), captions 54.2 -> 58.5, questions 55.6 ->
 # 61.5, held-out categories 26.3 -> 34.7, ECE 0.031 -> 0.042. The pointer's logit alone with the
 # "no object" logit, the second-best logit or the candidate's objectness next to it: within
-# 1 point of it; all 13 statistics tried: 65.7 %.
+# 1 point of it; all 13 statistics tried: 65.7 %. On test (1,490 queries, same weights,
+# BENCHMARKS.md): grounding as served 70.0 -> 72.4 % (always answering 79.1), "not here" 82.5 ->
+# 81.0 %, questions 58.5 -> 62.0, held-out categories 45.3 -> 51.1, ECE 0.041 -> 0.046.
 EVIDENCE = ("logit", "category_match", "color_match", "category_certainty", "no_color")
 # fewer right answers or negative queries than this and no answer calibration is fitted
 MIN_ANSWER_EXAMPLES = 20
@@ -489,9 +491,10 @@ def fit_answer_calibration(
 
     Fitted on validation queries' best candidates, in two steps:
     1. which combination of the evidence (N, E) tells a right best candidate from the best one of
-       a query with no target (`negative`): a logistic regression (L2 of weight 1 per example
-       on standardised evidence) on those two kinds; a positive query whose best candidate is
-       wrong is left out, as answering or refusing it changes no answer's correctness;
+       a query with no target (`negative`): a logistic regression on standardised evidence
+       (penalty |w|^2 / n over its n examples) on those two kinds; a positive query whose best
+       candidate is wrong is left out, as answering or refusing it changes no answer's
+       correctness;
     2. Platt scaling (`fit_calibration`) of that combination on the `calibrate` queries, right
        ones and wrong ones alike, so that the score is the probability of being right.
     Returns zeros (none: the logit's calibration serves) with fewer than MIN_ANSWER_EXAMPLES
