@@ -522,7 +522,8 @@ def fit_answer_calibration(
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    optimiser.step(closure)  # type: ignore[no-untyped-call]
+    with torch.enable_grad():  # the stage's validation runs under no_grad
+        optimiser.step(closure)  # type: ignore[no-untyped-call]
     w = weights.detach()[:-1] / std
     c = weights.detach()[-1] - (w * mean).sum()
     combined = evidence[calibrate] @ w + c
