@@ -932,7 +932,7 @@ class PointerTask(StageTask):
         """Validation metrics of a batch (see `StageTask.batch_metrics`).
 
         acc@0.25, mean_iou and grounding_acc (and per query type) over single-target queries,
-        with the best candidate; not_here over negative queries (no candidate scores >= 0.5).
+        with the best candidate; not_here over negative queries (their best scores < 0.5).
         """
         metrics = super().batch_metrics(model, batch)
         pointed, choice, chosen = self._pointed_best(model, batch)

@@ -502,13 +502,12 @@ def fit_answer_calibration(
     """
     evidence = evidence.double()
     right, negative, calibrate = right.bool(), negative.bool(), calibrate.bool()
-    keep = (right & ~negative) | negative
+    answered_right = right & ~negative
     width = evidence.shape[-1]
-    if int((right & ~negative).sum()) < MIN_ANSWER_EXAMPLES or int(negative.sum()) < (
-        MIN_ANSWER_EXAMPLES
-    ):
+    if min(int(answered_right.sum()), int(negative.sum())) < MIN_ANSWER_EXAMPLES:
         return torch.zeros(width + 1)
-    x, y = evidence[keep], (right & ~negative)[keep].double()
+    keep = answered_right | negative
+    x, y = evidence[keep], answered_right[keep].double()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
     weights = torch.zeros(width + 1, dtype=torch.float64, requires_grad=True)
