@@ -147,6 +147,9 @@ class OptimConfig:
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         beta1, beta2: AdamW betas.
         grad_clip: clip the global gradient norm to this; 0 disables clipping.
+        backbone_lr_scale: the trainable HR backbone (a pretrained CNN) learns at this fraction
+            of the rate (detectors usually fine-tune theirs about ten times slower than their
+            new heads).
     """
 
     lr: float = 3e-4
@@ -158,8 +161,13 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise ConfigError(
+                f"optim.backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}"
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"optim.schedule {self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}"

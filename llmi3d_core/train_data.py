@@ -54,7 +54,7 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> Path:
     tmp = root.parent / f".tmp-{root.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    workers = min(2, os.cpu_count() or 1)
+    workers = os.cpu_count() or 1  # output is identical for any count
     generate_dataset(synth, tmp, overwrite=True, workers=workers, progress=progress)
     if root.exists():  # an unfinished directory of an earlier attempt
         shutil.rmtree(root)

@@ -99,16 +99,26 @@ def _make_accelerator(config: TrainConfig) -> Any:
     )
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices (dim >= 2), none on biases, norms and embeddings rows."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for param in model.parameters():
+# parameters learning at optim.backbone_lr_scale x the schedule's rate: the pretrained HR CNN
+BACKBONE_PREFIX = "high_res.backbone."
+
+
+def _param_groups(
+    model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices (dim >= 2), none on biases, norms and embeddings rows.
+
+    Each group carries "lr_scale", its share of the schedule's rate (`BACKBONE_PREFIX`); empty
+    groups are left out.
+    """
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            scale = backbone_lr_scale if name.startswith(BACKBONE_PREFIX) else 1.0
+            groups.setdefault((param.dim() >= 2, scale), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+        for (decays, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))
     ]
 
 
@@ -176,7 +186,7 @@ class StageTrainer:
             rank=self.rank,
             world=self.world,
             collate=task.collate,
-            num_workers=config.data.num_workers if task.kind == "joint" else 0,
+            num_workers=config.data.num_workers if task.streams_images(self.raw_model) else 0,
         )
         self.best_metric = config.best_metric
         if not task.scores_boxes or (
@@ -210,7 +220,7 @@ class StageTrainer:
         self.task.select_trainable(model)
         model.train()
         optimizer = torch.optim.AdamW(
-            _param_groups(model, config.optim.weight_decay),
+            _param_groups(model, config.optim.weight_decay, config.optim.backbone_lr_scale),
             lr=config.optim.lr,
             betas=(config.optim.beta1, config.optim.beta2),
             fused=False,
@@ -266,7 +276,7 @@ class StageTrainer:
             # learning rate of this step
             lr = get_lr(step, config.optim, config.max_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
             # evaluate and checkpoint (not at the step a resumed run starts from: done before)
             if step > self.start_step or (step > 0 and not self.resuming):

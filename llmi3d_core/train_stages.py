@@ -152,6 +152,14 @@ class StageTask(abc.ABC):
     def datasets(self, model: Any) -> tuple[Any, Any | None]:
         """Training and validation datasets (the model may be used to cache features)."""
 
+    def streams_images(self, model: Any) -> bool:
+        """True when every step reads its images from disk: then data.num_workers load them.
+
+        A stage whose items are cached in memory reads them in the training process (workers
+        would only copy them).
+        """
+        return False
+
     def collate(self, items: Sequence[Batch]) -> Batch:
         """Items -> a batch."""
         return collate_grounding(items)
@@ -219,6 +227,10 @@ class JointTask(StageTask):
     """Everything trainable, through the teacher-forced model (model.forward)."""
 
     kind = "joint"
+
+    def streams_images(self, model: Any) -> bool:
+        """Its items are read per step (data.cache_items keeps them without workers)."""
+        return True
 
     def datasets(self, model: Any) -> tuple[Any, Any | None]:
         """The stage's training and validation data (see the class docstring)."""
@@ -364,6 +376,10 @@ class DetectorTask(StageTask):
     def cached(self) -> bool:
         """True when the backbone maps are cached."""
         return not self.config.data.augment
+
+    def streams_images(self, model: Any) -> bool:
+        """A fine-tuned backbone (or augmentation) reads every image at every step."""
+        return bool(model.config.high_res.trainable) or not self.cached
 
     def _images(self, model: Any, split: str, augment: bool, mirror: bool = False) -> Any:
         return ImageDataset(

@@ -5,8 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmi3d_core.errors import ConfigError
+from llmi3d_core.model import get_preset
+from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.train_config import (
     OptimConfig,
     TrainConfig,
@@ -18,7 +21,7 @@ from llmi3d_core.train_config import (
     parse_override,
     resolve_model_config,
 )
-from llmi3d_core.train_loop import get_lr
+from llmi3d_core.train_loop import BACKBONE_PREFIX, _param_groups, get_lr
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "config" / "train").glob("*.yaml"))
@@ -167,6 +170,29 @@ def test_get_lr_schedule():
     assert {get_lr(s, constant, 10) for s in range(12)} == {0.5}
     with pytest.raises(ConfigError, match=r"min_lr <= optim\.lr"):
         OptimConfig(lr=0.1, min_lr=0.2)
+
+
+def test_param_groups_slow_down_the_backbone_alone():
+    """optim.backbone_lr_scale: every trainable parameter in exactly one group; the HR backbone's
+    groups carry the scale, the others 1; decay on matrices only; frozen parameters left out."""
+    model = LLMI3D(get_preset("tiny"))
+    model.low_res.requires_grad_(False)
+    named = {id(p): n for n, p in model.named_parameters()}
+    groups = _param_groups(model, 0.05, backbone_lr_scale=0.1)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable) and len(set(grouped)) == len(grouped)
+    assert {g["lr_scale"] for g in groups} == {0.1, 1.0}
+    for group in groups:
+        for param in group["params"]:
+            assert group["lr_scale"] == (0.1 if named[id(param)].startswith(BACKBONE_PREFIX) else 1)
+            assert group["weight_decay"] == (0.05 if param.dim() >= 2 else 0.0)
+    plain = _param_groups(model, 0.05)
+    assert {g["lr_scale"] for g in plain} == {1.0} and len(plain) == 2
+    optimizer = torch.optim.AdamW(groups, lr=1.0)  # the extra key travels with the group
+    assert [g["lr_scale"] for g in optimizer.param_groups] == [g["lr_scale"] for g in groups]
+    with pytest.raises(ConfigError, match="backbone_lr_scale"):
+        OptimConfig(backbone_lr_scale=0.0)
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,20 @@ def test_detector_stage_adds_mirrored_copies(synth_root):
         assert not torch.equal(mirrored["heatmap"], original["heatmap"])
 
 
+def test_only_stages_that_read_images_every_step_get_loader_workers(synth_root):
+    """data.num_workers serve a detector stage whose backbone is fine-tuned (no cache) and the
+    joint stage; cached stages read from memory."""
+    config = load_train_config(
+        "config/train/tiny_synth.yaml", [f"data.root={synth_root}", "data.synth=null"]
+    )
+    frozen = LLMI3D(get_preset("tiny").replace(**{"high_res.trainable": False}))
+    tuned = LLMI3D(get_preset("tiny"))
+    detector = make_task(config, StageConfig(kind="detector"))
+    assert detector.streams_images(tuned) and not detector.streams_images(frozen)
+    assert make_task(config, StageConfig(kind="joint")).streams_images(frozen)
+    assert not make_task(config, StageConfig(kind="pointer")).streams_images(tuned)
+
+
 def test_cached_backbone_maps_do_not_depend_on_the_chunking(synth_root):
     """cache_backbone runs BACKBONE_CHUNK images a call; each item's maps are those of its image
     alone (up to the last bits: oneDNN picks kernels by batch shape), the HR picture is dropped,
