@@ -125,6 +125,9 @@ DEFAULT_ROWS: dict[str, str] = {
     "true_cells": "heads at the true cell (upper bound of pointing)",
     "mean_box": "mean box",
     "backproject": "back-projection of the true 2D box",
+    # with --gpu-run: the GPU recipe's model (its own answer rule) and its upper bound
+    "gpu": "LLMI3D, GPU recipe smol_synth_gpu (detector fine-tuned on a GPU)",
+    "gpu_true_cells": "GPU recipe: its heads at the true cell",
 }
 DEFAULT_CLAIMS: tuple[Claim, ...] = (
     ("default/llmi3d", "default/backproject", "paper: LLMI3D beats 2D grounding + back-projection"),
@@ -133,6 +136,8 @@ DEFAULT_CLAIMS: tuple[Claim, ...] = (
      "ours: the pointer loses accuracy to wrong objects (the upper bound is above LLMI3D)"),
     ("default/llmi3d_floor", "default/llmi3d",
      "ours: a calibrated camera's floor places the boxes better than the model's depth"),
+    ("default/gpu", "default/llmi3d",
+     "ours: the GPU recipe's fine-tuned detector places boxes better than the default's"),
 )  # fmt: skip
 # inference-time decoding of the same weights: key -> (label, set_decoding arguments)
 DECODINGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -601,6 +606,30 @@ def obtain_default_model(size: Any, ladder_row: Any) -> dict[str, Any]:
     }
 
 
+def gpu_run_info(run_dir: Path) -> dict[str, Any]:
+    """The GPU recipe's run: its checkpoint, stages and each stage's training time.
+
+    A stage's time is the span of its log (first to last record), from its own directory, so
+    a stage run on another machine (the detector on a GPU, the rest on a CPU) keeps its own.
+    """
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    stages = []
+    for index, stage in enumerate(config["stages"], start=1):
+        log = run_dir / "stages" / f"{index}-{stage['kind']}" / "log.jsonl"
+        times = [json.loads(line)["time"] for line in log.read_text(encoding="utf-8").splitlines()]
+        batch = stage.get("batch_size") or config["batch_size"]
+        stages.append({**stage, "batch_size": batch, "train_s": times[-1] - times[0]})
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str((run_dir / "best").resolve()),
+        "recipe": config["name"],
+        "images": config["data"]["synth"]["num_images"],
+        "stages": stages,
+    }
+
+
 def _subset(results: list[Any], keep: set[str]) -> list[Any]:
     return [r for r in results if r.query.query_id in keep]
 
@@ -676,6 +705,15 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     for key in ("mean_box", "backproject"):
         baseline = fit_baseline(key, train_data, fit_on)
         add(key, lambda b=baseline: predict_with_baseline(b, dataset, queries))
+    gpu_model = None
+    if size.gpu_run:
+        gpu_model = gpu_run_info(Path(size.gpu_run))
+        gpu = load_predictor(Path(gpu_model["checkpoint"]), device=resolve_device(size.device))
+        add("gpu", lambda: [r.under(gpu.served_rule) for r in predict_with_model(
+            gpu, dataset, queries, progress=False, rule=AnswerRule())])  # fmt: skip
+        add("gpu_true_cells", lambda: predict_at_true_cells(gpu, dataset, queries,
+                                                            progress=False))  # fmt: skip
+        del gpu
 
     # decoding ablations: the same weights, decoded differently (a fresh feature cache each:
     # the candidates' depths, which the pointer reads, are decoded when an image is encoded)
@@ -708,6 +746,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
         kinds["single" if count == 1 else "negative" if count == 0 else "multi"] += 1
     return {
         "model": model,
+        "gpu_model": gpu_model,
         "test": {
             "root": str(root),
             "seed": TEST_SEED,
@@ -953,6 +992,8 @@ def _subset_table(rows: list[dict[str, Any]]) -> list[str]:
 def _claim_lines(claims: Any, rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for better, worse, text in claims:
+        if better not in rows or worse not in rows:  # a row this run did not measure
+            continue
         v = verdict(rows[better], rows[worse])
         noise = f" within noise: 2 SE = {200 * v['se']:.2f} points" if v["noisy"] else ""
         how = f", by {v['decided_by']}{',' if noise else ''}" if v["word"] != "tie" else ""
@@ -1041,6 +1082,14 @@ def model_lines(default: dict[str, Any], size: Any) -> list[str]:
                 f"{first['finished']}; from the file times of its run directory, data "
                 "generation included)."
             )
+    gpu = default.get("gpu_model")
+    if gpu:
+        origin += (
+            f" The GPU recipe's rows: `{gpu['recipe']}` ({gpu['images']} training scenes; "
+            + " + ".join(f"{s['kind']} {s['max_steps']} x {s['batch_size']} in "
+                         f"{_minutes(s['train_s'])}" for s in gpu["stages"])
+            + f"), from `{gpu['checkpoint']}`, answering under its own rule."
+        )  # fmt: skip
     kinds = test["kinds"]
     subset = (
         "all of them"
@@ -1138,7 +1187,8 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 # the rows of `default_size_depth_table` (the bf16 and mean-box rows say nothing more there)
-SIZE_DEPTH_ROWS = ("llmi3d", "llmi3d_best", "llmi3d_floor", "true_cells", "backproject")
+SIZE_DEPTH_ROWS = ("llmi3d", "llmi3d_best", "llmi3d_floor", "true_cells", "backproject", "gpu",
+                   "gpu_true_cells")  # fmt: skip
 
 
 def default_size_depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:

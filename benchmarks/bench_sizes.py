@@ -56,6 +56,9 @@ class BenchSize:
         seed: training seed of every model.
         soak_preset: model of the soak section (bringup's default is smol).
         soak_minutes: measured window of the soak (`--minutes` overrides it).
+        gpu_run: a run directory of config/train/smol_synth_gpu.yaml (trained where a GPU was
+            at hand) whose model section 1 also evaluates on the default model's test set
+            (`--gpu-run`); "" = none.
     """
 
     name: str
@@ -85,6 +88,7 @@ class BenchSize:
     seed: int = 0
     soak_preset: str = "smol"
     soak_minutes: float = 30.0
+    gpu_run: str = ""
 
 
 SIZES: dict[str, BenchSize] = {

@@ -644,6 +644,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep runs and data here (default: temporary)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
+    parser.add_argument(
+        "--gpu-run",
+        type=Path,
+        default=None,
+        help="section 1 also evaluates this run directory of config/train/smol_synth_gpu.yaml "
+        "(its `best`) on the default model's test set",
+    )
     parser.add_argument("--ros-domain-id", type=int, default=DEFAULT_DOMAIN_ID)
     parser.add_argument(
         "--from-json",
@@ -668,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[args.size]
     if args.minutes is not None:
         size = dataclasses.replace(size, soak_minutes=args.minutes)
+    if args.gpu_run is not None:
+        if not (args.gpu_run / "best").exists():
+            parser.error(f"--gpu-run {args.gpu_run} holds no finished run (no `best`)")
+        size = dataclasses.replace(size, gpu_run=str(args.gpu_run))
     ros_environment(args.ros_domain_id)  # before anything imports rclpy
 
     import torch
@@ -683,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --sections {args.sections}"
     if args.minutes is not None and "soak" in sections:
         command += f" --minutes {args.minutes:g}"
+    if args.gpu_run is not None:
+        command += f" --gpu-run {args.gpu_run}"
 
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}

@@ -335,3 +335,55 @@ def test_a_plain_run_keeps_the_soak_section_it_finds() -> None:
     assert kept == BASE_MARKDOWN
     # and the other way round: a placeholder never replaces a measured section
     assert splice(BASE_MARKDOWN, fresh, ["soak"]) == BASE_MARKDOWN
+
+
+# --------------------------------------------------------------------------------------------
+# --gpu-run: a run of the GPU recipe evaluated beside the default model
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpu_run_info_times_each_stage_from_its_own_log(tmp_path: Path) -> None:
+    """Each stage's time is its own log's span (stages may run on different machines), its
+    batch the run's where the stage sets none; the checkpoint is the run's `best`."""
+    from bench_accuracy import gpu_run_info
+
+    config = {
+        "name": "smol_synth_gpu",
+        "batch_size": 32,
+        "data": {"synth": {"num_images": 16000}},
+        "stages": [
+            {"kind": "detector", "max_steps": 2100, "batch_size": 64},
+            {"kind": "pointer", "max_steps": 400, "batch_size": 0},
+        ],
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config), encoding="utf-8")
+    for index, (kind, times) in enumerate(
+        [("detector", [100.0, 250.0, 411.5]), ("pointer", [5000.0, 5090.0])], start=1
+    ):
+        stage = tmp_path / "stages" / f"{index}-{kind}"
+        stage.mkdir(parents=True)
+        lines = [json.dumps({"event": "train", "step": i, "time": t}) for i, t in enumerate(times)]
+        (stage / "log.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    best = tmp_path / "stages" / "2-pointer" / "checkpoints" / "best-000400"
+    best.mkdir(parents=True)
+    (tmp_path / "best").symlink_to(best)
+    info = gpu_run_info(tmp_path)
+    assert info["recipe"] == "smol_synth_gpu" and info["images"] == 16000
+    assert info["checkpoint"] == str(best.resolve())
+    assert [(s["kind"], s["batch_size"], s["train_s"]) for s in info["stages"]] == [
+        ("detector", 64, 311.5),
+        ("pointer", 32, 90.0),
+    ]
+
+
+def test_gpu_run_without_a_finished_run_is_rejected(tmp_path: Path) -> None:
+    """--gpu-run names a directory without `best`: a usage error before any work."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--gpu-run", str(tmp_path), "--out", str(tmp_path / "B.md")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "holds no finished run" in proc.stderr
+    assert not (tmp_path / "B.md").exists()
