@@ -129,6 +129,8 @@ DEFAULT_ROWS: dict[str, str] = {
     "gpu": "LLMI3D, GPU recipe smol_synth_gpu (detector fine-tuned on a GPU)",
     "gpu_true_cells": "GPU recipe: its heads at the true cell",
 }
+# rows that read the heads at each target's own cell: single-target queries only, score 1
+TRUE_CELL_ROWS = ("true_cells", "gpu_true_cells")
 DEFAULT_CLAIMS: tuple[Claim, ...] = (
     ("default/llmi3d", "default/backproject", "paper: LLMI3D beats 2D grounding + back-projection"),
     ("default/llmi3d", "default/mean_box", "sanity: LLMI3D beats the mean-box prior"),
@@ -1088,7 +1090,8 @@ def model_lines(default: dict[str, Any], size: Any) -> list[str]:
             f" The GPU recipe's rows: `{gpu['recipe']}` ({gpu['images']} training scenes; "
             + " + ".join(f"{s['kind']} {s['max_steps']} x {s['batch_size']} in "
                          f"{_minutes(s['train_s'])}" for s in gpu["stages"])
-            + f"), from `{gpu['checkpoint']}`, answering under its own rule."
+            + f"; each stage's time is its own log's span, on the machine that trained it), from "
+            f"`{gpu['checkpoint']}`, answering under its own rule."
         )  # fmt: skip
     kinds = test["kinds"]
     subset = (
@@ -1135,7 +1138,7 @@ def default_table(rows: dict[str, dict[str, Any]]) -> list[str]:
             continue
         r = rows[f"default/{key}"]
         m = r["subsets"]["all"]
-        if key == "true_cells":  # single-target queries only; its score is a constant 1
+        if key in TRUE_CELL_ROWS:  # single-target queries only; its score is a constant 1
             rest = "n/a | n/a | n/a | n/a | n/a"
         else:
             ece = m.get("ece")
@@ -1181,7 +1184,7 @@ def default_type_table(rows: dict[str, dict[str, Any]]) -> list[str]:
                 f"| {label} | {_pct(m['acc@0.25'])} | {_pct(m['acc@0.5'])} "
                 f"| {_pct(m['mean_iou'])} | {_pct(m.get('grounding_acc'))} "
                 f"| {_m(m['depth_mae'])} "
-                f"| {'n/a' if key == 'true_cells' else _pct(m.get('target_recall_2d@0.5'))} |"
+                f"| {'n/a' if key in TRUE_CELL_ROWS else _pct(m.get('target_recall_2d@0.5'))} |"
             )
     return lines
 
@@ -1209,7 +1212,7 @@ def default_size_depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         cells = []
         for name in names:
             m = subsets[name]
-            boxed = "n/a" if key == "true_cells" else _pct(m.get("target_recall_2d@0.5"))
+            boxed = "n/a" if key in TRUE_CELL_ROWS else _pct(m.get("target_recall_2d@0.5"))
             cells.append(f"{_pct(m['acc@0.25'])} / {_pct(m.get('grounding_acc'))} / {boxed}")
         lines.append(f"| {DEFAULT_ROWS[key]} | {' | '.join(cells)} |")
     return lines
@@ -1393,7 +1396,18 @@ def headline(result: dict[str, Any]) -> list[str]:
         f"{_pct(rows['default/mean_box']['subsets']['all']['acc@0.25'])} %, back-projection "
         f"of the true 2D box {_pct(rows['default/backproject']['subsets']['all']['acc@0.25'])} %"
     )
-    return [line, summary]
+    lines = [line]
+    if "default/gpu" in rows:
+        gpu = rows["default/gpu"]["subsets"]["all"]
+        gpu_upper = rows["default/gpu_true_cells"]["subsets"]["all"]
+        lines.append(
+            f"- GPU recipe `smol_synth_gpu` on the same set: **Acc@0.25 {_pct(gpu['acc@0.25'])} "
+            f"%**, grounding {_pct(gpu.get('grounding_acc'))} %; heads at the true cell "
+            f"{_pct(gpu_upper['acc@0.25'])} %; not here {_pct(gpu.get('not_here_rate'))} %, "
+            f"multi-target P / R (2D@0.5) "
+            f"{_pair(gpu.get('multi_precision_2d@0.5'), gpu.get('multi_recall_2d@0.5'))} %"
+        )
+    return [*lines, summary]
 
 
 def main() -> int:

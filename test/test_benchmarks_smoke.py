@@ -376,6 +376,34 @@ def test_gpu_run_info_times_each_stage_from_its_own_log(tmp_path: Path) -> None:
     ]
 
 
+def test_gpu_rows_render_beside_the_default(smoke_dir: Path) -> None:
+    """With a GPU run's rows, the table, the per-type table and the headline carry them; its
+    upper-bound row is single-target only (n/a), like the default's; the claim is verdicted."""
+    from bench_accuracy import DEFAULT_ROWS, default_lines, headline
+    from bench_sizes import SIZES
+
+    accuracy = json.loads((smoke_dir / "results.json").read_text(encoding="utf-8"))["results"][
+        "accuracy"
+    ]
+    rows = accuracy["rows"]
+    rows["default/gpu"] = {**rows["default/llmi3d"], "label": "GPU ROW"}
+    rows["default/gpu_true_cells"] = {**rows["default/true_cells"], "label": "GPU UPPER"}
+    accuracy["default"]["gpu_model"] = {
+        "recipe": "smol_synth_gpu",
+        "images": 16000,
+        "checkpoint": "runs/x/best",
+        "stages": [{"kind": "detector", "max_steps": 2100, "batch_size": 64, "train_s": 294.0}],
+    }
+    text = "\n".join(default_lines(accuracy, SIZES["smoke"]))
+    gpu_row = next(line for line in text.splitlines() if line.startswith("| GPU ROW |"))
+    upper = next(line for line in text.splitlines() if line.startswith("| GPU UPPER |"))
+    assert gpu_row.split("|")[7].strip() != "n/a" and upper.split("|")[7].strip() == "n/a"
+    assert f"| {DEFAULT_ROWS['gpu']} |" in text.split("Per query type:")[1]
+    assert "detector 2100 x 64 in 4.9 min" in text and "`runs/x/best`" in text
+    assert "GPU recipe's fine-tuned detector places boxes better" in text
+    assert any(line.startswith("- GPU recipe `smol_synth_gpu`") for line in headline(accuracy))
+
+
 def test_gpu_run_without_a_finished_run_is_rejected(tmp_path: Path) -> None:
     """--gpu-run names a directory without `best`: a usage error before any work."""
     proc = subprocess.run(
