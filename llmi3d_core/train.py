@@ -10,8 +10,8 @@ Paste-able commands (every key of config/train/*.yaml can be overridden as key=v
     llmi3d train --config config/train/smol_synth.yaml --resume
     # overrides
     llmi3d train --config config/train/tiny_synth.yaml max_steps=50 optim.lr=1e-3 out_dir=runs/x
-    # one GPU (bf16 autocast where the GPU has it)
-    llmi3d train --config config/train/smol_synth_long.yaml device=cuda
+    # one GPU (bf16 autocast where the GPU has it): the default recipe, its detector fine-tuned
+    llmi3d train --config config/train/smol_synth_gpu.yaml
     # several GPUs on one machine: one process per GPU through accelerate (DDP)
     accelerate launch --multi_gpu --num_processes 4 -m llmi3d_core.cli train \
         --config config/train/paper_7b.yaml
