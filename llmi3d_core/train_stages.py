@@ -396,7 +396,7 @@ class DetectorTask(StageTask):
             train = torch.utils.data.ConcatDataset([train, mirrored])
         val: Any = self._images(model, data.val_split, False)
         val = _limit(val, data.val_queries)
-        if not model.config.high_res.trainable and self.cached:
+        if not self.streams_images(model):  # frozen backbone, no augmentation: cache once
             progress = self.config.progress
             train = load_items(train, "preparing images (train)", progress)
             val = load_items(val, "preparing images (val)", progress)
