@@ -19,7 +19,10 @@ Two parts, both through the library (`llmi3d_core.train.train`, what `llmi3d tra
   answer). Next to it: the same heads read at each target's own cell (`predict_at_true_cells`,
   the upper bound of pointing: what a perfect pointer reaches with this detector), the mean box
   and the back-projection of the true 2D box (llmi3d_core.baselines, fitted on the model's own
-  training split). Then decoding ablations of the same weights at inference
+  training split). What negative queries cost the positive ones (issue 14): the same recipe's
+  pointer stage trained again without them, on the default run's own detector and crop heads
+  (`train_without_negatives`), answering its best box every time. Then decoding ablations of
+  the same weights at inference
   (`model.set_decoding`): eq. 20 as the paper writes it (height from the tight 2D box, plain
   mean of the two depths) and virtual depth alone.
   At size `smoke` the ladders' tiny `llmi3d` row stands in for the default model (training the
@@ -119,6 +122,9 @@ Claim = tuple[str, str, str]
 DEFAULT_ROWS: dict[str, str] = {
     "llmi3d": "LLMI3D (default)",
     "llmi3d_best": "LLMI3D (default), always its best box (rule of zeros)",
+    # the same recipe without negative queries: what adding them costs the positive ones
+    "no_negatives": "LLMI3D (default) trained without negative queries, always its best box "
+    "(the pointer stage again, on the same detector and crop heads)",
     "llmi3d_bf16": "LLMI3D (default) run in bfloat16 (node parameter dtype)",
     "llmi3d_floor": "LLMI3D (default), the camera's floor given (node parameter floor_frame "
     "through TF, or camera_height_m, camera_pitch_deg)",
@@ -596,6 +602,7 @@ def obtain_default_model(size: Any, ladder_row: Any) -> dict[str, Any]:
     data_root = Path(read_checkpoint_meta(checkpoint)[1]["data"])
     return {
         "source": "cached" if cached else "trained",
+        "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "recipe": default_recipe().stem,
         "stages": [dataclasses.asdict(s) for s in recipe.stages]
@@ -632,12 +639,92 @@ def gpu_run_info(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def without_negatives(data_root: Path, out_root: Path, split: str) -> Path:
+    """A copy of a dataset with no negative queries in `split` (its images linked, not copied).
+
+    `split`: a split spec (data/splits.py); its split's negatives go, whatever its filters.
+    """
+    import shutil
+
+    from llmi3d_core.data.codec import dumps_line, query_to_dict
+    from llmi3d_core.data.reader import iter_queries
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    images = out_root / "images"
+    if not images.is_symlink():
+        images.symlink_to((data_root / "images").resolve(), target_is_directory=True)
+    for name in ("dataset.json", "images.jsonl"):
+        shutil.copyfile(data_root / name, out_root / name)
+    name = split.partition("@")[0].partition(":")[0]
+    kept = [
+        dumps_line(query_to_dict(query))
+        for query in iter_queries(data_root / "queries.jsonl")
+        if query.split != name or query.target_object_ids
+    ]
+    (out_root / "queries.jsonl").write_text("".join(f"{line}\n" for line in kept), "utf-8")
+    return out_root
+
+
+def train_without_negatives(run_dir: Path, workdir: Path) -> Path | None:
+    """The default run's last stage, its pointer, trained again without negative queries.
+
+    The recipe as it is, except that its training split keeps no negative query and the pointer
+    stage hides no targets (`hide_targets`) and fits no answer rule (`not_here_rate`): the model
+    the default would be without issue 14's "not here". The stages before it read no queries,
+    so the run starts from the default run's own. Its checkpoint is answered with every best
+    box, as a model without "not here" answers. None when the run's recipe does not end with a
+    pointer stage or its earlier stages are not finished (a stand-in).
+    """
+    import shutil
+
+    import yaml
+
+    from llmi3d_core.train import train
+    from llmi3d_core.train_config import config_from_dict, config_to_dict
+
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")))
+    kinds = [stage.kind for stage in config.stages]
+    if not kinds or kinds[-1] != "pointer":
+        return None
+    earlier = [f"{index}-{kind}" for index, kind in enumerate(kinds[:-1], start=1)]
+    finished = [run_dir / "stages" / name for name in earlier]
+    if not all((d / "done.json").is_file() and (d / "best").exists() for d in finished):
+        return None
+    out = workdir / "no_negatives"
+    data = without_negatives(
+        Path(config.data.root), workdir / "no_negatives_data", config.data.train_split
+    )
+    stages = [
+        dataclasses.replace(s, hide_targets=0.0, not_here_rate=0.0) if s.kind == "pointer" else s
+        for s in config.stages
+    ]
+    config = dataclasses.replace(
+        config, name=f"{config.name}_no_negatives", out_dir=str(out), stages=stages,
+        data=dataclasses.replace(config.data, root=str(data)), progress=False,
+    )  # fmt: skip
+    if out.exists():  # an earlier benchmark's: train it again
+        shutil.rmtree(out)
+    for name, source in zip(earlier, finished, strict=True):
+        stage = out / "stages" / name
+        stage.mkdir(parents=True)
+        shutil.copyfile(source / "done.json", stage / "done.json")
+        (stage / "best").symlink_to((source / "best").resolve(), target_is_directory=True)
+    # the run's config as `llmi3d train` writes it, so that `train` resumes it at the pointer
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8"
+    )
+    return train(config, resume=True)
+
+
 def _subset(results: list[Any], keep: set[str]) -> list[Any]:
     return [r for r in results if r.query.query_id in keep]
 
 
-def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
+def measure_default(size: Any, ladder_row: Any, workdir: Path | None = None) -> dict[str, Any]:
     """The default model's table and its decoding ablations (module docstring).
+
+    With `workdir`, also the default recipe trained without negative queries
+    (`train_without_negatives`, trained there), when the default model has its stages.
 
     Returns:
         {"model": obtain_default_model's dict, "test": what was evaluated, "decoding": its
@@ -704,6 +791,17 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     )])  # fmt: skip
     true = add("true_cells", lambda: predict_at_true_cells(predictor, dataset, queries,
                                                           progress=False))  # fmt: skip
+    plain_model = None
+    if workdir is not None and model["source"] != "standin":
+        print("[bench_accuracy] default/no_negatives: training ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        checkpoint = train_without_negatives(Path(model["run_dir"]), workdir)
+        if checkpoint is not None:
+            plain_model = {"checkpoint": str(checkpoint), "train_s": time.perf_counter() - started}
+            plain = load_predictor(checkpoint, device=resolve_device(size.device))
+            add("no_negatives", lambda: predict_with_model(
+                plain, dataset, queries, progress=False, rule=AnswerRule()))  # fmt: skip
+            del plain
     for key in ("mean_box", "backproject"):
         baseline = fit_baseline(key, train_data, fit_on)
         add(key, lambda b=baseline: predict_with_baseline(b, dataset, queries))
@@ -749,6 +847,7 @@ def measure_default(size: Any, ladder_row: Any) -> dict[str, Any]:
     return {
         "model": model,
         "gpu_model": gpu_model,
+        "no_negatives_model": plain_model,
         "test": {
             "root": str(root),
             "seed": TEST_SEED,
@@ -830,7 +929,7 @@ def measure_accuracy(size: Any, workdir: Path) -> dict[str, Any]:
         return found
 
     try:
-        default = measure_default(size, standin)
+        default = measure_default(size, standin, workdir)
         rows.update(default.pop("rows"))
     except Exception:  # the ladders still run; the subsection says what failed
         default = {"error": _error_tail()}
@@ -1114,6 +1213,44 @@ def model_lines(default: dict[str, Any], size: Any) -> list[str]:
     ]
 
 
+def negatives_cost(rows: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """What negative queries cost the positive ones (issue 14), in grounding points, or None.
+
+    "trained": the recipe trained without negatives and answering always, against the model as
+    served; "rule": the served model answering always against as served (the answer rule alone,
+    on the same weights). None without the no-negatives row.
+    """
+    if "default/no_negatives" not in rows:
+        return None
+    grounding = {key: rows[f"default/{key}"]["subsets"]["all"].get("grounding_acc")
+                 for key in ("llmi3d", "llmi3d_best", "no_negatives")}  # fmt: skip
+    if any(value is None for value in grounding.values()):
+        return None
+    return {
+        **grounding,
+        "trained": 100 * (grounding["no_negatives"] - grounding["llmi3d"]),
+        "rule": 100 * (grounding["llmi3d_best"] - grounding["llmi3d"]),
+    }
+
+
+def negatives_cost_lines(default: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The paragraph on what negative queries cost ([] without the no-negatives row)."""
+    cost = negatives_cost(rows)
+    if cost is None:
+        return []
+    trained = (default.get("no_negatives_model") or {}).get("train_s")
+    when = "" if trained is None else f" (its pointer stage trained here in {_minutes(trained)})"
+    return [
+        f"What negative queries cost the positive ones (issue 14: at most 5 points of "
+        f"grounding). The same recipe trained without them{when}, on the same detector and crop "
+        f"heads, always answering its best box, grounds {_pct(cost['no_negatives'])} % of the "
+        f"single-target queries; as served, the default grounds {_pct(cost['llmi3d'])} %: "
+        f"**{cost['trained']:.1f} points**. On the same weights, always answering against as "
+        f"served (the answer rule alone): {cost['rule']:.1f} points.",
+        "",
+    ]
+
+
 def _rule_text(test: dict[str, Any]) -> str:
     """The answer rule a run used, in words (runs before the rule existed recorded min_score)."""
     rule = test.get("answer_rule")
@@ -1260,6 +1397,7 @@ def default_lines(result: dict[str, Any], size: Any) -> list[str]:
         "",
         *default_table(rows),
         "",
+        *negatives_cost_lines(default, rows),
         "Grounding: the first 2D box has IoU > 0.5 with the target's (the right object was "
         "chosen). Acc, mIoU, grounding and depth error: single-target queries, first box (an "
         "empty answer scores 0). Not here: negative queries answered with no box. Multi P / R: "
@@ -1397,6 +1535,14 @@ def headline(result: dict[str, Any]) -> list[str]:
         f"of the true 2D box {_pct(rows['default/backproject']['subsets']['all']['acc@0.25'])} %"
     )
     lines = [line]
+    cost = negatives_cost(rows)
+    if cost is not None:
+        lines.append(
+            f"- What negative queries cost the positive ones: {cost['trained']:.1f} points of "
+            f"grounding against the recipe trained without them ({_pct(cost['no_negatives'])} "
+            f"%, always answering); the answer rule alone, on the same weights: "
+            f"{cost['rule']:.1f} points"
+        )
     if "default/gpu" in rows:
         gpu = rows["default/gpu"]["subsets"]["all"]
         gpu_upper = rows["default/gpu_true_cells"]["subsets"]["all"]
