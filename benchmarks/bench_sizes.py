@@ -121,9 +121,10 @@ SIZES: dict[str, BenchSize] = {
     ),
     "reduced": BenchSize(
         name="reduced",
-        purpose="the default: on a 2-core CPU about 12 min when the default model is already "
+        purpose="the default: on a 2-core CPU about 20 min when the default model is already "
         "cached (the demo's first run caches it; when it is not, this run trains it first, "
-        "about 12 min more); the default model on all 200 held-out images (decoding "
+        "about 12 min more; 3 min of it train the default recipe's pointer stage again without "
+        "negative queries); the default model on all 200 held-out images (decoding "
         "ablations on 60 of them); of the ablation ladders, the rows that bear on the issues "
         "(height depth, rotation, the pointer, the floors) on the tiny preset with the "
         "tiny_synth recipe's stage budgets (each trained row costs ~2 min here; `--size full` "
