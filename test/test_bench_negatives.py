@@ -5,6 +5,7 @@ answers it with the default recipe's pointer stage trained again without them
 (bench_accuracy.train_without_negatives). Here on a tiny staged run of the same shape.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,6 +58,14 @@ def test_only_the_training_negatives_go(data_root: Path, tmp_path: Path) -> None
     assert after["train"] == {**before["train"], "negative": 0}
     assert after["val"] == before["val"]
     assert (copy / "images").resolve() == (data_root / "images").resolve()
+
+    # made again from another dataset, the copy links that one's images
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    for name in ("dataset.json", "images.jsonl", "queries.jsonl"):
+        shutil.copyfile(data_root / name, other / name)
+    without_negatives(other, copy, "train")
+    assert (copy / "images").resolve() == (other / "images").resolve()
 
 
 def staged_config(data_root: Path, out: Path, kinds: list[str]) -> dict:
@@ -119,3 +128,7 @@ def test_the_cost_paragraph() -> None:
     text = " ".join(negatives_cost_lines({"no_negatives_model": {"train_s": 240.0}}, rows))
     assert "grounds 77.6 % of the single-target queries" in text and "**5.2 points**" in text
     assert "(the answer rule alone): 6.7 points" in text and "4.0 min" in text
+
+    failed = {"no_negatives_model": {"error": "Traceback ...\nRuntimeError: out of memory\n"}}
+    text = " ".join(negatives_cost_lines(failed, {}))
+    assert "**FAILED**: `RuntimeError: out of memory`" in text
