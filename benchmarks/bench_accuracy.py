@@ -678,12 +678,11 @@ def train_without_negatives(run_dir: Path, workdir: Path) -> Path | None:
     """
     import shutil
 
-    import yaml
-
+    from llmi3d_core.rundir import CONFIG_FILE, start_run_dir
     from llmi3d_core.train import train
-    from llmi3d_core.train_config import config_from_dict, config_to_dict
+    from llmi3d_core.train_config import load_train_config
 
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")))
+    config = load_train_config(run_dir / CONFIG_FILE)
     kinds = [stage.kind for stage in config.stages]
     if not kinds or kinds[-1] != "pointer":
         return None
@@ -705,16 +704,13 @@ def train_without_negatives(run_dir: Path, workdir: Path) -> Path | None:
     )  # fmt: skip
     if out.exists():  # an earlier benchmark's: train it again
         shutil.rmtree(out)
+    start_run_dir(config, resume=False, overwrite=False)  # the run directory `train` resumes
     for name, source in zip(earlier, finished, strict=True):
         stage = out / "stages" / name
         stage.mkdir(parents=True)
         shutil.copyfile(source / "done.json", stage / "done.json")
         (stage / "best").symlink_to((source / "best").resolve(), target_is_directory=True)
-    # the run's config as `llmi3d train` writes it, so that `train` resumes it at the pointer
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8"
-    )
-    return train(config, resume=True)
+    return train(config, resume=True)  # at the pointer: the stages before it are done
 
 
 def _subset(results: list[Any], keep: set[str]) -> list[Any]:
