@@ -33,10 +33,10 @@ TEST_IMAGES = 200
 # least, not the lowest loss; 12: the candidates are picked by 2D-box NMS; 13: the candidates
 # after the best have a score calibration of their own; 14: the model's own answer ratio,
 # `answer_ratio`; 15: a worded query's best candidate scored from its evidence,
-# `answer_calibration`), so that a cached
-# default model of an older release is retrained instead of failing to load or serving the old
-# values.
-MODEL_REVISION = 15
+# `answer_calibration`; 16: the crop heads name from the whole descriptor, trained with mixup),
+# so that a cached default model of an older release is retrained instead of failing to load or
+# serving the old values.
+MODEL_REVISION = 16
 
 
 def default_recipe() -> Path:

@@ -90,6 +90,18 @@ def with_older_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return state
 
 
+def with_older_config(model_config: Any) -> Any:
+    """A stored model config with what configs of older releases lack filled in, as they meant it.
+
+    Before `detector.crop_names_from` (model revision 16) the crop heads named from the descriptor's
+    summary columns; the default now reads all of it.
+    """
+    detector = model_config.get("detector") if isinstance(model_config, dict) else None
+    if isinstance(detector, dict) and "crop_names_from" not in detector:
+        model_config = {**model_config, "detector": {**detector, "crop_names_from": "summary"}}
+    return model_config
+
+
 def save_checkpoint(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `model` (an LLMI3D) to `directory`, creating it; returns the directory.
 
@@ -153,7 +165,7 @@ def read_checkpoint_meta(directory: str | Path) -> tuple[ModelConfig, dict[str, 
             f"version {FORMAT_VERSION}"
         )
     try:
-        config = config_from_dict(meta.get("model_config", {}))
+        config = config_from_dict(with_older_config(meta.get("model_config") or {}))
     except ConfigError as err:
         raise CheckpointError(f"{path}: invalid model_config: {err}") from err
     return config, dict(meta.get("extra") or {})

@@ -137,6 +137,7 @@ class HighResConfig:
 
 
 CANDIDATE_NMS = ("heatmap", "box2d")  # DetectorConfig.candidate_nms
+CROP_NAMES_FROM = ("descriptor", "summary")  # DetectorConfig.crop_names_from
 
 
 @dataclass
@@ -165,6 +166,9 @@ class DetectorConfig:
         crop_context: margin added around the box on every side, as a fraction of its size.
         crop_hidden: width of the category and colour crop heads' hidden layers (the box
             head's is twice as wide).
+        crop_names_from: what the category and colour crop heads read of a crop's descriptor
+            (model/crops.py): "descriptor", all of it; "summary", its summary columns (models
+            before revision 16, whose checkpoints lack the key: `with_older_config`).
         crop_passes: how many times the crop heads correct a candidate's 2D box, each pass
             cropping the box the last one gave (the category and colour are read in the first).
             A box prompt's candidate is corrected once: measured on the default model's test
@@ -182,6 +186,7 @@ class DetectorConfig:
     crop_size: int = 96
     crop_context: float = 0.25
     crop_hidden: int = 256
+    crop_names_from: str = "descriptor"
     crop_passes: int = 1
 
     def __post_init__(self) -> None:
@@ -204,6 +209,9 @@ class DetectorConfig:
             raise ConfigError(f"detector.crop_hidden must be >= 1, got {self.crop_hidden}")
         if self.crop_passes < 1:
             raise ConfigError(f"detector.crop_passes must be >= 1, got {self.crop_passes}")
+        if self.crop_names_from not in CROP_NAMES_FROM:
+            raise ConfigError(f"detector.crop_names_from {self.crop_names_from!r} is unknown; "
+                              f"allowed: {', '.join(CROP_NAMES_FROM)}")  # fmt: skip
 
 
 @dataclass

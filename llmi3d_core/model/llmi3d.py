@@ -144,8 +144,9 @@ class LLMI3D(nn.Module):
             if config.detector.crop_heads and categories:
                 maps: list[int] = list(self.high_res.backbone.channels)  # type: ignore[arg-type]
                 self.crop_heads = CropHeads(
-                    maps, categories, len(config.detector.colors), config.detector.crop_hidden
-                )
+                    maps, categories, len(config.detector.colors), config.detector.crop_hidden,
+                    config.detector.crop_names_from,
+                )  # fmt: skip
             if config.detector.object_tokens:
                 self.object_projector = nn.Sequential(
                     nn.Linear(self.candidate_width, hidden), nn.GELU(), nn.Linear(hidden, hidden)

@@ -117,6 +117,33 @@ def test_the_answer_calibration_is_kept_and_none_for_older_checkpoints(make_mode
     assert not load_checkpoint(tmp_path / "ckpt").answer_calibration.any()
 
 
+def test_crop_heads_of_older_checkpoints_name_from_the_summary(make_model, tmp_path):
+    """A checkpoint whose config predates detector.crop_names_from (model revision 16) was
+    trained naming from the summary columns: it loads so, and predicts as it did; a new one
+    keeps what it says."""
+    overrides = {
+        "detector.crop_heads": True,
+        "detector.crop_size": 32,
+        "detector.categories": ("chair", "lamp"),
+        "detector.colors": ("red", "blue"),
+    }
+    older = make_model(**overrides, **{"detector.crop_names_from": "summary"})
+    save_checkpoint(older, tmp_path / "older")
+    meta_path = tmp_path / "older" / CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["model_config"]["detector"]["crop_names_from"]
+    meta_path.write_text(json.dumps(meta))
+    assert read_checkpoint_meta(tmp_path / "older")[0].detector.crop_names_from == "summary"
+    loaded = load_checkpoint(tmp_path / "older")
+    descriptors = torch.randn(3, older.crop_heads.mean.numel())
+    torch.testing.assert_close(
+        loaded.crop_heads(descriptors)["category"], older.eval().crop_heads(descriptors)["category"]
+    )
+    save_checkpoint(make_model(**overrides), tmp_path / "new")
+    assert read_checkpoint_meta(tmp_path / "new")[0].detector.crop_names_from == "descriptor"
+    assert load_checkpoint(tmp_path / "new").crop_heads.names_width == descriptors.shape[1]
+
+
 IMAGE = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
 K_SMALL = np.array([[150.0, 0, 80], [0, 150, 60], [0, 0, 1]])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from llmi3d_core.data.dataset import ImageDataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
@@ -22,7 +23,7 @@ from llmi3d_core.model.crops import (
 )
 from llmi3d_core.model.llmi3d import LLMI3D
 from llmi3d_core.train_config import StageConfig, load_train_config
-from llmi3d_core.train_stages import check_crop_stage, make_task
+from llmi3d_core.train_stages import check_crop_stage, make_task, mixed_cross_entropy, mixup
 
 
 def test_a_crop_holds_its_box_and_edges_are_clipped():
@@ -63,20 +64,27 @@ def test_refine_undoes_box_corrections():
     torch.testing.assert_close(far, torch.tensor([[30.0 - width, 20.0, 10.0 + width, 60.0]]))
 
 
-def test_names_read_the_summary_and_the_box_reads_everything():
-    """The category and colour heads read the descriptor's summary columns only; the box head
-    reads the 3 x 3 cells too."""
+def test_names_read_the_whole_descriptor_or_older_models_the_summary():
+    """By default the category and colour heads read the 3 x 3 cells as the box head does; a
+    model before revision 16 ("summary") named from the summary columns only."""
     channels = [4, 6, 8]
-    heads = CropHeads(channels, categories=3, colors=2, hidden=16).eval()
     width = summary_width(channels)
     assert descriptor_width(channels) == width + 9 * sum(channels)
     descriptors = torch.randn(5, descriptor_width(channels))
     changed = descriptors.clone()
     changed[:, width:] += 1.0
-    a, b = heads(descriptors), heads(changed)
+    older = CropHeads(channels, categories=3, colors=2, hidden=16, names_from="summary").eval()
+    a, b = older(descriptors), older(changed)
     torch.testing.assert_close(a["category"], b["category"])
     torch.testing.assert_close(a["color"], b["color"])
     assert not torch.allclose(a["box"], b["box"])
+    heads = CropHeads(channels, categories=3, colors=2, hidden=16).eval()
+    a, b = heads(descriptors), heads(changed)
+    for name in ("category", "color", "box"):
+        assert not torch.allclose(a[name], b[name]), name
+    mixed = heads(descriptors, named=changed)  # the names of one, the box of the other
+    torch.testing.assert_close(mixed["category"], b["category"])
+    torch.testing.assert_close(mixed["box"], a["box"])
 
 
 def test_crop_settings_are_validated():
@@ -86,6 +94,30 @@ def test_crop_settings_are_validated():
         DetectorConfig(crop_context=2.0)
     with pytest.raises(ConfigError, match="crop_passes must be >= 1, got 0"):
         DetectorConfig(crop_passes=0)
+    with pytest.raises(ConfigError, match="crop_names_from 'cells' is unknown"):
+        DetectorConfig(crop_names_from="cells")
+
+
+def test_mixup_mixes_rows_with_their_partners_and_the_loss_follows():
+    """mixup gives share x own + (1 - share) x partner's; the mixed cross-entropy weighs the
+    two labels by the same shares, ignores unknown labels (-1), and without mixup is the plain
+    cross-entropy over the known labels."""
+    torch.manual_seed(0)
+    descriptors = torch.randn(6, 5)
+    mixed, partner, share = mixup(descriptors)
+    expected = share[:, None] * descriptors + (1 - share[:, None]) * descriptors[partner]
+    torch.testing.assert_close(mixed, expected)
+    assert sorted(partner.tolist()) == list(range(6)) and ((share >= 0) & (share <= 1)).all()
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 3, -1, 2, 1, -1])
+    plain = nn.functional.cross_entropy(logits, labels, ignore_index=-1)
+    torch.testing.assert_close(mixed_cross_entropy(logits, labels), plain)
+    partner, share = torch.tensor([1, 0, 3, 2, 5, 4]), torch.tensor([1.0, 0.5, 1.0, 0.25, 1, 1])
+    rows = nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    swapped = nn.functional.cross_entropy(logits, labels[partner].clamp(min=0), reduction="none")
+    own, other = share * (labels >= 0), (1 - share) * (labels[partner] >= 0)
+    expected = ((rows * own).sum() + (swapped * other).sum()) / (own.sum() + other.sum())
+    torch.testing.assert_close(mixed_cross_entropy(logits, labels, partner, share), expected)
+    assert mixed_cross_entropy(logits, torch.full((6,), -1)) == 0.0  # none known: no NaN
 
 
 @pytest.fixture(scope="module")
