@@ -480,11 +480,12 @@ def mixed_cross_entropy(
 
     The mean is over the known labels' weights; NaN-free when a batch knows none (zero).
     """
-    if partner is None or share is None:
-        partner, share = torch.arange(len(labels), device=labels.device), torch.ones(len(labels))
-    share = share.to(logits.device, torch.float32)
+    targets = [(labels, torch.ones(len(labels), device=logits.device))]
+    if partner is not None and share is not None:
+        share = share.to(logits.device, torch.float32)
+        targets = [(labels, share), (labels[partner], 1 - share)]
     terms, weights = [], []
-    for rows_labels, weight in ((labels, share), (labels[partner], 1 - share)):
+    for rows_labels, weight in targets:
         known = rows_labels >= 0
         loss = nn.functional.cross_entropy(
             logits.float(), rows_labels.clamp(min=0), reduction="none"
