@@ -744,6 +744,10 @@ class PointerTask(StageTask):
             indices = [i for i, q in enumerate(train.queries) if q.image_id in keep]  # type: ignore[assignment]
         train_items = self.cache(model, train, indices, True, "LLM states (train)", progress)
         count = min(len(val), data.val_queries or len(val))
+        # in bfloat16 too, though the Predictor serves float32 and the calibrations and the
+        # answer rule are fitted on these. Refitted on float32 states (default model of
+        # 2026-12-04, measured 2026-12-05): the same ratio (0.70); test grounding 73.9 against
+        # 73.4 %, "not here" 84.5 against 86.0 %, ECE 0.072 against 0.057; ~35 s more per run.
         val_items = self.cache(model, val, range(count), False, "LLM states (val)", progress)
         if self.stage.not_here_rate:
             # the answer rule is fitted on every negative of the split (`evaluate`); those after

@@ -18,6 +18,14 @@ Without heads.use_height_depth, Z = Z1; without a depth output (high_res.depth_b
 pointer read-out), Z = Z2. For "xyz" the head gives the centre and (u, v) = project(centre, K).
 Rotations: the allocentric matrix (from 6D or Euler angles) is turned egocentric at (u, v).
 
+Depth is what limits the boxes. On the default model's test split (2026-12-05; the 933 of 1,142
+single-target queries whose best box is the target), the mean relative depth error is 13.6 % and
+Acc@0.25 33.1 %; with the true depth the same boxes reach 86.0 %. Tried then, not kept: the depth
+that makes the box's projection as tall as the crop-corrected 2D box (20.6 %: the size and
+rotation errors carry over); averaging the depth, size and keypoint maps with those of the
+mirrored canvas (13.3 %, Acc@0.25 of all 1,142 queries 27.4 against 27.3 %); a depth head on the
+crop descriptors with the box's rows and the focal length (val objects, 21 %).
+
 All functions are batched torch: K (B, 3, 3), image_size (B, 2).
 """
 
