@@ -6,27 +6,22 @@ answers it with the default recipe's pointer stage trained again without them
 """
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from bench_accuracy import (  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+    negatives_cost,
+    negatives_cost_lines,
+    train_without_negatives,
+    without_negatives,
+)
 
 from llmi3d_core.data.reader import read_dataset
 from llmi3d_core.data.synth.generator import SynthConfig, generate_dataset
 from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.train import train
 from llmi3d_core.train_config import config_from_dict
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_accuracy import (  # noqa: E402  (benchmarks/ is not a package)
-    negatives_cost,
-    negatives_cost_lines,
-    train_without_negatives,
-    without_negatives,
-)
 
 pytestmark = pytest.mark.slow
 

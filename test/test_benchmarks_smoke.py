@@ -33,7 +33,6 @@ SECTIONS = (
     "## 3. Training throughput",
     "## 4. Peak memory of the node",
 )
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +324,6 @@ def test_soak_only_replaces_its_section(tmp_path: Path) -> None:
 
 def test_a_plain_run_keeps_the_soak_section_it_finds() -> None:
     """splice: a new full render (soak placeholder) takes the soak block and headline line."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from run_benchmarks import splice
 
     fresh = BASE_MARKDOWN.replace("old soak text", "_Opt-in (about 30 minutes): ..._").replace(

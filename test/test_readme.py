@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from readme_accuracy import (  # noqa: E402
+from readme_accuracy import (  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
     DEFAULT_HEADING,
     SECTION,
     anchor,
     block,
     replace_block,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_accuracy_paragraph_agrees_with_benchmarks() -> None:
