@@ -201,7 +201,12 @@ class CropHeads(nn.Module):
 
 
 def mix(dense_logits: torch.Tensor, crop_logits: torch.Tensor) -> torch.Tensor:
-    """Log of the average of the two softmax distributions (so that softmax gives the average)."""
+    """Log of the average of the two softmax distributions (so that softmax gives the average).
+
+    Equal shares: on the default model's val candidates matched to an object (2026-12-05),
+    category / colour accuracy with the crop's share 0.25 / 0.5 / 0.75 / 1 was 84.2 / 89.7 / 90.1 /
+    89.2 % and 70.6 / 79.6 / 78.9 / 78.0 % (the dense heads alone 78.1 and 57.8 %).
+    """
     probs = (dense_logits.float().softmax(-1) + crop_logits.float().softmax(-1)) / 2
     return probs.clamp(min=1e-6).log().to(dense_logits.dtype)
 
