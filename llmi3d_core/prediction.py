@@ -69,6 +69,13 @@ class Prediction:
 # eval` use it unless told otherwise (`AnswerRule.served`); 0.65 serves a model without one.
 # Since revision 15 the best box of a query without a box or point prompt is scored from more
 # than its logit (pointer.EVIDENCE, LLMI3D.answer_calibration), fitted before the ratio.
+# A learned answer score instead gained nothing (measured 2026-12-05 on the default model's
+# float32 val and test answers): a small MLP on the best candidate's evidence, the "no object"
+# logit and the gap to the second candidate, fitted on val right answers against negatives, its
+# threshold taken from out-of-fold scores at 85 % "not here", grounded the test's single-target
+# queries at 73.7-75.0 % (82.5-86.5 % "not here", five variants, two seeds) against 74.2 %
+# (82.5 %) for this rule at ratio 0.65; logistic regression on the same, 74.3-74.5 %, and with
+# the best candidate's spatial-relation term (pointer.py) as well, 74.5-74.8 % (82.5-83.0 %).
 # The boxes after the best ("all the chairs") need min_score_others, 0.15: of the thresholds
 # whose val ECE (every returned box) is below issue 14's 0.1, the one whose worse of multi-target
 # precision and recall (2D@0.5, with the 2D duplicate test below) is highest. Re-chosen so for
@@ -83,13 +90,6 @@ class Prediction:
 # 0.25 -> 83.2 / 68.4 / 0.022, 0.5 -> 90.6 / 47.1 / 0.011. These scores have a calibration of
 # their own (revision 13, pointer.py); under the best box's, as in revision 12, it was 0.5 (76.1
 # / 73.4 / 0.093). (Until revision 12 it was the highest threshold where both pass 70 %.)
-# Not a learned answer score either (measured 2026-12-05 on the default model's float32 val and
-# test answers): a small MLP on the best candidate's evidence, the "no object" logit and the gap
-# to the second candidate, fitted on val right answers against negatives, its threshold taken
-# from out-of-fold scores at 85 % "not here", grounded the test's single-target queries at 73.7-
-# 75.0 % (82.5-86.5 % "not here", five variants, two seeds) against 74.2 % (82.5 %) for this rule
-# at ratio 0.65; logistic regression on the same, 74.3-74.5 %, and with the best candidate's
-# spatial-relation term (pointer.py) as well, 74.5-74.8 % (82.5-83.0 %).
 DEFAULT_MIN_SCORE = 0.15
 DEFAULT_MIN_RATIO_TO_NOTHING = 0.65
 DEFAULT_MIN_SCORE_OTHERS = 0.15
