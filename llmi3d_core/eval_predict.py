@@ -2,7 +2,9 @@
 
 A model runs its real inference path (`Predictor.answer_batch`, which answers questions
 itself; an empty list means "not here"); `predict_at_true_cells` reads the dense heads at each
-target's own cell (the upper bound of pointing); a baseline always gives one box. Each query
+target's own cell (the upper bound of pointing); `predict_with_true_names` runs the model with
+each candidate named by the object it boxes (the upper bound of naming); a baseline always gives
+one box. Each query
 becomes a QueryResult: its targets and its answers, best first.
 """
 
@@ -23,10 +25,12 @@ from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.geometry import Box3D, project
 from llmi3d_core.ground_plane import GroundPlane, record_ground_plane
 from llmi3d_core.inference import Predictor
+from llmi3d_core.letterbox import Letterbox
 from llmi3d_core.metrics import ScoredBox
 from llmi3d_core.model.checkpoint import load_checkpoint, read_checkpoint_meta
 from llmi3d_core.model.decode import decode_boxes
 from llmi3d_core.model.inputs import prepare_inputs
+from llmi3d_core.model.losses import box_iou_2d
 from llmi3d_core.prediction import AnswerRule
 from llmi3d_core.visualize import BOX3D_EDGES
 
@@ -34,10 +38,12 @@ __all__ = [
     "MAX_RESULTS",
     "Answer",
     "QueryResult",
+    "TrueNames",
     "load_predictor",
     "predict_at_true_cells",
     "predict_with_baseline",
     "predict_with_model",
+    "predict_with_true_names",
     "projected_box2d",
     "target_boxes",
 ]
@@ -45,6 +51,9 @@ __all__ = [
 MAX_RESULTS = 10  # answers kept per query ("all the chairs" needs several)
 MIN_DIM_M = 1e-3  # predicted sizes are clamped to this so that a box can be scored
 NEAR_PLANE_M = 0.05  # box edges are cut here before projecting a 2D box
+# `predict_with_true_names`: a named candidate's probability of its object's category (colour);
+# the rest is spread evenly (a sure name, as the crop heads give their surest)
+TRUE_NAME_PROB = 0.98
 
 
 @dataclass
@@ -327,6 +336,89 @@ def predict_at_true_cells(
                     answers.append(Answer(box, box2d, 1.0, target.category_name, ""))
                 results[query.query_id] = QueryResult(query, target_boxes(dataset, query), answers)
                 bar.update(1)
+    return [results[q.query_id] for q in queries]
+
+
+class TrueNames:
+    """Names candidates after the objects of one image they box (`predict_with_true_names`).
+
+    Called by the model (LLMI3D.rename_candidates) with a batch's candidate outputs: each
+    candidate whose 2D box overlaps an object's tight box by IoU > 0.5 (the grounding test) gets
+    that object's category and colour, where the detector has the word (a held-out category
+    keeps the names the model gave it), with probability TRUE_NAME_PROB.
+    """
+
+    def __init__(self, record: ImageRecord, config: Any) -> None:
+        canvas_h, canvas_w = config.high_res.image_size
+        letterbox = Letterbox.fit(record.width, record.height, canvas_w, canvas_h)
+        boxes = [letterbox.boxes_to_canvas(o.bbox2D_tight) for o in record.objects]
+        scale = np.tile(letterbox.canvas_size, 2)
+        self.boxes = torch.as_tensor(np.stack(boxes) / scale if boxes else np.zeros((0, 4)))
+        self.words = {
+            "category": _indices([o.category_name for o in record.objects],
+                                 config.detector.categories),
+            "color": _indices([o.attributes.get("color") for o in record.objects],
+                              config.detector.colors),
+        }  # fmt: skip
+
+    def __call__(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Replace, in place, the category and colour logits (B, N, k) of the named candidates."""
+        if not len(self.boxes):
+            return
+        boxes = outputs["box2d"].float()  # (B, N, 4), normalised canvas
+        iou = box_iou_2d(boxes[:, :, None, :], self.boxes.to(boxes)[None, None])  # (B, N, M)
+        best_iou, best = iou.max(-1)
+        for name, indices in self.words.items():
+            if name not in outputs:
+                continue
+            logits = outputs[name]
+            word = indices.to(best.device)[best]  # (B, N): -1 where the detector has no word
+            named = (best_iou > 0.5) & (word >= 0)
+            sure = torch.full(logits.shape, (1 - TRUE_NAME_PROB) / logits.shape[-1])
+            sure.scatter_add_(-1, word.clamp(min=0)[..., None].cpu(),
+                              torch.full((*word.shape, 1), TRUE_NAME_PROB))  # fmt: skip
+            outputs[name] = torch.where(named[..., None], sure.log().to(logits), logits)
+
+
+def _indices(words: Sequence[str | None], vocabulary: Sequence[str]) -> torch.Tensor:
+    """Each word's index in `vocabulary`, -1 where it is missing (or None)."""
+    index = {word: i for i, word in enumerate(vocabulary)}
+    return torch.tensor([index.get(w, -1) if w is not None else -1 for w in words])
+
+
+def predict_with_true_names(
+    predictor: Predictor,
+    dataset: Dataset,
+    queries: Sequence[QueryRecord],
+    *,
+    progress: bool = True,
+    rule: AnswerRule | None = None,
+) -> list[QueryResult]:
+    """`predict_with_model` with every candidate named by the object it boxes (`TrueNames`).
+
+    The upper bound of naming: what the pointer would reach if the detector's category and
+    colour of each object it found were right, with everything else (boxes, depths, the
+    pointer's weights, the answer rule) as it is. The gap to `predict_with_model` is what the
+    model's misnaming costs. The predictor's feature cache is cleared before and after, so no
+    image's candidates cross between the two.
+    """
+    model = predictor.model
+    by_image: dict[str, list[QueryRecord]] = {}
+    for query in queries:
+        by_image.setdefault(query.image_id, []).append(query)
+    results: dict[str, QueryResult] = {}
+    predictor.clear_cache()
+    try:
+        with tqdm(total=len(queries), disable=not progress, desc="eval (true names)") as bar:
+            for image_id, group in by_image.items():
+                model.rename_candidates = TrueNames(dataset.image(image_id), model.config)
+                for result in predict_with_model(predictor, dataset, group, progress=False,
+                                                 rule=rule):  # fmt: skip
+                    results[result.query.query_id] = result
+                bar.update(len(group))
+    finally:
+        model.rename_candidates = None
+        predictor.clear_cache()
     return [results[q.query_id] for q in queries]
 
 

@@ -95,6 +95,7 @@ def test_section_contents(smoke_markdown: str) -> None:
     for row in (
         "| LLMI3D (default) |",
         "| heads at the true cell (upper bound of pointing) |",
+        "| LLMI3D (default), each candidate named by the object it boxes (upper bound of naming) |",
         "| mean box |",
         "| back-projection of the true 2D box |",
     ):
@@ -104,6 +105,7 @@ def test_section_contents(smoke_markdown: str) -> None:
                      smoke_markdown)  # fmt: skip
     assert "| no height depth (virtual depth only) |" in smoke_markdown
     assert "**Stand-in at size `smoke`**" in smoke_markdown
+    assert re.search(r"- Upper bound of naming \(.*\): grounding [\d.]+ %", smoke_markdown)
     assert "paper: LLMI3D beats 2D grounding + back-projection" in smoke_markdown
     assert re.search(r"\*\*(agrees|disagrees|tie)\*\*", smoke_markdown)
     assert "Table XIII: rotation representation" in smoke_markdown

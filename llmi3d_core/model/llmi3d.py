@@ -38,7 +38,7 @@ return), candidates.py, sequence.py (the LLM side), batch_losses.py and located.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -188,6 +188,10 @@ class LLMI3D(nn.Module):
         self.register_buffer("answer_calibration", torch.zeros(len(EVIDENCE) + 1))
         self.prefix_ids = [*self.llm.tokenize(self.llm.template.prefix), self.llm.image_id]
         self._word_targets: torch.Tensor | None = None
+        # an evaluation seam, None in use and in training: called with each image's candidate
+        # outputs (names mixed, 2D boxes corrected) before they are described, it may replace
+        # their names (eval_predict.predict_with_true_names: the upper bound of naming)
+        self.rename_candidates: Callable[[dict[str, torch.Tensor]], None] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -416,6 +420,8 @@ class LLMI3D(nn.Module):
                 boxes_px = refine(boxes_px, seen["box"].float())
             refined = boxes_px / scale
             outputs["box2d"] = refined.reshape(B, N, 4).to(outputs["box2d"].dtype)
+        if self.rename_candidates is not None:
+            self.rename_candidates(outputs)
         return candidate_set.candidates_from_outputs(
             outputs, feature_at, cells, K, image_size, dense_config=self._dense_config
         )

@@ -23,10 +23,13 @@ from llmi3d_core.data.synth.query_config import QueryConfig
 from llmi3d_core.errors import InvalidInputError
 from llmi3d_core.eval_predict import (
     MAX_RESULTS,
+    TRUE_NAME_PROB,
     QueryResult,
+    TrueNames,
     predict_at_true_cells,
     predict_with_baseline,
     predict_with_model,
+    predict_with_true_names,
     projected_box2d,
     target_boxes,
 )
@@ -257,6 +260,96 @@ def test_predict_at_true_cells_answers_single_target_queries_only(mixed):
     metrics = evaluate_results(results, mixed)["subsets"]["all"]
     assert metrics["empty_count"] == 0 and metrics["single_count"] == len(single)
     assert metrics["not_here_rate"] == 1.0 and metrics["multi_predictions"] == 0
+
+
+def _named_tiny(dataset):
+    """The tiny preset with a category and a colour head over `dataset`'s words."""
+    from llmi3d_core.model import get_preset
+
+    objects = [o for image in dataset.images for o in image.objects]
+    return get_preset("tiny").replace(**{
+        "detector.categories": tuple(sorted({o.category_name for o in objects})[1:]),
+        "detector.colors": tuple(sorted({o.attributes["color"] for o in objects})),
+    })  # fmt: skip
+
+
+def test_true_names_rename_only_the_candidates_that_box_an_object(mixed):
+    """A candidate on an object (2D IoU > 0.5) gets its category and colour, where the detector
+    has the word; one elsewhere, or on an object of a category it lacks, keeps its logits."""
+    import torch
+
+    from llmi3d_core.letterbox import Letterbox
+
+    config = _named_tiny(mixed)
+    categories, colors = config.detector.categories, config.detector.colors
+    record = next(i for i in mixed.images
+                  if len({o.category_name in categories for o in i.objects}) == 2)  # fmt: skip
+    known = next(o for o in record.objects if o.category_name in categories)
+    unknown = next(o for o in record.objects if o.category_name not in categories)
+    canvas_h, canvas_w = config.high_res.image_size
+    letterbox = Letterbox.fit(record.width, record.height, canvas_w, canvas_h)
+    scale = np.tile(letterbox.canvas_size, 2)
+
+    def canvas(box):
+        return letterbox.boxes_to_canvas(np.asarray(box, dtype=float)) / scale
+
+    boxes = [canvas(known.bbox2D_tight), canvas(unknown.bbox2D_tight), [0.0, 0.0, 1e-3, 1e-3]]
+    torch.manual_seed(0)
+    outputs = {
+        "box2d": torch.tensor(np.stack(boxes), dtype=torch.float32)[None],
+        "category": torch.randn(1, 3, len(categories)),
+        "color": torch.randn(1, 3, len(colors)),
+    }
+    before = {k: v.clone() for k, v in outputs.items()}
+    TrueNames(record, config)(outputs)
+    probs = outputs["category"][0, 0].softmax(-1)
+    assert int(probs.argmax()) == categories.index(known.category_name)
+    assert float(probs.max()) == pytest.approx(TRUE_NAME_PROB + (1 - TRUE_NAME_PROB) / len(probs))
+    color = outputs["color"][0, 0].softmax(-1)
+    assert colors[int(color.argmax())] == known.attributes["color"]
+    # the held-out category keeps its category logits but gets its colour
+    assert torch.equal(outputs["category"][0, 1], before["category"][0, 1])
+    assert colors[int(outputs["color"][0, 1].argmax())] == unknown.attributes["color"]
+    for name in ("category", "color", "box2d"):  # on no object: nothing changes
+        assert torch.equal(outputs[name][0, 2], before[name][0, 2])
+
+
+def test_predict_with_true_names_runs_the_model_through_its_seam(mixed):
+    """The real model's candidates pass through the seam, which is removed afterwards; matched
+    answers carry their object's category, and the rest of the pass is the model's own."""
+    import torch
+
+    from llmi3d_core.inference import Predictor
+    from llmi3d_core.iou import box2d_iou_matrix
+    from llmi3d_core.model import LLMI3D
+
+    torch.manual_seed(0)
+    config = _named_tiny(mixed)
+    predictor = Predictor(LLMI3D(config), answer_policy="ground")
+    model = predictor.model
+    seen: list[dict] = []
+    model.rename_candidates = lambda outputs: seen.append(dict(outputs))
+    image = mixed.images[0]
+    query = next(q for q in select_queries(mixed, "test") if q.image_id == image.image_id)
+    predictor.predict(load_rgb(mixed.image_path(image.image_id)), image.K, query.text)
+    assert seen and {"box2d", "category", "color"} <= set(seen[0])
+    model.rename_candidates = None
+
+    queries = select_queries(mixed, "test")
+    rule = AnswerRule()
+    results = predict_with_true_names(predictor, mixed, queries, progress=False, rule=rule)
+    assert model.rename_candidates is None
+    assert [r.query.query_id for r in results] == [q.query_id for q in queries]
+    matched = 0
+    for result in results:
+        objects = mixed.image(result.query.image_id).objects
+        for answer in result.answers:
+            ious = box2d_iou_matrix(answer.box2d[None], [o.bbox2D_tight for o in objects])[0]
+            best = objects[int(np.argmax(ious))]
+            if max(ious) > 0.6 and best.category_name in config.detector.categories:
+                matched += 1
+                assert answer.label == best.category_name
+    assert matched > 0
 
 
 def test_answers_under_a_stricter_rule_equal_a_rerun_under_it(mixed):
