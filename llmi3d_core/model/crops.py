@@ -33,6 +33,15 @@ crops do a little offline: with the mirrored training images' objects too (9,755
 the same detector): val category 89.3 -> 89.5 %, colour 79.8 -> 80.6 %, and the pointer's val
 queries grounded 72.6 against 73.4 %, for ~1 min more per run: not kept.
 
+Not from fine-tuning the backbone's last blocks on the crops either (measured 2026-12-05 on the
+default model's crops-stage objects, offline, not kept): its stride-16-to-32 blocks (11-15 of
+EfficientNet-Lite0) trained with the naming heads at lr 3e-4 on mixed-up pairs, 1,200 steps,
+val category 89.0 -> 89.5 %, colour 79.2 -> 83.4 %, but the steps took 12.3 min against 1.2 min
+with the backbone frozen; the colour histogram below also gained colour and no grounding. Nor
+from averaging the names of each crop and its mirror image at inference (test, 1,490 queries,
+the node's rule): grounding 73.4 -> 72.9 %, captions 63.2 -> 62.5 %. What naming is worth at
+most, BENCHMARKS.md's upper bound of naming says (eval_predict.predict_with_true_names).
+
 Not in the descriptor: a colour histogram of the crop's centre (measured 2026-12-04, not kept).
 76 bins: 12 hues x 3 values x pale / vivid for pixels of saturation >= 0.2, 4 values for the
 others, so that shading moves a surface between value bins but not between hues. Retrained end to
