@@ -4,8 +4,7 @@ A model runs its real inference path (`Predictor.answer_batch`, which answers qu
 itself; an empty list means "not here"); `predict_at_true_cells` reads the dense heads at each
 target's own cell (the upper bound of pointing); `predict_with_true_names` runs the model with
 each candidate named by the object it boxes (the upper bound of naming); a baseline always gives
-one box. Each query
-becomes a QueryResult: its targets and its answers, best first.
+one box. Each query becomes a QueryResult: its targets and its answers, best first.
 """
 
 from __future__ import annotations
@@ -218,6 +217,14 @@ def _answer(prediction: Any, K: np.ndarray, width: int, height: int) -> Answer:
     )
 
 
+def _by_image(queries: Sequence[QueryRecord]) -> dict[str, list[QueryRecord]]:
+    """The queries grouped by image, images in order of first appearance (one encoding each)."""
+    by_image: dict[str, list[QueryRecord]] = {}
+    for query in queries:
+        by_image.setdefault(query.image_id, []).append(query)
+    return by_image
+
+
 def predict_with_model(
     predictor: Any,
     dataset: Dataset,
@@ -238,9 +245,7 @@ def predict_with_model(
     """
     if rule is None:  # a predictor-like without a rule of its own (a test's) gets the default
         rule = getattr(predictor, "served_rule", AnswerRule.SERVED)
-    by_image: dict[str, list[QueryRecord]] = {}
-    for query in queries:
-        by_image.setdefault(query.image_id, []).append(query)
+    by_image = _by_image(queries)
     results: dict[str, QueryResult] = {}
     with tqdm(total=len(queries), disable=not progress, desc="eval", unit="query") as bar:
         for image_id, group in by_image.items():
@@ -298,9 +303,7 @@ def predict_at_true_cells(
     multi-target queries get no answer.
     """
     model = predictor.model
-    by_image: dict[str, list[QueryRecord]] = {}
-    for query in queries:
-        by_image.setdefault(query.image_id, []).append(query)
+    by_image = _by_image(queries)
     results: dict[str, QueryResult] = {}
     with (
         tqdm(total=len(queries), disable=not progress, desc="eval (true cells)") as bar,
@@ -374,9 +377,10 @@ class TrueNames:
             logits = outputs[name]
             word = indices.to(best.device)[best]  # (B, N): -1 where the detector has no word
             named = (best_iou > 0.5) & (word >= 0)
-            sure = torch.full(logits.shape, (1 - TRUE_NAME_PROB) / logits.shape[-1])
-            sure.scatter_add_(-1, word.clamp(min=0)[..., None].cpu(),
-                              torch.full((*word.shape, 1), TRUE_NAME_PROB))  # fmt: skip
+            device = logits.device
+            sure = torch.full(logits.shape, (1 - TRUE_NAME_PROB) / logits.shape[-1], device=device)
+            chosen = torch.full((*word.shape, 1), TRUE_NAME_PROB, device=device)
+            sure.scatter_add_(-1, word.clamp(min=0)[..., None], chosen)
             outputs[name] = torch.where(named[..., None], sure.log().to(logits), logits)
 
 
@@ -403,9 +407,7 @@ def predict_with_true_names(
     image's candidates cross between the two.
     """
     model = predictor.model
-    by_image: dict[str, list[QueryRecord]] = {}
-    for query in queries:
-        by_image.setdefault(query.image_id, []).append(query)
+    by_image = _by_image(queries)
     results: dict[str, QueryResult] = {}
     predictor.clear_cache()
     try:
