@@ -25,6 +25,15 @@ never i itself), and the relation distribution p_r weighs them:
 
 log s_i joins candidate i's pointer logit. A candidate that matches the target's words but not
 the relation loses to "no object", which is what a wrong-relation negative needs.
+
+Where the superlatives still fail (measured 2026-12-05 on the default model's test split, every
+candidate named by the object it boxes, always answering; eval_predict.predict_with_true_names):
+"the nearest" 26 of 29 right, "the farthest" 16 of 30, "the largest" 5 of 11. Of the 14
+farthest misses, 8 targets have no candidate (far objects are small), 2 have decoded depths in
+the wrong order and 4 are the pointer's choice though the depths order them right. Not the
+depth-against-distance difference: the captions judge by distance, these tests by z, and on
+the ground truth z picks the caption's target for 67 of 67 test and 1,017 of 1,020 training
+superlatives.
 """
 
 from __future__ import annotations
