@@ -33,7 +33,12 @@ farthest misses, 8 targets have no candidate (far objects are small), 2 have dec
 the wrong order and 4 are the pointer's choice though the depths order them right. Not the
 depth-against-distance difference: the captions judge by distance, these tests by z, and on
 the ground truth z picks the caption's target for 67 of 67 test and 1,017 of 1,020 training
-superlatives.
+superlatives. In those 4 the learned part of the logit outweighs this term (by 3-4 logits on
+two of them), or several overlapping candidates of one object each count in the product. Tried
+with the pointer stage retrained on the same detector and crop heads, not kept (test, served
+rule; all 1,490 queries' grounding, then farthest captions): the product replaced by
+1 - max_j m_j sigmoid(...) 72.2 %, 16 of 30; the term doubled 72.8 %, 17; both 73.5 %, 18;
+against 73.4 %, 17.
 """
 
 from __future__ import annotations
