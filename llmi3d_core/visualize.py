@@ -9,6 +9,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -22,6 +23,10 @@ BOX3D_EDGES: tuple[tuple[int, int], ...] = (
 )  # fmt: skip
 
 NEAR_PLANE_M = 0.05
+# a label's rectangle (x1, y1, x2, y2) in pixels
+Rect = tuple[int, int, int, int]
+# OpenCV font, scale and weight of the labels
+_LABEL_FONT = (cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
 
 
 def label_color(label: str) -> tuple[float, float, float]:
@@ -59,6 +64,8 @@ def draw_box3d(
     label: str | None = None,
     *,
     thickness: int = 2,
+    label_at: Literal["top", "bottom"] = "top",
+    taken: list[Rect] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Draw one box's wireframe (and an optional label) onto `image_rgb` in place.
 
@@ -67,8 +74,13 @@ def draw_box3d(
         corners: (8, 3) corners in metres, camera optical frame, `box3d_corners` order.
         K: (3, 3) intrinsics of this image.
         color: RGB 0..255.
-        label: text drawn above the box's highest visible corner.
+        label: text drawn above the box's highest visible corner ("top") or below its lowest
+            ("bottom").
         thickness: line width in pixels.
+        label_at: where the label goes.
+        taken: label rectangles already on the image; the label moves away from the box until
+            it covers none of them, and its own rectangle is added. A right answer's box and the
+            truth's coincide, so their labels would otherwise cover each other.
 
     Returns:
         The same image array.
@@ -89,12 +101,56 @@ def draw_box3d(
         drawn.append(uv)
     if label and drawn:
         uv_all = np.concatenate(drawn)
-        top = uv_all[np.argmin(uv_all[:, 1])]
         h, w = image_rgb.shape[:2]
-        x = int(np.clip(top[0], 0, max(w - 10, 0)))
-        y = int(np.clip(top[1] - 6, 14, max(h - 2, 14)))
-        draw_label(image_rgb, label, (x, y), color)
+        width, height, base = label_size(label)
+        if label_at == "top":
+            anchor = uv_all[np.argmin(uv_all[:, 1])]
+            y = anchor[1] - 6
+        else:
+            anchor = uv_all[np.argmax(uv_all[:, 1])]
+            y = anchor[1] + 6 + height
+        x = int(np.clip(anchor[0], 0, max(w - 10, 0)))
+        step = -(height + base) if label_at == "top" else height + base
+        origin = free_label_origin((x, int(y)), (width, height, base), taken or [], step, h)
+        rect = draw_label(image_rgb, label, origin, color)
+        if taken is not None:
+            taken.append(rect)
     return image_rgb
+
+
+def label_size(text: str) -> tuple[int, int, int]:
+    """(width, height above the baseline, depth below it) of a label in pixels (`draw_label`)."""
+    (text_w, text_h), base = cv2.getTextSize(text, *_LABEL_FONT)
+    return text_w + 4, text_h + base, base
+
+
+def free_label_origin(
+    origin: tuple[int, int],
+    size: tuple[int, int, int],
+    taken: Sequence[Rect],
+    step: int,
+    image_h: int,
+) -> tuple[int, int]:
+    """Where a label of `size` (`label_size`) at baseline `origin` covers no rectangle of `taken`.
+
+    From `origin` held inside the image, the label moves `step` px at a time (negative: up),
+    then the other way, as long as it stays inside; when no place is free, `origin` held inside.
+    """
+    x, (width, height, base) = origin[0], size
+    low, high = height, max(image_h - base - 1, height)  # baselines that keep it in the image
+    start = int(np.clip(origin[1], low, high))
+    for direction in (step, -step) if step else ():
+        y = start
+        while low <= y <= high:
+            rect = (x, y - height, x + width, y + base)
+            if not any(_overlap(rect, other) for other in taken):
+                return x, y
+            y += direction
+    return x, start
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def draw_label(
@@ -102,15 +158,19 @@ def draw_label(
     text: str,
     origin: tuple[int, int],
     color: tuple[int, int, int],
-) -> None:
-    """Draw `text` on a filled background of `color` with its baseline at `origin`, in place."""
-    font, scale, weight = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
-    (tw, th), base = cv2.getTextSize(text, font, scale, weight)
+) -> Rect:
+    """Draw `text` on a filled background of `color` with its baseline at `origin`, in place.
+
+    Returns the rectangle (x1, y1, x2, y2) px it covers.
+    """
+    width, height, base = label_size(text)
     x, y = origin
-    cv2.rectangle(image_rgb, (x, y - th - base), (x + tw + 4, y + base), color, cv2.FILLED)
+    rect = (x, y - height, x + width, y + base)
+    cv2.rectangle(image_rgb, rect[:2], rect[2:], color, cv2.FILLED)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    cv2.putText(image_rgb, text, (x + 2, y), font, scale, ink, weight, cv2.LINE_AA)
+    cv2.putText(image_rgb, text, (x + 2, y), *_LABEL_FONT[:2], ink, _LABEL_FONT[2], cv2.LINE_AA)
+    return rect
 
 
 def draw_boxes(
@@ -119,9 +179,13 @@ def draw_boxes(
     K: npt.ArrayLike,
     colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Return a copy of `image_rgb` with each (corners, label) box drawn, coloured by label."""
+    """Return a copy of `image_rgb` with each (corners, label) box drawn, coloured by label.
+
+    A label that would cover an earlier one moves up, away from its box (`draw_box3d`).
+    """
     canvas = np.ascontiguousarray(image_rgb, dtype=np.uint8).copy()
+    taken: list[Rect] = []
     for index, (corners, label) in enumerate(boxes):
         color = colors[index] if colors is not None else label_color_u8(label.rsplit(" ", 1)[0])
-        draw_box3d(canvas, corners, K, color, label)
+        draw_box3d(canvas, corners, K, color, label, taken=taken)
     return canvas

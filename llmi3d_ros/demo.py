@@ -330,14 +330,21 @@ def wait_for_scene(
 def save_picture(
     client: DemoClient, response: Query.Response, truth_box: Box3D | None, K: np.ndarray, path: Path
 ) -> bool:
-    """Save the node's debug image for this answer with the ground truth added in white."""
+    """Save the node's debug image for this answer with the ground truth added in white.
+
+    The truth's label goes under its box: the node's labels sit above theirs, and a right
+    answer's box is where the truth's is.
+    """
     stamp = stamp_to_ns(response.detections.header.stamp)
     msg = client.debug.get(stamp)
     if msg is None:
         return False
     rgb = image_to_rgb(msg)
     if truth_box is not None:
-        draw_box3d(rgb, truth_box.corners(), K, (255, 255, 255), "ground truth", thickness=1)
+        draw_box3d(
+            rgb, truth_box.corners(), K, (255, 255, 255), "ground truth", thickness=1,
+            label_at="bottom",
+        )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     return True
