@@ -372,13 +372,12 @@ def render_result(
     truth = [(t.box.corners(), "") for t in result.targets]
     drawn = draw_boxes(image, truth, K, colors=[GT_COLOR] * len(truth))
     shown = result.answers[:1] if result.kind == "single" else result.answers
-    labels = [f"{textwrap.shorten(a.label, 28, placeholder='...')} {a.score:.2f}" for a in shown]
-    drawn = draw_boxes(
-        drawn,
-        [(answer.box.corners(), label) for answer, label in zip(shown, labels, strict=True)],
-        K,
-        colors=[label_color_u8(answer.label) for answer in shown],
-    )  # one call: later labels move off earlier ones
+    boxes = [
+        (a.box.corners(), f"{textwrap.shorten(a.label, 28, placeholder='...')} {a.score:.2f}")
+        for a in shown
+    ]
+    # one call: later labels move off earlier ones
+    drawn = draw_boxes(drawn, boxes, K, colors=[label_color_u8(a.label) for a in shown])
     width_chars = max(40, image.shape[1] // 8)
     kind = TYPE_NAMES.get(result.query.type, result.query.type)
     if result.kind != "single":

@@ -102,7 +102,8 @@ def draw_box3d(
     if label and drawn:
         uv_all = np.concatenate(drawn)
         h, w = image_rgb.shape[:2]
-        width, height, base = label_size(label)
+        size = label_size(label)
+        _, height, base = size
         if label_at == "top":
             anchor = uv_all[np.argmin(uv_all[:, 1])]
             y = anchor[1] - 6
@@ -111,7 +112,7 @@ def draw_box3d(
             y = anchor[1] + 6 + height
         x = int(np.clip(anchor[0], 0, max(w - 10, 0)))
         step = -(height + base) if label_at == "top" else height + base
-        origin = free_label_origin((x, int(y)), (width, height, base), taken or [], step, h)
+        origin = free_label_origin((x, int(y)), size, taken or [], step, h)
         rect = draw_label(image_rgb, label, origin, color)
         if taken is not None:
             taken.append(rect)
@@ -169,7 +170,8 @@ def draw_label(
     cv2.rectangle(image_rgb, rect[:2], rect[2:], color, cv2.FILLED)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    cv2.putText(image_rgb, text, (x + 2, y), *_LABEL_FONT[:2], ink, _LABEL_FONT[2], cv2.LINE_AA)
+    font, scale, weight = _LABEL_FONT
+    cv2.putText(image_rgb, text, (x + 2, y), font, scale, ink, weight, cv2.LINE_AA)
     return rect
 
 
