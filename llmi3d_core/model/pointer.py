@@ -77,6 +77,11 @@ RESIDUAL_WIDTH = 4  # log depth, log (L, W, H)
 # point (2 -> 4 / 8 / 16, set on the default model of 2026-12-04; measured 2026-12-05) grounded
 # val point prompts 78.2 -> 78.6 / 78.2 / 78.2 % (test 82.0 -> 84.0 %): its misses are mostly a
 # second candidate under the point, or no candidate matching the target (19 of 200 on test).
+# Of the revision-16 default's 38 misses on test: 19 with no candidate at 2D IoU > 0.5 (8 of them
+# at 0.4-0.5: loose boxes, not pointing), 7 whose right candidate's box misses the point, 12 that
+# chose another candidate under it. Preferring the smaller or the nearer of the candidates under
+# the point (logit - w log area or - w log depth, w 0.25-1): none better on val's 285, test within
+# a point of 81.0 % (w 2 on the area: 66.0 %).
 PROMPT_PRIOR = (8.0, -1.5, -1.5, 0.0, 2.0, -1.5, -1.5, 0.0, 0.0, 0.0)
 # What a worded query's answer score reads of each candidate (`PointerOutput.evidence`): its
 # logit, how well its category and its colour match the words (the log agreements the logit
