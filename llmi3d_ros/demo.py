@@ -202,7 +202,10 @@ def spin_until(
 
 
 FIRST_FRAME_WAIT_S = 60.0
-DEBUG_WAIT_S = 3.0  # for the debug images of earlier answers (a few MB each)
+# How long to wait for an answer's debug image (a few MB, reliable). A fragment lost on the way is
+# sent again after the writer's next heartbeat (Fast DDS: every 3 s), so an image can come more
+# than 3 s after its answer: a wait of 2 s once lost a CI run's floor picture.
+DEBUG_WAIT_S = 7.0
 SCENE_WAIT_S = 6.0  # within the camera's hold of a scene (llmi3d_synthetic_camera hold_s: 8 s)
 
 
@@ -490,7 +493,7 @@ def report_on_floor(  # noqa: PLR0917 (mirrors report)
     """Print a floor answer's box and IoU, save its picture (*_floor.png); (IoU, grounded)."""
     truth, truth_box = truth_of(client, response, query)
     stamp = stamp_to_ns(response.detections.header.stamp)
-    spin_until(executor, lambda: stamp in client.debug, 2.0)
+    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
     picture = picture_path(args.run_dir, image, query, "_floor")
     saved = save_picture(client, response, truth_box, image.K, picture)
     if not response.detections.detections:
@@ -500,8 +503,7 @@ def report_on_floor(  # noqa: PLR0917 (mirrors report)
     shown = "-" if iou is None else f"{iou:.3f}"
     print(f"  Q ({query.type}): box: centre {np.round(center, 2).tolist()} m, "
           f"L W H {np.round(dims, 2).tolist()} m, 3D IoU {shown}")  # fmt: skip
-    if saved:
-        print(f"     picture: {picture}")
+    print_picture(picture if saved else None)
     return iou, grounded
 
 
@@ -555,7 +557,8 @@ def report(
             latency_s=latency_s, image=image, query=query, truth_box=truth_box, args=args,
         )  # fmt: skip
     center, dims, iou, grounded = judged(response, truth, truth_box, query)
-    spin_until(executor, lambda: stamp_to_ns(response.detections.header.stamp) in client.debug, 2.0)
+    stamp = stamp_to_ns(response.detections.header.stamp)
+    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
     picture = picture_path(args.run_dir, image, query)
     saved = save_picture(client, response, truth_box, image.K, picture)
     score = response.detections.detections[0].results[0].hypothesis.score
@@ -566,8 +569,7 @@ def report(
     if truth_box is not None:
         print(f"     truth: centre {np.round(truth_box.center, 2).tolist()} m, "
               f"L W H {np.round(truth_box.dims_lwh, 2).tolist()} m, 3D IoU {iou:.3f}")  # fmt: skip
-    if saved:
-        print(f"     picture: {picture}")
+    print_picture(picture if saved else None)
     return Outcome(
         image.image_id, query.type, query.text, response.answer, iou, latency_s, "ok", grounded
     )
@@ -590,18 +592,25 @@ def report_not_found(
     image (no box) with the ground truth.
     """
     stamp = stamp_to_ns(response.detections.header.stamp)
-    spin_until(executor, lambda: stamp in client.debug, 2.0)
+    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
     picture = picture_path(args.run_dir, image, query)
     saved = save_picture(client, response, truth_box, image.K, picture)
     print(f"  -> {response.answer} (expected {query.answer!r}): {response.message}, "
           f"{latency_s:.2f} s")  # fmt: skip
-    if saved:
-        print(f"     picture: {picture}")
+    print_picture(picture if saved else None)
     iou = 0.0 if truth_box is not None else None
     return Outcome(
         image.image_id, query.type, query.text, response.answer, iou, latency_s, NOT_FOUND,
         None if truth_box is None else False,
     )  # fmt: skip
+
+
+def print_picture(picture: Path | None) -> None:
+    """Say where an answer's picture is, or that its debug image never came."""
+    if picture is None:
+        print(f"     picture: none (no debug image from the node within {DEBUG_WAIT_S:.0f} s)")
+    else:
+        print(f"     picture: {picture}")
 
 
 def picture_path(run_dir: Path, image: ImageRecord, query: QueryRecord, suffix: str = "") -> Path:
