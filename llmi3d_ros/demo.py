@@ -330,18 +330,25 @@ def wait_for_scene(
     return False
 
 
-def save_picture(
-    client: DemoClient, response: Query.Response, truth_box: Box3D | None, K: np.ndarray, path: Path
-) -> bool:
+def save_picture(  # noqa: PLR0917 (the answer, its truth and where the picture goes)
+    client: DemoClient,
+    executor: SingleThreadedExecutor,
+    response: Query.Response,
+    truth_box: Box3D | None,
+    K: np.ndarray,
+    path: Path,
+) -> Path | None:
     """Save the node's debug image for this answer with the ground truth added in white.
 
-    The truth's label goes under its box: the node's labels sit above theirs, and a right
-    answer's box is where the truth's is.
+    Waits up to DEBUG_WAIT_S for the image; returns `path`, or None when it never came. The
+    truth's label goes under its box: the node's labels sit above theirs, and a right answer's
+    box is where the truth's is.
     """
     stamp = stamp_to_ns(response.detections.header.stamp)
+    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
     msg = client.debug.get(stamp)
     if msg is None:
-        return False
+        return None
     rgb = image_to_rgb(msg)
     if truth_box is not None:
         draw_box3d(
@@ -350,7 +357,7 @@ def save_picture(
         )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return True
+    return path
 
 
 def run_queries(
@@ -492,10 +499,10 @@ def report_on_floor(  # noqa: PLR0917 (mirrors report)
 ) -> tuple[float | None, bool | None]:
     """Print a floor answer's box and IoU, save its picture (*_floor.png); (IoU, grounded)."""
     truth, truth_box = truth_of(client, response, query)
-    stamp = stamp_to_ns(response.detections.header.stamp)
-    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
-    picture = picture_path(args.run_dir, image, query, "_floor")
-    saved = save_picture(client, response, truth_box, image.K, picture)
+    picture = save_picture(
+        client, executor, response, truth_box, image.K,
+        picture_path(args.run_dir, image, query, "_floor"),
+    )  # fmt: skip
     if not response.detections.detections:
         print(f"  Q ({query.type}): {response.answer}")
         return (None if truth_box is None else 0.0), (None if truth_box is None else False)
@@ -503,7 +510,7 @@ def report_on_floor(  # noqa: PLR0917 (mirrors report)
     shown = "-" if iou is None else f"{iou:.3f}"
     print(f"  Q ({query.type}): box: centre {np.round(center, 2).tolist()} m, "
           f"L W H {np.round(dims, 2).tolist()} m, 3D IoU {shown}")  # fmt: skip
-    print_picture(picture if saved else None)
+    print_picture(picture)
     return iou, grounded
 
 
@@ -557,10 +564,9 @@ def report(
             latency_s=latency_s, image=image, query=query, truth_box=truth_box, args=args,
         )  # fmt: skip
     center, dims, iou, grounded = judged(response, truth, truth_box, query)
-    stamp = stamp_to_ns(response.detections.header.stamp)
-    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
-    picture = picture_path(args.run_dir, image, query)
-    saved = save_picture(client, response, truth_box, image.K, picture)
+    picture = save_picture(
+        client, executor, response, truth_box, image.K, picture_path(args.run_dir, image, query)
+    )
     score = response.detections.detections[0].results[0].hypothesis.score
     print(f"  -> answer: {response.answer!r} (expected {query.answer!r}), score {score:.2f}, "
           f"{latency_s:.2f} s")  # fmt: skip
@@ -569,7 +575,7 @@ def report(
     if truth_box is not None:
         print(f"     truth: centre {np.round(truth_box.center, 2).tolist()} m, "
               f"L W H {np.round(truth_box.dims_lwh, 2).tolist()} m, 3D IoU {iou:.3f}")  # fmt: skip
-    print_picture(picture if saved else None)
+    print_picture(picture)
     return Outcome(
         image.image_id, query.type, query.text, response.answer, iou, latency_s, "ok", grounded
     )
@@ -591,13 +597,12 @@ def report_not_found(
     The demo's queries all have a target, so its IoU counts as 0; the picture shows the debug
     image (no box) with the ground truth.
     """
-    stamp = stamp_to_ns(response.detections.header.stamp)
-    spin_until(executor, lambda: stamp in client.debug, DEBUG_WAIT_S)
-    picture = picture_path(args.run_dir, image, query)
-    saved = save_picture(client, response, truth_box, image.K, picture)
+    picture = save_picture(
+        client, executor, response, truth_box, image.K, picture_path(args.run_dir, image, query)
+    )
     print(f"  -> {response.answer} (expected {query.answer!r}): {response.message}, "
           f"{latency_s:.2f} s")  # fmt: skip
-    print_picture(picture if saved else None)
+    print_picture(picture)
     iou = 0.0 if truth_box is not None else None
     return Outcome(
         image.image_id, query.type, query.text, response.answer, iou, latency_s, NOT_FOUND,
